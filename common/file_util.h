@@ -1,0 +1,35 @@
+// Small filesystem helpers with Status errors that name the path.
+//
+// Thread-safety: free functions, no shared state.
+#ifndef FEDPEFT_COMMON_FILE_UTIL_H_
+#define FEDPEFT_COMMON_FILE_UTIL_H_
+
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+
+namespace fedpeft {
+
+// Reads a whole file. Fails with NotFound/IoError naming `path`; refuses
+// files larger than `max_bytes`.
+StatusOr<std::string> ReadFileToString(const std::string& path,
+                                       uint64_t max_bytes = 1ull << 34);
+
+// Writes `data` to `path` atomically: a temp file beside it, fsync, rename,
+// fsync of the directory. Readers see the old or the new file, never a torn
+// one; a crash leaves at most a stray "<path>.tmp.*".
+Status WriteFileAtomic(const std::string& path, const std::string& data);
+
+// Creates `dir` and its parents if absent.
+Status EnsureDirectory(const std::string& dir);
+
+bool PathExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+
+// "a/b" + "c" -> "a/b/c".
+std::string JoinPath(const std::string& a, const std::string& b);
+
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_COMMON_FILE_UTIL_H_

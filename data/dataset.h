@@ -1,0 +1,108 @@
+// Training data: records read from files, tokenized into fixed-length
+// examples with a loss mask, split into train/eval, partitioned across
+// workers, and batched.
+//
+// Formats (DataOptions::format, "auto" picks by extension and content):
+//   text        a plain text file; one record (packed into windows)
+//   shakespeare tiny-shakespeare: speeches ("NAME:" line, then its lines up
+//               to a blank line), each a record with field "speaker"
+//   jsonl       one JSON object per line: {"text": ...} or instruction
+//               records {"instruction","input","output"},
+//               {"instruction","context","response"}, {"question","answer"}
+//   json        a JSON array of such objects (alpaca)
+// Instruction records render as a prompt and a response; the loss counts
+// only response tokens (targets of prompt tokens are -100).
+//
+// Thread-safety: free functions; results are values.
+#ifndef FEDPEFT_DATA_DATASET_H_
+#define FEDPEFT_DATA_DATASET_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/status.h"
+#include "model/tokenizer.h"
+
+namespace fedpeft {
+namespace data {
+
+struct Record {
+  std::string prompt;    // no loss on these tokens (empty for plain text)
+  std::string response;  // loss on these tokens (the whole text for text)
+  std::map<std::string, std::string> fields;  // e.g. "speaker", "category"
+};
+
+struct DataOptions {
+  std::string path;              // file to read (required)
+  std::string format = "auto";   // auto | text | shakespeare | jsonl | json
+  int max_seq_len = 128;         // tokens per example
+  std::string packing = "pack";  // pack (concatenate + window) | truncate
+  double eval_fraction = 0.1;    // held-out share of records
+  uint64_t seed = 1234;          // shuffling and splits
+  int64_t max_records = 0;       // 0 = all; cap for quick runs
+  // Partitioning for federated runs (shard i of n):
+  std::string partition = "iid";  // iid | field | dirichlet
+  std::string partition_field = "speaker";  // field for field / dirichlet
+  double dirichlet_alpha = 0.5;
+
+  void Read(ConfigReader& in);  // binds keys of a "data" section
+};
+
+// Reads records; errors name the file and line ("line 17: expected a JSON
+// object with 'text' or 'instruction'/'output'").
+StatusOr<std::vector<Record>> LoadRecords(const DataOptions& options);
+
+// One training example: tokens [T] and next-token targets [T] with -100
+// where no loss is taken (prompt tokens, padding).
+struct Example {
+  std::vector<int64_t> tokens;
+  std::vector<int64_t> targets;
+};
+
+// Tokenizes records into examples of at most max_seq_len tokens, BOS first.
+// packing "pack" concatenates records (EOS between) and cuts windows;
+// "truncate" keeps one example per record.
+std::vector<Example> Tokenize(const std::vector<Record>& records,
+                              const model::Tokenizer& tokenizer,
+                              const DataOptions& options);
+
+// Deterministic shuffle by seed, then the last eval_fraction of records
+// (at least one when there are two or more) is the eval split.
+void SplitTrainEval(const std::vector<Record>& records, double eval_fraction,
+                    uint64_t seed, std::vector<Record>* train,
+                    std::vector<Record>* eval);
+
+// Assigns records to `n` shards. iid: shuffled round robin. field: every
+// distinct value of `field` goes whole to one shard (largest groups first
+// to the least-loaded shard, so shards are non-IID but balanced in size).
+// dirichlet: per field value, shard proportions ~ Dirichlet(alpha).
+// Deterministic for `seed`. Returns shard -> record indices; errors if a
+// record lacks the field or n < 1.
+StatusOr<std::vector<std::vector<size_t>>> Partition(
+    const std::vector<Record>& records, int n, const std::string& method,
+    const std::string& field, double alpha, uint64_t seed);
+
+// Parses "i/n" (0 <= i < n) as written in data.shard.
+StatusOr<std::pair<int, int>> ParseShard(const std::string& spec);
+
+struct Batch {
+  torch::Tensor tokens;   // [B, T] int64, padded with 0
+  torch::Tensor targets;  // [B, T] int64, -100 where ignored
+  int64_t num_target_tokens = 0;
+};
+
+// Builds batches of `batch_size` from examples in the given order
+// (the last one may be smaller).
+std::vector<Batch> MakeBatches(const std::vector<Example>& examples,
+                               const std::vector<size_t>& order,
+                               int batch_size);
+
+}  // namespace data
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_DATA_DATASET_H_

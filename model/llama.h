@@ -1,0 +1,191 @@
+// A Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM, TinyStories) in
+// LibTorch: RMSNorm, rotary position embeddings, grouped-query attention,
+// SwiGLU MLP, tied or untied output embedding, KV cache for generation.
+//
+// Layout: weights are always held in the Hugging Face layout (q/k rows in
+// rotate-half order, names "model.layers.N.self_attn.q_proj.weight", [out, in]
+// matrices). Loaders of other layouts (llama2.c: interleaved rotary pairs)
+// permute into it, so adapters trained here carry PEFT's key names and shapes
+// and load in Hugging Face PEFT unchanged.
+//
+// Ownership: LlamaWeights are immutable after loading and shared
+// (shared_ptr<const LlamaWeights>) by any number of LlamaModel instances, so
+// N in-process workers cost O(base + N * adapter) memory. A LlamaModel owns
+// only its adapter slots (registered as submodules, so parameters() yields
+// exactly the trainable adapter parameters) and, after Merge, private copies
+// of the merged weights.
+//
+// Thread-safety: LlamaWeights may be read from any thread. A LlamaModel is
+// used by one thread at a time.
+#ifndef FEDPEFT_MODEL_LLAMA_H_
+#define FEDPEFT_MODEL_LLAMA_H_
+
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace fedpeft {
+
+// Name -> tensor, ordered by name (deterministic iteration and files).
+using TensorMap = std::map<std::string, torch::Tensor>;
+
+namespace model {
+
+// Hyperparameters of a Llama-family model.
+struct LlamaConfig {
+  int64_t dim = 0;               // hidden_size
+  int64_t hidden_dim = 0;        // intermediate_size (SwiGLU)
+  int64_t n_layers = 0;          // num_hidden_layers
+  int64_t n_heads = 0;           // num_attention_heads
+  int64_t n_kv_heads = 0;        // num_key_value_heads (GQA when < n_heads)
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 2048;    // max_position_embeddings
+  double norm_eps = 1e-5;        // rms_norm_eps
+  double rope_theta = 10000.0;
+  bool tie_embeddings = false;   // lm_head shares embed_tokens
+  int64_t bos_id = 1;
+  int64_t eos_id = 2;
+
+  int64_t head_dim() const { return dim / n_heads; }
+
+  // Every field in range and consistent (dim % n_heads == 0,
+  // n_heads % n_kv_heads == 0, even head_dim); names the field otherwise.
+  Status Validate() const;
+
+  // From a Hugging Face config.json (model_type llama/mistral/qwen2);
+  // `source` names the file in errors. Rejects unsupported architectures,
+  // rope_scaling and attention biases with a clear message.
+  static StatusOr<LlamaConfig> FromHfJson(const nlohmann::json& j,
+                                          const std::string& source);
+  // A config.json that Hugging Face transformers loads as LlamaForCausalLM.
+  nlohmann::json ToHfJson() const;
+
+  // Number of parameters of the base model.
+  int64_t NumParameters() const;
+};
+
+// The frozen base weights, HF names and layout, float dtype of the compute
+// (`dtype` at load time), requires_grad false, never modified after load.
+struct LlamaWeights {
+  LlamaConfig config;
+  TensorMap tensors;  // "model.embed_tokens.weight", ..., "lm_head.weight"
+                      // (absent when tied)
+  std::string source;  // path it was loaded from, for messages and export
+
+  // Checks presence and shape of every tensor the config implies; names the
+  // tensor, the shape got and the shape expected.
+  Status Validate() const;
+  const torch::Tensor& Get(const std::string& name) const;  // REQUIRES: present
+};
+
+// The names of the seven projections that adapters may target, in the
+// Hugging Face spelling.
+const std::vector<std::string>& ProjectionNames();  // q_proj ... down_proj
+// "self_attn" for q/k/v/o_proj, "mlp" for gate/up/down_proj.
+std::string ProjectionParent(const std::string& projection);
+
+// Something that adds to a frozen projection's output: LoRA lives in peft/
+// and implements this. Forward returns the delta for input x, i.e.
+// y = base(x) + delta->Forward(x).
+class LinearDelta : public torch::nn::Module {
+ public:
+  virtual torch::Tensor Forward(const torch::Tensor& x) = 0;
+  // The dense [out, in] matrix this delta adds (for merge); dtype of `like`.
+  virtual torch::Tensor DeltaWeight() = 0;
+};
+
+// Something applied to a sublayer's output before the residual add:
+// bottleneck adapters live in peft/ and implement this. Returns the new
+// output (e.g. h + up(act(down(h)))).
+class SublayerAdapter : public torch::nn::Module {
+ public:
+  virtual torch::Tensor Forward(const torch::Tensor& h) = 0;
+};
+
+// Per-layer key/value cache for incremental decoding.
+struct KvCache {
+  std::vector<torch::Tensor> k;  // [B, n_kv_heads, T_cached, head_dim]
+  std::vector<torch::Tensor> v;
+  int64_t length = 0;  // tokens cached
+};
+
+class LlamaModel : public torch::nn::Module {
+ public:
+  // REQUIRES: weights validated. Aliases (does not copy) the weights.
+  explicit LlamaModel(std::shared_ptr<const LlamaWeights> weights);
+
+  const LlamaConfig& config() const { return weights_->config; }
+  const std::shared_ptr<const LlamaWeights>& weights() const {
+    return weights_;
+  }
+
+  // tokens: [B, T] int64. Returns logits [B, T, vocab] (float32).
+  // With `cache`, attends over cache->length earlier tokens plus these and
+  // appends their keys/values; positions start at cache->length.
+  torch::Tensor Forward(const torch::Tensor& tokens, KvCache* cache = nullptr);
+
+  // Final hidden states [B, T, dim] (after the last RMSNorm), for callers
+  // that compute the loss in chunks to bound memory.
+  torch::Tensor Hidden(const torch::Tensor& tokens, KvCache* cache = nullptr);
+
+  // Output projection of hidden states to logits.
+  torch::Tensor Logits(const torch::Tensor& hidden);
+
+  // Adapter slots. `projection` is one of ProjectionNames(); `place` is
+  // "attn" or "mlp". Registers `delta` as a submodule named
+  // "layers_<layer>_<projection>" (resp. "layers_<layer>_<place>_adapter").
+  // Replacing an existing slot is allowed; nullptr clears it.
+  void SetLinearDelta(int64_t layer, const std::string& projection,
+                      std::shared_ptr<LinearDelta> delta);
+  std::shared_ptr<LinearDelta> GetLinearDelta(int64_t layer,
+                                              const std::string& projection);
+  void SetSublayerAdapter(int64_t layer, const std::string& place,
+                          std::shared_ptr<SublayerAdapter> adapter);
+  std::shared_ptr<SublayerAdapter> GetSublayerAdapter(int64_t layer,
+                                                      const std::string& place);
+
+  // Layers below `first_trainable_layer` run under NoGradGuard (no
+  // activations kept, no backward through them): layer freezing for weak
+  // workers. Default 0.
+  void set_first_trainable_layer(int64_t layer) { first_trainable_ = layer; }
+
+  // The base weight currently used for a projection (merged or not).
+  torch::Tensor ProjectionWeight(int64_t layer, const std::string& projection);
+
+  // Folds every LinearDelta into private copies of the affected base
+  // weights and stops applying the deltas; the shared LlamaWeights stay
+  // untouched. Unmerge restores the shared weights. Idempotent.
+  void Merge();
+  void Unmerge();
+  bool merged() const { return merged_; }
+
+  // The weights this model computes with, merged deltas folded in; HF names.
+  // Clones every tensor.
+  std::shared_ptr<LlamaWeights> ExportWeights();
+
+ private:
+  struct Layer;
+  std::shared_ptr<const LlamaWeights> weights_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  torch::Tensor embed_;   // [vocab, dim]
+  torch::Tensor lm_head_;  // [vocab, dim] (== embed_ when tied)
+  torch::Tensor final_norm_;
+  int64_t first_trainable_ = 0;
+  bool merged_ = false;
+};
+
+// Builds a model with random weights (normal(0, 0.02), norms 1) for the
+// benchmark presets and tests. Deterministic for a seed.
+std::shared_ptr<LlamaWeights> RandomLlamaWeights(const LlamaConfig& config,
+                                                 uint64_t seed);
+
+}  // namespace model
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_MODEL_LLAMA_H_

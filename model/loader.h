@@ -1,0 +1,65 @@
+// Loading base models from the layouts people have on disk.
+//
+//  * Hugging Face folder: config.json + model.safetensors, or a sharded
+//    model.safetensors.index.json; F32/F16/BF16 weights, converted to the
+//    compute dtype. "model." prefixes as transformers writes them.
+//  * llama2.c checkpoint (.bin): 7 int32 header fields (dim, hidden_dim,
+//    n_layers, n_heads, n_kv_heads, vocab_size -- negative when the
+//    classifier is not shared --, seq_len), then F32 tensors. Its q/k rows
+//    use interleaved rotary pairs (Meta order); they are permuted per head
+//    into the rotate-half order of Hugging Face, so both layouts give the
+//    same logits.
+//
+// Every check happens before allocation: file size against the header,
+// shapes against the config, with a hint ("maybe wrong base model?").
+//
+// Thread-safety: free functions.
+#ifndef FEDPEFT_MODEL_LOADER_H_
+#define FEDPEFT_MODEL_LOADER_H_
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "model/llama.h"
+
+namespace fedpeft {
+namespace model {
+
+struct LoadOptions {
+  torch::Dtype dtype = torch::kFloat32;  // compute dtype of the weights
+  std::string device = "cpu";            // "cpu", "cuda", "cuda:1"
+};
+
+// Dispatches on the path: a directory -> Hugging Face folder; a file ending
+// in .bin -> llama2.c; .gguf -> Unimplemented with a hint; otherwise an
+// error naming the path and the layouts accepted.
+StatusOr<std::shared_ptr<const LlamaWeights>> LoadModel(
+    const std::string& path, const LoadOptions& options = {});
+
+StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
+    const std::string& dir, const LoadOptions& options = {});
+StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlama2cModel(
+    const std::string& path, const LoadOptions& options = {});
+
+// Writes `weights` as a Hugging Face folder (config.json, model.safetensors
+// in F32), as `fedpeft export --merge` does. Files are written atomically.
+Status SaveHfModel(const LlamaWeights& weights, const std::string& dir);
+
+// Per-head row permutation between the two rotary layouts of a q/k weight
+// [n_heads * head_dim, in]: interleaved pairs (Meta/llama2.c/GGUF) to
+// halves (Hugging Face), and back.
+torch::Tensor PermuteInterleavedToHalves(const torch::Tensor& w,
+                                         int64_t n_heads);
+torch::Tensor PermuteHalvesToInterleaved(const torch::Tensor& w,
+                                         int64_t n_heads);
+
+// Parses "cpu", "cuda", "cuda:N" into a device; names the bad value.
+StatusOr<torch::Device> ParseDevice(const std::string& name);
+
+}  // namespace model
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_MODEL_LOADER_H_

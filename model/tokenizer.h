@@ -1,0 +1,49 @@
+// Tokenizers: SentencePiece models (tokenizer.model, through
+// libsentencepiece) and llama2.c tokenizer files (tok512.bin: int32 max
+// token length, then per token F32 score, int32 length, bytes), encoded with
+// the same BPE-by-score merge and byte fallback llama2.c uses, so both give
+// the same ids for the same vocabulary.
+//
+// Thread-safety: Encode/Decode are const and safe from many threads.
+#ifndef FEDPEFT_MODEL_TOKENIZER_H_
+#define FEDPEFT_MODEL_TOKENIZER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace fedpeft {
+namespace model {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  // Text -> ids; adds BOS/EOS when asked. SentencePiece's dummy-prefix
+  // space convention applies (as in Llama).
+  virtual std::vector<int64_t> Encode(const std::string& text, bool add_bos,
+                                      bool add_eos) const = 0;
+  // Ids -> text (special tokens dropped, byte tokens reassembled).
+  virtual std::string Decode(const std::vector<int64_t>& ids) const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t bos_id() const = 0;
+  virtual int64_t eos_id() const = 0;
+};
+
+// Loads `path`: "*.model" -> SentencePiece; "*.bin" -> llama2.c tokenizer
+// (its vocab size is taken from `vocab_size_hint`, required > 0 for .bin).
+StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
+                                                   int64_t vocab_size_hint = 0);
+
+// The tokenizer that belongs to a model path: "<dir>/tokenizer.model" for a
+// Hugging Face folder, "tok<vocab>.bin" or "tokenizer.bin" beside a llama2.c
+// .bin. NotFound with a hint to pass --tokenizer otherwise.
+StatusOr<std::string> FindTokenizerForModel(const std::string& model_path,
+                                            int64_t vocab_size);
+
+}  // namespace model
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_MODEL_TOKENIZER_H_
