@@ -119,6 +119,7 @@ class LlamaModel : public torch::nn::Module {
  public:
   // REQUIRES: weights validated. Aliases (does not copy) the weights.
   explicit LlamaModel(std::shared_ptr<const LlamaWeights> weights);
+  ~LlamaModel() override;  // out of line: Layer is incomplete here
 
   const LlamaConfig& config() const { return weights_->config; }
   const std::shared_ptr<const LlamaWeights>& weights() const {
