@@ -1,0 +1,1 @@
+// TODO(skeleton): being written in this session.

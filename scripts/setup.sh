@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs every Debian package fedpeft needs (non-interactive, idempotent)
+# and builds the project into build/ (Ninja and ccache when present).
+#   scripts/setup.sh            install if anything is missing, then build
+#   FEDPEFT_SKIP_BUILD=1 ...    install only
+#   FEDPEFT_BUILD_DIR=DIR ...   build elsewhere (default: build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  # toolchain
+  g++ cmake ninja-build ccache pkg-config git
+  # tensors: Debian's LibTorch (CPU) and the BLAS that makes it fast
+  libtorch-dev libopenblas0-pthread
+  # transport and security
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
+  # configs, CLI, JSON, tokenizer, logging
+  libyaml-cpp-dev libboost-program-options-dev nlohmann-json3-dev
+  libsentencepiece-dev libspdlog-dev
+  # tests
+  libgtest-dev libgmock-dev
+)
+if [[ "${FEDPEFT_WITH_BENCH:-0}" == 1 ]]; then
+  PACKAGES+=(python3-torch python3-numpy)  # the PyTorch eager baseline
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all ${#PACKAGES[@]} Debian packages present"
+fi
+
+[[ "${FEDPEFT_SKIP_BUILD:-0}" == 1 ]] && exit 0
+
+BUILD_DIR="${FEDPEFT_BUILD_DIR:-build}"
+GENERATOR=()
+command -v ninja >/dev/null && GENERATOR=(-G Ninja)
+# ccache and precompiled headers: see ccache's manual, "Precompiled headers".
+export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}"
+if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
+  cmake -S . -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+fi
+cmake --build "$BUILD_DIR" -j "$(nproc)"
