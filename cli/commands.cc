@@ -1,1 +1,571 @@
-// TODO(skeleton): being written in this session.
+#include "cli/commands.h"
+
+#include <boost/program_options.hpp>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "data/dataset.h"
+#include "model/generate.h"
+#include "model/loader.h"
+#include "model/tokenizer.h"
+#include "peft/peft_io.h"
+#include "peft/peft_model.h"
+#include "worker/local_trainer.h"
+#include "worker/train_config.h"
+
+namespace fedpeft {
+namespace cli {
+namespace {
+
+namespace po = boost::program_options;
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+// Parses `args` against `desc`; on --help prints `synopsis` and the options
+// and returns 0 through *exit_code; on a usage error prints it and returns 2.
+bool ParseArgs(const std::string& command, const std::string& synopsis,
+               const po::options_description& desc, const Args& args,
+               po::variables_map* vm, int* exit_code) {
+  try {
+    po::store(po::command_line_parser(args).options(desc).run(), *vm);
+    if (vm->count("help")) {
+      std::cout << "usage: fedpeft " << command << " " << synopsis << "\n\n"
+                << desc << "\n";
+      *exit_code = kExitOk;
+      return false;
+    }
+    po::notify(*vm);
+  } catch (const po::error& e) {
+    std::cerr << "fedpeft " << command << ": " << e.what() << "\n"
+              << "usage: fedpeft " << command << " " << synopsis
+              << "   (--help for all options)\n";
+    *exit_code = kExitUsage;
+    return false;
+  }
+  return true;
+}
+
+int Fail(const std::string& command, const Status& status) {
+  std::cerr << "fedpeft " << command << ": error: " << status.message()
+            << "\n";
+  return kExitFailure;
+}
+
+struct LoadedBase {
+  std::shared_ptr<const model::LlamaWeights> weights;
+  std::unique_ptr<model::Tokenizer> tokenizer;
+};
+
+// Loads the base model and its tokenizer (`tokenizer_path` overrides the
+// one found beside the model).
+StatusOr<LoadedBase> LoadBase(const std::string& model_path,
+                              const std::string& tokenizer_path,
+                              const model::LoadOptions& options) {
+  LoadedBase base;
+  ASSIGN_OR_RETURN(base.weights, model::LoadModel(model_path, options));
+  std::string tok = tokenizer_path;
+  if (tok.empty()) {
+    ASSIGN_OR_RETURN(tok, model::FindTokenizerForModel(
+                              model_path, base.weights->config.vocab_size));
+  }
+  ASSIGN_OR_RETURN(base.tokenizer, model::LoadTokenizer(
+                                       tok, base.weights->config.vocab_size));
+  if (base.tokenizer->vocab_size() != base.weights->config.vocab_size) {
+    return Status::InvalidArgument(
+        "tokenizer '" + tok + "' has " +
+        std::to_string(base.tokenizer->vocab_size()) +
+        " tokens but the model '" + model_path + "' expects " +
+        std::to_string(base.weights->config.vocab_size) +
+        " (maybe the wrong --tokenizer?)");
+  }
+  return base;
+}
+
+// A model over `base` carrying the adapter in `adapter_dir`, or a fresh
+// model without adapters when `adapter_dir` is empty.
+StatusOr<std::unique_ptr<peft::PeftModel>> ModelWithAdapter(
+    std::shared_ptr<const model::LlamaWeights> base,
+    const std::string& adapter_dir) {
+  if (!adapter_dir.empty()) return peft::LoadPeftModel(base, adapter_dir);
+  return std::unique_ptr<peft::PeftModel>();
+}
+
+// The base model an adapter names, when --model is not given.
+StatusOr<std::string> BaseModelOf(const std::string& adapter_dir) {
+  ASSIGN_OR_RETURN(peft::SavedAdapter saved, peft::LoadAdapter(adapter_dir));
+  if (saved.base_model.empty() || !PathExists(saved.base_model)) {
+    return Status::InvalidArgument(
+        "adapter '" + adapter_dir + "' names base model '" + saved.base_model +
+        "', which is not a path here: pass --model PATH");
+  }
+  return saved.base_model;
+}
+
+std::string GreedySample(model::LlamaModel& m, const model::Tokenizer& tok,
+                         const std::string& prompt, int max_tokens) {
+  model::GenerateOptions options;
+  options.max_new_tokens = max_tokens;
+  std::vector<int64_t> ids = model::Generate(m, tok.Encode(prompt, true, false),
+                                             options);
+  return tok.Decode(ids);
+}
+
+std::string OneLine(std::string s) {
+  for (char& c : s) {
+    if (c == '\n') c = ' ';
+  }
+  return s;
+}
+
+void ApplyThreads(int threads) {
+  if (threads > 0) torch::set_num_threads(threads);
+}
+
+}  // namespace
+
+int RunTrain(const Args& args) {
+  const std::string cmd = "train";
+  std::string config_path, out_dir;
+  std::vector<std::string> overrides;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value(&config_path)->required(),
+      "YAML job config (e.g. configs/local_train.yaml)")(
+      "out", po::value(&out_dir)->required(),
+      "directory for the adapter (PEFT format) and train_summary.json")(
+      "set", po::value(&overrides)->composing(),
+      "override a config key: --set train.max_steps=50 (repeatable)");
+  po::variables_map vm;
+  int code = kExitOk;
+  if (!ParseArgs(cmd, "--config FILE --out DIR [--set key=value ...]", desc,
+                 args, &vm, &code)) {
+    return code;
+  }
+
+  auto config_or = worker::LoadTrainJobConfig(config_path, overrides);
+  if (!config_or.ok()) return Fail(cmd, config_or.status());
+  const worker::TrainJobConfig& cfg = *config_or;
+  SetLogLevel(*ParseLogLevel(cfg.logging.level));
+  if (!cfg.logging.file.empty()) {
+    Status s = AddLogFile(cfg.logging.file);
+    if (!s.ok()) return Fail(cmd, s);
+  }
+  ApplyThreads(cfg.model.threads);
+
+  auto load_opts = cfg.model.ToLoadOptions();
+  if (!load_opts.ok()) return Fail(cmd, load_opts.status());
+  auto base = LoadBase(cfg.model.path, cfg.model.tokenizer, *load_opts);
+  if (!base.ok()) return Fail(cmd, base.status());
+  auto device = model::ParseDevice(cfg.model.device);
+  if (!device.ok()) return Fail(cmd, device.status());
+
+  auto records = data::LoadRecords(cfg.data);
+  if (!records.ok()) return Fail(cmd, records.status());
+  std::vector<data::Record> train_records, eval_records;
+  data::SplitTrainEval(*records, cfg.data.eval_fraction, cfg.data.seed,
+                       &train_records, &eval_records);
+  std::vector<data::Example> train_examples =
+      data::Tokenize(train_records, *base->tokenizer, cfg.data);
+  std::vector<data::Example> eval_examples =
+      data::Tokenize(eval_records, *base->tokenizer, cfg.data);
+  if (train_examples.empty()) {
+    return Fail(cmd, Status::InvalidArgument(
+                         "data '" + cfg.data.path +
+                         "' gave no training examples (too few records?)"));
+  }
+
+  auto peft_or = peft::PeftModel::Create(base->weights, cfg.peft, cfg.seed);
+  if (!peft_or.ok()) return Fail(cmd, peft_or.status());
+  peft::PeftModel& pm = **peft_or;
+  pm.model().to(*device);
+
+  const model::LlamaConfig& mc = base->weights->config;
+  int64_t trainable = pm.NumTrainableParameters();
+  FP_LOG_INFO("train",
+              "model {} ({} layers, dim {}, {} params); {} trainable params "
+              "({:.2f}%) via {}",
+              cfg.model.path, mc.n_layers, mc.dim, mc.NumParameters(),
+              trainable, 100.0 * trainable / mc.NumParameters(),
+              cfg.peft.method);
+  FP_LOG_INFO("train",
+              "data {}: {} records -> {} train / {} eval examples of <= {} "
+              "tokens",
+              cfg.data.path, records->size(), train_examples.size(),
+              eval_examples.size(), cfg.data.max_seq_len);
+
+  worker::EvalResult before = worker::Evaluate(
+      pm.model(), eval_examples, cfg.train.eval_batch_size, *device);
+  FP_LOG_INFO("train", "eval before: loss {:.4f} ppl {:.2f} ({} tokens)",
+              before.loss, before.perplexity, before.tokens);
+  std::string sample_before;
+  if (cfg.sample.max_tokens > 0) {
+    sample_before = GreedySample(pm.model(), *base->tokenizer,
+                                 cfg.sample.prompt, cfg.sample.max_tokens);
+  }
+
+  worker::LocalTrainer trainer(pm, cfg.train, *device);
+  worker::TrainResult tr = trainer.Train(
+      train_examples, [](int epoch, double loss) {
+        FP_LOG_INFO("train", "epoch {} done: mean loss {:.4f}", epoch + 1,
+                    loss);
+      });
+  worker::EvalResult after = worker::Evaluate(
+      pm.model(), eval_examples, cfg.train.eval_batch_size, *device);
+  FP_LOG_INFO("train",
+              "trained {} steps ({} tokens) in {:.1f}s; eval after: loss "
+              "{:.4f} ppl {:.2f}",
+              tr.steps, tr.tokens, tr.seconds, after.loss, after.perplexity);
+  std::string sample_after;
+  if (cfg.sample.max_tokens > 0) {
+    sample_after = GreedySample(pm.model(), *base->tokenizer,
+                                cfg.sample.prompt, cfg.sample.max_tokens);
+  }
+
+  TensorMap tensors;
+  for (const auto& kv : pm.AdapterTensors()) {
+    tensors[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
+  }
+  Status saved = peft::SaveAdapter(out_dir, cfg.peft, tensors, cfg.model.path);
+  if (!saved.ok()) return Fail(cmd, saved);
+  nlohmann::json summary = {
+      {"model", cfg.model.path},
+      {"method", cfg.peft.method},
+      {"trainable_params", trainable},
+      {"train_examples", train_examples.size()},
+      {"eval_examples", eval_examples.size()},
+      {"steps", tr.steps},
+      {"train_tokens", tr.tokens},
+      {"seconds", tr.seconds},
+      {"train_loss_mean", tr.mean_loss},
+      {"train_loss_last", tr.last_loss},
+      {"eval_loss_before", before.loss},
+      {"eval_loss_after", after.loss},
+      {"ppl_before", before.perplexity},
+      {"ppl_after", after.perplexity},
+      {"eval_tokens", after.tokens},
+      {"sample_prompt", cfg.sample.prompt},
+      {"sample_before", sample_before},
+      {"sample_after", sample_after},
+  };
+  Status s = WriteFileAtomic(JoinPath(out_dir, "train_summary.json"),
+                             summary.dump(2) + "\n");
+  if (!s.ok()) return Fail(cmd, s);
+
+  std::printf("fedpeft train: %s on %s\n", cfg.peft.method.c_str(),
+              cfg.data.path.c_str());
+  std::printf("  trainable params  %lld of %lld (%.2f%%)\n",
+              static_cast<long long>(trainable),
+              static_cast<long long>(mc.NumParameters()),
+              100.0 * trainable / mc.NumParameters());
+  std::printf("  steps             %lld (%lld tokens, %.1f s, %.0f tok/s)\n",
+              static_cast<long long>(tr.steps),
+              static_cast<long long>(tr.tokens), tr.seconds,
+              tr.seconds > 0 ? tr.tokens / tr.seconds : 0.0);
+  std::printf("  eval loss         %.4f -> %.4f  (ppl %.2f -> %.2f, %lld "
+              "held-out tokens)\n",
+              before.loss, after.loss, before.perplexity, after.perplexity,
+              static_cast<long long>(after.tokens));
+  if (cfg.sample.max_tokens > 0) {
+    std::printf("  sample before     %s%s\n", cfg.sample.prompt.c_str(),
+                OneLine(sample_before).c_str());
+    std::printf("  sample after      %s%s\n", cfg.sample.prompt.c_str(),
+                OneLine(sample_after).c_str());
+  }
+  std::printf("  adapter           %s (adapter_config.json, "
+              "adapter_model.safetensors)\n",
+              out_dir.c_str());
+  std::printf("eval_loss_before=%.6f eval_loss_after=%.6f steps=%lld\n",
+              before.loss, after.loss, static_cast<long long>(tr.steps));
+  return kExitOk;
+}
+
+int RunEval(const Args& args) {
+  const std::string cmd = "eval";
+  std::string model_path, adapter_dir, data_path, tokenizer_path, config_path,
+      split = "all", device_name = "cpu";
+  std::vector<std::string> overrides;
+  int threads = 0;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "model", po::value(&model_path),
+      "base model: Hugging Face folder or llama2.c .bin (default: the "
+      "adapter's base model)")("adapter", po::value(&adapter_dir),
+                               "PEFT adapter folder to apply")(
+      "data", po::value(&data_path),
+      "data file (text, tiny-shakespeare, JSONL, JSON)")(
+      "tokenizer", po::value(&tokenizer_path),
+      "tokenizer.model or llama2.c tokenizer .bin (default: beside the "
+      "model)")("config", po::value(&config_path),
+                "optional job YAML (as for train): its data: section sets format, "
+                "max_seq_len, eval_fraction, seed")(
+      "set", po::value(&overrides)->composing(),
+      "override a data key: --set data.max_seq_len=256 (repeatable)")(
+      "split", po::value(&split)->default_value("all"),
+      "all records, or the held-out 'eval' / the 'train' split as `train` "
+      "makes it")("device", po::value(&device_name)->default_value("cpu"),
+                  "cpu, cuda or cuda:N")(
+      "threads", po::value(&threads)->default_value(0),
+      "intra-op threads (0 = default)");
+  po::variables_map vm;
+  int code = kExitOk;
+  if (!ParseArgs(cmd,
+                 "--model PATH [--adapter DIR] --data FILE [--split "
+                 "all|eval|train]",
+                 desc, args, &vm, &code)) {
+    return code;
+  }
+  if (split != "all" && split != "eval" && split != "train") {
+    return Fail(cmd, Status::InvalidArgument("--split: expected all, eval or "
+                                             "train, got '" +
+                                             split + "'"));
+  }
+  ApplyThreads(threads);
+
+  // Data options: defaults < --config (a train job config) < --set < --data.
+  auto root = LoadConfigFile(config_path, overrides);
+  if (!root.ok()) return Fail(cmd, root.status());
+  if (!data_path.empty()) (*root)["data"]["path"] = data_path;
+  ConfigReader in(*root, config_path);
+  worker::TrainJobConfig job;
+  job.Read(in);
+  Status st = in.Finish();
+  if (!st.ok()) return Fail(cmd, st);
+  const data::DataOptions& data_options = job.data;
+  if (model_path.empty() && !adapter_dir.empty()) {
+    auto base = BaseModelOf(adapter_dir);
+    if (!base.ok()) return Fail(cmd, base.status());
+    model_path = *base;
+  }
+  if (model_path.empty() && !config_path.empty()) model_path = job.model.path;
+  if (tokenizer_path.empty()) tokenizer_path = job.model.tokenizer;
+  if (model_path.empty()) {
+    return Fail(cmd, Status::InvalidArgument(
+                         "--model: missing (a Hugging Face folder or a "
+                         "llama2.c .bin)"));
+  }
+
+  auto device = model::ParseDevice(device_name);
+  if (!device.ok()) return Fail(cmd, device.status());
+  model::LoadOptions load_options;
+  load_options.device = device_name;
+  auto base = LoadBase(model_path, tokenizer_path, load_options);
+  if (!base.ok()) return Fail(cmd, base.status());
+  auto records = data::LoadRecords(data_options);
+  if (!records.ok()) return Fail(cmd, records.status());
+  std::vector<data::Record> chosen = *records;
+  if (split != "all") {
+    std::vector<data::Record> train_records, eval_records;
+    data::SplitTrainEval(*records, data_options.eval_fraction,
+                         data_options.seed, &train_records, &eval_records);
+    chosen = split == "eval" ? eval_records : train_records;
+  }
+  std::vector<data::Example> examples =
+      data::Tokenize(chosen, *base->tokenizer, data_options);
+
+  auto pm = ModelWithAdapter(base->weights, adapter_dir);
+  if (!pm.ok()) return Fail(cmd, pm.status());
+  std::unique_ptr<model::LlamaModel> plain;
+  model::LlamaModel* m = nullptr;
+  if (*pm) {
+    m = &(*pm)->model();
+  } else {
+    plain = std::make_unique<model::LlamaModel>(base->weights);
+    m = plain.get();
+  }
+  m->to(*device);
+  m->eval();
+  worker::EvalResult r = worker::Evaluate(*m, examples, 16, *device);
+  if (r.tokens == 0) {
+    return Fail(cmd, Status::InvalidArgument("data '" + data_options.path +
+                                             "' gave no tokens to evaluate"));
+  }
+  std::printf("model      %s%s\n", model_path.c_str(),
+              adapter_dir.empty() ? "" : (" + " + adapter_dir).c_str());
+  std::printf("data       %s (%s split, %zu records, %zu examples)\n",
+              data_options.path.c_str(), split.c_str(), chosen.size(),
+              examples.size());
+  std::printf("eval loss  %.4f   perplexity %.3f\n", r.loss, r.perplexity);
+  std::printf("eval_loss=%.6f ppl=%.6f tokens=%lld\n", r.loss, r.perplexity,
+              static_cast<long long>(r.tokens));
+  return kExitOk;
+}
+
+int RunGenerate(const Args& args) {
+  const std::string cmd = "generate";
+  std::string model_path, adapter_dir, tokenizer_path, prompt,
+      device_name = "cpu";
+  int max_tokens = 64;
+  double temperature = 0.0, top_p = 1.0;
+  uint64_t seed = 0;
+  int threads = 0;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "model", po::value(&model_path),
+      "base model: Hugging Face folder or llama2.c .bin (default: the "
+      "adapter's base model)")("adapter", po::value(&adapter_dir),
+                               "PEFT adapter folder to apply")(
+      "tokenizer", po::value(&tokenizer_path),
+      "tokenizer.model or llama2.c tokenizer .bin (default: beside the "
+      "model)")("prompt", po::value(&prompt)->required(), "prompt text")(
+      "max-tokens", po::value(&max_tokens)->default_value(64),
+      "new tokens at most")("temperature",
+                            po::value(&temperature)->default_value(0.0),
+                            "0 = greedy (deterministic)")(
+      "top-p", po::value(&top_p)->default_value(1.0),
+      "nucleus sampling threshold (with temperature > 0)")(
+      "seed", po::value(&seed)->default_value(0), "sampling seed")(
+      "device", po::value(&device_name)->default_value("cpu"),
+      "cpu, cuda or cuda:N")("threads", po::value(&threads)->default_value(0),
+                             "intra-op threads (0 = default)");
+  po::variables_map vm;
+  int code = kExitOk;
+  if (!ParseArgs(cmd,
+                 "--model PATH --prompt TEXT [--max-tokens N] [--temperature "
+                 "T] [--adapter DIR]",
+                 desc, args, &vm, &code)) {
+    return code;
+  }
+  if (max_tokens < 0) {
+    return Fail(cmd, Status::InvalidArgument("--max-tokens: must be >= 0, got " +
+                                             std::to_string(max_tokens)));
+  }
+  if (!(temperature >= 0) || !std::isfinite(temperature)) {
+    return Fail(cmd, Status::InvalidArgument(
+                         "--temperature: must be a finite number >= 0"));
+  }
+  if (!(top_p > 0 && top_p <= 1)) {
+    return Fail(cmd, Status::InvalidArgument("--top-p: must be in (0, 1]"));
+  }
+  ApplyThreads(threads);
+  if (model_path.empty() && !adapter_dir.empty()) {
+    auto base = BaseModelOf(adapter_dir);
+    if (!base.ok()) return Fail(cmd, base.status());
+    model_path = *base;
+  }
+  if (model_path.empty()) {
+    return Fail(cmd, Status::InvalidArgument(
+                         "--model: missing (a Hugging Face folder or a "
+                         "llama2.c .bin)"));
+  }
+  auto device = model::ParseDevice(device_name);
+  if (!device.ok()) return Fail(cmd, device.status());
+  model::LoadOptions load_options;
+  load_options.device = device_name;
+  auto base = LoadBase(model_path, tokenizer_path, load_options);
+  if (!base.ok()) return Fail(cmd, base.status());
+  auto pm = ModelWithAdapter(base->weights, adapter_dir);
+  if (!pm.ok()) return Fail(cmd, pm.status());
+  std::unique_ptr<model::LlamaModel> plain;
+  model::LlamaModel* m = nullptr;
+  if (*pm) {
+    m = &(*pm)->model();
+  } else {
+    plain = std::make_unique<model::LlamaModel>(base->weights);
+    m = plain.get();
+  }
+  m->to(*device);
+  m->eval();
+  model::GenerateOptions options;
+  options.max_new_tokens = max_tokens;
+  options.temperature = temperature;
+  options.top_p = top_p;
+  options.seed = seed;
+  std::vector<int64_t> ids =
+      model::Generate(*m, base->tokenizer->Encode(prompt, true, false), options);
+  std::string text = base->tokenizer->Decode(ids);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fputc('\n', stdout);
+  return kExitOk;
+}
+
+int RunExport(const Args& args) {
+  const std::string cmd = "export";
+  std::string adapter_dir, out_dir, model_path, tokenizer_path;
+  bool merge = false;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "adapter", po::value(&adapter_dir)->required(),
+      "PEFT adapter folder (adapter_config.json + "
+      "adapter_model.safetensors)")("out", po::value(&out_dir)->required(),
+                                    "output folder")(
+      "merge", po::bool_switch(&merge),
+      "write a merged Hugging Face model folder (config.json, "
+      "model.safetensors, tokenizer) instead of the adapter")(
+      "model", po::value(&model_path),
+      "base model (default: the adapter's base_model_name_or_path)")(
+      "tokenizer", po::value(&tokenizer_path),
+      "tokenizer to copy into a merged folder (default: beside the model)");
+  po::variables_map vm;
+  int code = kExitOk;
+  if (!ParseArgs(cmd, "--adapter DIR --out DIR [--merge] [--model PATH]",
+                 desc, args, &vm, &code)) {
+    return code;
+  }
+  if (model_path.empty()) {
+    auto base = BaseModelOf(adapter_dir);
+    if (!base.ok()) return Fail(cmd, base.status());
+    model_path = *base;
+  }
+  auto weights = model::LoadModel(model_path);
+  if (!weights.ok()) return Fail(cmd, weights.status());
+  // Loading through LoadPeftModel validates the adapter against the base.
+  auto pm = peft::LoadPeftModel(*weights, adapter_dir);
+  if (!pm.ok()) return Fail(cmd, pm.status());
+
+  if (!merge) {
+    TensorMap tensors;
+    for (const auto& kv : (*pm)->AdapterTensors()) {
+      tensors[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
+    }
+    Status s = peft::SaveAdapter(out_dir, (*pm)->options(), tensors,
+                                 model_path);
+    if (!s.ok()) return Fail(cmd, s);
+    std::printf("adapter written to %s (Hugging Face PEFT format)\n",
+                out_dir.c_str());
+    return kExitOk;
+  }
+
+  Status s = (*pm)->Merge();
+  if (!s.ok()) return Fail(cmd, s);
+  std::shared_ptr<model::LlamaWeights> merged =
+      (*pm)->model().ExportWeights();
+  s = model::SaveHfModel(*merged, out_dir);
+  if (!s.ok()) return Fail(cmd, s);
+  std::string tok = tokenizer_path;
+  if (tok.empty()) {
+    auto found =
+        model::FindTokenizerForModel(model_path, merged->config.vocab_size);
+    if (found.ok()) tok = *found;
+  }
+  if (!tok.empty()) {
+    namespace fs = std::filesystem;
+    std::string name = fs::path(tok).extension() == ".model"
+                           ? "tokenizer.model"
+                           : fs::path(tok).filename().string();
+    auto bytes = ReadFileToString(tok);
+    if (!bytes.ok()) return Fail(cmd, bytes.status());
+    s = WriteFileAtomic(JoinPath(out_dir, name), *bytes);
+    if (!s.ok()) return Fail(cmd, s);
+  } else {
+    FP_LOG_WARN("export",
+                "no tokenizer found beside '{}': the merged folder has "
+                "none; pass --tokenizer to include one",
+                model_path);
+  }
+  std::printf("merged model written to %s (config.json, "
+              "model.safetensors%s)\n",
+              out_dir.c_str(), tok.empty() ? "" : ", tokenizer");
+  return kExitOk;
+}
+
+}  // namespace cli
+}  // namespace fedpeft

@@ -1,1 +1,60 @@
-int main() { return 0; }
+// fedpeft: federated parameter-efficient fine-tuning of LLMs.
+// A thin dispatcher over the subcommands in cli/commands.h; no exception
+// leaves main().
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "cli/commands.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: fedpeft <command> [options]   (fedpeft <command> --help)\n"
+    "\n"
+    "commands:\n"
+    "  train     centralized LoRA / adapter fine-tuning from a YAML config\n"
+    "  eval      eval loss and perplexity of a model (+ adapter) on data\n"
+    "  generate  text from a model (+ adapter), greedy at temperature 0\n"
+    "  export    write an adapter in PEFT format, or a merged model folder\n";
+
+struct Command {
+  const char* name;
+  int (*run)(const fedpeft::cli::Args&);
+};
+
+constexpr Command kCommands[] = {
+    {"train", fedpeft::cli::RunTrain},
+    {"eval", fedpeft::cli::RunEval},
+    {"generate", fedpeft::cli::RunGenerate},
+    {"export", fedpeft::cli::RunExport},
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 ||
+      std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "help") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  fedpeft::cli::Args args(argv + 2, argv + argc);
+  for (const Command& c : kCommands) {
+    if (name != c.name) continue;
+    try {
+      return c.run(args);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "fedpeft %s: error: %s\n", name.c_str(), e.what());
+      return 1;
+    } catch (...) {
+      std::fprintf(stderr, "fedpeft %s: error: unknown exception\n",
+                   name.c_str());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "fedpeft: unknown command '%s'\n\n%s", name.c_str(),
+               kUsage);
+  return 2;
+}

@@ -1,1 +1,82 @@
-// TODO(skeleton): being written in this session.
+#include "worker/train_config.h"
+
+namespace fedpeft {
+namespace worker {
+
+void ModelOptions::Read(ConfigReader& in) {
+  in.Get("path", &path);
+  in.Get("tokenizer", &tokenizer);
+  in.Get("dtype", &dtype);
+  in.Get("device", &device);
+  in.Get("threads", &threads);
+  in.Check(!path.empty(), "path", "must name a model folder or .bin file");
+  in.Check(dtype == "float32" || dtype == "bfloat16" || dtype == "float16",
+           "dtype", "expected float32, bfloat16 or float16, got '" + dtype +
+                        "'");
+  in.Check(threads >= 0, "threads",
+           "must be >= 0 (0 = default), got " + ToConfigString(threads));
+  in.Check(model::ParseDevice(device).ok(), "device",
+           "expected cpu, cuda or cuda:N, got '" + device + "'");
+}
+
+StatusOr<model::LoadOptions> ModelOptions::ToLoadOptions() const {
+  model::LoadOptions options;
+  if (dtype == "float32") {
+    options.dtype = torch::kFloat32;
+  } else if (dtype == "bfloat16") {
+    options.dtype = torch::kBFloat16;
+  } else if (dtype == "float16") {
+    options.dtype = torch::kFloat16;
+  } else {
+    return Status::InvalidArgument("model.dtype: expected float32, bfloat16 "
+                                   "or float16, got '" +
+                                   dtype + "'");
+  }
+  RETURN_IF_ERROR(model::ParseDevice(device).status());
+  options.device = device;
+  return options;
+}
+
+void LoggingOptions::Read(ConfigReader& in) {
+  in.Get("level", &level);
+  in.Get("file", &file);
+  in.Check(level == "debug" || level == "info" || level == "warn" ||
+               level == "error",
+           "level", "expected debug, info, warn or error, got '" + level + "'");
+}
+
+void SampleOptions::Read(ConfigReader& in) {
+  in.Get("prompt", &prompt);
+  in.Get("max_tokens", &max_tokens);
+  in.Check(max_tokens >= 0, "max_tokens",
+           "must be >= 0, got " + ToConfigString(max_tokens));
+}
+
+void TrainJobConfig::Read(ConfigReader& in) {
+  ConfigReader model_in = in.Section("model");
+  model.Read(model_in);
+  ConfigReader peft_in = in.Section("peft");
+  peft.Read(peft_in);
+  ConfigReader data_in = in.Section("data");
+  data.Read(data_in);
+  ConfigReader train_in = in.Section("train");
+  train.Read(train_in);
+  ConfigReader logging_in = in.Section("logging");
+  logging.Read(logging_in);
+  ConfigReader sample_in = in.Section("sample");
+  sample.Read(sample_in);
+  in.Get("seed", &seed);
+}
+
+StatusOr<TrainJobConfig> LoadTrainJobConfig(
+    const std::string& path, const std::vector<std::string>& overrides) {
+  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
+  ConfigReader in(root, path);
+  TrainJobConfig config;
+  config.Read(in);
+  RETURN_IF_ERROR(in.Finish());
+  return config;
+}
+
+}  // namespace worker
+}  // namespace fedpeft

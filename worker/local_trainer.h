@@ -1,0 +1,119 @@
+// Local training of a PeftModel: the loop `fedpeft train` runs on one
+// machine and a federated worker runs every round.
+//
+// AdamW over the adapter parameters only, gradient clipping by global L2
+// norm, constant or cosine learning rate with linear warmup, gradient
+// accumulation, optional FedProx proximal term (mu/2 * ||w - w_global||^2).
+// The loss is next-token cross entropy averaged over target tokens
+// (targets of -100 are ignored).
+//
+// Ownership: the trainer references the PeftModel (which must outlive it)
+// and owns the optimizer state.
+// Thread-safety: one thread at a time.
+#ifndef FEDPEFT_WORKER_LOCAL_TRAINER_H_
+#define FEDPEFT_WORKER_LOCAL_TRAINER_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/status.h"
+#include "data/dataset.h"
+#include "peft/peft_model.h"
+
+namespace fedpeft {
+namespace worker {
+
+struct OptimOptions {
+  double lr = 2e-3;            // peak learning rate
+  double weight_decay = 0.0;   // AdamW decoupled weight decay
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double max_grad_norm = 1.0;  // clip the global grad norm; 0 = off
+  std::string schedule = "cosine";  // cosine | constant
+  int warmup_steps = 0;        // linear warmup from 0 to lr
+  double min_lr_ratio = 0.1;   // cosine floor as a share of lr
+
+  void Read(ConfigReader& in);  // keys of a "train.optim"-like section
+};
+
+struct TrainOptions {
+  int epochs = 1;            // passes over the data (when max_steps == 0)
+  int64_t max_steps = 0;     // optimizer steps; 0 = run `epochs`
+  int batch_size = 8;        // examples per micro-batch
+  int grad_accum = 1;        // micro-batches per optimizer step
+  int eval_batch_size = 16;
+  double fedprox_mu = 0.0;   // FedProx proximal weight; 0 = off
+  int log_every = 10;        // steps between log lines (0 = never)
+  bool progress_bar = true;  // redraw a bar on stderr when it is a terminal
+  uint64_t seed = 1234;      // data order and dropout
+  OptimOptions optim;
+
+  void Read(ConfigReader& in);  // keys of a "train" section
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  int64_t tokens = 0;        // target tokens trained on
+  double mean_loss = 0.0;    // mean over steps
+  double last_loss = 0.0;
+  double seconds = 0.0;
+};
+
+struct EvalResult {
+  double loss = 0.0;  // mean cross entropy per target token
+  double perplexity = 0.0;
+  int64_t tokens = 0;
+};
+
+// Mean next-token cross entropy of `batch` (targets -100 ignored).
+torch::Tensor LanguageModelLoss(model::LlamaModel& model,
+                                const data::Batch& batch);
+
+// Loss of `examples` under no_grad, weighted by target tokens.
+EvalResult Evaluate(model::LlamaModel& model,
+                    const std::vector<data::Example>& examples,
+                    int batch_size, const torch::Device& device);
+
+class LocalTrainer {
+ public:
+  // REQUIRES: `peft` outlives the trainer.
+  LocalTrainer(peft::PeftModel& peft, const TrainOptions& options,
+               torch::Device device);
+
+  // One optimizer step over `micro_batches` (gradient accumulation),
+  // returns the token-weighted mean loss. `total_steps` sets the schedule.
+  double Step(const std::vector<data::Batch>& micro_batches,
+              int64_t total_steps);
+
+  // Runs the whole schedule over `train`: shuffled each epoch by seed.
+  // `on_epoch(epoch, mean_loss)` is called after each epoch when set.
+  TrainResult Train(const std::vector<data::Example>& train,
+                    const std::function<void(int, double)>& on_epoch = {});
+
+  // Sets the FedProx anchor (the global adapter at round start); clones.
+  void SetProximalAnchor(const TensorMap& global);
+
+  int64_t step() const { return step_; }
+  double LearningRate(int64_t step, int64_t total_steps) const;
+
+ private:
+  peft::PeftModel& peft_;
+  TrainOptions options_;
+  torch::Device device_;
+  std::vector<torch::Tensor> params_;
+  std::vector<torch::Tensor> anchor_;  // FedProx, aligned with params_
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  int64_t step_ = 0;
+};
+
+}  // namespace worker
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_WORKER_LOCAL_TRAINER_H_

@@ -1,0 +1,78 @@
+// The configuration of a training job on one machine (`fedpeft train`,
+// and the local part of a federated worker): which base model, which PEFT
+// method, which data, how to train.
+//
+//   model:   {path, tokenizer, dtype, device, threads}
+//   peft:    {method, lora: {...}, bottleneck: {...}}   (peft/peft_model.h)
+//   data:    {path, format, max_seq_len, ...}           (data/dataset.h)
+//   train:   {epochs, max_steps, batch_size, optim: {...}, ...}
+//   logging: {level, file}
+//   sample:  {prompt, max_tokens}   the greedy sample printed before/after
+//   seed:    adapter initialisation
+//
+// Relative paths are taken as given (relative to the working directory).
+//
+// Thread-safety: plain values.
+#ifndef FEDPEFT_WORKER_TRAIN_CONFIG_H_
+#define FEDPEFT_WORKER_TRAIN_CONFIG_H_
+
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/status.h"
+#include "data/dataset.h"
+#include "model/loader.h"
+#include "peft/peft_model.h"
+#include "worker/local_trainer.h"
+
+namespace fedpeft {
+namespace worker {
+
+struct ModelOptions {
+  std::string path = "assets/stories260K";  // HF folder or llama2.c .bin
+  std::string tokenizer;         // empty = the one beside the model
+  std::string dtype = "float32";  // float32 | bfloat16 | float16
+  std::string device = "cpu";    // cpu | cuda | cuda:N
+  int threads = 0;               // intra-op threads; 0 = LibTorch default
+
+  void Read(ConfigReader& in);
+  // The LoadOptions these options describe (dtype and device parsed).
+  StatusOr<model::LoadOptions> ToLoadOptions() const;
+};
+
+struct LoggingOptions {
+  std::string level = "info";  // debug | info | warn | error
+  std::string file;            // also log here when set
+
+  void Read(ConfigReader& in);
+};
+
+struct SampleOptions {
+  std::string prompt = "ROMEO:";  // prompt of the before/after sample
+  int max_tokens = 48;            // 0 = no sample
+
+  void Read(ConfigReader& in);
+};
+
+struct TrainJobConfig {
+  ModelOptions model;
+  peft::PeftOptions peft;
+  data::DataOptions data;
+  TrainOptions train;
+  LoggingOptions logging;
+  SampleOptions sample;
+  uint64_t seed = 42;  // adapter initialisation
+
+  void Read(ConfigReader& in);
+};
+
+// Loads `path` with `--set` overrides applied, binds and validates it; one
+// error listing every problem with its key path and the file.
+StatusOr<TrainJobConfig> LoadTrainJobConfig(
+    const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace worker
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_WORKER_TRAIN_CONFIG_H_
