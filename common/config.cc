@@ -106,7 +106,8 @@ ConfigReader ConfigReader::Section(const std::string& key) {
     if (node_[key].IsMap()) {
       child = node_[key];
     } else {
-      shared_->errors.push_back(path + ": expected a section (a mapping), got " +
+      shared_->errors.push_back(path +
+                                ": expected a section (a mapping), got " +
                                 Describe(node_[key]));
     }
   }
@@ -133,7 +134,9 @@ void ConfigReader::CollectUnknown(const YAML::Node& node,
       unknown->push_back(path);
       continue;
     }
-    if (kv.second.IsMap()) CollectUnknown(kv.second, path + ".", unknown);
+    if (kv.second.IsMap() && !shared_->data_maps.count(path)) {
+      CollectUnknown(kv.second, path + ".", unknown);
+    }
   }
 }
 
@@ -280,6 +283,32 @@ bool ConfigReader::Convert(const YAML::Node& node, std::vector<double>* out) {
     out->push_back(v);
   }
   return true;
+}
+
+namespace {
+template <typename V>
+bool ConvertMap(const YAML::Node& node, std::map<std::string, V>* out,
+                bool (*convert)(const YAML::Node&, V*)) {
+  out->clear();
+  if (!node.IsMap()) return false;
+  for (const auto& kv : node) {
+    if (!kv.first.IsScalar()) return false;
+    V v;
+    if (!convert(kv.second, &v)) return false;
+    (*out)[kv.first.Scalar()] = v;
+  }
+  return true;
+}
+}  // namespace
+
+bool ConfigReader::Convert(const YAML::Node& node,
+                           std::map<std::string, int>* out) {
+  return ConvertMap<int>(node, out, &ConfigReader::Convert);
+}
+
+bool ConfigReader::Convert(const YAML::Node& node,
+                           std::map<std::string, double>* out) {
+  return ConvertMap<double>(node, out, &ConfigReader::Convert);
 }
 
 }  // namespace fedpeft

@@ -28,6 +28,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -58,7 +59,10 @@ class ConfigReader {
   // Binds an optional key: leaves *out untouched when absent, records an
   // error naming the key when the value has the wrong type.
   // T: bool, int, int64_t, uint64_t, double, std::string,
-  //    std::vector<std::string>, std::vector<int>, std::vector<double>.
+  //    std::vector<std::string>, std::vector<int>, std::vector<double>,
+  //    std::map<std::string, int>, std::map<std::string, double> (a mapping
+  //    whose keys are data, e.g. lora.rank_pattern; they are not checked as
+  //    config keys).
   template <typename T>
   void Get(const std::string& key, T* out);
 
@@ -84,7 +88,8 @@ class ConfigReader {
  private:
   struct Shared {
     std::vector<std::string> errors;
-    std::set<std::string> consumed;  // full paths that were read
+    std::set<std::string> consumed;   // full paths that were read
+    std::set<std::string> data_maps;  // consumed maps whose keys are data
   };
   ConfigReader(YAML::Node node, std::string prefix,
                std::shared_ptr<Shared> shared, std::string source);
@@ -98,6 +103,9 @@ class ConfigReader {
   static bool Convert(const YAML::Node& node, std::vector<std::string>* out);
   static bool Convert(const YAML::Node& node, std::vector<int>* out);
   static bool Convert(const YAML::Node& node, std::vector<double>* out);
+  static bool Convert(const YAML::Node& node, std::map<std::string, int>* out);
+  static bool Convert(const YAML::Node& node,
+                      std::map<std::string, double>* out);
   static const char* TypeName(const bool*) { return "a boolean"; }
   static const char* TypeName(const int*) { return "an integer"; }
   static const char* TypeName(const int64_t*) { return "an integer"; }
@@ -115,6 +123,20 @@ class ConfigReader {
   static const char* TypeName(const std::vector<double>*) {
     return "a list of numbers";
   }
+  static const char* TypeName(const std::map<std::string, int>*) {
+    return "a mapping of names to integers";
+  }
+  static const char* TypeName(const std::map<std::string, double>*) {
+    return "a mapping of names to numbers";
+  }
+  template <typename T>
+  static constexpr bool IsDataMap(const T*) {
+    return false;
+  }
+  template <typename V>
+  static constexpr bool IsDataMap(const std::map<std::string, V>*) {
+    return true;
+  }
   static std::string Describe(const YAML::Node& node);
   void CollectUnknown(const YAML::Node& node, const std::string& prefix,
                       std::vector<std::string>* unknown) const;
@@ -129,6 +151,7 @@ template <typename T>
 void ConfigReader::Get(const std::string& key, T* out) {
   const std::string path = Path(key);
   shared_->consumed.insert(path);
+  if (IsDataMap(out)) shared_->data_maps.insert(path);
   if (!node_.IsMap() || !node_[key]) return;
   YAML::Node value = node_[key];
   if (value.IsNull()) return;

@@ -12,6 +12,7 @@
 #ifndef FEDPEFT_PEFT_PEFT_IO_H_
 #define FEDPEFT_PEFT_PEFT_IO_H_
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/status.h"
@@ -22,9 +23,18 @@ namespace peft {
 
 struct SavedAdapter {
   PeftOptions options;
-  TensorMap tensors;  // PEFT keys
+  TensorMap tensors;       // PEFT keys
   std::string base_model;  // base_model_name_or_path
 };
+
+// The adapter_config.json contents SaveAdapter writes for `options` (what
+// the coordinator sends workers at registration and keeps in checkpoints).
+nlohmann::json AdapterConfigToJson(const PeftOptions& options,
+                                   const std::string& base_model);
+// Parses and validates adapter_config.json text; `source` names it in
+// errors.
+StatusOr<PeftOptions> AdapterConfigFromJson(const std::string& json_text,
+                                            const std::string& source);
 
 // Writes `dir`/adapter_config.json and `dir`/adapter_model.safetensors
 // atomically (creating `dir`).

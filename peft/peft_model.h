@@ -41,23 +41,23 @@ namespace fedpeft {
 namespace peft {
 
 struct LoraOptions {
-  int r = 8;            // rank of every adapted projection
-  double alpha = 16.0;  // scale = alpha / r (alpha / sqrt(r) with rslora)
+  int r = 8;             // rank of every adapted projection
+  double alpha = 16.0;   // scale = alpha / r (alpha / sqrt(r) with rslora)
   double dropout = 0.0;  // dropout on the LoRA input while training
   // Hugging Face projection names to adapt.
   std::vector<std::string> target_modules{"q_proj", "k_proj", "v_proj",
                                           "o_proj"};
-  std::vector<int> layers_to_transform;  // empty = every layer
+  std::vector<int> layers_to_transform;         // empty = every layer
   std::map<std::string, int> rank_pattern;      // module suffix -> r
   std::map<std::string, double> alpha_pattern;  // module suffix -> alpha
   bool use_rslora = false;  // scale = alpha / sqrt(r) (Kalajdzievski 2023)
 };
 
 struct BottleneckOptions {
-  int bottleneck_dim = 16;          // width of the down-projection
+  int bottleneck_dim = 16;  // width of the down-projection
   std::vector<std::string> places{"attn", "mlp"};  // after which sublayers
-  std::string activation = "relu";  // relu | gelu | silu | tanh
-  std::vector<int> layers_to_transform;  // empty = every layer
+  std::string activation = "relu";                 // relu | gelu | silu | tanh
+  std::vector<int> layers_to_transform;            // empty = every layer
 };
 
 struct PeftOptions {
@@ -69,6 +69,9 @@ struct PeftOptions {
   // and names (unknown target module -> error listing the valid ones).
   void Read(ConfigReader& in);
 };
+
+class LoraLinear;
+class BottleneckAdapter;
 
 class PeftModel {
  public:
@@ -108,7 +111,17 @@ class PeftModel {
   PeftModel() = default;
   PeftOptions options_;
   std::shared_ptr<model::LlamaModel> model_;
+  // Module path ("model.layers.3.self_attn.q_proj") -> its adapter; the
+  // same modules model_ holds in its slots.
+  std::map<std::string, std::shared_ptr<LoraLinear>> lora_;
+  // "model.layers.3.attn_adapter" -> adapter.
+  std::map<std::string, std::shared_ptr<BottleneckAdapter>> bottleneck_;
 };
+
+// Range and name checks of `options` (the ones PeftOptions::Read applies),
+// all errors in one InvalidArgument with their keys ("lora.r: must be >= 1,
+// got 0"). With `n_layers` >= 0, layer indices must also be below it.
+Status ValidatePeftOptions(const PeftOptions& options, int64_t n_layers = -1);
 
 // Rank and alpha that `options` give the projection at `module_path`
 // ("model.layers.3.self_attn.q_proj"), applying rank_pattern/alpha_pattern.
