@@ -11,7 +11,13 @@
 //               {"instruction","context","response"}, {"question","answer"}
 //   json        a JSON array of such objects (alpaca)
 // Instruction records render as a prompt and a response; the loss counts
-// only response tokens (targets of prompt tokens are -100).
+// only response tokens (targets of prompt tokens are -100). The prompt is
+// Alpaca's template without its preamble:
+//   "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+// (the Input block is omitted when input/context is empty; a question is
+// the instruction), and the response is output/response/answer followed by
+// EOS at tokenization. Other scalar fields of a JSON record (e.g.
+// "category") are kept in Record::fields for partitioning.
 //
 // Thread-safety: free functions; results are values.
 #ifndef FEDPEFT_DATA_DATASET_H_
@@ -46,7 +52,7 @@ struct DataOptions {
   uint64_t seed = 1234;          // shuffling and splits
   int64_t max_records = 0;       // 0 = all; cap for quick runs
   // Partitioning for federated runs (shard i of n):
-  std::string partition = "iid";  // iid | field | dirichlet
+  std::string partition = "iid";            // iid | field | dirichlet
   std::string partition_field = "speaker";  // field for field / dirichlet
   double dirichlet_alpha = 0.5;
 
@@ -64,15 +70,27 @@ struct Example {
   std::vector<int64_t> targets;
 };
 
-// Tokenizes records into examples of at most max_seq_len tokens, BOS first.
-// packing "pack" concatenates records (EOS between) and cuts windows;
-// "truncate" keeps one example per record.
+// Tokenizes records into examples of at most max_seq_len tokens. Every
+// record becomes BOS, prompt, response, EOS; targets are the next token,
+// -100 where the next token is a prompt token or a record's BOS.
+// packing "pack" concatenates the records and cuts the stream into windows
+// of max_seq_len tokens (each window reads max_seq_len + 1 stream tokens,
+// the last one only as a target; only the final window may be shorter, and
+// only the first one necessarily starts with BOS); "truncate" keeps one
+// example per record, BOS first, cut to max_seq_len. Examples are never
+// empty; windows/records with no target token (e.g. a prompt longer than
+// max_seq_len) are dropped.
 std::vector<Example> Tokenize(const std::vector<Record>& records,
                               const model::Tokenizer& tokenizer,
                               const DataOptions& options);
 
-// Deterministic shuffle by seed, then the last eval_fraction of records
-// (at least one when there are two or more) is the eval split.
+// A permutation of 0..n-1: Fisher-Yates over std::mt19937_64(seed) with its
+// own bounded draw, so the order is the same with every standard library.
+std::vector<size_t> ShuffledIndices(size_t n, uint64_t seed);
+
+// Deterministic shuffle by seed (ShuffledIndices), then the last eval_fraction
+// of records (at least one when there are two or more and eval_fraction > 0,
+// and never all of them) is the eval split. REQUIRES: train, eval non-null.
 void SplitTrainEval(const std::vector<Record>& records, double eval_fraction,
                     uint64_t seed, std::vector<Record>* train,
                     std::vector<Record>* eval);
@@ -81,8 +99,10 @@ void SplitTrainEval(const std::vector<Record>& records, double eval_fraction,
 // distinct value of `field` goes whole to one shard (largest groups first
 // to the least-loaded shard, so shards are non-IID but balanced in size).
 // dirichlet: per field value, shard proportions ~ Dirichlet(alpha).
-// Deterministic for `seed`. Returns shard -> record indices; errors if a
-// record lacks the field or n < 1.
+// Deterministic for `seed`. Returns shard -> record indices (ascending in
+// each shard); errors if a record lacks the field, n < 1 or the method is
+// unknown. A shard may be empty (fewer records or field values than
+// shards, or a small alpha); callers check their own shard.
 StatusOr<std::vector<std::vector<size_t>>> Partition(
     const std::vector<Record>& records, int n, const std::string& method,
     const std::string& field, double alpha, uint64_t seed);
@@ -97,7 +117,8 @@ struct Batch {
 };
 
 // Builds batches of `batch_size` from examples in the given order
-// (the last one may be smaller).
+// (the last one may be smaller), each padded to its longest example.
+// REQUIRES: batch_size >= 1, every index in `order` < examples.size().
 std::vector<Batch> MakeBatches(const std::vector<Example>& examples,
                                const std::vector<size_t>& order,
                                int batch_size);

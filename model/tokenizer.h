@@ -1,8 +1,15 @@
-// Tokenizers: SentencePiece models (tokenizer.model, through
-// libsentencepiece) and llama2.c tokenizer files (tok512.bin: int32 max
-// token length, then per token F32 score, int32 length, bytes), encoded with
-// the same BPE-by-score merge and byte fallback llama2.c uses, so both give
-// the same ids for the same vocabulary.
+// Tokenizers: SentencePiece BPE models (tokenizer.model) and llama2.c
+// tokenizer files (tok512.bin: int32 max token length, then per token F32
+// score, int32 length, bytes), encoded with the same BPE-by-score merge and
+// byte fallback llama2.c uses, so both give the same ids for the same
+// vocabulary.
+//
+// tokenizer.model is read by our own protobuf reader, not libsentencepiece:
+// Debian's libsentencepiece0 bundles protobuf 3.14 with exported symbols
+// that clash with LibTorch's libprotobuf 3.21 in one process (crash at
+// startup). Supported: model type bpe with identity normalization, i.e.
+// Llama-family tokenizers; others give Unimplemented. The ids are pinned to
+// libsentencepiece's own output by tests/model/tokenizer_test.cc.
 //
 // Thread-safety: Encode/Decode are const and safe from many threads.
 #ifndef FEDPEFT_MODEL_TOKENIZER_H_
