@@ -1,5 +1,7 @@
 #include "cli/commands.h"
 
+#include "cli/cli_util.h"
+
 #include <boost/program_options.hpp>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +12,7 @@
 #include <sstream>
 
 #include "common/file_util.h"
+#include "coordinator/checkpoint.h"
 #include "common/logging.h"
 #include "data/dataset.h"
 #include "model/generate.h"
@@ -25,70 +28,6 @@ namespace cli {
 namespace {
 
 namespace po = boost::program_options;
-
-constexpr int kExitOk = 0;
-constexpr int kExitFailure = 1;
-constexpr int kExitUsage = 2;
-
-// Parses `args` against `desc`; on --help prints `synopsis` and the options
-// and returns 0 through *exit_code; on a usage error prints it and returns 2.
-bool ParseArgs(const std::string& command, const std::string& synopsis,
-               const po::options_description& desc, const Args& args,
-               po::variables_map* vm, int* exit_code) {
-  try {
-    po::store(po::command_line_parser(args).options(desc).run(), *vm);
-    if (vm->count("help")) {
-      std::cout << "usage: fedpeft " << command << " " << synopsis << "\n\n"
-                << desc << "\n";
-      *exit_code = kExitOk;
-      return false;
-    }
-    po::notify(*vm);
-  } catch (const po::error& e) {
-    std::cerr << "fedpeft " << command << ": " << e.what() << "\n"
-              << "usage: fedpeft " << command << " " << synopsis
-              << "   (--help for all options)\n";
-    *exit_code = kExitUsage;
-    return false;
-  }
-  return true;
-}
-
-int Fail(const std::string& command, const Status& status) {
-  std::cerr << "fedpeft " << command << ": error: " << status.message()
-            << "\n";
-  return kExitFailure;
-}
-
-struct LoadedBase {
-  std::shared_ptr<const model::LlamaWeights> weights;
-  std::unique_ptr<model::Tokenizer> tokenizer;
-};
-
-// Loads the base model and its tokenizer (`tokenizer_path` overrides the
-// one found beside the model).
-StatusOr<LoadedBase> LoadBase(const std::string& model_path,
-                              const std::string& tokenizer_path,
-                              const model::LoadOptions& options) {
-  LoadedBase base;
-  ASSIGN_OR_RETURN(base.weights, model::LoadModel(model_path, options));
-  std::string tok = tokenizer_path;
-  if (tok.empty()) {
-    ASSIGN_OR_RETURN(tok, model::FindTokenizerForModel(
-                              model_path, base.weights->config.vocab_size));
-  }
-  ASSIGN_OR_RETURN(base.tokenizer, model::LoadTokenizer(
-                                       tok, base.weights->config.vocab_size));
-  if (base.tokenizer->vocab_size() != base.weights->config.vocab_size) {
-    return Status::InvalidArgument(
-        "tokenizer '" + tok + "' has " +
-        std::to_string(base.tokenizer->vocab_size()) +
-        " tokens but the model '" + model_path + "' expects " +
-        std::to_string(base.weights->config.vocab_size) +
-        " (maybe the wrong --tokenizer?)");
-  }
-  return base;
-}
 
 // A model over `base` carrying the adapter in `adapter_dir`, or a fresh
 // model without adapters when `adapter_dir` is empty.
@@ -154,11 +93,8 @@ int RunTrain(const Args& args) {
   auto config_or = worker::LoadTrainJobConfig(config_path, overrides);
   if (!config_or.ok()) return Fail(cmd, config_or.status());
   const worker::TrainJobConfig& cfg = *config_or;
-  SetLogLevel(*ParseLogLevel(cfg.logging.level));
-  if (!cfg.logging.file.empty()) {
-    Status s = AddLogFile(cfg.logging.file);
-    if (!s.ok()) return Fail(cmd, s);
-  }
+  Status logging = SetUpLogging(cfg.logging.level, cfg.logging.file);
+  if (!logging.ok()) return Fail(cmd, logging);
   ApplyThreads(cfg.model.threads);
 
   auto load_opts = cfg.model.ToLoadOptions();
@@ -489,44 +425,74 @@ int RunGenerate(const Args& args) {
 
 int RunExport(const Args& args) {
   const std::string cmd = "export";
-  std::string adapter_dir, out_dir, model_path, tokenizer_path;
+  std::string adapter_dir, checkpoint_dir, out_dir, model_path, tokenizer_path;
   bool merge = false;
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
-      "adapter", po::value(&adapter_dir)->required(),
+      "adapter", po::value(&adapter_dir),
       "PEFT adapter folder (adapter_config.json + "
-      "adapter_model.safetensors)")("out", po::value(&out_dir)->required(),
-                                    "output folder")(
+      "adapter_model.safetensors)")(
+      "checkpoint", po::value(&checkpoint_dir),
+      "coordinator checkpoint dir (its latest round) or one round folder")(
+      "out", po::value(&out_dir)->required(), "output folder")(
       "merge", po::bool_switch(&merge),
       "write a merged Hugging Face model folder (config.json, "
       "model.safetensors, tokenizer) instead of the adapter")(
       "model", po::value(&model_path),
-      "base model (default: the adapter's base_model_name_or_path)")(
+      "base model (default: the one the adapter or checkpoint names)")(
       "tokenizer", po::value(&tokenizer_path),
       "tokenizer to copy into a merged folder (default: beside the model)");
   po::variables_map vm;
   int code = kExitOk;
-  if (!ParseArgs(cmd, "--adapter DIR --out DIR [--merge] [--model PATH]",
-                 desc, args, &vm, &code)) {
-    return code;
+  const char* synopsis =
+      "(--adapter DIR | --checkpoint DIR) --out DIR [--merge] [--model PATH]";
+  if (!ParseArgs(cmd, synopsis, desc, args, &vm, &code)) return code;
+  if (adapter_dir.empty() == checkpoint_dir.empty()) {
+    std::cerr << "fedpeft export: give exactly one of --adapter and "
+                 "--checkpoint\nusage: fedpeft export "
+              << synopsis << "\n";
+    return kExitUsage;
   }
-  if (model_path.empty()) {
-    auto base = BaseModelOf(adapter_dir);
-    if (!base.ok()) return Fail(cmd, base.status());
-    model_path = *base;
+
+  std::unique_ptr<peft::PeftModel> pm;
+  if (!checkpoint_dir.empty()) {
+    auto ckpt = PathExists(JoinPath(checkpoint_dir, "state.json"))
+                    ? coordinator::LoadCheckpointFolder(checkpoint_dir)
+                    : coordinator::LoadLatestCheckpoint(checkpoint_dir);
+    if (!ckpt.ok()) return Fail(cmd, ckpt.status());
+    auto options = peft::AdapterConfigFromJson(
+        ckpt->adapter_config.dump(), checkpoint_dir + " (state.json)");
+    if (!options.ok()) return Fail(cmd, options.status());
+    if (model_path.empty()) model_path = ckpt->base_model;
+    auto weights = model::LoadModel(model_path);
+    if (!weights.ok()) return Fail(cmd, weights.status());
+    auto created = peft::PeftModel::Create(*weights, *options, 0);
+    if (!created.ok()) return Fail(cmd, created.status());
+    Status s = (*created)->LoadAdapterTensors(ckpt->global);
+    if (!s.ok()) return Fail(cmd, s);
+    pm = std::move(created).value();
+    FP_LOG_INFO("export", "checkpoint {}: round {} of federation '{}'",
+                checkpoint_dir, ckpt->round, ckpt->federation_id);
+  } else {
+    if (model_path.empty()) {
+      auto base = BaseModelOf(adapter_dir);
+      if (!base.ok()) return Fail(cmd, base.status());
+      model_path = *base;
+    }
+    auto weights = model::LoadModel(model_path);
+    if (!weights.ok()) return Fail(cmd, weights.status());
+    // Loading through LoadPeftModel validates the adapter against the base.
+    auto loaded = peft::LoadPeftModel(*weights, adapter_dir);
+    if (!loaded.ok()) return Fail(cmd, loaded.status());
+    pm = std::move(loaded).value();
   }
-  auto weights = model::LoadModel(model_path);
-  if (!weights.ok()) return Fail(cmd, weights.status());
-  // Loading through LoadPeftModel validates the adapter against the base.
-  auto pm = peft::LoadPeftModel(*weights, adapter_dir);
-  if (!pm.ok()) return Fail(cmd, pm.status());
 
   if (!merge) {
     TensorMap tensors;
-    for (const auto& kv : (*pm)->AdapterTensors()) {
+    for (const auto& kv : pm->AdapterTensors()) {
       tensors[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
     }
-    Status s = peft::SaveAdapter(out_dir, (*pm)->options(), tensors,
+    Status s = peft::SaveAdapter(out_dir, pm->options(), tensors,
                                  model_path);
     if (!s.ok()) return Fail(cmd, s);
     std::printf("adapter written to %s (Hugging Face PEFT format)\n",
@@ -534,10 +500,10 @@ int RunExport(const Args& args) {
     return kExitOk;
   }
 
-  Status s = (*pm)->Merge();
+  Status s = pm->Merge();
   if (!s.ok()) return Fail(cmd, s);
   std::shared_ptr<model::LlamaWeights> merged =
-      (*pm)->model().ExportWeights();
+      pm->model().ExportWeights();
   s = model::SaveHfModel(*merged, out_dir);
   if (!s.ok()) return Fail(cmd, s);
   std::string tok = tokenizer_path;

@@ -17,6 +17,10 @@ int RunTrain(const Args& args);
 int RunEval(const Args& args);
 int RunGenerate(const Args& args);
 int RunExport(const Args& args);
+int RunCoordinator(const Args& args);
+int RunWorker(const Args& args);
+int RunStatus(const Args& args);
+int RunSimulate(const Args& args);
 
 }  // namespace cli
 }  // namespace fedpeft

@@ -17,7 +17,14 @@ constexpr const char* kUsage =
     "  train     centralized LoRA / adapter fine-tuning from a YAML config\n"
     "  eval      eval loss and perplexity of a model (+ adapter) on data\n"
     "  generate  text from a model (+ adapter), greedy at temperature 0\n"
-    "  export    write an adapter in PEFT format, or a merged model folder\n";
+    "  export    write an adapter (or a checkpoint's global adapter) in PEFT\n"
+    "            format, or a merged model folder\n"
+    "\n"
+    "federated:\n"
+    "  coordinator  schedule rounds, aggregate, checkpoint (--config YAML)\n"
+    "  worker       train on local data for a coordinator (--config YAML)\n"
+    "  simulate     a whole federation on this machine (the quickstart)\n"
+    "  status       the live state of a running coordinator\n";
 
 struct Command {
   const char* name;
@@ -29,6 +36,10 @@ constexpr Command kCommands[] = {
     {"eval", fedpeft::cli::RunEval},
     {"generate", fedpeft::cli::RunGenerate},
     {"export", fedpeft::cli::RunExport},
+    {"coordinator", fedpeft::cli::RunCoordinator},
+    {"worker", fedpeft::cli::RunWorker},
+    {"simulate", fedpeft::cli::RunSimulate},
+    {"status", fedpeft::cli::RunStatus},
 };
 
 }  // namespace

@@ -94,21 +94,29 @@ std::string ConfigReader::Path(const std::string& key) const {
   return prefix_ + key;
 }
 
+YAML::Node ConfigReader::Lookup(const std::string& key) const {
+  const YAML::Node& node = node_;
+  if (!node.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+  return node[key];
+}
+
 bool ConfigReader::Has(const std::string& key) const {
-  return node_.IsMap() && node_[key] && !node_[key].IsNull();
+  YAML::Node v = Lookup(key);
+  return v && !v.IsNull();
 }
 
 ConfigReader ConfigReader::Section(const std::string& key) {
   const std::string path = Path(key);
   shared_->consumed.insert(path);
   YAML::Node child(YAML::NodeType::Map);
-  if (node_.IsMap() && node_[key] && !node_[key].IsNull()) {
-    if (node_[key].IsMap()) {
-      child = node_[key];
+  YAML::Node value = Lookup(key);
+  if (value && !value.IsNull()) {
+    if (value.IsMap()) {
+      child = value;
     } else {
       shared_->errors.push_back(path +
                                 ": expected a section (a mapping), got " +
-                                Describe(node_[key]));
+                                Describe(value));
     }
   }
   return ConfigReader(child, path + ".", shared_, source_);

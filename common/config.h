@@ -141,6 +141,11 @@ class ConfigReader {
   void CollectUnknown(const YAML::Node& node, const std::string& prefix,
                       std::vector<std::string>* unknown) const;
 
+  // The value at `key`, or an invalid node. Always through a const handle:
+  // yaml-cpp's non-const operator[] inserts the key, leaving zombie entries
+  // that crash later iteration.
+  YAML::Node Lookup(const std::string& key) const;
+
   YAML::Node node_;
   std::string prefix_;  // "" at the root, "lora." below
   std::shared_ptr<Shared> shared_;
@@ -152,8 +157,8 @@ void ConfigReader::Get(const std::string& key, T* out) {
   const std::string path = Path(key);
   shared_->consumed.insert(path);
   if (IsDataMap(out)) shared_->data_maps.insert(path);
-  if (!node_.IsMap() || !node_[key]) return;
-  YAML::Node value = node_[key];
+  YAML::Node value = Lookup(key);
+  if (!value) return;
   if (value.IsNull()) return;
   T parsed{};
   if (!Convert(value, &parsed)) {

@@ -475,18 +475,31 @@ std::vector<Example> Tokenize(const std::vector<Record>& records,
   return examples;
 }
 
+namespace {
+size_t NumHeldOut(size_t n, double eval_fraction) {
+  if (eval_fraction <= 0 || n < 2) return 0;
+  const double wanted = std::round(eval_fraction * static_cast<double>(n));
+  return std::clamp<size_t>(static_cast<size_t>(std::max(wanted, 1.0)), 1,
+                            n - 1);
+}
+}  // namespace
+
+std::vector<bool> HeldOutMask(size_t n, double eval_fraction, uint64_t seed) {
+  const size_t n_eval = NumHeldOut(n, eval_fraction);
+  const std::vector<size_t> order = ShuffledIndices(n, seed);
+  std::vector<bool> mask(n, false);
+  for (size_t i = n - n_eval; i < n; ++i) mask[order[i]] = true;
+  return mask;
+}
+
 void SplitTrainEval(const std::vector<Record>& records, double eval_fraction,
                     uint64_t seed, std::vector<Record>* train,
                     std::vector<Record>* eval) {
   train->clear();
   eval->clear();
   const size_t n = records.size();
-  size_t n_eval = 0;
-  if (eval_fraction > 0 && n >= 2) {
-    const double wanted = std::round(eval_fraction * static_cast<double>(n));
-    n_eval = std::clamp<size_t>(static_cast<size_t>(std::max(wanted, 1.0)), 1,
-                                n - 1);
-  }
+  const size_t n_eval = NumHeldOut(n, eval_fraction);
+  // The same order HeldOutMask uses: the two always agree.
   const std::vector<size_t> order = ShuffledIndices(n, seed);
   train->reserve(n - n_eval);
   eval->reserve(n_eval);

@@ -95,6 +95,14 @@ void SplitTrainEval(const std::vector<Record>& records, double eval_fraction,
                     uint64_t seed, std::vector<Record>* train,
                     std::vector<Record>* eval);
 
+// Which of `n` records SplitTrainEval(records, eval_fraction, seed) puts in
+// the eval split (mask[i] for record i). A worker that partitions the file
+// holds out exactly the records of its shard that are held out here, so the
+// union of every worker's eval split is the whole file's eval split (what
+// the coordinator and the centralized baseline evaluate on), and no record
+// a worker trains on is in any eval split.
+std::vector<bool> HeldOutMask(size_t n, double eval_fraction, uint64_t seed);
+
 // Assigns records to `n` shards. iid: shuffled round robin. field: every
 // distinct value of `field` goes whole to one shard (largest groups first
 // to the least-loaded shard, so shards are non-IID but balanced in size).

@@ -14,9 +14,11 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread
   # transport and security
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
-  # configs, CLI, JSON, tokenizer, logging
+  # configs, CLI, JSON, logging (tokenizer.model is read by our own code:
+  # Debian's libsentencepiece bundles a protobuf that crashes next to
+  # LibTorch's, see docs/design.md)
   libyaml-cpp-dev libboost-program-options-dev nlohmann-json3-dev
-  libsentencepiece-dev libspdlog-dev
+  libspdlog-dev
   # tests
   libgtest-dev libgmock-dev
 )

@@ -378,6 +378,15 @@ TEST_F(DatasetTest, SplitIsDeterministicAndDisjoint) {
   }
   EXPECT_EQ(all.size(), 100u);
 
+  // HeldOutMask marks exactly the records SplitTrainEval holds out.
+  std::vector<bool> mask = HeldOutMask(records.size(), 0.1, 42);
+  std::set<std::string> masked;
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (mask[i]) masked.insert(records[i].response);
+  }
+  std::vector<std::string> eval_names = names(eval);
+  EXPECT_EQ(masked, std::set<std::string>(eval_names.begin(), eval_names.end()));
+
   // At least one eval record from two records on; none for fraction 0.
   SplitTrainEval(Numbered(2), 0.01, 1, &train, &eval);
   EXPECT_EQ(train.size(), 1u);

@@ -1,0 +1,71 @@
+#include "cli/cli_util.h"
+
+#include <iostream>
+
+#include "common/logging.h"
+
+namespace fedpeft {
+namespace cli {
+
+namespace po = boost::program_options;
+
+bool ParseArgs(const std::string& command, const std::string& synopsis,
+               const po::options_description& desc, const Args& args,
+               po::variables_map* vm, int* exit_code) {
+  try {
+    po::store(po::command_line_parser(args).options(desc).run(), *vm);
+    if (vm->count("help")) {
+      std::cout << "usage: fedpeft " << command << " " << synopsis << "\n\n"
+                << desc << "\n";
+      *exit_code = kExitOk;
+      return false;
+    }
+    po::notify(*vm);
+  } catch (const po::error& e) {
+    std::cerr << "fedpeft " << command << ": " << e.what() << "\n"
+              << "usage: fedpeft " << command << " " << synopsis
+              << "   (--help for all options)\n";
+    *exit_code = kExitUsage;
+    return false;
+  }
+  return true;
+}
+
+int Fail(const std::string& command, const Status& status) {
+  std::cerr << "fedpeft " << command << ": error: " << status.message()
+            << "\n";
+  return kExitFailure;
+}
+
+Status SetUpLogging(const std::string& level, const std::string& file) {
+  ASSIGN_OR_RETURN(LogLevel parsed, ParseLogLevel(level));
+  SetLogLevel(parsed);
+  if (!file.empty()) RETURN_IF_ERROR(AddLogFile(file));
+  return Status::Ok();
+}
+
+StatusOr<LoadedBase> LoadBase(const std::string& model_path,
+                              const std::string& tokenizer_path,
+                              const model::LoadOptions& options) {
+  LoadedBase base;
+  ASSIGN_OR_RETURN(base.weights, model::LoadModel(model_path, options));
+  std::string tok = tokenizer_path;
+  if (tok.empty()) {
+    ASSIGN_OR_RETURN(tok, model::FindTokenizerForModel(
+                              model_path, base.weights->config.vocab_size));
+  }
+  ASSIGN_OR_RETURN(base.tokenizer, model::LoadTokenizer(
+                                       tok, base.weights->config.vocab_size));
+  if (base.tokenizer->vocab_size() != base.weights->config.vocab_size) {
+    return Status::InvalidArgument(
+        "tokenizer '" + tok + "' has " +
+        std::to_string(base.tokenizer->vocab_size()) +
+        " tokens but the model '" + model_path + "' expects " +
+        std::to_string(base.weights->config.vocab_size) +
+        " (maybe the wrong --tokenizer?)");
+  }
+  return base;
+}
+
+}  // namespace cli
+}  // namespace fedpeft

@@ -1,0 +1,213 @@
+// fedpeft coordinator | worker | status | simulate.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli/cli_util.h"
+#include "cli/commands.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "coordinator/checkpoint.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/service.h"
+#include "model/generate.h"
+#include "peft/peft_io.h"
+#include "proto/fedpeft.grpc.pb.h"
+#include "proto/grpc_util.h"
+#include "worker/worker_client.h"
+#include "worker/worker_config.h"
+
+namespace fedpeft {
+namespace cli {
+namespace {
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Blocks SIGINT/SIGTERM in every thread and calls `on_signal` from a
+// dedicated thread when one arrives, so shutdown runs as ordinary code.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(std::function<void()> on_signal) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);  // used by the destructor to wake the thread
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    thread_ = std::thread([set, on_signal, this] {
+      int sig = 0;
+      while (sigwait(&set, &sig) == 0) {
+        if (sig == SIGUSR1 && done_) return;
+        if (sig == SIGINT || sig == SIGTERM) {
+          FP_LOG_WARN("cli", "signal {}: shutting down", sig);
+          on_signal();
+        }
+      }
+    });
+  }
+  ~SignalWatcher() {
+    done_ = true;
+    pthread_kill(thread_.native_handle(), SIGUSR1);
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+int RunCoordinator(const Args& args) {
+  const std::string cmd = "coordinator";
+  std::string config_path;
+  std::vector<std::string> overrides;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value(&config_path)->required(),
+      "coordinator YAML (e.g. configs/flat/coordinator.yaml)")(
+      "set", po::value(&overrides)->composing(),
+      "override a key: --set federation.rounds=10 (repeatable)");
+  po::variables_map vm;
+  int code = 0;
+  if (!ParseArgs(cmd, "--config FILE [--set key=value ...]", desc, args, &vm,
+                 &code)) {
+    return code;
+  }
+  auto cfg = coordinator::LoadCoordinatorConfig(config_path, overrides);
+  if (!cfg.ok()) return Fail(cmd, cfg.status());
+  Status s = SetUpLogging(cfg->logging.level, cfg->logging.file);
+  if (!s.ok()) return Fail(cmd, s);
+  if (cfg->model.threads > 0) torch::set_num_threads(cfg->model.threads);
+  auto c = coordinator::Coordinator::Create(*cfg);
+  if (!c.ok()) return Fail(cmd, c.status());
+  auto server = coordinator::FederationServer::Start(**c, cfg->server);
+  if (!server.ok()) return Fail(cmd, server.status());
+  SignalWatcher signals([&] { (*c)->Stop(); });
+  s = (*c)->Run();
+  (*server)->Shutdown();
+  if (!s.ok()) return Fail(cmd, s);
+  return 0;
+}
+
+int RunWorker(const Args& args) {
+  const std::string cmd = "worker";
+  std::string config_path;
+  std::vector<std::string> overrides;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value(&config_path)->required(),
+      "worker YAML (e.g. configs/flat/worker.yaml)")(
+      "set", po::value(&overrides)->composing(),
+      "override a key: --set worker.id=w3 --set data.shard=3/8 (repeatable)");
+  po::variables_map vm;
+  int code = 0;
+  if (!ParseArgs(cmd, "--config FILE [--set key=value ...]", desc, args, &vm,
+                 &code)) {
+    return code;
+  }
+  auto cfg = worker::LoadWorkerConfig(config_path, overrides);
+  if (!cfg.ok()) return Fail(cmd, cfg.status());
+  Status s = SetUpLogging(cfg->logging.level, cfg->logging.file);
+  if (!s.ok()) return Fail(cmd, s);
+  torch::set_num_threads(cfg->worker.threads);
+  auto base = worker::LoadWorkerBase(cfg->model);
+  if (!base.ok()) return Fail(cmd, base.status());
+  auto client = worker::WorkerClient::Create(*cfg, base->weights, base->tokenizer);
+  if (!client.ok()) return Fail(cmd, client.status());
+  SignalWatcher signals([&] { (*client)->Stop(); });
+  s = (*client)->Run();
+  if (!s.ok()) return Fail(cmd, s);
+  worker::WorkerStats st = (*client)->stats();
+  FP_LOG_INFO("worker", "'{}' done: {} rounds trained, {} rejected, {} dropped; "
+              "up {} B, down {} B",
+              cfg->worker.id, st.rounds_trained, st.rounds_rejected,
+              st.rounds_dropped, st.bytes_up, st.bytes_down);
+  return 0;
+}
+
+int RunStatus(const Args& args) {
+  const std::string cmd = "status";
+  std::string address;
+  bool json = false;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "address", po::value(&address)->required(),
+      "coordinator HOST:PORT")("json", po::bool_switch(&json),
+                               "print the raw status as JSON");
+  po::variables_map vm;
+  int code = 0;
+  if (!ParseArgs(cmd, "--address HOST:PORT [--json]", desc, args, &vm, &code)) {
+    return code;
+  }
+  auto channel = transport::MakeChannel(address);
+  if (!channel.ok()) return Fail(cmd, channel.status());
+  auto stub = proto::Federation::NewStub(*channel);
+  grpc::ClientContext ctx;
+  transport::SetTimeout(&ctx, std::chrono::seconds(5));
+  proto::StatusRequest req;
+  proto::StatusReply s;
+  grpc::Status st = stub->GetStatus(&ctx, req, &s);
+  if (!st.ok()) {
+    return Fail(cmd, transport::FromGrpcStatus(st, "GetStatus to " + address));
+  }
+  if (json) {
+    nlohmann::json j = {{"federation_id", s.federation_id()},
+                        {"state", s.state()},
+                        {"round", s.round()},
+                        {"total_rounds", s.total_rounds()},
+                        {"selected", s.selected()},
+                        {"answered", s.answered()},
+                        {"last_train_loss", s.last_train_loss()},
+                        {"last_eval_loss", s.last_eval_loss()},
+                        {"bytes_up", s.bytes_up()},
+                        {"bytes_down", s.bytes_down()},
+                        {"strategy", s.strategy()},
+                        {"uptime_seconds", s.uptime_seconds()}};
+    for (const auto& w : s.workers()) {
+      j["workers"].push_back({{"worker_id", w.worker_id()},
+                              {"alive", w.alive()},
+                              {"rounds_completed", w.rounds_completed()},
+                              {"last_seen_ms_ago", w.last_seen_ms_ago()}});
+    }
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("federation  %s (%s, strategy %s, up %.0fs)\n",
+              s.federation_id().c_str(), s.state().c_str(),
+              s.strategy().c_str(), s.uptime_seconds());
+  std::printf("round       %llu of %llu: %u selected, %u answered\n",
+              static_cast<unsigned long long>(s.round()),
+              static_cast<unsigned long long>(s.total_rounds()), s.selected(),
+              s.answered());
+  std::printf("last loss   train %.4f  eval %.4f\n", s.last_train_loss(),
+              s.last_eval_loss());
+  std::printf("bytes       up %llu  down %llu\n",
+              static_cast<unsigned long long>(s.bytes_up()),
+              static_cast<unsigned long long>(s.bytes_down()));
+  std::printf("workers     %d\n", s.workers_size());
+  for (const auto& w : s.workers()) {
+    std::printf("  %-20s %-5s rounds %llu  seen %llu ms ago\n",
+                w.worker_id().c_str(), w.alive() ? "alive" : "gone",
+                static_cast<unsigned long long>(w.rounds_completed()),
+                static_cast<unsigned long long>(w.last_seen_ms_ago()));
+  }
+  return 0;
+}
+
+}  // namespace cli
+}  // namespace fedpeft

@@ -1,0 +1,448 @@
+// fedpeft simulate: a whole federation on one machine.
+//
+// mode: processes -- the coordinator and every worker are separate
+//   `fedpeft` processes talking gRPC over 127.0.0.1 (free ports picked by
+//   the OS), each with its own log under DIR/logs/.
+// mode: threads -- one process: the coordinator's gRPC server and N worker
+//   clients as threads sharing one read-only base model, so 100+ workers
+//   fit in memory (O(base + N x adapter)).
+//
+// The config has three sections: `simulation` (workers, mode,
+// heterogeneity), `coordinator` (a coordinator config) and `worker` (the
+// config every worker starts from; simulate sets worker.id, data.shard,
+// server.address and the heterogeneity profile of each).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli/cli_util.h"
+#include "cli/commands.h"
+#include "common/config.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "coordinator/checkpoint.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/service.h"
+#include "model/generate.h"
+#include "peft/peft_io.h"
+#include "worker/worker_client.h"
+#include "worker/worker_config.h"
+
+namespace fedpeft {
+namespace cli {
+namespace {
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct SimulationOptions {
+  int workers = 4;
+  std::string mode = "processes";        // processes | threads
+  std::vector<double> slowdown{1.0};     // per worker, cycled
+  std::vector<double> dropout_prob{0.0}; // per worker, cycled
+  double timeout_s = 1800;               // whole run
+  std::string sample_prompt = "ROMEO:";
+  int sample_tokens = 48;
+
+  void Read(ConfigReader& in) {
+    in.Get("workers", &workers);
+    in.Get("mode", &mode);
+    in.Get("slowdown", &slowdown);
+    in.Get("dropout_prob", &dropout_prob);
+    in.Get("timeout_s", &timeout_s);
+    in.Get("sample_prompt", &sample_prompt);
+    in.Get("sample_tokens", &sample_tokens);
+    in.Check(workers >= 1 && workers <= 4096, "workers",
+             "must be in [1, 4096], got " + ToConfigString(workers));
+    in.Check(mode == "processes" || mode == "threads", "mode",
+             "expected processes or threads, got '" + mode + "'");
+    in.Check(!slowdown.empty(), "slowdown", "must list at least one value");
+    for (double s : slowdown) {
+      in.Check(s >= 1.0, "slowdown",
+               "every value must be >= 1, got " + ToConfigString(s));
+    }
+    in.Check(!dropout_prob.empty(), "dropout_prob",
+             "must list at least one value");
+    for (double p : dropout_prob) {
+      in.Check(p >= 0 && p < 1, "dropout_prob",
+               "every value must be in [0, 1), got " + ToConfigString(p));
+    }
+    in.Check(timeout_s > 0, "timeout_s",
+             "must be > 0, got " + ToConfigString(timeout_s));
+    in.Check(sample_tokens >= 0, "sample_tokens",
+             "must be >= 0, got " + ToConfigString(sample_tokens));
+  }
+};
+
+std::string ToYaml(const YAML::Node& node) {
+  YAML::Emitter out;
+  out << node;
+  return std::string(out.c_str()) + "\n";
+}
+
+std::string Fixed(double v, int digits = 4) {
+  if (!std::isfinite(v)) return "n/a";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+
+std::string Mib(uint64_t b) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f MiB", b / 1048576.0);
+  return buf;
+}
+
+// Starts `fedpeft <args>` with stdout/stderr into `log`. Returns the pid.
+pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd >= 0) {
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+  }
+  int null_fd = ::open("/dev/null", O_RDONLY);
+  if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
+  // Children die with the simulation.
+  std::vector<char*> argv;
+  static std::string self = "/proc/self/exe";
+  argv.push_back(const_cast<char*>("fedpeft"));
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  sigset_t empty;
+  sigemptyset(&empty);
+  sigprocmask(SIG_SETMASK, &empty, nullptr);
+  execv(self.c_str(), argv.data());
+  std::perror("execv fedpeft");
+  _exit(127);
+}
+
+// Waits for `pid` up to `until`; returns its exit code, or -1 on timeout.
+int WaitUntil(pid_t pid, Clock::time_point until) {
+  while (true) {
+    int status = 0;
+    pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      if (WIFEXITED(status)) return WEXITSTATUS(status);
+      return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    }
+    if (r < 0) return -2;
+    if (Clock::now() >= until) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+void Terminate(pid_t pid) {
+  kill(pid, SIGTERM);
+  if (WaitUntil(pid, Clock::now() + std::chrono::seconds(5)) == -1) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
+}
+
+struct RunPaths {
+  std::string out;
+  std::string logs;
+  std::string coordinator_yaml;
+  std::string worker_yaml;
+  std::string port_file;
+  std::string metrics;
+  std::string checkpoints;
+};
+
+int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
+                 const std::string& cmd) {
+  auto deadline = Clock::now() + std::chrono::milliseconds(
+                                     static_cast<int64_t>(sim.timeout_s * 1000));
+  pid_t coord = Spawn({"coordinator", "--config", p.coordinator_yaml},
+                      JoinPath(p.logs, "coordinator.log"));
+  // Wait for the port.
+  std::string port;
+  while (port.empty()) {
+    if (WaitUntil(coord, Clock::now()) != -1) {
+      return Fail(cmd, Status::Internal(
+                           "the coordinator exited at start; see " +
+                           JoinPath(p.logs, "coordinator.log")));
+    }
+    auto text = ReadFileToString(p.port_file, 64);
+    if (text.ok()) {
+      port = *text;
+      while (!port.empty() && port.back() == '\n') port.pop_back();
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (Clock::now() > deadline) {
+      Terminate(coord);
+      return Fail(cmd, Status::DeadlineExceeded("coordinator did not start"));
+    }
+  }
+  std::printf("coordinator on 127.0.0.1:%s (pid %d); starting %d workers\n",
+              port.c_str(), static_cast<int>(coord), sim.workers);
+  std::fflush(stdout);
+  std::vector<pid_t> workers;
+  for (int i = 0; i < sim.workers; ++i) {
+    std::string id = "worker-" + std::to_string(i);
+    workers.push_back(Spawn(
+        {"worker", "--config", p.worker_yaml, "--set", "worker.id=" + id,
+         "--set",
+         "data.shard=" + std::to_string(i) + "/" + std::to_string(sim.workers),
+         "--set", "server.address=127.0.0.1:" + port, "--set",
+         "simulation.slowdown=" +
+             std::to_string(sim.slowdown[i % sim.slowdown.size()]),
+         "--set",
+         "simulation.dropout_prob=" +
+             std::to_string(sim.dropout_prob[i % sim.dropout_prob.size()]),
+         "--set", "simulation.seed=" + std::to_string(1000 + i)},
+        JoinPath(p.logs, id + ".log")));
+  }
+  int coord_exit = WaitUntil(coord, deadline);
+  if (coord_exit == -1) {
+    Terminate(coord);
+    for (pid_t w : workers) Terminate(w);
+    return Fail(cmd, Status::DeadlineExceeded(
+                         "simulation.timeout_s reached; see " + p.logs));
+  }
+  int failed_workers = 0;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    int code = WaitUntil(workers[i], Clock::now() + std::chrono::seconds(20));
+    if (code == -1) {
+      Terminate(workers[i]);
+      code = -1;
+    }
+    if (code != 0) ++failed_workers;
+  }
+  if (coord_exit != 0) {
+    return Fail(cmd, Status::Internal("the coordinator exited with " +
+                                      std::to_string(coord_exit) + "; see " +
+                                      JoinPath(p.logs, "coordinator.log")));
+  }
+  if (failed_workers > 0) {
+    FP_LOG_WARN("simulate", "{} worker(s) did not exit cleanly; see {}",
+                failed_workers, p.logs);
+  }
+  return kExitOk;
+}
+
+int RunThreads(const SimulationOptions& sim, const RunPaths& p,
+               const std::string& cmd) {
+  auto ccfg = coordinator::LoadCoordinatorConfig(p.coordinator_yaml, {});
+  if (!ccfg.ok()) return Fail(cmd, ccfg.status());
+  torch::set_num_threads(1);  // many trainers share the cores
+  auto coord = coordinator::Coordinator::Create(*ccfg);
+  if (!coord.ok()) return Fail(cmd, coord.status());
+  auto server = coordinator::FederationServer::Start(**coord, ccfg->server);
+  if (!server.ok()) return Fail(cmd, server.status());
+  auto base_cfg = worker::LoadWorkerConfig(p.worker_yaml, {});
+  if (!base_cfg.ok()) return Fail(cmd, base_cfg.status());
+  auto base = worker::LoadWorkerBase(base_cfg->model);
+  if (!base.ok()) return Fail(cmd, base.status());
+  std::vector<std::unique_ptr<worker::WorkerClient>> clients;
+  for (int i = 0; i < sim.workers; ++i) {
+    std::string addr = "127.0.0.1:" + std::to_string((*server)->port());
+    auto wc = worker::LoadWorkerConfig(
+        p.worker_yaml,
+        {"worker.id=worker-" + std::to_string(i),
+         "data.shard=" + std::to_string(i) + "/" + std::to_string(sim.workers),
+         "server.address=" + addr,
+         "simulation.slowdown=" +
+             std::to_string(sim.slowdown[i % sim.slowdown.size()]),
+         "simulation.dropout_prob=" +
+             std::to_string(sim.dropout_prob[i % sim.dropout_prob.size()]),
+         "simulation.seed=" + std::to_string(1000 + i)});
+    if (!wc.ok()) return Fail(cmd, wc.status());
+    auto client =
+        worker::WorkerClient::Create(*wc, base->weights, base->tokenizer);
+    if (!client.ok()) return Fail(cmd, client.status());
+    clients.push_back(std::move(client).value());
+  }
+  std::printf("coordinator on 127.0.0.1:%d; %d workers as threads sharing "
+              "one base model\n",
+              (*server)->port(), sim.workers);
+  std::fflush(stdout);
+  std::vector<std::thread> threads;
+  for (auto& c : clients) {
+    threads.emplace_back([&c] {
+      Status s = c->Run();
+      if (!s.ok()) {
+        FP_LOG_WARN("simulate", "worker '{}' stopped: {}", c->id(),
+                    s.message());
+      }
+    });
+  }
+  Status s = (*coord)->Run();
+  for (auto& c : clients) c->Stop();
+  for (auto& t : threads) t.join();
+  (*server)->Shutdown();
+  if (!s.ok()) return Fail(cmd, s);
+  return kExitOk;
+}
+
+}  // namespace
+
+int RunSimulate(const Args& args) {
+  const std::string cmd = "simulate";
+  std::string config_path, out_dir;
+  std::vector<std::string> overrides;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value(&config_path)->required(),
+      "simulation YAML (e.g. configs/quickstart.yaml)")(
+      "out", po::value(&out_dir)->required(),
+      "directory for logs, metrics.jsonl, checkpoints and the adapter")(
+      "set", po::value(&overrides)->composing(),
+      "override a key: --set coordinator.federation.rounds=3 (repeatable)");
+  po::variables_map vm;
+  int code = 0;
+  if (!ParseArgs(cmd, "--config FILE --out DIR [--set key=value ...]", desc,
+                 args, &vm, &code)) {
+    return code;
+  }
+  auto root = LoadConfigFile(config_path, overrides);
+  if (!root.ok()) return Fail(cmd, root.status());
+
+  RunPaths p;
+  p.out = out_dir;
+  p.logs = JoinPath(out_dir, "logs");
+  p.coordinator_yaml = JoinPath(out_dir, "coordinator.yaml");
+  p.worker_yaml = JoinPath(out_dir, "worker.yaml");
+  p.port_file = JoinPath(out_dir, "coordinator.port");
+  p.metrics = JoinPath(out_dir, "metrics.jsonl");
+  p.checkpoints = JoinPath(out_dir, "checkpoints");
+  std::error_code ec;
+  fs::remove(p.port_file, ec);
+  fs::remove(p.metrics, ec);
+  fs::remove_all(p.checkpoints, ec);
+  Status s = EnsureDirectory(p.logs);
+  if (!s.ok()) return Fail(cmd, s);
+
+  // The coordinator and worker sections, with what simulate decides.
+  const YAML::Node& const_root = *root;  // const: lookups must not insert
+  YAML::Node coord = YAML::Clone(const_root["coordinator"]);
+  if (!coord.IsMap()) coord = YAML::Node(YAML::NodeType::Map);
+  YAML::Node work = YAML::Clone(const_root["worker"]);
+  if (!work.IsMap()) work = YAML::Node(YAML::NodeType::Map);
+  coord["server"]["address"] = "127.0.0.1:0";
+  coord["server"]["port_file"] = p.port_file;
+  coord["checkpoint"]["dir"] = p.checkpoints;
+  coord["logging"]["metrics_file"] = p.metrics;
+
+  // Validate everything (every section, unknown keys) before starting a
+  // process.
+  SimulationOptions sim;
+  {
+    YAML::Node full = YAML::Clone(*root);
+    full["coordinator"] = coord;
+    full["worker"] = work;
+    ConfigReader in(full, config_path);
+    ConfigReader sim_in = in.Section("simulation");
+    sim.Read(sim_in);
+    coordinator::CoordinatorConfig cc;
+    ConfigReader cin = in.Section("coordinator");
+    cc.Read(cin);
+    worker::WorkerConfig wc;
+    ConfigReader win = in.Section("worker");
+    wc.Read(win);
+    Status valid = in.Finish();
+    if (!valid.ok()) return Fail(cmd, valid);
+  }
+  if (!static_cast<const YAML::Node&>(coord)["federation"]["min_available"]) {
+    coord["federation"]["min_available"] = sim.workers;
+  }
+  s = WriteFileAtomic(p.coordinator_yaml, ToYaml(coord));
+  if (s.ok()) s = WriteFileAtomic(p.worker_yaml, ToYaml(work));
+  if (!s.ok()) return Fail(cmd, s);
+
+  auto t0 = Clock::now();
+  int rc = sim.mode == "threads" ? RunThreads(sim, p, cmd)
+                                 : RunProcesses(sim, p, cmd);
+  if (rc != kExitOk) return rc;
+  double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  // The merged global adapter, in PEFT format.
+  auto ckpt = coordinator::LoadLatestCheckpoint(p.checkpoints);
+  if (!ckpt.ok()) return Fail(cmd, ckpt.status());
+  auto options = peft::AdapterConfigFromJson(ckpt->adapter_config.dump(),
+                                             p.checkpoints);
+  if (!options.ok()) return Fail(cmd, options.status());
+  const std::string adapter_dir = JoinPath(out_dir, "adapter");
+  s = peft::SaveAdapter(adapter_dir, *options, ckpt->global, ckpt->base_model);
+  if (!s.ok()) return Fail(cmd, s);
+
+  // Summary: the metrics of every round, bytes, and what it learned.
+  std::ifstream metrics(p.metrics);
+  std::string line;
+  uint64_t up = 0, down = 0;
+  int rounds = 0;
+  std::printf("\nround  answered  dropped  train_loss  eval_loss  server_eval  "
+              "up         down       seconds\n");
+  while (std::getline(metrics, line)) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (...) {
+      continue;
+    }
+    auto num = [&](const char* k) {
+      return j[k].is_number() ? j[k].get<double>() : std::nan("");
+    };
+    uint64_t bu = j.value("bytes_up", 0ull), bd = j.value("bytes_down", 0ull);
+    up += bu;
+    down += bd;
+    if (j.value("aggregated", false)) ++rounds;
+    std::printf("%-6lld %3d/%-5d %-8d %-11s %-10s %-12s %-10s %-10s %.1f\n",
+                j.value("round", 0ll), j.value("answered", 0),
+                j.value("selected", 0), j.value("dropped", 0),
+                Fixed(num("train_loss")).c_str(),
+                Fixed(num("eval_loss")).c_str(),
+                Fixed(num("server_eval_loss")).c_str(), Mib(bu).c_str(),
+                Mib(bd).c_str(), num("seconds"));
+  }
+  std::printf("\n%d rounds aggregated in %.1f s with %d workers (%s); bytes "
+              "up %s, down %s\n",
+              rounds, seconds, sim.workers, sim.mode.c_str(), Mib(up).c_str(),
+              Mib(down).c_str());
+
+  if (sim.sample_tokens > 0) {
+    auto base = LoadBase(ckpt->base_model, "", model::LoadOptions{});
+    if (!base.ok()) return Fail(cmd, base.status());
+    auto pm = peft::PeftModel::Create(base->weights, *options, 0);
+    if (!pm.ok()) return Fail(cmd, pm.status());
+    model::LlamaModel plain(base->weights);
+    model::GenerateOptions g;
+    g.max_new_tokens = sim.sample_tokens;
+    auto prompt = base->tokenizer->Encode(sim.sample_prompt, true, false);
+    std::string before = base->tokenizer->Decode(model::Generate(plain, prompt, g));
+    s = (*pm)->LoadAdapterTensors(ckpt->global);
+    if (!s.ok()) return Fail(cmd, s);
+    std::string after =
+        base->tokenizer->Decode(model::Generate((*pm)->model(), prompt, g));
+    for (std::string* t : {&before, &after}) {
+      for (char& c : *t) {
+        if (c == '\n') c = ' ';
+      }
+    }
+    std::printf("sample, base:          %s%s\n", sim.sample_prompt.c_str(),
+                before.c_str());
+    std::printf("sample, base+adapter:  %s%s\n", sim.sample_prompt.c_str(),
+                after.c_str());
+  }
+  std::printf("outputs: %s (metrics.jsonl, logs/, checkpoints/, adapter/)\n",
+              out_dir.c_str());
+  return kExitOk;
+}
+
+}  // namespace cli
+}  // namespace fedpeft

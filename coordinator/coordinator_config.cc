@@ -1,0 +1,154 @@
+#include "coordinator/coordinator_config.h"
+
+#include "common/logging.h"
+
+namespace fedpeft {
+namespace coordinator {
+
+void ServerOptions::Read(ConfigReader& in) {
+  in.Get("address", &address);
+  in.Get("port_file", &port_file);
+  in.Get("max_message_mb", &max_message_mb);
+  in.Get("chunk_kb", &chunk_kb);
+  in.Check(address.find(':') != std::string::npos, "address",
+           "expected HOST:PORT, got '" + address + "'");
+  in.Check(max_message_mb >= 1 && max_message_mb <= 1024, "max_message_mb",
+           "must be in [1, 1024], got " + ToConfigString(max_message_mb));
+  in.Check(chunk_kb >= 1 && chunk_kb * 1024LL < max_message_mb * 1048576LL,
+           "chunk_kb",
+           "must be >= 1 and below server.max_message_mb, got " +
+               ToConfigString(chunk_kb));
+}
+
+void FederationOptions::Read(ConfigReader& in) {
+  in.Get("id", &id);
+  in.Get("rounds", &rounds);
+  in.Get("min_available", &min_available);
+  in.Get("fraction", &fraction);
+  in.Get("min_workers", &min_workers);
+  in.Get("max_workers", &max_workers);
+  in.Get("quorum", &quorum);
+  in.Get("round_deadline_s", &round_deadline_s);
+  in.Get("on_quorum_miss", &on_quorum_miss);
+  in.Get("max_retries", &max_retries);
+  in.Get("heartbeat_interval_ms", &heartbeat_interval_ms);
+  in.Get("worker_timeout_s", &worker_timeout_s);
+  in.Get("task_wait_ms", &task_wait_ms);
+  in.Get("shutdown_grace_s", &shutdown_grace_s);
+  in.Get("seed", &seed);
+  if (id.empty()) id = "fedpeft-" + std::to_string(seed);
+  in.Check(rounds >= 1, "rounds", "must be >= 1, got " + ToConfigString(rounds));
+  in.Check(min_available >= 1, "min_available",
+           "must be >= 1, got " + ToConfigString(min_available));
+  in.Check(fraction > 0 && fraction <= 1, "fraction",
+           "must be in (0, 1], got " + ToConfigString(fraction));
+  in.Check(min_workers >= 1, "min_workers",
+           "must be >= 1, got " + ToConfigString(min_workers));
+  in.Check(max_workers == 0 || max_workers >= min_workers, "max_workers",
+           "must be 0 (no cap) or >= min_workers, got " +
+               ToConfigString(max_workers));
+  in.Check(quorum > 0 && quorum <= 1, "quorum",
+           "must be in (0, 1], got " + ToConfigString(quorum));
+  in.Check(round_deadline_s > 0, "round_deadline_s",
+           "must be > 0, got " + ToConfigString(round_deadline_s));
+  in.Check(on_quorum_miss == "retry" || on_quorum_miss == "skip",
+           "on_quorum_miss",
+           "expected retry or skip, got '" + on_quorum_miss + "'");
+  in.Check(max_retries >= 0, "max_retries",
+           "must be >= 0, got " + ToConfigString(max_retries));
+  in.Check(heartbeat_interval_ms >= 50, "heartbeat_interval_ms",
+           "must be >= 50, got " + ToConfigString(heartbeat_interval_ms));
+  in.Check(worker_timeout_s * 1000 > heartbeat_interval_ms, "worker_timeout_s",
+           "must exceed the heartbeat interval, got " +
+               ToConfigString(worker_timeout_s));
+  in.Check(task_wait_ms >= 10 && task_wait_ms <= 60000, "task_wait_ms",
+           "must be in [10, 60000], got " + ToConfigString(task_wait_ms));
+  in.Check(shutdown_grace_s >= 0, "shutdown_grace_s",
+           "must be >= 0, got " + ToConfigString(shutdown_grace_s));
+}
+
+void LocalTrainSpec::Read(ConfigReader& in) {
+  in.Get("local_epochs", &local_epochs);
+  in.Get("local_steps", &local_steps);
+  in.Get("batch_size", &batch_size);
+  in.Get("lr", &lr);
+  in.Get("fedprox_mu", &fedprox_mu);
+  in.Check(local_epochs >= 1, "local_epochs",
+           "must be >= 1, got " + ToConfigString(local_epochs));
+  in.Check(local_steps >= 0, "local_steps",
+           "must be >= 0 (0 = local_epochs), got " +
+               ToConfigString(local_steps));
+  in.Check(batch_size >= 1, "batch_size",
+           "must be >= 1, got " + ToConfigString(batch_size));
+  in.Check(lr > 0, "lr", "must be > 0, got " + ToConfigString(lr));
+  in.Check(fedprox_mu >= 0, "fedprox_mu",
+           "must be >= 0, got " + ToConfigString(fedprox_mu));
+}
+
+void ServerEvalOptions::Read(ConfigReader& in) {
+  ConfigReader data_in = in.Section("data");
+  // Server-side eval is optional: an absent data.path turns it off, so
+  // DataOptions' own "path required" check must not fire here.
+  if (data_in.Has("path")) {
+    data.Read(data_in);
+  } else {
+    data.path.clear();
+  }
+  in.Get("batch_size", &batch_size);
+  in.Check(batch_size >= 1, "batch_size",
+           "must be >= 1, got " + ToConfigString(batch_size));
+}
+
+void CheckpointOptions::Read(ConfigReader& in) {
+  in.Get("dir", &dir);
+  in.Get("keep", &keep);
+  in.Check(!dir.empty(), "dir", "must name a directory");
+  in.Check(keep >= 1, "keep", "must be >= 1, got " + ToConfigString(keep));
+}
+
+void CoordinatorLogging::Read(ConfigReader& in) {
+  in.Get("level", &level);
+  in.Get("file", &file);
+  in.Get("metrics_file", &metrics_file);
+  in.Check(ParseLogLevel(level).ok(), "level",
+           "expected debug, info, warn or error, got '" + level + "'");
+}
+
+void CoordinatorConfig::Read(ConfigReader& in) {
+  ConfigReader s = in.Section("server");
+  server.Read(s);
+  ConfigReader f = in.Section("federation");
+  federation.Read(f);
+  ConfigReader m = in.Section("model");
+  model.Read(m);
+  ConfigReader p = in.Section("peft");
+  peft.Read(p);
+  ConfigReader st = in.Section("strategy");
+  strategy.Read(st);
+  ConfigReader t = in.Section("train");
+  train.Read(t);
+  ConfigReader e = in.Section("eval");
+  eval.Read(e);
+  ConfigReader c = in.Section("checkpoint");
+  checkpoint.Read(c);
+  ConfigReader l = in.Section("logging");
+  logging.Read(l);
+  ConfigReader lim = in.Section("limits");
+  lim.Get("max_update_mb", &max_update_mb);
+  lim.Check(max_update_mb >= 1, "max_update_mb",
+            "must be >= 1, got " + ToConfigString(max_update_mb));
+  in.Get("adapter_seed", &adapter_seed);
+}
+
+StatusOr<CoordinatorConfig> LoadCoordinatorConfig(
+    const std::string& path, const std::vector<std::string>& overrides) {
+  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
+  ConfigReader in(root, path);
+  CoordinatorConfig config;
+  config.Read(in);
+  RETURN_IF_ERROR(in.Finish());
+  return config;
+}
+
+}  // namespace coordinator
+}  // namespace fedpeft

@@ -1,0 +1,119 @@
+// Configuration of the coordinator (`fedpeft coordinator --config FILE`).
+//
+//   server:     address, port_file, max_message_mb, chunk_kb
+//   federation: id, rounds, min_available, fraction, min_workers,
+//               max_workers, quorum, round_deadline_s, on_quorum_miss,
+//               max_retries, heartbeat_interval_ms, worker_timeout_s,
+//               task_wait_ms, shutdown_grace_s, seed
+//   model:      the base model (adapter shapes, export, server-side eval)
+//   peft:       the global adapter (sent to workers at registration)
+//   strategy:   aggregation (aggregation/strategy.h)
+//   train:      the local training spec sent with every task
+//   eval:       optional server-side eval on held-out data
+//   checkpoint: dir, keep
+//   logging:    level, file, metrics_file
+//   limits:     max_update_mb
+//
+// Thread-safety: plain values.
+#ifndef FEDPEFT_COORDINATOR_COORDINATOR_CONFIG_H_
+#define FEDPEFT_COORDINATOR_COORDINATOR_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "aggregation/strategy.h"
+#include "common/config.h"
+#include "common/status.h"
+#include "data/dataset.h"
+#include "peft/peft_model.h"
+#include "worker/train_config.h"
+
+namespace fedpeft {
+namespace coordinator {
+
+struct ServerOptions {
+  std::string address = "127.0.0.1:50051";  // listen address; port 0 picks
+  std::string port_file;  // when set, the bound port is written here
+  int max_message_mb = 16;  // gRPC receive/send limit per message
+  int chunk_kb = 1024;      // tensor chunk size in streams (< max message)
+
+  void Read(ConfigReader& in);
+};
+
+struct FederationOptions {
+  std::string id;          // names the run; default "fedpeft-<seed>"
+  int rounds = 5;          // cloud rounds to run
+  int min_available = 2;   // alive workers needed before round 1
+  double fraction = 1.0;   // share of alive workers selected per round
+  int min_workers = 1;     // select at least this many
+  int max_workers = 0;     // and at most this many (0 = no cap)
+  double quorum = 0.5;     // share of the selected whose answers close a
+                           // round at its deadline (at least one)
+  double round_deadline_s = 300;  // collect phase limit
+  std::string on_quorum_miss = "retry";  // retry | skip
+  int max_retries = 2;     // retries of a round that missed its quorum
+  int heartbeat_interval_ms = 2000;
+  double worker_timeout_s = 20;  // alive = heard from within this
+  int task_wait_ms = 5000;       // GetTask long-poll cap
+  double shutdown_grace_s = 5;   // keep answering SHUTDOWN after the end
+  uint64_t seed = 1;             // selection and per-round task seeds
+
+  void Read(ConfigReader& in);
+};
+
+struct LocalTrainSpec {
+  int local_epochs = 1;
+  int64_t local_steps = 20;  // 0 = run local_epochs
+  int batch_size = 8;
+  double lr = 3e-3;
+  double fedprox_mu = 0.0;
+
+  void Read(ConfigReader& in);
+};
+
+struct ServerEvalOptions {
+  data::DataOptions data;  // empty data.path = no server-side eval
+  int batch_size = 16;
+
+  void Read(ConfigReader& in);
+};
+
+struct CheckpointOptions {
+  std::string dir = "checkpoints";  // one subfolder per round + LATEST
+  int keep = 3;                     // round folders kept
+
+  void Read(ConfigReader& in);
+};
+
+struct CoordinatorLogging {
+  std::string level = "info";
+  std::string file;
+  std::string metrics_file = "metrics.jsonl";  // empty = none
+
+  void Read(ConfigReader& in);
+};
+
+struct CoordinatorConfig {
+  ServerOptions server;
+  FederationOptions federation;
+  worker::ModelOptions model;
+  peft::PeftOptions peft;
+  aggregation::StrategyOptions strategy;
+  LocalTrainSpec train;
+  ServerEvalOptions eval;
+  CheckpointOptions checkpoint;
+  CoordinatorLogging logging;
+  int max_update_mb = 256;  // limits.max_update_mb: one upload at most
+  uint64_t adapter_seed = 42;  // initialisation of the global adapter
+
+  void Read(ConfigReader& in);
+};
+
+StatusOr<CoordinatorConfig> LoadCoordinatorConfig(
+    const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace coordinator
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_COORDINATOR_COORDINATOR_CONFIG_H_

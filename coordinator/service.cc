@@ -1,0 +1,284 @@
+#include "coordinator/service.h"
+
+#include <cmath>
+#include <exception>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "proto/grpc_util.h"
+#include "proto/tensor_codec.h"
+
+namespace fedpeft {
+namespace coordinator {
+namespace {
+
+grpc::Status Grpc(const Status& s) { return transport::ToGrpcStatus(s); }
+
+grpc::Status InternalError(const char* where, const std::exception& e) {
+  FP_LOG_ERROR("service", "{}: {}", where, e.what());
+  return grpc::Status(grpc::StatusCode::INTERNAL,
+                      std::string(where) + ": " + e.what());
+}
+
+}  // namespace
+
+FederationService::FederationService(Coordinator& coordinator,
+                                     size_t chunk_bytes,
+                                     size_t max_message_bytes)
+    : coordinator_(coordinator),
+      chunk_bytes_(chunk_bytes),
+      max_message_bytes_(max_message_bytes) {}
+
+grpc::Status FederationService::Register(grpc::ServerContext* ctx,
+                                         const proto::RegisterRequest* req,
+                                         proto::RegisterReply* reply) {
+  try {
+    const proto::WorkerProfile& p = req->profile();
+    WorkerProfile profile;
+    profile.worker_id = p.worker_id();
+    profile.threads = p.threads();
+    profile.ram_bytes = p.ram_bytes();
+    profile.tokens_per_second = p.tokens_per_second();
+    profile.uplink_bytes_per_second = p.uplink_bytes_per_second();
+    profile.num_samples = p.num_samples();
+    profile.version = p.version();
+    if (!std::isfinite(profile.tokens_per_second) ||
+        profile.tokens_per_second < 0 ||
+        !std::isfinite(profile.uplink_bytes_per_second) ||
+        profile.uplink_bytes_per_second < 0) {
+      return Grpc(Status::InvalidArgument(
+          "profile: tokens_per_second and uplink_bytes_per_second must be "
+          "finite and >= 0"));
+    }
+    auto r = coordinator_.Register(profile);
+    if (!r.ok()) return Grpc(r.status());
+    reply->set_session_id(r->session_id);
+    reply->set_federation_id(r->federation_id);
+    reply->set_heartbeat_interval_ms(r->heartbeat_interval_ms);
+    reply->set_max_message_bytes(max_message_bytes_);
+    reply->set_chunk_bytes(chunk_bytes_);
+    reply->set_adapter_config_json(r->adapter_config_json);
+    reply->set_base_model(r->base_model);
+    return grpc::Status::OK;
+  } catch (const std::exception& e) {
+    return InternalError("Register", e);
+  }
+}
+
+grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx,
+                                          const proto::HeartbeatRequest* req,
+                                          proto::HeartbeatReply* reply) {
+  auto round = coordinator_.Heartbeat(req->session_id());
+  if (!round.ok()) return Grpc(round.status());
+  reply->set_round(static_cast<uint64_t>(*round));
+  return grpc::Status::OK;
+}
+
+grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
+                                        const proto::TaskRequest* req,
+                                        proto::Task* reply) {
+  try {
+    auto wait = std::chrono::milliseconds(req->wait_ms());
+    // Never hold the call past the client's own deadline.
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        ctx->deadline() - std::chrono::system_clock::now());
+    if (left - std::chrono::milliseconds(200) < wait) {
+      wait = std::max(std::chrono::milliseconds(0),
+                      left - std::chrono::milliseconds(200));
+    }
+    auto task = coordinator_.GetTask(req->session_id(), wait);
+    if (!task.ok()) return Grpc(task.status());
+    switch (task->kind) {
+      case TaskInfo::Kind::kWait:
+        reply->set_kind(proto::Task::WAIT);
+        break;
+      case TaskInfo::Kind::kTrain:
+        reply->set_kind(proto::Task::TRAIN);
+        break;
+      case TaskInfo::Kind::kShutdown:
+        reply->set_kind(proto::Task::SHUTDOWN);
+        break;
+    }
+    reply->set_round(static_cast<uint64_t>(task->round));
+    reply->set_deadline_unix_ms(task->deadline_unix_ms);
+    reply->set_adapter_version(static_cast<uint64_t>(task->round));
+    reply->set_message(task->message);
+    proto::TrainSpec* spec = reply->mutable_train();
+    spec->set_local_epochs(task->train.local_epochs);
+    spec->set_local_steps(task->train.local_steps);
+    spec->set_batch_size(task->train.batch_size);
+    spec->set_lr(task->train.lr);
+    spec->set_fedprox_mu(task->train.fedprox_mu);
+    spec->set_seed(task->seed);
+    return grpc::Status::OK;
+  } catch (const std::exception& e) {
+    return InternalError("GetTask", e);
+  }
+}
+
+grpc::Status FederationService::DownloadAdapter(
+    grpc::ServerContext* ctx, const proto::DownloadRequest* req,
+    grpc::ServerWriter<proto::TensorChunk>* writer) {
+  try {
+    auto global = coordinator_.GlobalAdapter(req->session_id(),
+                                             static_cast<int64_t>(req->round()));
+    if (!global.ok()) return Grpc(global.status());
+    uint64_t bytes = 0;
+    Status s = transport::EncodeTensors(
+        **global, chunk_bytes_, [&](const proto::TensorChunk& chunk) {
+          bytes += chunk.ByteSizeLong();
+          return writer->Write(chunk);
+        });
+    coordinator_.AddBytesDown(bytes);
+    return Grpc(s);
+  } catch (const std::exception& e) {
+    return InternalError("DownloadAdapter", e);
+  }
+}
+
+grpc::Status FederationService::UploadUpdate(
+    grpc::ServerContext* ctx, grpc::ServerReader<proto::UploadMessage>* reader,
+    proto::UploadReply* reply) {
+  try {
+    proto::UploadMessage msg;
+    if (!reader->Read(&msg) || !msg.has_header()) {
+      return Grpc(Status::InvalidArgument(
+          "upload: the first message must be an UpdateHeader"));
+    }
+    uint64_t bytes = msg.ByteSizeLong();
+    const proto::UpdateHeader& h = msg.header();
+    const std::string session = h.session_id();
+    const int64_t round = static_cast<int64_t>(h.round());
+    // Refuse early: a stale, duplicate or unselected upload is not read.
+    Status allowed = coordinator_.CheckUploadAllowed(session, round);
+    if (!allowed.ok()) {
+      coordinator_.RecordRejectedUpload(session, round, allowed.message(),
+                                        bytes);
+      return Grpc(allowed);
+    }
+    UpdateHeader header;
+    header.round = round;
+    header.num_samples = h.num_samples();
+    header.train_loss = h.train_loss();
+    header.eval_loss = h.eval_loss();
+    header.eval_tokens = h.eval_tokens();
+    header.train_seconds = h.train_seconds();
+    header.tokens_per_second = h.tokens_per_second();
+
+    transport::DecoderLimits limits;
+    limits.max_total_bytes = coordinator_.max_update_bytes();
+    limits.max_tensors = coordinator_.AdapterTemplate().size();
+    auto specs = transport::SpecsOf(coordinator_.AdapterTemplate());
+    limits.expected = specs;
+    transport::TensorDecoder decoder(limits);
+    Status s;
+    while (reader->Read(&msg)) {
+      bytes += msg.ByteSizeLong();
+      if (!s.ok()) continue;  // drain, the error is already decided
+      if (!msg.has_chunk()) {
+        s = Status::InvalidArgument("upload: a second UpdateHeader in the "
+                                    "stream");
+        continue;
+      }
+      s = decoder.Add(msg.chunk());
+    }
+    TensorMap delta;
+    if (s.ok()) {
+      auto decoded = decoder.Finish();
+      if (decoded.ok()) {
+        delta = std::move(decoded).value();
+      } else {
+        s = decoded.status();
+      }
+    }
+    if (s.ok() && h.num_tensors() != delta.size()) {
+      s = Status::InvalidArgument(
+          "upload: header announced " + std::to_string(h.num_tensors()) +
+          " tensors, the stream carried " + std::to_string(delta.size()));
+    }
+    if (!s.ok()) {
+      coordinator_.RecordRejectedUpload(session, round, s.message(), bytes);
+      return Grpc(s);
+    }
+    s = coordinator_.SubmitUpdate(session, header, std::move(delta), bytes);
+    if (!s.ok()) return Grpc(s);
+    reply->set_accepted(true);
+    return grpc::Status::OK;
+  } catch (const std::exception& e) {
+    return InternalError("UploadUpdate", e);
+  }
+}
+
+grpc::Status FederationService::GetStatus(grpc::ServerContext* ctx,
+                                          const proto::StatusRequest* req,
+                                          proto::StatusReply* reply) {
+  CoordinatorStatus s = coordinator_.GetStatus();
+  reply->set_federation_id(s.federation_id);
+  reply->set_state(s.state);
+  reply->set_round(static_cast<uint64_t>(s.round));
+  reply->set_total_rounds(static_cast<uint64_t>(s.total_rounds));
+  reply->set_selected(s.selected);
+  reply->set_answered(s.answered);
+  reply->set_last_train_loss(s.last_train_loss);
+  reply->set_last_eval_loss(s.last_eval_loss);
+  reply->set_bytes_up(s.bytes_up);
+  reply->set_bytes_down(s.bytes_down);
+  reply->set_strategy(s.strategy);
+  reply->set_uptime_seconds(s.uptime_seconds);
+  for (const auto& w : s.workers) {
+    proto::WorkerStatus* ws = reply->add_workers();
+    ws->set_worker_id(w.worker_id);
+    ws->set_alive(w.alive);
+    ws->set_rounds_completed(w.rounds_completed);
+    ws->set_last_seen_ms_ago(w.last_seen_ms_ago);
+  }
+  return grpc::Status::OK;
+}
+
+StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
+    Coordinator& coordinator, const ServerOptions& options) {
+  const size_t max_message = static_cast<size_t>(options.max_message_mb) << 20;
+  size_t chunk = std::min(static_cast<size_t>(options.chunk_kb) << 10,
+                          transport::ChunkBytesForMessageLimit(max_message));
+  ASSIGN_OR_RETURN(transport::HostPort hp,
+                   transport::SplitHostPort(options.address));
+  std::unique_ptr<FederationServer> server(new FederationServer());
+  server->service_ =
+      std::make_unique<FederationService>(coordinator, chunk, max_message);
+  grpc::ServerBuilder builder;
+  transport::ServerBuilderDefaults(&builder, max_message);
+  // Long polls hold a thread each: allow one per worker and then some.
+  grpc::ResourceQuota quota("fedpeft-coordinator");
+  quota.SetMaxThreads(1024);
+  builder.SetResourceQuota(quota);
+  builder.AddListeningPort(transport::JoinHostPort(hp.host, hp.port),
+                           grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (!server->server_ || server->port_ == 0) {
+    return Status::Unavailable("server.address: cannot listen on '" +
+                               options.address +
+                               "' (in use, or not an address of this host?)");
+  }
+  FP_LOG_INFO("coordinator", "listening on {}:{} (max message {} MiB, chunks "
+              "of {} KiB)",
+              hp.host, server->port_, options.max_message_mb, chunk >> 10);
+  if (!options.port_file.empty()) {
+    RETURN_IF_ERROR(WriteFileAtomic(options.port_file,
+                                    std::to_string(server->port_) + "\n"));
+  }
+  return server;
+}
+
+FederationServer::~FederationServer() { Shutdown(); }
+
+void FederationServer::Shutdown(std::chrono::milliseconds grace) {
+  if (server_) {
+    server_->Shutdown(std::chrono::system_clock::now() + grace);
+    server_->Wait();
+    server_.reset();
+  }
+}
+
+}  // namespace coordinator
+}  // namespace fedpeft

@@ -1,0 +1,81 @@
+// The gRPC face of the coordinator: the Federation service (see
+// proto/fedpeft.proto) over a Coordinator, and the server that hosts it.
+//
+// Handlers only move bytes: they decode and validate messages, call the
+// Coordinator's thread-safe methods and encode the reply. An upload is
+// checked against the round before its tensors are read, decoded against
+// the global adapter's names and shapes with size limits, then handed over.
+// No exception leaves a handler; every failure is a gRPC status whose
+// message says what was wrong.
+//
+// Thread-safety: gRPC calls handlers on its own threads; the service holds
+// no state of its own beyond immutable settings.
+#ifndef FEDPEFT_COORDINATOR_SERVICE_H_
+#define FEDPEFT_COORDINATOR_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "coordinator/coordinator.h"
+#include "proto/fedpeft.grpc.pb.h"
+
+namespace fedpeft {
+namespace coordinator {
+
+class FederationService final : public proto::Federation::Service {
+ public:
+  // REQUIRES: `coordinator` outlives the service.
+  FederationService(Coordinator& coordinator, size_t chunk_bytes,
+                    size_t max_message_bytes);
+
+  grpc::Status Register(grpc::ServerContext* ctx,
+                        const proto::RegisterRequest* req,
+                        proto::RegisterReply* reply) override;
+  grpc::Status Heartbeat(grpc::ServerContext* ctx,
+                         const proto::HeartbeatRequest* req,
+                         proto::HeartbeatReply* reply) override;
+  grpc::Status GetTask(grpc::ServerContext* ctx, const proto::TaskRequest* req,
+                       proto::Task* reply) override;
+  grpc::Status DownloadAdapter(
+      grpc::ServerContext* ctx, const proto::DownloadRequest* req,
+      grpc::ServerWriter<proto::TensorChunk>* writer) override;
+  grpc::Status UploadUpdate(grpc::ServerContext* ctx,
+                            grpc::ServerReader<proto::UploadMessage>* reader,
+                            proto::UploadReply* reply) override;
+  grpc::Status GetStatus(grpc::ServerContext* ctx,
+                         const proto::StatusRequest* req,
+                         proto::StatusReply* reply) override;
+
+ private:
+  Coordinator& coordinator_;
+  const size_t chunk_bytes_;
+  const size_t max_message_bytes_;
+};
+
+// A running gRPC server hosting a FederationService.
+class FederationServer {
+ public:
+  // Binds `options.address` (port 0 picks a free port; see port()) and
+  // starts serving. Writes the port to options.port_file when set.
+  static StatusOr<std::unique_ptr<FederationServer>> Start(
+      Coordinator& coordinator, const ServerOptions& options);
+  ~FederationServer();  // shuts down
+
+  int port() const { return port_; }
+  // Stops accepting calls and waits (up to `grace`) for running ones.
+  void Shutdown(std::chrono::milliseconds grace = std::chrono::seconds(2));
+
+ private:
+  FederationServer() = default;
+  std::unique_ptr<FederationService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace coordinator
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_COORDINATOR_SERVICE_H_

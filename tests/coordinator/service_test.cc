@@ -1,0 +1,404 @@
+// The coordinator behind a real gRPC server on 127.0.0.1 (port 0), driven by
+// hand-written clients: registration, tasks, downloads, and every kind of
+// bad upload, each rejected with a reason while the round completes.
+#include "coordinator/service.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "coordinator/checkpoint.h"
+#include "coordinator/coordinator.h"
+#include "proto/grpc_util.h"
+#include "proto/tensor_codec.h"
+
+namespace fedpeft {
+namespace coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+const std::string kSource = FEDPEFT_SOURCE_DIR;
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("fedpeft_svc_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (coordinator_) coordinator_->Stop();
+    if (loop_.joinable()) loop_.join();
+    server_.reset();
+    coordinator_.reset();
+    fs::remove_all(dir_);
+  }
+
+  CoordinatorConfig Config(std::vector<std::string> overrides = {}) {
+    std::vector<std::string> base = {
+        "server.address=127.0.0.1:0",
+        "server.max_message_mb=1",
+        "server.chunk_kb=64",
+        "federation.rounds=1",
+        "federation.min_available=2",
+        "federation.min_workers=2",
+        "federation.quorum=0.5",
+        "federation.round_deadline_s=20",
+        "federation.heartbeat_interval_ms=500",
+        "federation.worker_timeout_s=30",
+        "federation.task_wait_ms=500",
+        "federation.shutdown_grace_s=0",
+        "model.path=" + kSource + "/assets/stories260K",
+        "peft.lora.r=2",
+        "peft.lora.target_modules=[q_proj, v_proj]",
+        "checkpoint.dir=" + (dir_ / "ckpt").string(),
+        "logging.metrics_file=" + (dir_ / "metrics.jsonl").string(),
+        "limits.max_update_mb=1",
+    };
+    base.insert(base.end(), overrides.begin(), overrides.end());
+    auto cfg = LoadCoordinatorConfig("", base);
+    EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+    return *cfg;
+  }
+
+  void Start(const CoordinatorConfig& cfg) {
+    auto c = Coordinator::Create(cfg);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    coordinator_ = std::move(c).value();
+    auto s = FederationServer::Start(*coordinator_, cfg.server);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    server_ = std::move(s).value();
+    auto channel =
+        transport::MakeChannel("127.0.0.1:" + std::to_string(server_->port()),
+                               transport::ChannelOptions{});
+    ASSERT_TRUE(channel.ok());
+    stub_ = proto::Federation::NewStub(*channel);
+  }
+
+  void RunLoop() {
+    loop_ = std::thread([this] { run_status_ = coordinator_->Run(); });
+  }
+
+  std::string Register(const std::string& id) {
+    proto::RegisterRequest req;
+    req.mutable_profile()->set_worker_id(id);
+    req.mutable_profile()->set_num_samples(10);
+    proto::RegisterReply reply;
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, std::chrono::seconds(10));
+    grpc::Status s = stub_->Register(&ctx, req, &reply);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_FALSE(reply.adapter_config_json().empty());
+    return reply.session_id();
+  }
+
+  proto::Task GetTask(const std::string& session) {
+    for (int i = 0; i < 40; ++i) {
+      proto::TaskRequest req;
+      req.set_session_id(session);
+      req.set_wait_ms(500);
+      proto::Task task;
+      grpc::ClientContext ctx;
+      transport::SetTimeout(&ctx, std::chrono::seconds(5));
+      grpc::Status s = stub_->GetTask(&ctx, req, &task);
+      EXPECT_TRUE(s.ok()) << s.error_message();
+      if (task.kind() != proto::Task::WAIT) return task;
+    }
+    ADD_FAILURE() << "no task";
+    return proto::Task();
+  }
+
+  TensorMap Download(const std::string& session, uint64_t round) {
+    proto::DownloadRequest req;
+    req.set_session_id(session);
+    req.set_round(round);
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, std::chrono::seconds(10));
+    auto reader = stub_->DownloadAdapter(&ctx, req);
+    transport::TensorDecoder decoder;
+    proto::TensorChunk chunk;
+    while (reader->Read(&chunk)) EXPECT_TRUE(decoder.Add(chunk).ok());
+    EXPECT_TRUE(reader->Finish().ok());
+    auto t = decoder.Finish();
+    EXPECT_TRUE(t.ok());
+    return *t;
+  }
+
+  // Sends an upload: header fields, then `tensors` (or raw `chunks`).
+  grpc::Status Upload(const std::string& session, uint64_t round,
+                      const TensorMap& tensors,
+                      std::vector<proto::TensorChunk> raw = {},
+                      int num_tensors = -1, double loss = 1.0) {
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, std::chrono::seconds(10));
+    proto::UploadReply reply;
+    auto writer = stub_->UploadUpdate(&ctx, &reply);
+    proto::UploadMessage m;
+    m.mutable_header()->set_session_id(session);
+    m.mutable_header()->set_round(round);
+    m.mutable_header()->set_num_samples(10);
+    m.mutable_header()->set_train_loss(loss);
+    m.mutable_header()->set_num_tensors(
+        num_tensors >= 0 ? num_tensors : static_cast<int>(tensors.size()));
+    writer->Write(m);
+    if (raw.empty()) {
+      Status s = transport::EncodeTensors(
+          tensors, 32 << 10, [&](const proto::TensorChunk& c) {
+            proto::UploadMessage u;
+            *u.mutable_chunk() = c;
+            return writer->Write(u);
+          });
+      EXPECT_TRUE(s.ok() || s.code() == StatusCode::kUnavailable);
+    } else {
+      for (const auto& c : raw) {
+        proto::UploadMessage u;
+        *u.mutable_chunk() = c;
+        writer->Write(u);
+      }
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
+  fs::path dir_;
+  std::unique_ptr<Coordinator> coordinator_;
+  std::unique_ptr<FederationServer> server_;
+  std::unique_ptr<proto::Federation::Stub> stub_;
+  std::thread loop_;
+  Status run_status_;
+};
+
+TensorMap Zeros(const TensorMap& like) {
+  TensorMap out;
+  for (const auto& kv : like) out[kv.first] = torch::zeros_like(kv.second);
+  return out;
+}
+
+TEST_F(ServiceTest, HostileUploadsAreRejectedAndTheRoundCompletes) {
+  Start(Config());
+  std::string good = Register("good");
+  std::string bad = Register("bad");
+  RunLoop();
+  proto::Task tg = GetTask(good);
+  proto::Task tb = GetTask(bad);
+  ASSERT_EQ(tg.kind(), proto::Task::TRAIN);
+  ASSERT_EQ(tb.kind(), proto::Task::TRAIN);
+  const uint64_t round = tg.round();
+  TensorMap global = Download(bad, round);
+  ASSERT_FALSE(global.empty());
+
+  // Unknown session.
+  grpc::Status s = Upload("no-such-session", round, Zeros(global));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  // Stale round.
+  s = Upload(bad, round + 7, Zeros(global));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("stale upload"));
+  // Malformed stream: data before any header.
+  proto::TensorChunk orphan;
+  orphan.mutable_data()->set_data("xxxx");
+  {
+    // The bad worker answered with a malformed upload: it counts as its
+    // answer, so further uploads from it are duplicates.
+    s = Upload(bad, round, {}, {orphan}, 1);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    s = Upload(bad, round, Zeros(global));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_THAT(s.error_message(), HasSubstr("duplicate"));
+  }
+  // The good worker's round still completes.
+  TensorMap delta = Zeros(global);
+  delta.begin()->second.fill_(0.5);
+  s = Upload(good, round, delta);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  loop_.join();
+  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
+  auto history = coordinator_->History();
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_TRUE(history[0].aggregated);
+  EXPECT_EQ(history[0].answered, 1);
+  EXPECT_EQ(history[0].rejected, 1);
+  EXPECT_EQ(history[0].dropped, 1);
+  // The aggregate is the good worker's update (fedavg of one).
+  auto ckpt = LoadLatestCheckpoint((dir_ / "ckpt").string());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
+  const std::string key = delta.begin()->first;
+  EXPECT_TRUE(torch::allclose(ckpt->global.at(key), global.at(key) + 0.5));
+}
+
+// One bad upload per case, each from its own worker; one good worker makes
+// the quorum.
+TEST_F(ServiceTest, EachBadUploadKindNamesItsReason) {
+  const int kBad = 5;
+  Start(Config({"federation.min_available=6", "federation.min_workers=6",
+                "federation.quorum=0.1"}));
+  std::string good = Register("good");
+  std::vector<std::string> bad;
+  for (int i = 0; i < kBad; ++i) bad.push_back(Register("bad" + std::to_string(i)));
+  RunLoop();
+  uint64_t round = GetTask(good).round();
+  for (const auto& b : bad) ASSERT_EQ(GetTask(b).kind(), proto::Task::TRAIN);
+  TensorMap global = Download(good, round);
+  const std::string key = global.begin()->first;
+
+  // NaN.
+  TensorMap nan = Zeros(global);
+  nan[key][0][0] = std::nan("");
+  grpc::Status s = Upload(bad[0], round, nan);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr(key));
+  // Wrong shape.
+  TensorMap shape = Zeros(global);
+  shape[key] = torch::zeros({3, 3});
+  s = Upload(bad[1], round, shape);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr(key));
+  EXPECT_THAT(s.error_message(), HasSubstr("shape"));
+  // Unknown tensor name.
+  TensorMap extra = Zeros(global);
+  extra["base_model.model.model.layers.0.self_attn.evil.lora_A.weight"] =
+      torch::zeros({2, 2});
+  s = Upload(bad[2], round, extra);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("evil"));
+  // Oversized: a header claiming far more bytes than limits.max_update_mb.
+  proto::TensorChunk huge;
+  huge.mutable_header()->set_name(key);
+  huge.mutable_header()->set_dtype(proto::DTYPE_F32);
+  huge.mutable_header()->add_shape(1 << 20);
+  huge.mutable_header()->add_shape(1 << 10);
+  huge.mutable_header()->set_encoded_bytes(uint64_t{4} << 30);
+  s = Upload(bad[3], round, {}, {huge}, 1);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Missing tensors (a truncated update).
+  TensorMap partial = Zeros(global);
+  partial.erase(partial.begin());
+  s = Upload(bad[4], round, partial);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  s = Upload(good, round, Zeros(global));
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  loop_.join();
+  auto history = coordinator_->History();
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_TRUE(history[0].aggregated);
+  EXPECT_EQ(history[0].answered, 1);
+  EXPECT_EQ(history[0].rejected, kBad);
+}
+
+TEST_F(ServiceTest, LateUploadAfterTheRoundClosedIsRejected) {
+  Start(Config({"federation.rounds=2", "federation.min_available=1",
+                "federation.min_workers=1"}));
+  std::string w = Register("w");
+  RunLoop();
+  proto::Task t1 = GetTask(w);
+  TensorMap global = Download(w, t1.round());
+  ASSERT_TRUE(Upload(w, t1.round(), Zeros(global)).ok());
+  proto::Task t2 = GetTask(w);
+  ASSERT_EQ(t2.round(), t1.round() + 1);
+  // Replay of round 1's upload during round 2.
+  grpc::Status s = Upload(w, t1.round(), Zeros(global));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("stale"));
+  ASSERT_TRUE(Upload(w, t2.round(), Zeros(global)).ok());
+  EXPECT_EQ(GetTask(w).kind(), proto::Task::SHUTDOWN);
+  loop_.join();
+  EXPECT_EQ(coordinator_->completed_rounds(), 2);
+}
+
+TEST_F(ServiceTest, QuorumMissSkipsAtTheDeadline) {
+  Start(Config({"federation.rounds=1", "federation.round_deadline_s=1",
+                "federation.quorum=1.0", "federation.on_quorum_miss=skip"}));
+  std::string a = Register("a");
+  std::string b = Register("b");
+  RunLoop();
+  proto::Task ta = GetTask(a);
+  GetTask(b);
+  TensorMap global = Download(a, ta.round());
+  ASSERT_TRUE(Upload(a, ta.round(), Zeros(global)).ok());
+  // b never answers (but stays alive): the deadline closes the round, one of
+  // two answers misses a quorum of 1.0, the round is skipped, not hung.
+  loop_.join();
+  auto history = coordinator_->History();
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_FALSE(history[0].aggregated);
+  EXPECT_EQ(history[0].answered, 1);
+  EXPECT_EQ(history[0].dropped, 1);
+}
+
+TEST_F(ServiceTest, StatusReportsWorkersAndRound) {
+  Start(Config());
+  Register("a");
+  Register("b");
+  RunLoop();
+  proto::StatusRequest req;
+  proto::StatusReply reply;
+  for (int i = 0; i < 50 && reply.state() != "collect"; ++i) {
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, std::chrono::seconds(5));
+    ASSERT_TRUE(stub_->GetStatus(&ctx, req, &reply).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(reply.state(), "collect");
+  EXPECT_EQ(reply.round(), 1u);
+  EXPECT_EQ(reply.workers_size(), 2);
+  EXPECT_EQ(reply.selected(), 2u);
+  EXPECT_EQ(reply.strategy(), "fedavg");
+}
+
+TEST(CoordinatorConfigTest, ErrorsNameTheKey) {
+  auto cfg = LoadCoordinatorConfig(
+      "", {"federation.quorum=2", "federation.on_quorum_miss=panic",
+           "server.adress=x", "strategy.name=fedmagic"});
+  ASSERT_FALSE(cfg.ok());
+  const std::string& m = cfg.status().message();
+  EXPECT_THAT(m, HasSubstr("federation.quorum: must be in (0, 1], got 2"));
+  EXPECT_THAT(m, HasSubstr("federation.on_quorum_miss"));
+  EXPECT_THAT(m, HasSubstr("unknown key 'server.adress'"));
+  EXPECT_THAT(m, HasSubstr("strategy.name"));
+  EXPECT_THAT(m, HasSubstr("fedavg"));  // lists the valid names
+}
+
+TEST(CheckpointTest, SaveLoadIsBitIdenticalAndKeepsN) {
+  fs::path dir = fs::temp_directory_path() /
+                 ("fedpeft_ckpt_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  Checkpoint c;
+  c.federation_id = "f";
+  c.rng_state = "1 2 3";
+  c.strategy = "fedavg";
+  c.base_model = "m";
+  c.adapter_config = {{"r", 2}};
+  c.global["a"] = torch::randn({3, 4});
+  c.global["b"] = torch::randn({5});
+  for (int r = 1; r <= 4; ++r) {
+    c.round = r;
+    ASSERT_TRUE(SaveCheckpoint(dir.string(), c, 2).ok());
+  }
+  auto loaded = LoadLatestCheckpoint(dir.string());
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ(loaded->round, 4);
+  EXPECT_EQ(TensorDigest(loaded->global), TensorDigest(c.global));
+  EXPECT_TRUE(torch::equal(loaded->global.at("a"), c.global.at("a")));
+  int folders = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().filename().string().rfind("round-", 0) == 0) ++folders;
+  }
+  EXPECT_EQ(folders, 2);
+  // A damaged state.json is named.
+  std::ofstream(dir / "round-000004" / "state.json") << "{";
+  auto bad = LoadLatestCheckpoint(dir.string());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("state.json"));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace coordinator
+}  // namespace fedpeft

@@ -1,0 +1,346 @@
+// End-to-end federations of real `fedpeft` processes over real sockets on
+// 127.0.0.1: a coordinator and workers started from the shipped configs,
+// a worker killed mid-round, the coordinator killed and restarted.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "coordinator/checkpoint.h"
+
+namespace fedpeft {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using ::testing::HasSubstr;
+
+const std::string kSource = FEDPEFT_SOURCE_DIR;
+const std::string kBinary = FEDPEFT_BINARY;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  int port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+class FederationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("fedpeft_fed_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    for (pid_t pid : pids_) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  std::string Path(const std::string& name) { return (dir_ / name).string(); }
+
+  // Starts `fedpeft <args>` in the source tree, output into `log`.
+  pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      if (chdir(kSource.c_str()) != 0) _exit(126);
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      std::vector<char*> argv{const_cast<char*>(kBinary.c_str())};
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(kBinary.c_str(), argv.data());
+      _exit(127);
+    }
+    pids_.push_back(pid);
+    return pid;
+  }
+
+  // Exit code, or -1 when `pid` is still running after `timeout`.
+  int Wait(pid_t pid, std::chrono::seconds timeout) {
+    auto until = Clock::now() + timeout;
+    while (Clock::now() < until) {
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        pids_.erase(std::remove(pids_.begin(), pids_.end(), pid), pids_.end());
+        if (WIFEXITED(status)) return WEXITSTATUS(status);
+        return 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return -1;
+  }
+
+  bool WaitFor(const std::function<bool()>& ready, std::chrono::seconds timeout) {
+    auto until = Clock::now() + timeout;
+    while (Clock::now() < until) {
+      if (ready()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return ready();
+  }
+
+  std::vector<std::string> CoordinatorArgs(int port, int rounds,
+                                           int min_available,
+                                           std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {
+        "coordinator", "--config", "configs/flat/coordinator.yaml",
+        "--set", "server.address=127.0.0.1:" + std::to_string(port),
+        "--set", "federation.rounds=" + std::to_string(rounds),
+        "--set", "federation.min_available=" + std::to_string(min_available),
+        "--set", "federation.heartbeat_interval_ms=300",
+        "--set", "federation.worker_timeout_s=3",
+        "--set", "federation.task_wait_ms=1000",
+        "--set", "federation.shutdown_grace_s=3",
+        "--set", "federation.round_deadline_s=120",
+        "--set", "train.local_steps=4",
+        "--set", "eval.data.max_records=600",
+        "--set", "eval.data.max_seq_len=64",
+        "--set", "checkpoint.dir=" + Path("ckpt"),
+        "--set", "logging.metrics_file=" + Path("metrics.jsonl"),
+        "--set", "model.threads=1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+
+  pid_t StartWorker(int port, int i, int n, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {
+        "worker", "--config", "configs/flat/worker.yaml",
+        "--set", "worker.id=worker-" + std::to_string(i),
+        "--set", "data.shard=" + std::to_string(i) + "/" + std::to_string(n),
+        "--set", "data.max_records=600",
+        "--set", "data.max_seq_len=64",
+        "--set", "server.address=127.0.0.1:" + std::to_string(port),
+        "--set", "server.task_wait_ms=1000",
+        "--set", "server.backoff_max_ms=1000"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Spawn(args, Path("worker-" + std::to_string(i) + ".log"));
+  }
+
+  std::vector<nlohmann::json> Metrics() {
+    std::vector<nlohmann::json> rows;
+    std::istringstream in(Slurp(Path("metrics.jsonl")));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
+    }
+    return rows;
+  }
+
+  std::string Logs() {
+    std::string all;
+    for (const auto& e : fs::directory_iterator(dir_)) {
+      if (e.path().extension() == ".log") {
+        all += "==== " + e.path().filename().string() + "\n" +
+               Slurp(e.path().string());
+      }
+    }
+    return all;
+  }
+
+  fs::path dir_;
+  std::vector<pid_t> pids_;
+};
+
+TEST_F(FederationTest, ThreeWorkersTwoRoundsThenExport) {
+  int port = FreePort();
+  pid_t coord = Spawn(CoordinatorArgs(port, 2, 3), Path("coordinator.log"));
+  std::vector<pid_t> workers;
+  for (int i = 0; i < 3; ++i) workers.push_back(StartWorker(port, i, 3));
+  ASSERT_EQ(Wait(coord, std::chrono::seconds(300)), 0) << Logs();
+  for (pid_t w : workers) {
+    EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 0) << Logs();
+  }
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 2u) << Logs();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(rows[r]["round"], r + 1);
+    EXPECT_EQ(rows[r]["selected"], 3);
+    EXPECT_EQ(rows[r]["answered"], 3);
+    EXPECT_EQ(rows[r]["dropped"], 0);
+    EXPECT_GT(rows[r]["bytes_up"].get<uint64_t>(), 0u);
+    EXPECT_GT(rows[r]["bytes_down"].get<uint64_t>(), 0u);
+    for (const char* k : {"train_loss", "eval_loss", "seconds"}) {
+      EXPECT_TRUE(rows[r][k].is_number()) << k << " in " << rows[r].dump();
+    }
+  }
+  std::string log = Slurp(Path("coordinator.log"));
+  EXPECT_THAT(log, HasSubstr("round 2/2 done: selected 3 answered 3"));
+
+  // The merged global adapter exports in PEFT format and loads.
+  pid_t ex = Spawn({"export", "--checkpoint", Path("ckpt"), "--out",
+                    Path("adapter")},
+                   Path("export.log"));
+  ASSERT_EQ(Wait(ex, std::chrono::seconds(60)), 0) << Slurp(Path("export.log"));
+  EXPECT_TRUE(fs::exists(Path("adapter/adapter_config.json")));
+  pid_t gen = Spawn({"generate", "--adapter", Path("adapter"), "--prompt",
+                     "ROMEO:", "--max-tokens", "8"},
+                    Path("generate.log"));
+  EXPECT_EQ(Wait(gen, std::chrono::seconds(60)), 0)
+      << Slurp(Path("generate.log"));
+  pid_t merged = Spawn({"export", "--checkpoint", Path("ckpt"), "--merge",
+                        "--out", Path("merged")},
+                       Path("merge.log"));
+  EXPECT_EQ(Wait(merged, std::chrono::seconds(60)), 0)
+      << Slurp(Path("merge.log"));
+  EXPECT_TRUE(fs::exists(Path("merged/model.safetensors")));
+}
+
+TEST_F(FederationTest, WorkerKilledMidRoundDoesNotStopTheRound) {
+  int port = FreePort();
+  pid_t coord = Spawn(CoordinatorArgs(port, 2, 3), Path("coordinator.log"));
+  std::vector<pid_t> workers;
+  workers.push_back(StartWorker(port, 0, 3));
+  workers.push_back(StartWorker(port, 1, 3));
+  // A very slow worker that will still be computing when it is killed.
+  pid_t slow = StartWorker(port, 2, 3, {"--set", "simulation.slowdown=200"});
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::string log = Slurp(Path("coordinator.log"));
+        return log.find("update from 'worker-0'") != std::string::npos &&
+               log.find("update from 'worker-1'") != std::string::npos;
+      },
+      std::chrono::seconds(240)))
+      << Logs();
+  kill(slow, SIGKILL);
+  Wait(slow, std::chrono::seconds(10));
+  ASSERT_EQ(Wait(coord, std::chrono::seconds(240)), 0) << Logs();
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 2u) << Logs();
+  EXPECT_EQ(rows[0]["selected"], 3);
+  EXPECT_EQ(rows[0]["answered"], 2);
+  EXPECT_EQ(rows[0]["dropped"], 1);
+  EXPECT_TRUE(rows[0]["aggregated"].get<bool>());
+  // Round 2 selects only the workers still alive.
+  EXPECT_EQ(rows[1]["selected"], 2);
+  EXPECT_EQ(rows[1]["answered"], 2);
+  EXPECT_THAT(Slurp(Path("coordinator.log")),
+              HasSubstr("no answer from 'worker-2'"));
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(Wait(workers[i], std::chrono::seconds(30)), 0) << Logs();
+  }
+}
+
+TEST_F(FederationTest, CoordinatorRestartResumesWithTheSameAdapter) {
+  int port = FreePort();
+  pid_t coord = Spawn(CoordinatorArgs(port, 3, 2), Path("coordinator.log"));
+  std::vector<pid_t> workers;
+  for (int i = 0; i < 2; ++i) {
+    workers.push_back(StartWorker(port, i, 2,
+                                  {"--set", "simulation.slowdown=3"}));
+  }
+  // Kill the coordinator as soon as round 1 is checkpointed.
+  ASSERT_TRUE(WaitFor(
+      [&] { return Slurp(Path("ckpt/LATEST")) == "round-000001\n"; },
+      std::chrono::seconds(240)))
+      << Logs();
+  kill(coord, SIGKILL);
+  Wait(coord, std::chrono::seconds(10));
+  std::string latest = Slurp(Path("ckpt/LATEST"));
+  ASSERT_EQ(latest, "round-000001\n")
+      << "the coordinator got past round 1 before it was killed";
+  auto round1 = coordinator::LoadCheckpointFolder(Path("ckpt/round-000001"));
+  ASSERT_TRUE(round1.ok()) << round1.status().ToString();
+  const std::string digest = coordinator::TensorDigest(round1->global);
+
+  // Same config, same address: it resumes at round 2 and the workers, which
+  // kept retrying, rejoin on their own.
+  pid_t again = Spawn(CoordinatorArgs(port, 3, 2), Path("coordinator2.log"));
+  ASSERT_EQ(Wait(again, std::chrono::seconds(300)), 0) << Logs();
+  std::string log2 = Slurp(Path("coordinator2.log"));
+  EXPECT_THAT(log2, HasSubstr("from checkpoint round 1 (adapter digest " +
+                              digest + "); next round 2"));
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 3u) << Logs();
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(rows[r]["round"], r + 1);
+  EXPECT_THAT(log2, ::testing::Not(HasSubstr("round 1/3")));
+  for (pid_t w : workers) {
+    EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 0) << Logs();
+  }
+  EXPECT_THAT(Logs(), HasSubstr("registering again"));
+}
+
+// The quickstart's own command, both modes, shortened.
+TEST_F(FederationTest, SimulateRunsTheWholeFederation) {
+  for (const std::string mode : {"processes", "threads"}) {
+    std::string out = Path("sim-" + mode);
+    std::string log = Path("simulate-" + mode + ".txt");
+    pid_t sim = Spawn(
+        {"simulate", "--config", "configs/quickstart.yaml", "--out", out,
+         "--set", "simulation.mode=" + mode,
+         "--set", std::string("simulation.workers=") + (mode == "threads" ? "6" : "3"),
+         "--set", "simulation.dropout_prob=[0]",
+         "--set", "simulation.sample_tokens=8",
+         "--set", "coordinator.federation.rounds=2",
+         "--set", "coordinator.train.local_steps=3",
+         "--set", "coordinator.eval.data.max_records=600",
+         "--set", "worker.data.max_records=600",
+         "--set", "worker.data.max_seq_len=64"},
+        log);
+    ASSERT_EQ(Wait(sim, std::chrono::seconds(400)), 0)
+        << Slurp(log) << Logs();
+    std::string text = Slurp(log);
+    EXPECT_THAT(text, HasSubstr("2 rounds aggregated"));
+    EXPECT_THAT(text, HasSubstr("sample, base+adapter:"));
+    EXPECT_TRUE(fs::exists(out + "/adapter/adapter_model.safetensors"));
+    EXPECT_TRUE(fs::exists(out + "/metrics.jsonl"));
+    if (mode == "processes") {
+      EXPECT_TRUE(fs::exists(out + "/logs/worker-2.log"));
+    }
+  }
+}
+
+TEST_F(FederationTest, ConfigErrorsNameTheKeyAndExitNonZero) {
+  pid_t c = Spawn({"coordinator", "--config", "configs/flat/coordinator.yaml",
+                   "--set", "federation.rounds=0", "--set",
+                   "strategy.nmae=fedavg"},
+                  Path("c.log"));
+  EXPECT_EQ(Wait(c, std::chrono::seconds(30)), 1);
+  std::string log = Slurp(Path("c.log"));
+  EXPECT_THAT(log, HasSubstr("federation.rounds: must be >= 1, got 0"));
+  EXPECT_THAT(log, HasSubstr("unknown key 'strategy.nmae'"));
+  pid_t w = Spawn({"worker", "--config", "configs/flat/worker.yaml", "--set",
+                   "data.shard=5/2", "--set", "worker.threads=many"},
+                  Path("w.log"));
+  EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 1);
+  log = Slurp(Path("w.log"));
+  EXPECT_THAT(log, HasSubstr("data.shard"));
+  EXPECT_THAT(log, HasSubstr("worker.threads: expected an integer, got 'many'"));
+}
+
+}  // namespace
+}  // namespace fedpeft

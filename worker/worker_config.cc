@@ -1,0 +1,89 @@
+#include "worker/worker_config.h"
+
+namespace fedpeft {
+namespace worker {
+
+void WorkerIdentity::Read(ConfigReader& in) {
+  in.Get("id", &id);
+  in.Get("threads", &threads);
+  in.Get("ram_mb", &ram_mb);
+  in.Get("uplink_mbps", &uplink_mbps);
+  in.Check(!id.empty() && id.size() <= 128, "id",
+           "expected 1 to 128 characters, got '" + id + "'");
+  in.Check(threads >= 1, "threads",
+           "must be >= 1, got " + ToConfigString(threads));
+  in.Check(ram_mb >= 0, "ram_mb", "must be >= 0, got " + ToConfigString(ram_mb));
+  in.Check(uplink_mbps >= 0, "uplink_mbps",
+           "must be >= 0, got " + ToConfigString(uplink_mbps));
+}
+
+void ConnectionOptions::Read(ConfigReader& in) {
+  in.Get("address", &address);
+  in.Get("max_message_mb", &max_message_mb);
+  in.Get("rpc_timeout_s", &rpc_timeout_s);
+  in.Get("task_wait_ms", &task_wait_ms);
+  in.Get("backoff_initial_ms", &backoff_initial_ms);
+  in.Get("backoff_max_ms", &backoff_max_ms);
+  in.Get("give_up_after_s", &give_up_after_s);
+  in.Check(address.find(':') != std::string::npos, "address",
+           "expected HOST:PORT, got '" + address + "'");
+  in.Check(max_message_mb >= 1 && max_message_mb <= 1024, "max_message_mb",
+           "must be in [1, 1024], got " + ToConfigString(max_message_mb));
+  in.Check(rpc_timeout_s > 0, "rpc_timeout_s",
+           "must be > 0, got " + ToConfigString(rpc_timeout_s));
+  in.Check(task_wait_ms >= 10, "task_wait_ms",
+           "must be >= 10, got " + ToConfigString(task_wait_ms));
+  in.Check(backoff_initial_ms >= 1, "backoff_initial_ms",
+           "must be >= 1, got " + ToConfigString(backoff_initial_ms));
+  in.Check(backoff_max_ms >= backoff_initial_ms, "backoff_max_ms",
+           "must be >= backoff_initial_ms, got " +
+               ToConfigString(backoff_max_ms));
+  in.Check(give_up_after_s >= 0, "give_up_after_s",
+           "must be >= 0 (0 = never), got " + ToConfigString(give_up_after_s));
+}
+
+void SimulationProfile::Read(ConfigReader& in) {
+  in.Get("slowdown", &slowdown);
+  in.Get("dropout_prob", &dropout_prob);
+  in.Get("seed", &seed);
+  in.Check(slowdown >= 1.0, "slowdown",
+           "must be >= 1, got " + ToConfigString(slowdown));
+  in.Check(dropout_prob >= 0 && dropout_prob < 1, "dropout_prob",
+           "must be in [0, 1), got " + ToConfigString(dropout_prob));
+}
+
+void WorkerConfig::Read(ConfigReader& in) {
+  ConfigReader w = in.Section("worker");
+  worker.Read(w);
+  ConfigReader s = in.Section("server");
+  server.Read(s);
+  ConfigReader m = in.Section("model");
+  model.Read(m);
+  ConfigReader d = in.Section("data");
+  data.Read(d);
+  d.Get("shard", &shard);
+  if (!shard.empty()) {
+    auto parsed = data::ParseShard(shard);
+    d.Check(parsed.ok(), "shard",
+            parsed.ok() ? "" : parsed.status().message());
+  }
+  ConfigReader t = in.Section("train");
+  train.Read(t);
+  ConfigReader sim = in.Section("simulation");
+  simulation.Read(sim);
+  ConfigReader l = in.Section("logging");
+  logging.Read(l);
+}
+
+StatusOr<WorkerConfig> LoadWorkerConfig(
+    const std::string& path, const std::vector<std::string>& overrides) {
+  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
+  ConfigReader in(root, path);
+  WorkerConfig config;
+  config.Read(in);
+  RETURN_IF_ERROR(in.Finish());
+  return config;
+}
+
+}  // namespace worker
+}  // namespace fedpeft

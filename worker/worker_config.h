@@ -1,0 +1,78 @@
+// Configuration of a federated worker (`fedpeft worker --config FILE`).
+//
+//   worker:     id, threads, ram_mb, uplink_mbps
+//   server:     address, max_message_mb, rpc_timeout_s, task_wait_ms,
+//               backoff_initial_ms, backoff_max_ms, give_up_after_s
+//   model:      the base model (must be the coordinator's)
+//   data:       local data (data/dataset.h) plus `shard: i/n` to take one
+//               partition of a shared file (data.partition picks how)
+//   train:      local optimizer settings (steps, batch and lr come with
+//               each task)
+//   simulation: slowdown, dropout_prob (heterogeneity in simulations)
+//   logging:    level, file
+//
+// Thread-safety: plain values.
+#ifndef FEDPEFT_WORKER_WORKER_CONFIG_H_
+#define FEDPEFT_WORKER_WORKER_CONFIG_H_
+
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/status.h"
+#include "data/dataset.h"
+#include "worker/local_trainer.h"
+#include "worker/train_config.h"
+
+namespace fedpeft {
+namespace worker {
+
+struct WorkerIdentity {
+  std::string id = "worker-0";  // stable name; the coordinator keys on it
+  int threads = 1;              // intra-op threads for local training
+  int64_t ram_mb = 0;           // memory it offers (0 = measure)
+  double uplink_mbps = 0;       // uplink bandwidth (0 = unknown)
+
+  void Read(ConfigReader& in);
+};
+
+struct ConnectionOptions {
+  std::string address = "127.0.0.1:50051";  // coordinator or edge
+  int max_message_mb = 16;
+  double rpc_timeout_s = 60;     // deadline of every unary call and stream
+  int task_wait_ms = 5000;       // long-poll budget per GetTask
+  int backoff_initial_ms = 200;  // retry backoff on UNAVAILABLE
+  int backoff_max_ms = 5000;
+  double give_up_after_s = 0;    // stop after this long unreachable (0 = never)
+
+  void Read(ConfigReader& in);
+};
+
+struct SimulationProfile {
+  double slowdown = 1.0;      // >1: sleep (slowdown-1) x compute time
+  double dropout_prob = 0.0;  // chance to drop out of a round (no upload)
+  uint64_t seed = 7;
+
+  void Read(ConfigReader& in);
+};
+
+struct WorkerConfig {
+  WorkerIdentity worker;
+  ConnectionOptions server;
+  ModelOptions model;
+  data::DataOptions data;
+  std::string shard;  // data.shard "i/n"; empty = the whole file
+  TrainOptions train;
+  SimulationProfile simulation;
+  LoggingOptions logging;
+
+  void Read(ConfigReader& in);
+};
+
+StatusOr<WorkerConfig> LoadWorkerConfig(
+    const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace worker
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_WORKER_WORKER_CONFIG_H_
