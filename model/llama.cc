@@ -1,1 +1,447 @@
-// TODO(skeleton): being written in this session.
+#include "model/llama.h"
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <tuple>
+#include <utility>
+
+#include "model/llama_internal.h"
+
+namespace fedpeft {
+namespace model {
+
+using namespace internal;  // NOLINT(build/namespaces)
+
+namespace {
+
+// Query rows per block of causal attention (see Attention).
+constexpr int64_t kAttentionBlock = 64;
+
+// x * rsqrt(mean(x^2) + eps) * w, in float32 for low-precision inputs.
+torch::Tensor RmsNorm(const torch::Tensor& x, const torch::Tensor& w,
+                      double eps) {
+  if (x.scalar_type() == torch::kFloat32 ||
+      x.scalar_type() == torch::kFloat64) {
+    torch::Tensor r = torch::rsqrt(x.square().mean(-1, true) + eps);
+    return (x * r) * w;
+  }
+  torch::Tensor xf = x.to(torch::kFloat32);
+  torch::Tensor r = torch::rsqrt(xf.square().mean(-1, true) + eps);
+  return (xf * r).to(x.scalar_type()) * w;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// LlamaModel
+
+struct LlamaModel::Layer {
+  torch::Tensor attn_norm;
+  torch::Tensor ffn_norm;
+  std::array<torch::Tensor, kNumProjections> base;    // shared aliases
+  std::array<torch::Tensor, kNumProjections> merged;  // private, when merged
+  torch::Tensor qkv_base;    // alias of packed q/k/v rows, or undefined
+  torch::Tensor gu_base;     // alias of packed gate/up rows, or undefined
+  torch::Tensor qkv_merged;  // private, while merged
+  torch::Tensor gu_merged;
+  torch::Tensor qkv_bias;  // [dim + 2 kv_dim] (Qwen2), or undefined
+  std::array<std::shared_ptr<LinearDelta>, kNumProjections> delta;
+  std::shared_ptr<SublayerAdapter> attn_adapter;
+  std::shared_ptr<SublayerAdapter> mlp_adapter;
+
+  const torch::Tensor& W(int p) const {
+    return merged[p].defined() ? merged[p] : base[p];
+  }
+  const torch::Tensor& Qkv() const {
+    return qkv_merged.defined() ? qkv_merged : qkv_base;
+  }
+  const torch::Tensor& GateUp() const {
+    return gu_merged.defined() ? gu_merged : gu_base;
+  }
+};
+
+// cos and sign-folded sin of rotate-half RoPE, [max_seq_len, 1, head_dim]:
+// x * cos + cat(x2, x1) * sin_signed == x * cos + rotate_half(x) * sin.
+struct LlamaModel::RopeTables {
+  torch::Tensor cos;
+  torch::Tensor sin_signed;
+};
+
+LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
+    : torch::nn::Module("LlamaModel"), weights_(std::move(weights)) {
+  TORCH_CHECK(weights_ != nullptr, "LlamaModel: weights are null");
+  const LlamaConfig& c = weights_->config;
+  embed_ = weights_->Get("model.embed_tokens.weight");
+  lm_head_ = c.tie_embeddings ? embed_ : weights_->Get("lm_head.weight");
+  final_norm_ = weights_->Get("model.norm.weight");
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    auto layer = std::make_unique<Layer>();
+    layer->attn_norm = weights_->Get(LayerPrefix(l) + "input_layernorm.weight");
+    layer->ffn_norm =
+        weights_->Get(LayerPrefix(l) + "post_attention_layernorm.weight");
+    for (int p = 0; p < kNumProjections; ++p) {
+      layer->base[p] = weights_->Get(ProjectionKey(l, p));
+    }
+    layer->qkv_base =
+        FusedAlias({layer->base[kQ], layer->base[kK], layer->base[kV]});
+    layer->gu_base = FusedAlias({layer->base[kGate], layer->base[kUp]});
+    if (c.qkv_bias) {
+      layer->qkv_bias = torch::cat({weights_->Get(BiasKey(l, kQ)),
+                                    weights_->Get(BiasKey(l, kK)),
+                                    weights_->Get(BiasKey(l, kV))});
+    }
+    layers_.push_back(std::move(layer));
+  }
+  rope_ =
+      SharedRope(c.max_seq_len, c.head_dim(), c.rope_theta, embed_.options());
+}
+
+LlamaModel::~LlamaModel() = default;
+
+LlamaModel::Layer& LlamaModel::LayerAt(int64_t layer) {
+  TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers_.size()),
+              "layer ", layer, " out of range [0, ", layers_.size(), ")");
+  return *layers_[layer];
+}
+
+const std::vector<torch::Tensor>& LlamaModel::CausalMasks(int64_t start,
+                                                          int64_t length) {
+  if (mask_start_ != start || mask_length_ != length) {
+    const LlamaConfig& c = config();
+    torch::NoGradGuard no_grad;
+    auto index_opts =
+        torch::TensorOptions().device(embed_.device()).dtype(torch::kInt64);
+    torch::Tensor rows = torch::arange(start, start + length, index_opts);
+    torch::Tensor cols = torch::arange(start + length, index_opts);
+    torch::Tensor full =
+        torch::zeros({length, start + length}, embed_.options())
+            .masked_fill_(cols.unsqueeze(0) > rows.unsqueeze(1),
+                          -std::numeric_limits<double>::infinity());
+    masks_.clear();
+    for (int64_t s = 0; s < length; s += kAttentionBlock) {
+      const int64_t len = std::min(kAttentionBlock, length - s);
+      // Rows ordered (group, position) like the queries in Attention.
+      masks_.push_back(full.narrow(0, s, len)
+                           .narrow(1, 0, start + s + len)
+                           .repeat({c.n_heads / c.n_kv_heads, 1}));
+    }
+    mask_start_ = start;
+    mask_length_ = length;
+  }
+  return masks_;
+}
+
+torch::Tensor LlamaModel::Project(Layer& layer, int p, const torch::Tensor& x,
+                                  torch::Tensor y) {
+  if (!y.defined()) y = torch::matmul(x, layer.W(p).t());
+  if (!merged_ && layer.delta[p]) y = y + layer.delta[p]->Forward(x);
+  return y;
+}
+
+namespace {
+
+// Rotate-half RoPE of x [B, T, heads, hd] with tables [T, 1, hd]:
+// x * cos + cat(x2, x1) * sin_signed. split (not narrow) so the backward
+// concatenates instead of zero-filling full-size gradients.
+torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
+                        const torch::Tensor& sin_signed) {
+  std::vector<torch::Tensor> halves = x.split(x.size(-1) / 2, -1);
+  return torch::addcmul(x * cos, torch::cat({halves[1], halves[0]}, -1),
+                        sin_signed);
+}
+
+}  // namespace
+
+torch::Tensor LlamaModel::Attention(Layer& layer, const torch::Tensor& x,
+                                    int64_t index, int64_t start,
+                                    KvCache* cache) {
+  const LlamaConfig& c = config();
+  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t H = c.n_heads, KV = c.n_kv_heads, G = H / KV;
+  const int64_t hd = c.head_dim();
+
+  // One matmul for q, k and v when the frozen rows are packed; split (whose
+  // backward is one concatenation) rather than narrow.
+  std::array<torch::Tensor, 3> qkv;
+  if (layer.Qkv().defined()) {
+    std::vector<torch::Tensor> parts =
+        torch::linear(x, layer.Qkv(), layer.qkv_bias)
+            .split_with_sizes({c.dim, c.kv_dim(), c.kv_dim()}, -1);
+    for (int p = kQ; p <= kV; ++p) qkv[p] = Project(layer, p, x, parts[p]);
+  } else {
+    std::vector<torch::Tensor> bias;
+    if (layer.qkv_bias.defined()) {
+      bias = layer.qkv_bias.split_with_sizes({c.dim, c.kv_dim(), c.kv_dim()});
+    }
+    for (int p = kQ; p <= kV; ++p) {
+      qkv[p] = Project(layer, p, x,
+                       torch::linear(x, layer.W(p),
+                                     bias.empty() ? torch::Tensor() : bias[p]));
+    }
+  }
+  const torch::Tensor cos = rope_->cos.narrow(0, start, T);
+  const torch::Tensor sin = rope_->sin_signed.narrow(0, start, T);
+  torch::Tensor q = ApplyRope(qkv[kQ].view({B, T, H, hd}), cos, sin);
+  torch::Tensor k = ApplyRope(qkv[kK].view({B, T, KV, hd}), cos, sin);
+
+  // Grouped-query attention without repeating k/v: the G query heads that
+  // share a kv head are stacked along the row axis of one matmul.
+  q = q.view({B, T, KV, G, hd})
+          .permute({0, 2, 3, 1, 4})
+          .reshape({B * KV, G, T, hd});
+  k = k.permute({0, 2, 1, 3}).contiguous();  // [B, KV, T, hd]
+  torch::Tensor v =
+      qkv[kV].view({B, T, KV, hd}).permute({0, 2, 1, 3}).contiguous();
+  if (cache != nullptr) {
+    if (cache->k[index].defined()) {
+      k = torch::cat({cache->k[index], k}, 2);
+      v = torch::cat({cache->v[index], v}, 2);
+    }
+    cache->k[index] = k;
+    cache->v[index] = v;
+  }
+  const int64_t Tk = k.size(2);
+  const torch::Tensor k3 = k.view({B * KV, Tk, hd});
+  const torch::Tensor v3 = v.view({B * KV, Tk, hd});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+
+  torch::Tensor out;  // [B * KV, G, T, hd]
+  if (T == 1) {       // one new token attends to everything cached
+    torch::Tensor scores =
+        torch::bmm(q.view({B * KV, G, hd}), k3.transpose(1, 2)).mul_(scale);
+    out = torch::bmm(torch::softmax(scores, -1), v3).view({B * KV, G, 1, hd});
+  } else {
+    // Causal attention in query blocks: block j only needs the keys up to
+    // its last position, which skips the fully masked upper triangle
+    // (about 40% of the score matrix at T = 256).
+    const std::vector<torch::Tensor>& masks = CausalMasks(start, T);
+    std::vector<torch::Tensor> q_blocks;
+    if (masks.size() == 1) {
+      q_blocks.push_back(q);
+    } else {
+      q_blocks = q.split(kAttentionBlock, 2);
+    }
+    std::vector<torch::Tensor> outs;
+    for (size_t j = 0; j < q_blocks.size(); ++j) {
+      const int64_t len = q_blocks[j].size(2);
+      const int64_t keys = masks[j].size(1);
+      const torch::Tensor kb = keys == Tk ? k3 : k3.narrow(1, 0, keys);
+      const torch::Tensor vb = keys == Tk ? v3 : v3.narrow(1, 0, keys);
+      torch::Tensor scores =
+          torch::baddbmm(masks[j], q_blocks[j].reshape({B * KV, G * len, hd}),
+                         kb.transpose(1, 2), /*beta=*/1.0, /*alpha=*/scale);
+      outs.push_back(torch::bmm(torch::softmax(scores, -1), vb)
+                         .view({B * KV, G, len, hd}));
+    }
+    out = outs.size() == 1 ? outs[0] : torch::cat(outs, 2);
+  }
+  out = out.view({B, KV, G, T, hd})
+            .permute({0, 3, 1, 2, 4})
+            .reshape({B, T, c.dim});
+  return Project(layer, kO, out);
+}
+
+torch::Tensor LlamaModel::Mlp(Layer& layer, const torch::Tensor& x) {
+  const int64_t h = config().hidden_dim;
+  torch::Tensor gate, up;
+  if (layer.GateUp().defined()) {
+    std::vector<torch::Tensor> gu =
+        torch::matmul(x, layer.GateUp().t()).split(h, -1);
+    gate = Project(layer, kGate, x, gu[0]);
+    up = Project(layer, kUp, x, gu[1]);
+  } else {
+    gate = Project(layer, kGate, x);
+    up = Project(layer, kUp, x);
+  }
+  return Project(layer, kDown, torch::silu(gate) * up);
+}
+
+torch::Tensor LlamaModel::RunLayer(Layer& layer, const torch::Tensor& x,
+                                   int64_t index, int64_t start,
+                                   KvCache* cache) {
+  const double eps = config().norm_eps;
+  torch::Tensor h =
+      Attention(layer, RmsNorm(x, layer.attn_norm, eps), index, start, cache);
+  if (layer.attn_adapter) h = layer.attn_adapter->Forward(h);
+  torch::Tensor y = x + h;
+  h = Mlp(layer, RmsNorm(y, layer.ffn_norm, eps));
+  if (layer.mlp_adapter) h = layer.mlp_adapter->Forward(h);
+  return y + h;
+}
+
+torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
+  const LlamaConfig& c = config();
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T], got ", tokens.sizes());
+  const int64_t T = tokens.size(1);
+  const int64_t start = cache != nullptr ? cache->length : 0;
+  TORCH_CHECK(T >= 1, "tokens must hold at least one position");
+  TORCH_CHECK(start + T <= c.max_seq_len, "sequence of ", start + T,
+              " tokens exceeds the model's context of ", c.max_seq_len);
+  if (cache != nullptr) {
+    cache->k.resize(c.n_layers);
+    cache->v.resize(c.n_layers);
+  }
+  const int64_t frozen = std::min<int64_t>(first_trainable_, c.n_layers);
+  torch::Tensor x;
+  {
+    std::optional<torch::NoGradGuard> no_grad;
+    if (frozen > 0) no_grad.emplace();
+    x = torch::embedding(embed_, tokens.to(embed_.device(), torch::kInt64));
+    for (int64_t l = 0; l < frozen; ++l) {
+      x = RunLayer(*layers_[l], x, l, start, cache);
+    }
+  }
+  for (int64_t l = frozen; l < c.n_layers; ++l) {
+    x = RunLayer(*layers_[l], x, l, start, cache);
+  }
+  if (cache != nullptr) cache->length += T;
+  return RmsNorm(x, final_norm_, c.norm_eps);
+}
+
+torch::Tensor LlamaModel::Logits(const torch::Tensor& hidden) {
+  return torch::matmul(hidden, lm_head_.t()).to(torch::kFloat32);
+}
+
+torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, KvCache* cache) {
+  return Logits(Hidden(tokens, cache));
+}
+
+void LlamaModel::SetLinearDelta(int64_t layer, const std::string& projection,
+                                std::shared_ptr<LinearDelta> delta) {
+  Layer& l = LayerAt(layer);
+  const int p = ProjectionIndex(projection);
+  TORCH_CHECK(p >= 0, "unknown projection '", projection,
+              "' (expected q_proj, k_proj, v_proj, o_proj, gate_proj, "
+              "up_proj or down_proj)");
+  const bool was_merged = merged_;
+  if (was_merged) Unmerge();
+  const std::string name = "layers_" + std::to_string(layer) + "_" + projection;
+  if (named_children().contains(name)) unregister_module(name);
+  if (delta) register_module(name, delta);
+  l.delta[p] = std::move(delta);
+  if (was_merged) Merge();
+}
+
+std::shared_ptr<LinearDelta> LlamaModel::GetLinearDelta(
+    int64_t layer, const std::string& projection) {
+  const int p = ProjectionIndex(projection);
+  TORCH_CHECK(p >= 0, "unknown projection '", projection, "'");
+  return LayerAt(layer).delta[p];
+}
+
+void LlamaModel::SetSublayerAdapter(int64_t layer, const std::string& place,
+                                    std::shared_ptr<SublayerAdapter> adapter) {
+  Layer& l = LayerAt(layer);
+  TORCH_CHECK(place == "attn" || place == "mlp", "unknown adapter place '",
+              place, "' (expected attn or mlp)");
+  const std::string name =
+      "layers_" + std::to_string(layer) + "_" + place + "_adapter";
+  if (named_children().contains(name)) unregister_module(name);
+  if (adapter) register_module(name, adapter);
+  (place == "attn" ? l.attn_adapter : l.mlp_adapter) = std::move(adapter);
+}
+
+std::shared_ptr<SublayerAdapter> LlamaModel::GetSublayerAdapter(
+    int64_t layer, const std::string& place) {
+  Layer& l = LayerAt(layer);
+  TORCH_CHECK(place == "attn" || place == "mlp", "unknown adapter place '",
+              place, "' (expected attn or mlp)");
+  return place == "attn" ? l.attn_adapter : l.mlp_adapter;
+}
+
+torch::Tensor LlamaModel::ProjectionWeight(int64_t layer,
+                                           const std::string& projection) {
+  const int p = ProjectionIndex(projection);
+  TORCH_CHECK(p >= 0, "unknown projection '", projection, "'");
+  return LayerAt(layer).W(p);
+}
+
+void LlamaModel::MergeLayer(Layer& layer) {
+  bool any_qkv = false, any_gu = false;
+  for (int p = 0; p < kNumProjections; ++p) {
+    if (!layer.delta[p]) continue;
+    const torch::Tensor& base = layer.base[p];
+    layer.merged[p] = base + layer.delta[p]->DeltaWeight().detach().to(
+                                 base.device(), base.scalar_type());
+    any_qkv |= p <= kV;
+    any_gu |= p == kGate || p == kUp;
+  }
+  if (any_qkv) {
+    layer.qkv_merged = torch::cat({layer.W(kQ), layer.W(kK), layer.W(kV)});
+  }
+  if (any_gu) layer.gu_merged = torch::cat({layer.W(kGate), layer.W(kUp)});
+}
+
+void LlamaModel::UnmergeLayer(Layer& layer) {
+  for (torch::Tensor& t : layer.merged) t = torch::Tensor();
+  layer.qkv_merged = torch::Tensor();
+  layer.gu_merged = torch::Tensor();
+}
+
+void LlamaModel::Merge() {
+  if (merged_) return;
+  torch::NoGradGuard no_grad;
+  for (auto& layer : layers_) MergeLayer(*layer);
+  merged_ = true;
+}
+
+void LlamaModel::Unmerge() {
+  if (!merged_) return;
+  for (auto& layer : layers_) UnmergeLayer(*layer);
+  merged_ = false;
+}
+
+std::shared_ptr<LlamaWeights> LlamaModel::ExportWeights() {
+  torch::NoGradGuard no_grad;
+  auto out = std::make_shared<LlamaWeights>();
+  out->config = weights_->config;
+  out->source = weights_->source;
+  for (const auto& [name, t] : weights_->tensors) out->tensors[name] = t;
+  for (int64_t l = 0; l < static_cast<int64_t>(layers_.size()); ++l) {
+    for (int p = 0; p < kNumProjections; ++p) {
+      out->tensors[ProjectionKey(l, p)] = layers_[l]->W(p);
+    }
+  }
+  // Clone everything; q/k/v and gate/up are copied into fresh packed blocks.
+  for (auto& [name, t] : out->tensors) t = t.clone();
+  PackProjections(out.get());
+  return out;
+}
+
+std::shared_ptr<const LlamaModel::RopeTables> LlamaModel::SharedRope(
+    int64_t max_seq_len, int64_t head_dim, double theta,
+    torch::TensorOptions options) {
+  using Key = std::tuple<int64_t, int64_t, double, int, std::string>;
+  static std::mutex mu;
+  static std::map<Key, std::weak_ptr<const LlamaModel::RopeTables>> cache;
+  Key key{max_seq_len, head_dim, theta,
+          static_cast<int>(c10::typeMetaToScalarType(options.dtype())),
+          options.device().str()};
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto hit = cache[key].lock()) return hit;
+  torch::NoGradGuard no_grad;
+  // As transformers computes it: float32 angles, then the compute dtype.
+  torch::Tensor inv_freq =
+      1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, torch::kFloat64)
+                                  .div(static_cast<double>(head_dim))
+                                  .to(torch::kFloat32));
+  torch::Tensor pos = torch::arange(max_seq_len, torch::kFloat32);
+  torch::Tensor freqs = torch::outer(pos, inv_freq);  // [S, hd/2]
+  torch::Tensor sin = freqs.sin();
+  auto tables = std::make_shared<LlamaModel::RopeTables>();
+  tables->cos = torch::cat({freqs.cos(), freqs.cos()}, -1)
+                    .unsqueeze(1)
+                    .to(options.device(), options.dtype().toScalarType());
+  tables->sin_signed =
+      torch::cat({-sin, sin}, -1)
+          .unsqueeze(1)
+          .to(options.device(), options.dtype().toScalarType());
+  cache[key] = tables;
+  return tables;
+}
+
+}  // namespace model
+}  // namespace fedpeft

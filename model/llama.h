@@ -39,20 +39,22 @@ namespace model {
 
 // Hyperparameters of a Llama-family model.
 struct LlamaConfig {
-  int64_t dim = 0;               // hidden_size
-  int64_t hidden_dim = 0;        // intermediate_size (SwiGLU)
-  int64_t n_layers = 0;          // num_hidden_layers
-  int64_t n_heads = 0;           // num_attention_heads
-  int64_t n_kv_heads = 0;        // num_key_value_heads (GQA when < n_heads)
+  int64_t dim = 0;         // hidden_size
+  int64_t hidden_dim = 0;  // intermediate_size (SwiGLU)
+  int64_t n_layers = 0;    // num_hidden_layers
+  int64_t n_heads = 0;     // num_attention_heads
+  int64_t n_kv_heads = 0;  // num_key_value_heads (GQA when < n_heads)
   int64_t vocab_size = 0;
-  int64_t max_seq_len = 2048;    // max_position_embeddings
-  double norm_eps = 1e-5;        // rms_norm_eps
+  int64_t max_seq_len = 2048;  // max_position_embeddings
+  double norm_eps = 1e-5;      // rms_norm_eps
   double rope_theta = 10000.0;
-  bool tie_embeddings = false;   // lm_head shares embed_tokens
+  bool tie_embeddings = false;  // lm_head shares embed_tokens
+  bool qkv_bias = false;        // q/k/v_proj carry biases (Qwen2)
   int64_t bos_id = 1;
   int64_t eos_id = 2;
 
   int64_t head_dim() const { return dim / n_heads; }
+  int64_t kv_dim() const { return n_kv_heads * head_dim(); }
 
   // Every field in range and consistent (dim % n_heads == 0,
   // n_heads % n_kv_heads == 0, even head_dim); names the field otherwise.
@@ -74,8 +76,8 @@ struct LlamaConfig {
 // (`dtype` at load time), requires_grad false, never modified after load.
 struct LlamaWeights {
   LlamaConfig config;
-  TensorMap tensors;  // "model.embed_tokens.weight", ..., "lm_head.weight"
-                      // (absent when tied)
+  TensorMap tensors;   // "model.embed_tokens.weight", ..., "lm_head.weight"
+                       // (absent when tied)
   std::string source;  // path it was loaded from, for messages and export
 
   // Checks presence and shape of every tensor the config implies; names the
@@ -83,6 +85,19 @@ struct LlamaWeights {
   Status Validate() const;
   const torch::Tensor& Get(const std::string& name) const;  // REQUIRES: present
 };
+
+// Name -> shape of every tensor a model with `config` has, HF names
+// ("lm_head.weight" only when untied, q/k/v biases only with qkv_bias).
+std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
+    const LlamaConfig& config);
+
+// Re-stores each layer's q/k/v_proj weights as adjacent row blocks of one
+// buffer (and gate/up_proj likewise), replacing the map entries by views of
+// it. Values are unchanged; LlamaModel then runs one matmul per group
+// instead of three (two) without copying the frozen base. Loaders and
+// RandomLlamaWeights call it; weights built by hand work without it, only
+// slower. REQUIRES: weights->Validate() ok.
+void PackProjections(LlamaWeights* weights);
 
 // The names of the seven projections that adapters may target, in the
 // Hugging Face spelling.
@@ -129,6 +144,7 @@ class LlamaModel : public torch::nn::Module {
   // tokens: [B, T] int64. Returns logits [B, T, vocab] (float32).
   // With `cache`, attends over cache->length earlier tokens plus these and
   // appends their keys/values; positions start at cache->length.
+  // Throws c10::Error when cache->length + T exceeds max_seq_len.
   torch::Tensor Forward(const torch::Tensor& tokens, KvCache* cache = nullptr);
 
   // Final hidden states [B, T, dim] (after the last RMSNorm), for callers
@@ -141,7 +157,8 @@ class LlamaModel : public torch::nn::Module {
   // Adapter slots. `projection` is one of ProjectionNames(); `place` is
   // "attn" or "mlp". Registers `delta` as a submodule named
   // "layers_<layer>_<projection>" (resp. "layers_<layer>_<place>_adapter").
-  // Replacing an existing slot is allowed; nullptr clears it.
+  // Replacing an existing slot is allowed; nullptr clears it. Setting a
+  // LinearDelta while merged re-merges with the new delta.
   void SetLinearDelta(int64_t layer, const std::string& projection,
                       std::shared_ptr<LinearDelta> delta);
   std::shared_ptr<LinearDelta> GetLinearDelta(int64_t layer,
@@ -161,7 +178,8 @@ class LlamaModel : public torch::nn::Module {
 
   // Folds every LinearDelta into private copies of the affected base
   // weights and stops applying the deltas; the shared LlamaWeights stay
-  // untouched. Unmerge restores the shared weights. Idempotent.
+  // untouched. Unmerge restores the shared weights. Idempotent: a second
+  // Merge does not refresh from deltas trained since (Unmerge first).
   void Merge();
   void Unmerge();
   bool merged() const { return merged_; }
@@ -172,11 +190,38 @@ class LlamaModel : public torch::nn::Module {
 
  private:
   struct Layer;
+  struct RopeTables;
+  // Rope tables depend only on (length, head_dim, theta, dtype, device);
+  // models with equal ones share one copy.
+  static std::shared_ptr<const RopeTables> SharedRope(
+      int64_t max_seq_len, int64_t head_dim, double theta,
+      torch::TensorOptions options);
+  torch::Tensor RunLayer(Layer& layer, const torch::Tensor& x, int64_t index,
+                         int64_t start, KvCache* cache);
+  torch::Tensor Attention(Layer& layer, const torch::Tensor& x, int64_t index,
+                          int64_t start, KvCache* cache);
+  torch::Tensor Mlp(Layer& layer, const torch::Tensor& x);
+  // Projection p of x: `base_out` (x W^T, computed here when undefined)
+  // plus the slot's delta unless merged.
+  torch::Tensor Project(Layer& layer, int p, const torch::Tensor& x,
+                        torch::Tensor base_out = {});
+  // Additive causal masks for queries at positions start..start+T-1, one
+  // per query block of Attention: [groups * block, keys up to the block's
+  // end]. Cached: training calls it with the same shape every step.
+  const std::vector<torch::Tensor>& CausalMasks(int64_t start, int64_t length);
+  void MergeLayer(Layer& layer);
+  void UnmergeLayer(Layer& layer);
+  Layer& LayerAt(int64_t layer);
+
   std::shared_ptr<const LlamaWeights> weights_;
   std::vector<std::unique_ptr<Layer>> layers_;
-  torch::Tensor embed_;   // [vocab, dim]
+  torch::Tensor embed_;    // [vocab, dim]
   torch::Tensor lm_head_;  // [vocab, dim] (== embed_ when tied)
   torch::Tensor final_norm_;
+  std::shared_ptr<const RopeTables> rope_;  // shared by equal configs
+  std::vector<torch::Tensor> masks_;        // last CausalMasks
+  int64_t mask_start_ = -1;
+  int64_t mask_length_ = -1;
   int64_t first_trainable_ = 0;
   bool merged_ = false;
 };

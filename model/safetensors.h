@@ -14,8 +14,12 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/status.h"
 #include "model/llama.h"
@@ -29,6 +33,61 @@ struct SafetensorsContents {
   std::map<std::string, std::string> metadata;  // "__metadata__"
 };
 
+// One tensor as the header describes it, checked against the rules above.
+struct SafetensorsEntry {
+  std::string name;
+  std::string dtype;  // as stored: "F32", "BF16", ...
+  torch::Dtype torch_dtype = torch::kFloat32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0;  // byte offsets into the data buffer
+  uint64_t end = 0;
+};
+
+// A validated header: lets loaders check names and shapes before any tensor
+// is allocated.
+struct SafetensorsHeader {
+  std::vector<SafetensorsEntry> entries;  // sorted by name
+  std::map<std::string, std::string> metadata;
+  uint64_t data_start = 0;  // 8 + header length
+};
+
+// Largest header accepted (the reference implementation's limit).
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+
+// Validates the header of a whole file `bytes` (every rule above) without
+// copying tensor data.
+StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view bytes,
+                                                   const std::string& source);
+
+// A new CPU tensor (stored dtype, owns its memory) holding `entry`'s bytes.
+// REQUIRES: `header` was parsed from `bytes` and `entry` is one of its
+// entries.
+torch::Tensor CopySafetensorsEntry(std::string_view bytes,
+                                   const SafetensorsHeader& header,
+                                   const SafetensorsEntry& entry);
+
+// A read-only memory mapping of a whole file (no copy until tensors are
+// materialized). Non-copyable; unmaps on destruction.
+class MappedFile {
+ public:
+  static StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  std::string_view bytes() const {
+    return std::string_view(static_cast<const char*>(data_), size_);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile(std::string path, void* data, size_t size)
+      : path_(std::move(path)), data_(data), size_(size) {}
+  std::string path_;
+  void* data_;
+  size_t size_;
+};
+
 // Parses an in-memory file; `source` names it in errors.
 StatusOr<SafetensorsContents> ParseSafetensors(const std::string& bytes,
                                                const std::string& source);
@@ -40,8 +99,9 @@ StatusOr<std::string> SerializeSafetensors(
     const TensorMap& tensors,
     const std::map<std::string, std::string>& metadata = {});
 // Serializes and writes atomically (see WriteFileAtomic).
-Status WriteSafetensors(const std::string& path, const TensorMap& tensors,
-                        const std::map<std::string, std::string>& metadata = {});
+Status WriteSafetensors(
+    const std::string& path, const TensorMap& tensors,
+    const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace model
 }  // namespace fedpeft

@@ -1,0 +1,48 @@
+// Helpers shared by the LlamaConfig/LlamaWeights code (llama_config.cc) and
+// LlamaModel (llama.cc). Not part of the model/ API.
+#ifndef FEDPEFT_MODEL_LLAMA_INTERNAL_H_
+#define FEDPEFT_MODEL_LLAMA_INTERNAL_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fedpeft {
+namespace model {
+namespace internal {
+
+// Indices into ProjectionNames().
+enum Projection : int {
+  kQ = 0,
+  kK = 1,
+  kV = 2,
+  kO = 3,
+  kGate = 4,
+  kUp = 5,
+  kDown = 6,
+  kNumProjections = 7
+};
+
+// Index of `projection` in ProjectionNames(), -1 if unknown.
+int ProjectionIndex(const std::string& projection);
+
+// "model.layers.N."
+std::string LayerPrefix(int64_t layer);
+// "model.layers.N.self_attn.q_proj.weight" for a Projection.
+std::string ProjectionKey(int64_t layer, int projection);
+// "model.layers.N.self_attn.q_proj.bias" (q/k/v only).
+std::string BiasKey(int64_t layer, int projection);
+// "[a, b]"
+std::string ShapeString(torch::IntArrayRef shape);
+
+// The tensors of `parts` if they are adjacent row blocks of one contiguous
+// buffer (see PackProjections): an alias of the whole block, else undefined.
+torch::Tensor FusedAlias(const std::vector<torch::Tensor>& parts);
+
+}  // namespace internal
+}  // namespace model
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_MODEL_LLAMA_INTERNAL_H_
