@@ -15,6 +15,13 @@
 #   STEPS / WARMUP      timed / untimed steps per run (default per preset)
 #   PYTHON=/usr/bin/python3   the interpreter with Debian's python3-torch
 #   OUT=                file to also write the raw result lines to
+#   OMP_WAIT_POLICY=PASSIVE  passed to both sides. LibTorch runs elementwise
+#                       ops on libgomp's pool and matmuls on OpenBLAS's own
+#                       pthread pool; with libgomp's default spin-waiting the
+#                       idle pool burns the cores the busy one needs, which
+#                       made 2-thread steps 3.5x slower than with PASSIVE on
+#                       a shared 2-core machine (see bench/README.md). Set
+#                       OMP_WAIT_POLICY= (empty) to measure the default.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +30,8 @@ REPEATS="${REPEATS:-5}"
 THREADS="${THREADS:-2}"
 PRESETS="${PRESETS:-stories260K llama-512x8}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY-PASSIVE}"
+[[ -n "$OMP_WAIT_POLICY" ]] || unset OMP_WAIT_POLICY
 cd "$ROOT"
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -61,6 +70,7 @@ EOF
 )"
 echo "C++ BLAS:     $cpp_blas" >&2
 echo "PyTorch BLAS: $py_blas" >&2
+echo "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-<libgomp default>}" >&2
 case "$cpp_blas $py_blas" in
   *openblas-pthread*) ;;
   *) echo "bench.sh: warning: libblas.so.3 does not resolve to OpenBLAS (pthread);" \
@@ -147,7 +157,8 @@ print(f"Medians of {len(c)} interleaved runs each; C++ / PyTorch is the median "
 print("First loss: the same real weights and tokens give the same loss on "
       "stories260K (a correctness check); llama-512x8 is randomly initialised "
       "differently on each side.")
-print(f"Load average at the end (1/5/15 min, {os.cpu_count()} CPUs): "
+print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '<default>')}. "
+      f"Load average at the end (1/5/15 min, {os.cpu_count()} CPUs): "
       f"{os.environ.get('LOAD_AFTER', '?')}.")
 for preset, threads, ratio in verdicts:
     print(f"- {preset}, threads={threads}: {ratio:.2f} "
