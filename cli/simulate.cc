@@ -296,14 +296,17 @@ int RunSimulate(const Args& args) {
   const std::string cmd = "simulate";
   std::string config_path, out_dir;
   std::vector<std::string> overrides;
+  bool check_only = false;
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
       "config", po::value(&config_path)->required(),
       "simulation YAML (e.g. configs/quickstart.yaml)")(
-      "out", po::value(&out_dir)->required(),
+      "out", po::value(&out_dir),
       "directory for logs, metrics.jsonl, checkpoints and the adapter")(
       "set", po::value(&overrides)->composing(),
-      "override a key: --set coordinator.federation.rounds=3 (repeatable)");
+      "override a key: --set coordinator.federation.rounds=3 (repeatable)")(
+      "check", po::bool_switch(&check_only),
+      "validate the config (every section) and exit");
   po::variables_map vm;
   int code = 0;
   if (!ParseArgs(cmd, "--config FILE --out DIR [--set key=value ...]", desc,
@@ -313,6 +316,12 @@ int RunSimulate(const Args& args) {
   auto root = LoadConfigFile(config_path, overrides);
   if (!root.ok()) return Fail(cmd, root.status());
 
+  if (out_dir.empty() && !check_only) {
+    std::cerr << "fedpeft simulate: the option '--out' is required\n";
+    return kExitUsage;
+  }
+  if (out_dir.empty()) out_dir = "out/simulate-check";  // never written
+
   RunPaths p;
   p.out = out_dir;
   p.logs = JoinPath(out_dir, "logs");
@@ -321,12 +330,6 @@ int RunSimulate(const Args& args) {
   p.port_file = JoinPath(out_dir, "coordinator.port");
   p.metrics = JoinPath(out_dir, "metrics.jsonl");
   p.checkpoints = JoinPath(out_dir, "checkpoints");
-  std::error_code ec;
-  fs::remove(p.port_file, ec);
-  fs::remove(p.metrics, ec);
-  fs::remove_all(p.checkpoints, ec);
-  Status s = EnsureDirectory(p.logs);
-  if (!s.ok()) return Fail(cmd, s);
 
   // The coordinator and worker sections, with what simulate decides.
   const YAML::Node& const_root = *root;  // const: lookups must not insert
@@ -358,6 +361,17 @@ int RunSimulate(const Args& args) {
     Status valid = in.Finish();
     if (!valid.ok()) return Fail(cmd, valid);
   }
+  if (check_only) {
+    std::printf("%s: config OK (%d workers, %s)\n", config_path.c_str(),
+                sim.workers, sim.mode.c_str());
+    return kExitOk;
+  }
+  std::error_code ec;
+  fs::remove(p.port_file, ec);
+  fs::remove(p.metrics, ec);
+  fs::remove_all(p.checkpoints, ec);
+  Status s = EnsureDirectory(p.logs);
+  if (!s.ok()) return Fail(cmd, s);
   if (!static_cast<const YAML::Node&>(coord)["federation"]["min_available"]) {
     coord["federation"]["min_available"] = sim.workers;
   }

@@ -456,9 +456,17 @@ bool Coordinator::WaitForWorkers() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     size_t alive = AliveWorkers().size();
-    size_t needed = static_cast<size_t>(std::max(
-        config_.federation.min_available, config_.federation.min_workers));
-    if (alive >= needed) return true;
+    // min_available gates only the start (of this process: a restarted
+    // coordinator waits for its workers to rejoin); later rounds go on with
+    // at least min_workers.
+    size_t needed = static_cast<size_t>(
+        started_ ? config_.federation.min_workers
+                 : std::max(config_.federation.min_available,
+                            config_.federation.min_workers));
+    if (alive >= needed) {
+      started_ = true;
+      return true;
+    }
     if (Seconds(Clock::now() - last_log) >= 10) {
       FP_LOG_INFO("coordinator", "waiting for workers: {} alive, {} needed",
                   alive, needed);

@@ -239,6 +239,7 @@ class Coordinator {
   std::set<std::string> told_shutdown_;              // GUARDED_BY(mu_)
   std::mt19937_64 rng_;                              // round loop only
   int64_t completed_rounds_ = 0;                     // round loop only
+  bool started_ = false;  // min_available was met  // GUARDED_BY(mu_)
   std::atomic<bool> stop_{false};
   uint64_t next_session_ = 1;                        // GUARDED_BY(mu_)
 };

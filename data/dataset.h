@@ -3,7 +3,8 @@
 // workers, and batched.
 //
 // Formats (DataOptions::format, "auto" picks by extension and content):
-//   text        a plain text file; one record (packed into windows)
+//   text        a plain text file; one record per paragraph (blank-line
+//               separated; long paragraphs cut at line ends near 4 KiB)
 //   shakespeare tiny-shakespeare: speeches ("NAME:" line, then its lines up
 //               to a blank line), each a record with field "speaker"
 //   jsonl       one JSON object per line: {"text": ...} or instruction

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Set-up, build, and the main job on the embedded default: LoRA fine-tuning
-# of the shipped stories260K model on the shipped tiny-shakespeare, printing
-# the eval loss before/after and a greedy sample from base and base+adapter.
-# Everything lands in out/quickstart/ (override with $1).
+# Set-up, build, and the main job on the embedded defaults: a federated
+# LoRA fine-tuning of the shipped stories260K model by a coordinator and 4
+# worker processes on 127.0.0.1, tiny-shakespeare split by speaker (non-IID),
+# heterogeneous workers. Prints eval loss per round, bytes moved, and a
+# greedy sample from the base model and from base + the merged adapter.
+# Everything lands in out/quickstart/ (override with $1): logs/,
+# metrics.jsonl, checkpoints/, adapter/ (Hugging Face PEFT format).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 OUT="${1:-out/quickstart}"
 BUILD_DIR="${FEDPEFT_BUILD_DIR:-build}"
-"$BUILD_DIR/fedpeft" train --config configs/local_train.yaml --out "$OUT"
+"$BUILD_DIR/fedpeft" simulate --config configs/quickstart.yaml --out "$OUT"
 echo
-echo "Try the adapter:"
-echo "  $BUILD_DIR/fedpeft generate --adapter $OUT --prompt 'ROMEO:' --max-tokens 60"
-echo "  $BUILD_DIR/fedpeft eval --adapter $OUT --config configs/local_train.yaml --split eval"
-echo "  $BUILD_DIR/fedpeft export --adapter $OUT --merge --out $OUT/merged"
+echo "Next:"
+echo "  $BUILD_DIR/fedpeft generate --adapter $OUT/adapter --prompt 'ROMEO:' --max-tokens 60"
+echo "  $BUILD_DIR/fedpeft export --checkpoint $OUT/checkpoints --merge --out $OUT/merged"
+echo "  $BUILD_DIR/fedpeft train --config configs/local_train.yaml --out $OUT/centralized   # the baseline"

@@ -47,8 +47,7 @@ fi
 BUILD_DIR="${FEDPEFT_BUILD_DIR:-build}"
 GENERATOR=()
 command -v ninja >/dev/null && GENERATOR=(-G Ninja)
-# ccache and precompiled headers: see ccache's manual, "Precompiled headers".
-export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}"
+# (ccache's settings for precompiled headers live in CMakeLists.txt.)
 if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
   cmake -S . -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 fi

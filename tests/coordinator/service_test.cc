@@ -13,6 +13,8 @@
 #include "coordinator/coordinator.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
+#include "worker/train_config.h"
+#include "worker/worker_config.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -363,6 +365,41 @@ TEST(CoordinatorConfigTest, ErrorsNameTheKey) {
   EXPECT_THAT(m, HasSubstr("unknown key 'server.adress'"));
   EXPECT_THAT(m, HasSubstr("strategy.name"));
   EXPECT_THAT(m, HasSubstr("fedavg"));  // lists the valid names
+}
+
+// Every YAML under configs/ loads with the reader of its kind, as shipped.
+TEST(ShippedConfigsTest, EveryConfigLoads) {
+  const std::string shakespeare =
+      kSource + "/assets/data/tinyshakespeare/input.txt";
+  int checked = 0;
+  for (const auto& e :
+       fs::recursive_directory_iterator(kSource + "/configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    const std::string path = e.path().string();
+    const std::string name = e.path().filename().string();
+    SCOPED_TRACE(path);
+    YAML::Node root = YAML::LoadFile(path);
+    if (root["simulation"]) {
+      std::string cmd = "cd " + kSource + " && " + std::string(FEDPEFT_BINARY) +
+                        " simulate --check --config " + path + " >/dev/null";
+      EXPECT_EQ(std::system(cmd.c_str()), 0);
+    } else if (name == "coordinator.yaml") {
+      auto cfg = LoadCoordinatorConfig(path, {});
+      EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+    } else if (name == "worker.yaml") {
+      auto cfg = worker::LoadWorkerConfig(path, {});
+      EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+    } else if (name.size() > 11 &&
+               name.compare(name.size() - 11, 11, "_train.yaml") == 0) {
+      // instruct_train.yaml leaves data.path for the user to set.
+      auto cfg = worker::LoadTrainJobConfig(path, {"data.path=" + shakespeare});
+      EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+    } else {
+      ADD_FAILURE() << "no test knows how to load " << path;
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 6);
 }
 
 TEST(CheckpointTest, SaveLoadIsBitIdenticalAndKeepsN) {

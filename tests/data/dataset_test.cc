@@ -92,10 +92,27 @@ TEST_F(DatasetTest, TextFormat) {
                        "Once upon a time there was a cat.\n\n"
                        "It liked to sleep.\n");
   std::vector<Record> records = Load(options);  // auto: not a speaker line
-  ASSERT_EQ(records.size(), 1u);
+  // One record per paragraph, so plain text splits and partitions.
+  ASSERT_EQ(records.size(), 2u);
   EXPECT_TRUE(records[0].prompt.empty());
-  EXPECT_EQ(records[0].response,
-            "Once upon a time there was a cat.\n\nIt liked to sleep.\n");
+  EXPECT_EQ(records[0].response, "Once upon a time there was a cat.\n");
+  EXPECT_EQ(records[1].response, "It liked to sleep.\n");
+
+  // A paragraph longer than ~4 KiB is cut at line ends; nothing is lost.
+  std::string line(100, 'a');
+  std::string big;
+  for (int i = 0; i < 100; ++i) big += line + "\n";
+  options.path = Write("big.txt", big);
+  records = Load(options);
+  ASSERT_GT(records.size(), 1u);
+  std::string joined;
+  for (const Record& r : records) {
+    EXPECT_LE(r.response.size(), 4096u);
+    joined += r.response;
+  }
+  EXPECT_EQ(joined, big);
+  options.max_records = 1;
+  EXPECT_EQ(Load(options).size(), 1u);
 }
 
 TEST_F(DatasetTest, ShakespeareFormat) {
