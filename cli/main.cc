@@ -1,7 +1,10 @@
 // fedpeft: federated parameter-efficient fine-tuning of LLMs.
 // A thin dispatcher over the subcommands in cli/commands.h; no exception
 // leaves main().
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -44,7 +47,20 @@ constexpr Command kCommands[] = {
 
 }  // namespace
 
+// LibTorch runs elementwise ops on an OpenMP pool and matmuls on OpenBLAS's
+// own pool; with OpenMP's default active waiting, the idle pool spins on the
+// cores the busy one needs (measured: a 2-thread LoRA step 3x slower, see
+// bench/README.md). libgomp reads OMP_WAIT_POLICY before main(), so when it
+// is unset, set it and re-execute once. An explicit value is respected.
+void EnsurePassiveOpenMpWait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  execv("/proc/self/exe", argv);
+  // execv failed: go on with the default policy.
+}
+
 int main(int argc, char** argv) {
+  EnsurePassiveOpenMpWait(argv);
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 ||
       std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "help") == 0) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
