@@ -56,10 +56,10 @@ struct StrategyOptions {
   double momentum = 0.9;        // fedavgm β
   double beta1 = 0.9;           // fedadam / fedyogi
   double beta2 = 0.99;
-  double tau = 1e-3;            // adaptivity (ε in Reddi et al.)
-  double trim_ratio = 0.1;      // trimmed_mean: share cut at each end
-  bool weighted = true;         // fedavg/fedavgm/fedadam/fedyogi: weight
-                                // by num_samples (else uniform)
+  double tau = 1e-3;        // adaptivity (ε in Reddi et al.)
+  double trim_ratio = 0.1;  // trimmed_mean: share cut at each end
+  bool weighted = true;     // fedavg/fedavgm/fedadam/fedyogi: weight
+                            // by num_samples (else uniform)
 
   void Read(ConfigReader& in);  // keys of a "strategy" section
 };
@@ -81,7 +81,8 @@ class Strategy {
 };
 
 // Builds the strategy `options.name` names; lists the valid names otherwise.
-StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const StrategyOptions& options);
+StatusOr<std::unique_ptr<Strategy>> MakeStrategy(
+    const StrategyOptions& options);
 const std::vector<std::string>& StrategyNames();
 
 struct UpdateLimits {

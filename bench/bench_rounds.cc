@@ -110,8 +110,8 @@ Result RunOne(int n, int rounds, const std::string& source,
     wc.worker.id = "w" + std::to_string(i);
     wc.shard = std::to_string(i) + "/" + std::to_string(n);
     wc.data.partition = "iid";
-    auto client = fp::worker::WorkerClient::Create(wc, base->weights,
-                                                   base->tokenizer);
+    auto client =
+        fp::worker::WorkerClient::Create(wc, base->weights, base->tokenizer);
     if (!client.ok()) {
       std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
       std::exit(1);
@@ -157,9 +157,11 @@ int main(int argc, char** argv) {
   fp::SetLogLevel(fp::LogLevel::kWarn);
   torch::set_num_threads(1);
   std::string source = FEDPEFT_SOURCE_DIR;
-  std::string dir = std::filesystem::temp_directory_path() / "fedpeft_bench_rounds";
-  std::printf("| workers | round s | slowest worker compute s | overhead s | "
-              "bytes/round/worker |\n|---|---|---|---|---|\n");
+  std::string dir =
+      std::filesystem::temp_directory_path() / "fedpeft_bench_rounds";
+  std::printf(
+      "| workers | round s | slowest worker compute s | overhead s | "
+      "bytes/round/worker |\n|---|---|---|---|---|\n");
   for (int n : sizes) {
     Result r = RunOne(n, rounds, source, dir);
     std::printf("| %d | %.3f | %.3f | %.3f | %.0f |\n", r.workers, r.round_s,

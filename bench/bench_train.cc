@@ -46,8 +46,8 @@ namespace {
 
 // Keep in sync with PRESETS in bench/torch_eager_lora.py.
 struct Preset {
-  std::string model_dir;       // relative to the source tree; empty = random
-  model::LlamaConfig config;   // used when model_dir is empty
+  std::string model_dir;      // relative to the source tree; empty = random
+  model::LlamaConfig config;  // used when model_dir is empty
   int64_t batch = 8;
   int64_t seq = 256;
 };
@@ -155,8 +155,7 @@ StatusOr<Args> ParseArgs(int argc, char** argv) {
         return Status::InvalidArgument("unknown flag " + flag);
       }
     } catch (const std::exception&) {
-      return Status::InvalidArgument(flag + ": not a number: '" + value +
-                                     "'");
+      return Status::InvalidArgument(flag + ": not a number: '" + value + "'");
     }
   }
   if (Presets().count(a.preset) == 0) {
@@ -215,8 +214,8 @@ Status Run(const Args& args) {
 
   std::shared_ptr<const model::LlamaWeights> weights;
   if (!preset.model_dir.empty()) {
-    ASSIGN_OR_RETURN(weights, model::LoadModel(args.source_dir + "/" +
-                                               preset.model_dir));
+    ASSIGN_OR_RETURN(
+        weights, model::LoadModel(args.source_dir + "/" + preset.model_dir));
   } else {
     RETURN_IF_ERROR(preset.config.Validate());
     weights = model::RandomLlamaWeights(preset.config, /*seed=*/1234);
@@ -300,8 +299,7 @@ Status Run(const Args& args) {
     for (auto& p : params) p.mutable_grad() = torch::Tensor();
     out.precision(3);
     const double f = Median(fwd), b = Median(bwd);
-    out << " fwd_ms=" << f << " bwd_ms=" << b
-        << " rest_ms=" << med - f - b;
+    out << " fwd_ms=" << f << " bwd_ms=" << b << " rest_ms=" << med - f - b;
   }
   std::cout << out.str() << std::endl;
   return Status::Ok();

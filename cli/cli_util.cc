@@ -32,8 +32,7 @@ bool ParseArgs(const std::string& command, const std::string& synopsis,
 }
 
 int Fail(const std::string& command, const Status& status) {
-  std::cerr << "fedpeft " << command << ": error: " << status.message()
-            << "\n";
+  std::cerr << "fedpeft " << command << ": error: " << status.message() << "\n";
   return kExitFailure;
 }
 
@@ -54,8 +53,8 @@ StatusOr<LoadedBase> LoadBase(const std::string& model_path,
     ASSIGN_OR_RETURN(tok, model::FindTokenizerForModel(
                               model_path, base.weights->config.vocab_size));
   }
-  ASSIGN_OR_RETURN(base.tokenizer, model::LoadTokenizer(
-                                       tok, base.weights->config.vocab_size));
+  ASSIGN_OR_RETURN(base.tokenizer,
+                   model::LoadTokenizer(tok, base.weights->config.vocab_size));
   if (base.tokenizer->vocab_size() != base.weights->config.vocab_size) {
     return Status::InvalidArgument(
         "tokenizer '" + tok + "' has " +

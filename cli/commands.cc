@@ -1,7 +1,5 @@
 #include "cli/commands.h"
 
-#include "cli/cli_util.h"
-
 #include <boost/program_options.hpp>
 #include <cmath>
 #include <cstdio>
@@ -11,9 +9,10 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli/cli_util.h"
 #include "common/file_util.h"
-#include "coordinator/checkpoint.h"
 #include "common/logging.h"
+#include "coordinator/checkpoint.h"
 #include "data/dataset.h"
 #include "model/generate.h"
 #include "model/loader.h"
@@ -29,15 +28,6 @@ namespace {
 
 namespace po = boost::program_options;
 
-// A model over `base` carrying the adapter in `adapter_dir`, or a fresh
-// model without adapters when `adapter_dir` is empty.
-StatusOr<std::unique_ptr<peft::PeftModel>> ModelWithAdapter(
-    std::shared_ptr<const model::LlamaWeights> base,
-    const std::string& adapter_dir) {
-  if (!adapter_dir.empty()) return peft::LoadPeftModel(base, adapter_dir);
-  return std::unique_ptr<peft::PeftModel>();
-}
-
 // The base model an adapter names, when --model is not given.
 StatusOr<std::string> BaseModelOf(const std::string& adapter_dir) {
   ASSIGN_OR_RETURN(peft::SavedAdapter saved, peft::LoadAdapter(adapter_dir));
@@ -49,12 +39,50 @@ StatusOr<std::string> BaseModelOf(const std::string& adapter_dir) {
   return saved.base_model;
 }
 
+// The model eval and generate run: the base (with its tokenizer) plus the
+// adapter in `adapter_dir` when given, on `device`, in eval mode.
+struct ReadyModel {
+  LoadedBase base;
+  std::unique_ptr<peft::PeftModel> peft;     // set with an adapter
+  std::unique_ptr<model::LlamaModel> plain;  // set without one
+  model::LlamaModel* model = nullptr;        // whichever is set
+  torch::Device device{torch::kCPU};
+};
+
+StatusOr<ReadyModel> LoadReadyModel(std::string model_path,
+                                    const std::string& adapter_dir,
+                                    const std::string& tokenizer_path,
+                                    const std::string& device_name) {
+  if (model_path.empty() && !adapter_dir.empty()) {
+    ASSIGN_OR_RETURN(model_path, BaseModelOf(adapter_dir));
+  }
+  if (model_path.empty()) {
+    return Status::InvalidArgument(
+        "--model: missing (a Hugging Face folder or a llama2.c .bin)");
+  }
+  ReadyModel r;
+  ASSIGN_OR_RETURN(r.device, model::ParseDevice(device_name));
+  model::LoadOptions load_options;
+  load_options.device = device_name;
+  ASSIGN_OR_RETURN(r.base, LoadBase(model_path, tokenizer_path, load_options));
+  if (!adapter_dir.empty()) {
+    ASSIGN_OR_RETURN(r.peft, peft::LoadPeftModel(r.base.weights, adapter_dir));
+    r.model = &r.peft->model();
+  } else {
+    r.plain = std::make_unique<model::LlamaModel>(r.base.weights);
+    r.model = r.plain.get();
+  }
+  r.model->to(r.device);
+  r.model->eval();
+  return r;
+}
+
 std::string GreedySample(model::LlamaModel& m, const model::Tokenizer& tok,
                          const std::string& prompt, int max_tokens) {
   model::GenerateOptions options;
   options.max_new_tokens = max_tokens;
-  std::vector<int64_t> ids = model::Generate(m, tok.Encode(prompt, true, false),
-                                             options);
+  std::vector<int64_t> ids =
+      model::Generate(m, tok.Encode(prompt, true, false), options);
   return tok.Decode(ids);
 }
 
@@ -149,11 +177,10 @@ int RunTrain(const Args& args) {
   }
 
   worker::LocalTrainer trainer(pm, cfg.train, *device);
-  worker::TrainResult tr = trainer.Train(
-      train_examples, [](int epoch, double loss) {
-        FP_LOG_INFO("train", "epoch {} done: mean loss {:.4f}", epoch + 1,
-                    loss);
-      });
+  worker::TrainResult tr = trainer.Train(train_examples, [](int epoch,
+                                                            double loss) {
+    FP_LOG_INFO("train", "epoch {} done: mean loss {:.4f}", epoch + 1, loss);
+  });
   worker::EvalResult after = worker::Evaluate(
       pm.model(), eval_examples, cfg.train.eval_batch_size, *device);
   FP_LOG_INFO("train",
@@ -162,8 +189,8 @@ int RunTrain(const Args& args) {
               tr.steps, tr.tokens, tr.seconds, after.loss, after.perplexity);
   std::string sample_after;
   if (cfg.sample.max_tokens > 0) {
-    sample_after = GreedySample(pm.model(), *base->tokenizer,
-                                cfg.sample.prompt, cfg.sample.max_tokens);
+    sample_after = GreedySample(pm.model(), *base->tokenizer, cfg.sample.prompt,
+                                cfg.sample.max_tokens);
   }
 
   TensorMap tensors;
@@ -206,19 +233,21 @@ int RunTrain(const Args& args) {
               static_cast<long long>(tr.steps),
               static_cast<long long>(tr.tokens), tr.seconds,
               tr.seconds > 0 ? tr.tokens / tr.seconds : 0.0);
-  std::printf("  eval loss         %.4f -> %.4f  (ppl %.2f -> %.2f, %lld "
-              "held-out tokens)\n",
-              before.loss, after.loss, before.perplexity, after.perplexity,
-              static_cast<long long>(after.tokens));
+  std::printf(
+      "  eval loss         %.4f -> %.4f  (ppl %.2f -> %.2f, %lld "
+      "held-out tokens)\n",
+      before.loss, after.loss, before.perplexity, after.perplexity,
+      static_cast<long long>(after.tokens));
   if (cfg.sample.max_tokens > 0) {
     std::printf("  sample before     %s%s\n", cfg.sample.prompt.c_str(),
                 OneLine(sample_before).c_str());
     std::printf("  sample after      %s%s\n", cfg.sample.prompt.c_str(),
                 OneLine(sample_after).c_str());
   }
-  std::printf("  adapter           %s (adapter_config.json, "
-              "adapter_model.safetensors)\n",
-              out_dir.c_str());
+  std::printf(
+      "  adapter           %s (adapter_config.json, "
+      "adapter_model.safetensors)\n",
+      out_dir.c_str());
   std::printf("eval_loss_before=%.6f eval_loss_after=%.6f steps=%lld\n",
               before.loss, after.loss, static_cast<long long>(tr.steps));
   return kExitOk;
@@ -240,17 +269,18 @@ int RunEval(const Args& args) {
       "data file (text, tiny-shakespeare, JSONL, JSON)")(
       "tokenizer", po::value(&tokenizer_path),
       "tokenizer.model or llama2.c tokenizer .bin (default: beside the "
-      "model)")("config", po::value(&config_path),
-                "optional job YAML (as for train): its data: section sets format, "
-                "max_seq_len, eval_fraction, seed")(
+      "model)")(
+      "config", po::value(&config_path),
+      "optional job YAML (as for train): its data: section sets format, "
+      "max_seq_len, eval_fraction, seed")(
       "set", po::value(&overrides)->composing(),
       "override a data key: --set data.max_seq_len=256 (repeatable)")(
       "split", po::value(&split)->default_value("all"),
       "all records, or the held-out 'eval' / the 'train' split as `train` "
       "makes it")("device", po::value(&device_name)->default_value("cpu"),
-                  "cpu, cuda or cuda:N")(
-      "threads", po::value(&threads)->default_value(0),
-      "intra-op threads (0 = default)");
+                  "cpu, cuda or cuda:N")("threads",
+                                         po::value(&threads)->default_value(0),
+                                         "intra-op threads (0 = default)");
   po::variables_map vm;
   int code = kExitOk;
   if (!ParseArgs(cmd,
@@ -276,25 +306,14 @@ int RunEval(const Args& args) {
   Status st = in.Finish();
   if (!st.ok()) return Fail(cmd, st);
   const data::DataOptions& data_options = job.data;
-  if (model_path.empty() && !adapter_dir.empty()) {
-    auto base = BaseModelOf(adapter_dir);
-    if (!base.ok()) return Fail(cmd, base.status());
-    model_path = *base;
+  if (model_path.empty() && adapter_dir.empty() && !config_path.empty()) {
+    model_path = job.model.path;
   }
-  if (model_path.empty() && !config_path.empty()) model_path = job.model.path;
   if (tokenizer_path.empty()) tokenizer_path = job.model.tokenizer;
-  if (model_path.empty()) {
-    return Fail(cmd, Status::InvalidArgument(
-                         "--model: missing (a Hugging Face folder or a "
-                         "llama2.c .bin)"));
-  }
-
-  auto device = model::ParseDevice(device_name);
-  if (!device.ok()) return Fail(cmd, device.status());
-  model::LoadOptions load_options;
-  load_options.device = device_name;
-  auto base = LoadBase(model_path, tokenizer_path, load_options);
-  if (!base.ok()) return Fail(cmd, base.status());
+  auto ready =
+      LoadReadyModel(model_path, adapter_dir, tokenizer_path, device_name);
+  if (!ready.ok()) return Fail(cmd, ready.status());
+  const LoadedBase* base = &ready->base;
   auto records = data::LoadRecords(data_options);
   if (!records.ok()) return Fail(cmd, records.status());
   std::vector<data::Record> chosen = *records;
@@ -307,24 +326,13 @@ int RunEval(const Args& args) {
   std::vector<data::Example> examples =
       data::Tokenize(chosen, *base->tokenizer, data_options);
 
-  auto pm = ModelWithAdapter(base->weights, adapter_dir);
-  if (!pm.ok()) return Fail(cmd, pm.status());
-  std::unique_ptr<model::LlamaModel> plain;
-  model::LlamaModel* m = nullptr;
-  if (*pm) {
-    m = &(*pm)->model();
-  } else {
-    plain = std::make_unique<model::LlamaModel>(base->weights);
-    m = plain.get();
-  }
-  m->to(*device);
-  m->eval();
-  worker::EvalResult r = worker::Evaluate(*m, examples, 16, *device);
+  worker::EvalResult r =
+      worker::Evaluate(*ready->model, examples, 16, ready->device);
   if (r.tokens == 0) {
     return Fail(cmd, Status::InvalidArgument("data '" + data_options.path +
                                              "' gave no tokens to evaluate"));
   }
-  std::printf("model      %s%s\n", model_path.c_str(),
+  std::printf("model      %s%s\n", base->weights->source.c_str(),
               adapter_dir.empty() ? "" : (" + " + adapter_dir).c_str());
   std::printf("data       %s (%s split, %zu records, %zu examples)\n",
               data_options.path.c_str(), split.c_str(), chosen.size(),
@@ -371,8 +379,9 @@ int RunGenerate(const Args& args) {
     return code;
   }
   if (max_tokens < 0) {
-    return Fail(cmd, Status::InvalidArgument("--max-tokens: must be >= 0, got " +
-                                             std::to_string(max_tokens)));
+    return Fail(cmd,
+                Status::InvalidArgument("--max-tokens: must be >= 0, got " +
+                                        std::to_string(max_tokens)));
   }
   if (!(temperature >= 0) || !std::isfinite(temperature)) {
     return Fail(cmd, Status::InvalidArgument(
@@ -382,42 +391,18 @@ int RunGenerate(const Args& args) {
     return Fail(cmd, Status::InvalidArgument("--top-p: must be in (0, 1]"));
   }
   ApplyThreads(threads);
-  if (model_path.empty() && !adapter_dir.empty()) {
-    auto base = BaseModelOf(adapter_dir);
-    if (!base.ok()) return Fail(cmd, base.status());
-    model_path = *base;
-  }
-  if (model_path.empty()) {
-    return Fail(cmd, Status::InvalidArgument(
-                         "--model: missing (a Hugging Face folder or a "
-                         "llama2.c .bin)"));
-  }
-  auto device = model::ParseDevice(device_name);
-  if (!device.ok()) return Fail(cmd, device.status());
-  model::LoadOptions load_options;
-  load_options.device = device_name;
-  auto base = LoadBase(model_path, tokenizer_path, load_options);
-  if (!base.ok()) return Fail(cmd, base.status());
-  auto pm = ModelWithAdapter(base->weights, adapter_dir);
-  if (!pm.ok()) return Fail(cmd, pm.status());
-  std::unique_ptr<model::LlamaModel> plain;
-  model::LlamaModel* m = nullptr;
-  if (*pm) {
-    m = &(*pm)->model();
-  } else {
-    plain = std::make_unique<model::LlamaModel>(base->weights);
-    m = plain.get();
-  }
-  m->to(*device);
-  m->eval();
+  auto ready =
+      LoadReadyModel(model_path, adapter_dir, tokenizer_path, device_name);
+  if (!ready.ok()) return Fail(cmd, ready.status());
   model::GenerateOptions options;
   options.max_new_tokens = max_tokens;
   options.temperature = temperature;
   options.top_p = top_p;
   options.seed = seed;
+  const model::Tokenizer& tok = *ready->base.tokenizer;
   std::vector<int64_t> ids =
-      model::Generate(*m, base->tokenizer->Encode(prompt, true, false), options);
-  std::string text = base->tokenizer->Decode(ids);
+      model::Generate(*ready->model, tok.Encode(prompt, true, false), options);
+  std::string text = tok.Decode(ids);
   std::fwrite(text.data(), 1, text.size(), stdout);
   std::fputc('\n', stdout);
   return kExitOk;
@@ -492,8 +477,7 @@ int RunExport(const Args& args) {
     for (const auto& kv : pm->AdapterTensors()) {
       tensors[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
     }
-    Status s = peft::SaveAdapter(out_dir, pm->options(), tensors,
-                                 model_path);
+    Status s = peft::SaveAdapter(out_dir, pm->options(), tensors, model_path);
     if (!s.ok()) return Fail(cmd, s);
     std::printf("adapter written to %s (Hugging Face PEFT format)\n",
                 out_dir.c_str());
@@ -502,8 +486,7 @@ int RunExport(const Args& args) {
 
   Status s = pm->Merge();
   if (!s.ok()) return Fail(cmd, s);
-  std::shared_ptr<model::LlamaWeights> merged =
-      pm->model().ExportWeights();
+  std::shared_ptr<model::LlamaWeights> merged = pm->model().ExportWeights();
   s = model::SaveHfModel(*merged, out_dir);
   if (!s.ok()) return Fail(cmd, s);
   std::string tok = tokenizer_path;
@@ -527,9 +510,10 @@ int RunExport(const Args& args) {
                 "none; pass --tokenizer to include one",
                 model_path);
   }
-  std::printf("merged model written to %s (config.json, "
-              "model.safetensors%s)\n",
-              out_dir.c_str(), tok.empty() ? "" : ", tokenizer");
+  std::printf(
+      "merged model written to %s (config.json, "
+      "model.safetensors%s)\n",
+      out_dir.c_str(), tok.empty() ? "" : ", tokenizer");
   return kExitOk;
 }
 

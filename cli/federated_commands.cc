@@ -127,13 +127,15 @@ int RunWorker(const Args& args) {
   torch::set_num_threads(cfg->worker.threads);
   auto base = worker::LoadWorkerBase(cfg->model);
   if (!base.ok()) return Fail(cmd, base.status());
-  auto client = worker::WorkerClient::Create(*cfg, base->weights, base->tokenizer);
+  auto client =
+      worker::WorkerClient::Create(*cfg, base->weights, base->tokenizer);
   if (!client.ok()) return Fail(cmd, client.status());
   SignalWatcher signals([&] { (*client)->Stop(); });
   s = (*client)->Run();
   if (!s.ok()) return Fail(cmd, s);
   worker::WorkerStats st = (*client)->stats();
-  FP_LOG_INFO("worker", "'{}' done: {} rounds trained, {} rejected, {} dropped; "
+  FP_LOG_INFO("worker",
+              "'{}' done: {} rounds trained, {} rejected, {} dropped; "
               "up {} B, down {} B",
               cfg->worker.id, st.rounds_trained, st.rounds_rejected,
               st.rounds_dropped, st.bytes_up, st.bytes_down);
@@ -146,9 +148,8 @@ int RunStatus(const Args& args) {
   bool json = false;
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
-      "address", po::value(&address)->required(),
-      "coordinator HOST:PORT")("json", po::bool_switch(&json),
-                               "print the raw status as JSON");
+      "address", po::value(&address)->required(), "coordinator HOST:PORT")(
+      "json", po::bool_switch(&json), "print the raw status as JSON");
   po::variables_map vm;
   int code = 0;
   if (!ParseArgs(cmd, "--address HOST:PORT [--json]", desc, args, &vm, &code)) {

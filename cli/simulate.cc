@@ -49,10 +49,10 @@ using Clock = std::chrono::steady_clock;
 
 struct SimulationOptions {
   int workers = 4;
-  std::string mode = "processes";        // processes | threads
-  std::vector<double> slowdown{1.0};     // per worker, cycled
-  std::vector<double> dropout_prob{0.0}; // per worker, cycled
-  double timeout_s = 1800;               // whole run
+  std::string mode = "processes";         // processes | threads
+  std::vector<double> slowdown{1.0};      // per worker, cycled
+  std::vector<double> dropout_prob{0.0};  // per worker, cycled
+  double timeout_s = 1800;                // whole run
   std::string sample_prompt = "ROMEO:";
   int sample_tokens = 48;
 
@@ -165,17 +165,18 @@ struct RunPaths {
 
 int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
                  const std::string& cmd) {
-  auto deadline = Clock::now() + std::chrono::milliseconds(
-                                     static_cast<int64_t>(sim.timeout_s * 1000));
+  auto deadline =
+      Clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(sim.timeout_s * 1000));
   pid_t coord = Spawn({"coordinator", "--config", p.coordinator_yaml},
                       JoinPath(p.logs, "coordinator.log"));
   // Wait for the port.
   std::string port;
   while (port.empty()) {
     if (WaitUntil(coord, Clock::now()) != -1) {
-      return Fail(cmd, Status::Internal(
-                           "the coordinator exited at start; see " +
-                           JoinPath(p.logs, "coordinator.log")));
+      return Fail(cmd,
+                  Status::Internal("the coordinator exited at start; see " +
+                                   JoinPath(p.logs, "coordinator.log")));
     }
     auto text = ReadFileToString(p.port_file, 64);
     if (text.ok()) {
@@ -268,9 +269,10 @@ int RunThreads(const SimulationOptions& sim, const RunPaths& p,
     if (!client.ok()) return Fail(cmd, client.status());
     clients.push_back(std::move(client).value());
   }
-  std::printf("coordinator on 127.0.0.1:%d; %d workers as threads sharing "
-              "one base model\n",
-              (*server)->port(), sim.workers);
+  std::printf(
+      "coordinator on 127.0.0.1:%d; %d workers as threads sharing "
+      "one base model\n",
+      (*server)->port(), sim.workers);
   std::fflush(stdout);
   std::vector<std::thread> threads;
   for (auto& c : clients) {
@@ -388,8 +390,8 @@ int RunSimulate(const Args& args) {
   // The merged global adapter, in PEFT format.
   auto ckpt = coordinator::LoadLatestCheckpoint(p.checkpoints);
   if (!ckpt.ok()) return Fail(cmd, ckpt.status());
-  auto options = peft::AdapterConfigFromJson(ckpt->adapter_config.dump(),
-                                             p.checkpoints);
+  auto options =
+      peft::AdapterConfigFromJson(ckpt->adapter_config.dump(), p.checkpoints);
   if (!options.ok()) return Fail(cmd, options.status());
   const std::string adapter_dir = JoinPath(out_dir, "adapter");
   s = peft::SaveAdapter(adapter_dir, *options, ckpt->global, ckpt->base_model);
@@ -400,8 +402,9 @@ int RunSimulate(const Args& args) {
   std::string line;
   uint64_t up = 0, down = 0;
   int rounds = 0;
-  std::printf("\nround  answered  dropped  train_loss  eval_loss  server_eval  "
-              "up         down       seconds\n");
+  std::printf(
+      "\nround  answered  dropped  train_loss  eval_loss  server_eval  "
+      "up         down       seconds\n");
   while (std::getline(metrics, line)) {
     nlohmann::json j;
     try {
@@ -416,18 +419,18 @@ int RunSimulate(const Args& args) {
     up += bu;
     down += bd;
     if (j.value("aggregated", false)) ++rounds;
-    std::printf("%-6lld %3d/%-5d %-8d %-11s %-10s %-12s %-10s %-10s %.1f\n",
-                j.value("round", 0ll), j.value("answered", 0),
-                j.value("selected", 0), j.value("dropped", 0),
-                Fixed(num("train_loss")).c_str(),
-                Fixed(num("eval_loss")).c_str(),
-                Fixed(num("server_eval_loss")).c_str(), Mib(bu).c_str(),
-                Mib(bd).c_str(), num("seconds"));
+    std::printf(
+        "%-6lld %3d/%-5d %-8d %-11s %-10s %-12s %-10s %-10s %.1f\n",
+        j.value("round", 0ll), j.value("answered", 0), j.value("selected", 0),
+        j.value("dropped", 0), Fixed(num("train_loss")).c_str(),
+        Fixed(num("eval_loss")).c_str(), Fixed(num("server_eval_loss")).c_str(),
+        Mib(bu).c_str(), Mib(bd).c_str(), num("seconds"));
   }
-  std::printf("\n%d rounds aggregated in %.1f s with %d workers (%s); bytes "
-              "up %s, down %s\n",
-              rounds, seconds, sim.workers, sim.mode.c_str(), Mib(up).c_str(),
-              Mib(down).c_str());
+  std::printf(
+      "\n%d rounds aggregated in %.1f s with %d workers (%s); bytes "
+      "up %s, down %s\n",
+      rounds, seconds, sim.workers, sim.mode.c_str(), Mib(up).c_str(),
+      Mib(down).c_str());
 
   if (sim.sample_tokens > 0) {
     auto base = LoadBase(ckpt->base_model, "", model::LoadOptions{});
@@ -438,7 +441,8 @@ int RunSimulate(const Args& args) {
     model::GenerateOptions g;
     g.max_new_tokens = sim.sample_tokens;
     auto prompt = base->tokenizer->Encode(sim.sample_prompt, true, false);
-    std::string before = base->tokenizer->Decode(model::Generate(plain, prompt, g));
+    std::string before =
+        base->tokenizer->Decode(model::Generate(plain, prompt, g));
     s = (*pm)->LoadAdapterTensors(ckpt->global);
     if (!s.ok()) return Fail(cmd, s);
     std::string after =

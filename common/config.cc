@@ -114,9 +114,8 @@ ConfigReader ConfigReader::Section(const std::string& key) {
     if (value.IsMap()) {
       child = value;
     } else {
-      shared_->errors.push_back(path +
-                                ": expected a section (a mapping), got " +
-                                Describe(value));
+      shared_->errors.push_back(
+          path + ": expected a section (a mapping), got " + Describe(value));
     }
   }
   return ConfigReader(child, path + ".", shared_, source_);

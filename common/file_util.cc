@@ -49,8 +49,8 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
   fs::path dir = target.parent_path();
   if (dir.empty()) dir = ".";
   std::random_device rd;
-  std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." +
-                    std::to_string(rd());
+  std::string tmp =
+      path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rd());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     return Status::IoError("cannot create '" + tmp +

@@ -36,12 +36,12 @@ spdlog::logger& Logger();
 
 }  // namespace fedpeft
 
-#define FP_LOG_(lvl, component, ...)                                     \
-  do {                                                                   \
-    auto& _fp_logger = ::fedpeft::internal::Logger();                    \
-    if (_fp_logger.should_log(lvl)) {                                    \
+#define FP_LOG_(lvl, component, ...)                                       \
+  do {                                                                     \
+    auto& _fp_logger = ::fedpeft::internal::Logger();                      \
+    if (_fp_logger.should_log(lvl)) {                                      \
       _fp_logger.log(lvl, "[{}] {}", component, fmt::format(__VA_ARGS__)); \
-    }                                                                    \
+    }                                                                      \
   } while (0)
 
 #define FP_LOG_DEBUG(component, ...) \

@@ -118,10 +118,10 @@ class [[nodiscard]] StatusOr {
 #define FEDPEFT_CONCAT_(a, b) FEDPEFT_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (a Status) is not OK.
-#define RETURN_IF_ERROR(expr)                  \
-  do {                                         \
-    ::fedpeft::Status _fp_status = (expr);     \
-    if (!_fp_status.ok()) return _fp_status;   \
+#define RETURN_IF_ERROR(expr)                \
+  do {                                       \
+    ::fedpeft::Status _fp_status = (expr);   \
+    if (!_fp_status.ok()) return _fp_status; \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, FuncReturningStatusOr())`.

@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 
 std::string RoundFolderName(int64_t round) {
   char buf[32];
-  std::snprintf(buf, sizeof(buf), "round-%06lld", static_cast<long long>(round));
+  std::snprintf(buf, sizeof(buf), "round-%06lld",
+                static_cast<long long>(round));
   return buf;
 }
 
@@ -48,7 +49,8 @@ std::string TensorDigest(const TensorMap& tensors) {
     mix(t.data_ptr(), t.numel() * t.element_size());
   }
   char buf[17];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(buf, sizeof(buf), "%016llx",
+                static_cast<unsigned long long>(h));
   return buf;
 }
 
@@ -63,8 +65,8 @@ Status SaveCheckpoint(const std::string& dir, const Checkpoint& ckpt,
   fs::remove_all(tmp_dir, ec);
   RETURN_IF_ERROR(EnsureDirectory(tmp_dir));
 
-  RETURN_IF_ERROR(model::WriteSafetensors(JoinPath(tmp_dir, "global.safetensors"),
-                                          ckpt.global));
+  RETURN_IF_ERROR(model::WriteSafetensors(
+      JoinPath(tmp_dir, "global.safetensors"), ckpt.global));
   RETURN_IF_ERROR(model::WriteSafetensors(
       JoinPath(tmp_dir, "strategy.safetensors"), ckpt.strategy_state));
   nlohmann::json state = {
@@ -160,8 +162,8 @@ StatusOr<Checkpoint> LoadLatestCheckpoint(const std::string& dir) {
   }
   if (name.rfind("round-", 0) != 0 || name.find('/') != std::string::npos) {
     return Status::Corruption("checkpoint '" + latest +
-                              "': expected a round folder name, got '" +
-                              name + "'");
+                              "': expected a round folder name, got '" + name +
+                              "'");
   }
   return LoadCheckpointFolder(JoinPath(dir, name));
 }

@@ -26,22 +26,21 @@ namespace fedpeft {
 namespace coordinator {
 
 struct Checkpoint {
-  int64_t round = 0;          // rounds completed
+  int64_t round = 0;  // rounds completed
   std::string federation_id;
-  std::string rng_state;      // std::mt19937_64 state as text
-  uint64_t bytes_up = 0;      // totals so far
+  std::string rng_state;  // std::mt19937_64 state as text
+  uint64_t bytes_up = 0;  // totals so far
   uint64_t bytes_down = 0;
-  std::string strategy;       // name, checked on resume
-  std::string base_model;     // model path, for export --merge
+  std::string strategy;           // name, checked on resume
+  std::string base_model;         // model path, for export --merge
   nlohmann::json adapter_config;  // PEFT adapter_config.json contents
-  TensorMap global;           // the global adapter
+  TensorMap global;               // the global adapter
   TensorMap strategy_state;
 };
 
 // Writes `ckpt` as <dir>/round-NNNNNN and points LATEST at it; removes
 // older round folders beyond `keep`.
-Status SaveCheckpoint(const std::string& dir, const Checkpoint& ckpt,
-                      int keep);
+Status SaveCheckpoint(const std::string& dir, const Checkpoint& ckpt, int keep);
 
 // Loads the folder LATEST names. NotFound when `dir` has no LATEST (a fresh
 // start); Corruption naming the file when a file is damaged.

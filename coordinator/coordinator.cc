@@ -37,7 +37,8 @@ std::string FormatBytes(uint64_t b) {
   } else if (b >= 1024) {
     std::snprintf(buf, sizeof(buf), "%.1f KiB", b / 1024.0);
   } else {
-    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(b));
+    std::snprintf(buf, sizeof(buf), "%llu B",
+                  static_cast<unsigned long long>(b));
   }
   return buf;
 }
@@ -73,9 +74,9 @@ Status Coordinator::Init() {
   ASSIGN_OR_RETURN(strategy_, aggregation::MakeStrategy(config_.strategy));
 
   // The initial global adapter: PEFT's initialisation from adapter_seed.
-  ASSIGN_OR_RETURN(std::unique_ptr<peft::PeftModel> init,
-                   peft::PeftModel::Create(base_, config_.peft,
-                                           config_.adapter_seed));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<peft::PeftModel> init,
+      peft::PeftModel::Create(base_, config_.peft, config_.adapter_seed));
   auto global = std::make_shared<TensorMap>();
   auto zeros = std::make_shared<TensorMap>();
   for (const auto& kv : init->AdapterTensors()) {
@@ -92,9 +93,9 @@ Status Coordinator::Init() {
   if (ckpt.ok()) {
     if (ckpt->federation_id != config_.federation.id) {
       return Status::FailedPrecondition(
-          "checkpoint in '" + config_.checkpoint.dir + "' belongs to federation '" +
-          ckpt->federation_id + "', this config runs '" +
-          config_.federation.id +
+          "checkpoint in '" + config_.checkpoint.dir +
+          "' belongs to federation '" + ckpt->federation_id +
+          "', this config runs '" + config_.federation.id +
           "' (use another checkpoint.dir or the same federation.id)");
     }
     if (ckpt->strategy != strategy_->name()) {
@@ -136,20 +137,20 @@ Status Coordinator::Init() {
   if (!config_.eval.data.path.empty()) {
     std::string tok_path = config_.model.tokenizer;
     if (tok_path.empty()) {
-      ASSIGN_OR_RETURN(tok_path, model::FindTokenizerForModel(
-                                     config_.model.path,
-                                     base_->config.vocab_size));
+      ASSIGN_OR_RETURN(tok_path,
+                       model::FindTokenizerForModel(config_.model.path,
+                                                    base_->config.vocab_size));
     }
     ASSIGN_OR_RETURN(auto tok,
                      model::LoadTokenizer(tok_path, base_->config.vocab_size));
     ASSIGN_OR_RETURN(auto records, data::LoadRecords(config_.eval.data));
     std::vector<data::Record> train_records, eval_records;
     data::SplitTrainEval(records, config_.eval.data.eval_fraction,
-                         config_.eval.data.seed, &train_records,
-                         &eval_records);
+                         config_.eval.data.seed, &train_records, &eval_records);
     eval_examples_ = data::Tokenize(eval_records, *tok, config_.eval.data);
-    ASSIGN_OR_RETURN(eval_model_, peft::PeftModel::Create(
-                                      base_, config_.peft, config_.adapter_seed));
+    ASSIGN_OR_RETURN(
+        eval_model_,
+        peft::PeftModel::Create(base_, config_.peft, config_.adapter_seed));
   }
 
   if (!config_.logging.metrics_file.empty()) {
@@ -177,8 +178,8 @@ StatusOr<Registration> Coordinator::Register(const WorkerProfile& profile) {
   w.profile = profile;
   w.last_seen = Clock::now();
   std::ostringstream sid;
-  sid << config_.federation.id << "/" << profile.worker_id << "/"
-      << std::hex << Mix(next_session_++ ^ UnixMillis());
+  sid << config_.federation.id << "/" << profile.worker_id << "/" << std::hex
+      << Mix(next_session_++ ^ UnixMillis());
   w.session_id = sid.str();
   sessions_[w.session_id] = profile.worker_id;
   FP_LOG_INFO("coordinator",
@@ -231,8 +232,8 @@ StatusOr<int64_t> Coordinator::Heartbeat(const std::string& session_id) {
 
 StatusOr<TaskInfo> Coordinator::GetTask(const std::string& session_id,
                                         std::chrono::milliseconds wait) {
-  wait = std::min(wait, std::chrono::milliseconds(
-                            config_.federation.task_wait_ms));
+  wait = std::min(wait,
+                  std::chrono::milliseconds(config_.federation.task_wait_ms));
   auto until = Clock::now() + wait;
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
@@ -263,9 +264,8 @@ StatusOr<TaskInfo> Coordinator::GetTask(const std::string& session_id,
     if (cv_.wait_until(lock, until) == std::cv_status::timeout) {
       task.kind = TaskInfo::Kind::kWait;
       task.round = round_;
-      task.message = phase_ == Phase::kWaitWorkers
-                         ? "waiting for workers"
-                         : "not selected this round";
+      task.message = phase_ == Phase::kWaitWorkers ? "waiting for workers"
+                                                   : "not selected this round";
       return task;
     }
   }
@@ -317,8 +317,7 @@ Status Coordinator::CheckUploadAllowed(const std::string& session_id,
 }
 
 void Coordinator::RecordRejectedUpload(const std::string& session_id,
-                                       int64_t round,
-                                       const std::string& reason,
+                                       int64_t round, const std::string& reason,
                                        uint64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   round_bytes_up_ += bytes;
@@ -366,8 +365,8 @@ Status Coordinator::SubmitUpdate(const std::string& session_id,
       answered_.count(w->profile.worker_id)) {
     std::string reason = "late upload for round " +
                          std::to_string(header.round) + " (round closed)";
-    FP_LOG_WARN("coordinator", "rejected upload from '{}': {}",
-                probe.worker_id, reason);
+    FP_LOG_WARN("coordinator", "rejected upload from '{}': {}", probe.worker_id,
+                reason);
     return Status::FailedPrecondition(reason);
   }
   answered_.insert(w->profile.worker_id);
@@ -477,8 +476,7 @@ bool Coordinator::WaitForWorkers() {
   return false;
 }
 
-bool Coordinator::RunRoundAttempt(int64_t round, int attempt,
-                                  RoundMetrics* m) {
+bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
   const FederationOptions& f = config_.federation;
   auto t0 = Clock::now();
   m->round = round;
@@ -506,8 +504,9 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt,
     attempt_ = attempt;
     round_seed_ = Mix(f.seed ^ Mix(static_cast<uint64_t>(round) * 131 +
                                    static_cast<uint64_t>(attempt)));
-    auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(
-                                       f.round_deadline_s * 1000));
+    auto deadline =
+        Clock::now() + std::chrono::milliseconds(
+                           static_cast<int64_t>(f.round_deadline_s * 1000));
     deadline_unix_ms_ =
         UnixMillis() + static_cast<uint64_t>(f.round_deadline_s * 1000);
     // broadcast: waiting GetTask calls wake up and take the task
@@ -543,7 +542,8 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt,
         }
         break;
       }
-      cv_.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(250)));
+      cv_.wait_until(lock,
+                     std::min(deadline, now + std::chrono::milliseconds(250)));
     }
     phase_ = Phase::kAggregate;
     updates = std::move(pending_);
@@ -586,7 +586,8 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
   std::vector<aggregation::ClientUpdate> client;
   double loss_sum = 0, sample_sum = 0, eval_sum = 0, eval_tokens = 0;
   for (auto& p : updates) {
-    m->max_train_seconds = std::max(m->max_train_seconds, p.header.train_seconds);
+    m->max_train_seconds =
+        std::max(m->max_train_seconds, p.header.train_seconds);
     loss_sum += p.header.train_loss * p.header.num_samples;
     sample_sum += p.header.num_samples;
     if (std::isfinite(p.header.eval_loss) && p.header.eval_tokens > 0) {
@@ -720,8 +721,8 @@ Status Coordinator::Run() {
       }
       // checkpoint (a skipped round keeps the previous adapter)
       Status s = WriteCheckpoint(round);
-      if (!s.ok()) return s.WithContext("checkpoint after round " +
-                                        std::to_string(round));
+      if (!s.ok())
+        return s.WithContext("checkpoint after round " + std::to_string(round));
       completed_rounds_ = round;
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -747,8 +748,8 @@ Status Coordinator::Run() {
               "federation '{}' finished {} rounds; telling workers to shut "
               "down for {:.0f}s",
               f.id, completed_rounds_, f.shutdown_grace_s);
-  auto until = Clock::now() + std::chrono::milliseconds(
-                                  static_cast<int64_t>(f.shutdown_grace_s * 1000));
+  auto until = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(
+                                  f.shutdown_grace_s * 1000));
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_ && Clock::now() < until) {
     // Leave early once every live worker has been told.
@@ -757,7 +758,8 @@ Status Coordinator::Run() {
       if (!told_shutdown_.count(id)) all_told = false;
     }
     if (all_told) break;
-    cv_.wait_until(lock, std::min(until, Clock::now() + std::chrono::milliseconds(200)));
+    cv_.wait_until(
+        lock, std::min(until, Clock::now() + std::chrono::milliseconds(200)));
   }
   return Status::Ok();
 }

@@ -92,8 +92,8 @@ struct RoundMetrics {
   int answered = 0;  // accepted updates
   int dropped = 0;   // selected - answered
   int rejected = 0;
-  double train_loss = 0;  // sample-weighted mean of accepted updates
-  double eval_loss = 0;   // eval-token-weighted mean reported by workers
+  double train_loss = 0;        // sample-weighted mean of accepted updates
+  double eval_loss = 0;         // eval-token-weighted mean reported by workers
   double server_eval_loss = 0;  // NaN when no server-side eval
   uint64_t bytes_up = 0;
   uint64_t bytes_down = 0;
@@ -152,9 +152,8 @@ class Coordinator {
   Status CheckUploadAllowed(const std::string& session_id, int64_t round);
   // Takes a decoded update; validates and queues it for the round. A
   // rejection is logged with its reason and counted.
-  Status SubmitUpdate(const std::string& session_id,
-                      const UpdateHeader& header, TensorMap delta,
-                      uint64_t bytes_received);
+  Status SubmitUpdate(const std::string& session_id, const UpdateHeader& header,
+                      TensorMap delta, uint64_t bytes_received);
   // Counts an upload that failed before SubmitUpdate (e.g. bad encoding).
   void RecordRejectedUpload(const std::string& session_id, int64_t round,
                             const std::string& reason, uint64_t bytes);
@@ -221,27 +220,27 @@ class Coordinator {
 
   std::mutex mu_;
   std::condition_variable cv_;  // any state change: tasks, updates, stop
-  std::map<std::string, WorkerEntry> workers_;      // GUARDED_BY(mu_)
-  std::map<std::string, std::string> sessions_;     // session -> worker id
-  std::shared_ptr<const TensorMap> global_;         // GUARDED_BY(mu_)
-  Phase phase_ = Phase::kWaitWorkers;               // GUARDED_BY(mu_)
-  int64_t round_ = 0;                // current round  GUARDED_BY(mu_)
-  int attempt_ = 0;                                  // GUARDED_BY(mu_)
-  uint64_t round_seed_ = 0;                          // GUARDED_BY(mu_)
-  std::set<std::string> selected_;                   // GUARDED_BY(mu_)
-  std::set<std::string> answered_;                   // GUARDED_BY(mu_)
-  std::vector<Pending> pending_;                     // GUARDED_BY(mu_)
-  int rejected_ = 0;                                 // GUARDED_BY(mu_)
-  uint64_t deadline_unix_ms_ = 0;                    // GUARDED_BY(mu_)
+  std::map<std::string, WorkerEntry> workers_;   // GUARDED_BY(mu_)
+  std::map<std::string, std::string> sessions_;  // session -> worker id
+  std::shared_ptr<const TensorMap> global_;      // GUARDED_BY(mu_)
+  Phase phase_ = Phase::kWaitWorkers;            // GUARDED_BY(mu_)
+  int64_t round_ = 0;               // current round  GUARDED_BY(mu_)
+  int attempt_ = 0;                 // GUARDED_BY(mu_)
+  uint64_t round_seed_ = 0;         // GUARDED_BY(mu_)
+  std::set<std::string> selected_;  // GUARDED_BY(mu_)
+  std::set<std::string> answered_;  // GUARDED_BY(mu_)
+  std::vector<Pending> pending_;    // GUARDED_BY(mu_)
+  int rejected_ = 0;                // GUARDED_BY(mu_)
+  uint64_t deadline_unix_ms_ = 0;   // GUARDED_BY(mu_)
   uint64_t round_bytes_up_ = 0, round_bytes_down_ = 0;  // GUARDED_BY(mu_)
   uint64_t total_bytes_up_ = 0, total_bytes_down_ = 0;  // GUARDED_BY(mu_)
-  std::vector<RoundMetrics> history_;                // GUARDED_BY(mu_)
-  std::set<std::string> told_shutdown_;              // GUARDED_BY(mu_)
-  std::mt19937_64 rng_;                              // round loop only
-  int64_t completed_rounds_ = 0;                     // round loop only
+  std::vector<RoundMetrics> history_;                   // GUARDED_BY(mu_)
+  std::set<std::string> told_shutdown_;                 // GUARDED_BY(mu_)
+  std::mt19937_64 rng_;                                 // round loop only
+  int64_t completed_rounds_ = 0;                        // round loop only
   bool started_ = false;  // min_available was met  // GUARDED_BY(mu_)
   std::atomic<bool> stop_{false};
-  uint64_t next_session_ = 1;                        // GUARDED_BY(mu_)
+  uint64_t next_session_ = 1;  // GUARDED_BY(mu_)
 };
 
 // Milliseconds since the Unix epoch.

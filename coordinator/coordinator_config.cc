@@ -37,7 +37,8 @@ void FederationOptions::Read(ConfigReader& in) {
   in.Get("shutdown_grace_s", &shutdown_grace_s);
   in.Get("seed", &seed);
   if (id.empty()) id = "fedpeft-" + std::to_string(seed);
-  in.Check(rounds >= 1, "rounds", "must be >= 1, got " + ToConfigString(rounds));
+  in.Check(rounds >= 1, "rounds",
+           "must be >= 1, got " + ToConfigString(rounds));
   in.Check(min_available >= 1, "min_available",
            "must be >= 1, got " + ToConfigString(min_available));
   in.Check(fraction > 0 && fraction <= 1, "fraction",
@@ -75,9 +76,9 @@ void LocalTrainSpec::Read(ConfigReader& in) {
   in.Get("fedprox_mu", &fedprox_mu);
   in.Check(local_epochs >= 1, "local_epochs",
            "must be >= 1, got " + ToConfigString(local_epochs));
-  in.Check(local_steps >= 0, "local_steps",
-           "must be >= 0 (0 = local_epochs), got " +
-               ToConfigString(local_steps));
+  in.Check(
+      local_steps >= 0, "local_steps",
+      "must be >= 0 (0 = local_epochs), got " + ToConfigString(local_steps));
   in.Check(batch_size >= 1, "batch_size",
            "must be >= 1, got " + ToConfigString(batch_size));
   in.Check(lr > 0, "lr", "must be > 0, got " + ToConfigString(lr));

@@ -34,7 +34,7 @@ namespace coordinator {
 
 struct ServerOptions {
   std::string address = "127.0.0.1:50051";  // listen address; port 0 picks
-  std::string port_file;  // when set, the bound port is written here
+  std::string port_file;    // when set, the bound port is written here
   int max_message_mb = 16;  // gRPC receive/send limit per message
   int chunk_kb = 1024;      // tensor chunk size in streams (< max message)
 
@@ -42,17 +42,17 @@ struct ServerOptions {
 };
 
 struct FederationOptions {
-  std::string id;          // names the run; default "fedpeft-<seed>"
-  int rounds = 5;          // cloud rounds to run
-  int min_available = 2;   // alive workers needed before round 1
-  double fraction = 1.0;   // share of alive workers selected per round
-  int min_workers = 1;     // select at least this many
-  int max_workers = 0;     // and at most this many (0 = no cap)
-  double quorum = 0.5;     // share of the selected whose answers close a
-                           // round at its deadline (at least one)
+  std::string id;                 // names the run; default "fedpeft-<seed>"
+  int rounds = 5;                 // cloud rounds to run
+  int min_available = 2;          // alive workers needed before round 1
+  double fraction = 1.0;          // share of alive workers selected per round
+  int min_workers = 1;            // select at least this many
+  int max_workers = 0;            // and at most this many (0 = no cap)
+  double quorum = 0.5;            // share of the selected whose answers close a
+                                  // round at its deadline (at least one)
   double round_deadline_s = 300;  // collect phase limit
   std::string on_quorum_miss = "retry";  // retry | skip
-  int max_retries = 2;     // retries of a round that missed its quorum
+  int max_retries = 2;  // retries of a round that missed its quorum
   int heartbeat_interval_ms = 2000;
   double worker_timeout_s = 20;  // alive = heard from within this
   int task_wait_ms = 5000;       // GetTask long-poll cap
@@ -104,7 +104,7 @@ struct CoordinatorConfig {
   ServerEvalOptions eval;
   CheckpointOptions checkpoint;
   CoordinatorLogging logging;
-  int max_update_mb = 256;  // limits.max_update_mb: one upload at most
+  int max_update_mb = 256;     // limits.max_update_mb: one upload at most
   uint64_t adapter_seed = 42;  // initialisation of the global adapter
 
   void Read(ConfigReader& in);

@@ -120,15 +120,15 @@ grpc::Status FederationService::DownloadAdapter(
     grpc::ServerContext* ctx, const proto::DownloadRequest* req,
     grpc::ServerWriter<proto::TensorChunk>* writer) {
   try {
-    auto global = coordinator_.GlobalAdapter(req->session_id(),
-                                             static_cast<int64_t>(req->round()));
+    auto global = coordinator_.GlobalAdapter(
+        req->session_id(), static_cast<int64_t>(req->round()));
     if (!global.ok()) return Grpc(global.status());
     uint64_t bytes = 0;
-    Status s = transport::EncodeTensors(
-        **global, chunk_bytes_, [&](const proto::TensorChunk& chunk) {
-          bytes += chunk.ByteSizeLong();
-          return writer->Write(chunk);
-        });
+    Status s = transport::EncodeTensors(**global, chunk_bytes_,
+                                        [&](const proto::TensorChunk& chunk) {
+                                          bytes += chunk.ByteSizeLong();
+                                          return writer->Write(chunk);
+                                        });
     coordinator_.AddBytesDown(bytes);
     return Grpc(s);
   } catch (const std::exception& e) {
@@ -176,8 +176,9 @@ grpc::Status FederationService::UploadUpdate(
       bytes += msg.ByteSizeLong();
       if (!s.ok()) continue;  // drain, the error is already decided
       if (!msg.has_chunk()) {
-        s = Status::InvalidArgument("upload: a second UpdateHeader in the "
-                                    "stream");
+        s = Status::InvalidArgument(
+            "upload: a second UpdateHeader in the "
+            "stream");
         continue;
       }
       s = decoder.Add(msg.chunk());
@@ -260,7 +261,8 @@ StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
                                options.address +
                                "' (in use, or not an address of this host?)");
   }
-  FP_LOG_INFO("coordinator", "listening on {}:{} (max message {} MiB, chunks "
+  FP_LOG_INFO("coordinator",
+              "listening on {}:{} (max message {} MiB, chunks "
               "of {} KiB)",
               hp.host, server->port_, options.max_message_mb, chunk >> 10);
   if (!options.port_file.empty()) {

@@ -404,7 +404,8 @@ void ParseText(const std::string& content, int64_t max_records,
   };
   size_t start = 0;
   while (start < content.size()) {
-    if (max_records > 0 && static_cast<int64_t>(records->size()) >= max_records) {
+    if (max_records > 0 &&
+        static_cast<int64_t>(records->size()) >= max_records) {
       return;
     }
     size_t end = content.find('\n', start);
@@ -415,7 +416,8 @@ void ParseText(const std::string& content, int64_t max_records,
       flush();
       continue;
     }
-    if (!current.empty() && current.size() + line.size() > kMaxTextRecordChars) {
+    if (!current.empty() &&
+        current.size() + line.size() > kMaxTextRecordChars) {
       flush();
     }
     current += line;

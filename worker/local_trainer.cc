@@ -98,7 +98,8 @@ void TrainOptions::Read(ConfigReader& in) {
   in.Get("seed", &seed);
   ConfigReader optim_in = in.Section("optim");
   optim.Read(optim_in);
-  in.Check(epochs >= 1, "epochs", "must be >= 1, got " + ToConfigString(epochs));
+  in.Check(epochs >= 1, "epochs",
+           "must be >= 1, got " + ToConfigString(epochs));
   in.Check(max_steps >= 0, "max_steps",
            "must be >= 0 (0 = run epochs), got " + ToConfigString(max_steps));
   in.Check(batch_size >= 1, "batch_size",
@@ -123,8 +124,8 @@ torch::Tensor LanguageModelLoss(model::LlamaModel& model,
 }
 
 EvalResult Evaluate(model::LlamaModel& model,
-                    const std::vector<data::Example>& examples,
-                    int batch_size, const torch::Device& device) {
+                    const std::vector<data::Example>& examples, int batch_size,
+                    const torch::Device& device) {
   torch::NoGradGuard no_grad;
   EvalResult result;
   if (examples.empty()) return result;
@@ -183,9 +184,9 @@ double LocalTrainer::LearningRate(int64_t step, int64_t total_steps) const {
     return o.lr * static_cast<double>(step + 1) / o.warmup_steps;
   }
   if (o.schedule == "constant" || total_steps <= o.warmup_steps) return o.lr;
-  double progress = static_cast<double>(step - o.warmup_steps) /
-                    static_cast<double>(std::max<int64_t>(
-                        1, total_steps - o.warmup_steps));
+  double progress =
+      static_cast<double>(step - o.warmup_steps) /
+      static_cast<double>(std::max<int64_t>(1, total_steps - o.warmup_steps));
   progress = std::min(1.0, std::max(0.0, progress));
   double cosine = 0.5 * (1.0 + std::cos(kPi * progress));
   return o.lr * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * cosine);
@@ -200,7 +201,8 @@ double LocalTrainer::Step(const std::vector<data::Batch>& micro_batches,
   }
   optimizer_->zero_grad();
   int64_t total_tokens = 0;
-  for (const data::Batch& b : micro_batches) total_tokens += b.num_target_tokens;
+  for (const data::Batch& b : micro_batches)
+    total_tokens += b.num_target_tokens;
   double loss_sum = 0.0;
   for (const data::Batch& b : micro_batches) {
     if (b.num_target_tokens == 0) continue;
@@ -285,9 +287,9 @@ TrainResult LocalTrainer::Train(
   }
   result.steps = done;
   result.mean_loss = done > 0 ? loss_total / static_cast<double>(done) : 0.0;
-  result.seconds = std::chrono::duration<double>(
-                       std::chrono::steady_clock::now() - start)
-                       .count();
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   peft_.Train(false);
   return result;
 }

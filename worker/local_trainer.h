@@ -30,24 +30,24 @@ namespace fedpeft {
 namespace worker {
 
 struct OptimOptions {
-  double lr = 2e-3;            // peak learning rate
-  double weight_decay = 0.0;   // AdamW decoupled weight decay
+  double lr = 2e-3;           // peak learning rate
+  double weight_decay = 0.0;  // AdamW decoupled weight decay
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
-  double max_grad_norm = 1.0;  // clip the global grad norm; 0 = off
+  double max_grad_norm = 1.0;       // clip the global grad norm; 0 = off
   std::string schedule = "cosine";  // cosine | constant
-  int warmup_steps = 0;        // linear warmup from 0 to lr
-  double min_lr_ratio = 0.1;   // cosine floor as a share of lr
+  int warmup_steps = 0;             // linear warmup from 0 to lr
+  double min_lr_ratio = 0.1;        // cosine floor as a share of lr
 
   void Read(ConfigReader& in);  // keys of a "train.optim"-like section
 };
 
 struct TrainOptions {
-  int epochs = 1;            // passes over the data (when max_steps == 0)
-  int64_t max_steps = 0;     // optimizer steps; 0 = run `epochs`
-  int batch_size = 8;        // examples per micro-batch
-  int grad_accum = 1;        // micro-batches per optimizer step
+  int epochs = 1;         // passes over the data (when max_steps == 0)
+  int64_t max_steps = 0;  // optimizer steps; 0 = run `epochs`
+  int batch_size = 8;     // examples per micro-batch
+  int grad_accum = 1;     // micro-batches per optimizer step
   int eval_batch_size = 16;
   double fedprox_mu = 0.0;   // FedProx proximal weight; 0 = off
   int log_every = 10;        // steps between log lines (0 = never)
@@ -60,8 +60,8 @@ struct TrainOptions {
 
 struct TrainResult {
   int64_t steps = 0;
-  int64_t tokens = 0;        // target tokens trained on
-  double mean_loss = 0.0;    // mean over steps
+  int64_t tokens = 0;      // target tokens trained on
+  double mean_loss = 0.0;  // mean over steps
   double last_loss = 0.0;
   double seconds = 0.0;
 };
@@ -78,8 +78,8 @@ torch::Tensor LanguageModelLoss(model::LlamaModel& model,
 
 // Loss of `examples` under no_grad, weighted by target tokens.
 EvalResult Evaluate(model::LlamaModel& model,
-                    const std::vector<data::Example>& examples,
-                    int batch_size, const torch::Device& device);
+                    const std::vector<data::Example>& examples, int batch_size,
+                    const torch::Device& device);
 
 class LocalTrainer {
  public:

@@ -11,8 +11,8 @@ void ModelOptions::Read(ConfigReader& in) {
   in.Get("threads", &threads);
   in.Check(!path.empty(), "path", "must name a model folder or .bin file");
   in.Check(dtype == "float32" || dtype == "bfloat16" || dtype == "float16",
-           "dtype", "expected float32, bfloat16 or float16, got '" + dtype +
-                        "'");
+           "dtype",
+           "expected float32, bfloat16 or float16, got '" + dtype + "'");
   in.Check(threads >= 0, "threads",
            "must be >= 0 (0 = default), got " + ToConfigString(threads));
   in.Check(model::ParseDevice(device).ok(), "device",
@@ -28,9 +28,10 @@ StatusOr<model::LoadOptions> ModelOptions::ToLoadOptions() const {
   } else if (dtype == "float16") {
     options.dtype = torch::kFloat16;
   } else {
-    return Status::InvalidArgument("model.dtype: expected float32, bfloat16 "
-                                   "or float16, got '" +
-                                   dtype + "'");
+    return Status::InvalidArgument(
+        "model.dtype: expected float32, bfloat16 "
+        "or float16, got '" +
+        dtype + "'");
   }
   RETURN_IF_ERROR(model::ParseDevice(device).status());
   options.device = device;

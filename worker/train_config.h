@@ -31,10 +31,10 @@ namespace worker {
 
 struct ModelOptions {
   std::string path = "assets/stories260K";  // HF folder or llama2.c .bin
-  std::string tokenizer;         // empty = the one beside the model
-  std::string dtype = "float32";  // float32 | bfloat16 | float16
-  std::string device = "cpu";    // cpu | cuda | cuda:N
-  int threads = 0;               // intra-op threads; 0 = LibTorch default
+  std::string tokenizer;                    // empty = the one beside the model
+  std::string dtype = "float32";            // float32 | bfloat16 | float16
+  std::string device = "cpu";               // cpu | cuda | cuda:N
+  int threads = 0;  // intra-op threads; 0 = LibTorch default
 
   void Read(ConfigReader& in);
   // The LoadOptions these options describe (dtype and device parsed).

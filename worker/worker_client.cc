@@ -67,7 +67,8 @@ class WorkerClient::Impl {
       : config_(config),
         base_(std::move(base)),
         tokenizer_(std::move(tokenizer)),
-        rng_(config.simulation.seed ^ std::hash<std::string>()(config.worker.id)) {}
+        rng_(config.simulation.seed ^
+             std::hash<std::string>()(config.worker.id)) {}
 
   Status Init();
   Status Run();
@@ -119,9 +120,9 @@ class WorkerClient::Impl {
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable cv_;
-  std::string session_;       // GUARDED_BY(mu_)
-  int heartbeat_ms_ = 2000;   // GUARDED_BY(mu_)
-  WorkerStats stats_;         // GUARDED_BY(mu_)
+  std::string session_;                    // GUARDED_BY(mu_)
+  int heartbeat_ms_ = 2000;                // GUARDED_BY(mu_)
+  WorkerStats stats_;                      // GUARDED_BY(mu_)
   Clock::time_point unreachable_since_{};  // zero = reachable
 };
 
@@ -136,10 +137,9 @@ Status WorkerClient::Impl::Init() {
   std::vector<size_t> mine;
   if (!config_.shard.empty()) {
     ASSIGN_OR_RETURN(auto shard, data::ParseShard(config_.shard));
-    ASSIGN_OR_RETURN(auto parts,
-                     data::Partition(records, shard.second, d.partition,
-                                     d.partition_field, d.dirichlet_alpha,
-                                     d.seed));
+    ASSIGN_OR_RETURN(auto parts, data::Partition(records, shard.second,
+                                                 d.partition, d.partition_field,
+                                                 d.dirichlet_alpha, d.seed));
     mine = parts[shard.first];
     if (mine.empty()) {
       return Status::InvalidArgument(
@@ -159,11 +159,10 @@ Status WorkerClient::Impl::Init() {
   eval_ = data::Tokenize(eval_records, *tokenizer_, d);
   const size_t num_records = mine.size();
   if (train_.empty()) {
-    return Status::InvalidArgument("data '" + d.path + "'" +
-                                   (config_.shard.empty()
-                                        ? ""
-                                        : " shard " + config_.shard) +
-                                   " gave no training examples");
+    return Status::InvalidArgument(
+        "data '" + d.path + "'" +
+        (config_.shard.empty() ? "" : " shard " + config_.shard) +
+        " gave no training examples");
   }
   transport::ChannelOptions channel;
   max_message_bytes_ = static_cast<size_t>(config_.server.max_message_mb) << 20;
@@ -199,27 +198,28 @@ Status WorkerClient::Impl::WithRetry(const std::string& what, bool idempotent,
       return Status::Ok();
     }
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
-      FP_LOG_WARN("worker", "'{}': {} — the server lost our session ({}); "
+      FP_LOG_WARN("worker",
+                  "'{}': {} — the server lost our session ({}); "
                   "registering again",
                   config_.worker.id, what, s.error_message());
       RETURN_IF_ERROR(Register());
       continue;
     }
     if (!transport::IsRetryable(s, idempotent)) {
-      return transport::FromGrpcStatus(s, what + " to " + config_.server.address);
+      return transport::FromGrpcStatus(s,
+                                       what + " to " + config_.server.address);
     }
     if (unreachable_since_ == Clock::time_point{}) {
       unreachable_since_ = Clock::now();
     }
-    double down = std::chrono::duration<double>(Clock::now() -
-                                                unreachable_since_)
-                      .count();
+    double down =
+        std::chrono::duration<double>(Clock::now() - unreachable_since_)
+            .count();
     if (config_.server.give_up_after_s > 0 &&
         down > config_.server.give_up_after_s) {
-      return Status::Unavailable("server " + config_.server.address +
-                                 " unreachable for " +
-                                 std::to_string(static_cast<int>(down)) +
-                                 "s: giving up");
+      return Status::Unavailable(
+          "server " + config_.server.address + " unreachable for " +
+          std::to_string(static_cast<int>(down)) + "s: giving up");
     }
     milliseconds delay = backoff.Next();
     FP_LOG_WARN("worker", "'{}': {} failed ({}: {}); retrying in {} ms",
@@ -262,14 +262,16 @@ Status WorkerClient::Impl::RegisterOnce() {
   p->set_version("0.1.0");
   proto::RegisterReply reply;
   grpc::ClientContext ctx;
-  transport::SetTimeout(&ctx, milliseconds(static_cast<int64_t>(
-                                  config_.server.rpc_timeout_s * 1000)));
+  transport::SetTimeout(
+      &ctx,
+      milliseconds(static_cast<int64_t>(config_.server.rpc_timeout_s * 1000)));
   grpc::Status s = stub_->Register(&ctx, req, &reply);
   if (!s.ok()) return transport::FromGrpcStatus(s, "Register");
   if (reply.adapter_config_json() != adapter_config_json_ || !peft_) {
-    ASSIGN_OR_RETURN(peft::PeftOptions options,
-                     peft::AdapterConfigFromJson(reply.adapter_config_json(),
-                                                 "the server's adapter config"));
+    ASSIGN_OR_RETURN(
+        peft::PeftOptions options,
+        peft::AdapterConfigFromJson(reply.adapter_config_json(),
+                                    "the server's adapter config"));
     ASSIGN_OR_RETURN(peft_, peft::PeftModel::Create(base_, options, 1));
     peft_->model().to(device_);
     adapter_config_json_ = reply.adapter_config_json();
@@ -283,7 +285,8 @@ Status WorkerClient::Impl::RegisterOnce() {
         transport::ChunkBytesForMessageLimit(max_message_bytes_));
   }
   stats_.registrations++;
-  FP_LOG_INFO("worker", "'{}' registered with federation '{}' at {} ({:.0f} "
+  FP_LOG_INFO("worker",
+              "'{}' registered with federation '{}' at {} ({:.0f} "
               "tok/s)",
               config_.worker.id, reply.federation_id(), config_.server.address,
               tokens_per_second_);
@@ -306,13 +309,13 @@ Status WorkerClient::Impl::Register() {
     double down = std::chrono::duration<double>(Clock::now() - start).count();
     if (config_.server.give_up_after_s > 0 &&
         down > config_.server.give_up_after_s) {
-      return Status::Unavailable("server " + config_.server.address +
-                                 " unreachable for " +
-                                 std::to_string(static_cast<int>(down)) +
-                                 "s: giving up");
+      return Status::Unavailable(
+          "server " + config_.server.address + " unreachable for " +
+          std::to_string(static_cast<int>(down)) + "s: giving up");
     }
     milliseconds delay = backoff.Next();
-    FP_LOG_INFO("worker", "'{}': server {} not reachable ({}); retrying in {} "
+    FP_LOG_INFO("worker",
+                "'{}': server {} not reachable ({}); retrying in {} "
                 "ms",
                 config_.worker.id, config_.server.address, s.message(),
                 delay.count());
@@ -400,13 +403,13 @@ Status WorkerClient::Impl::Upload(const proto::UpdateHeader& header,
     uint64_t n = msg.ByteSizeLong();
     bool ok = writer->Write(msg);
     if (ok) {
-      Status enc = transport::EncodeTensors(
-          delta, chunk_bytes_, [&](const proto::TensorChunk& c) {
-            proto::UploadMessage m;
-            *m.mutable_chunk() = c;
-            n += m.ByteSizeLong();
-            return writer->Write(m);
-          });
+      Status enc = transport::EncodeTensors(delta, chunk_bytes_,
+                                            [&](const proto::TensorChunk& c) {
+                                              proto::UploadMessage m;
+                                              *m.mutable_chunk() = c;
+                                              n += m.ByteSizeLong();
+                                              return writer->Write(m);
+                                            });
       (void)enc;  // a broken stream shows in Finish()
     }
     writer->WritesDone();
@@ -460,9 +463,9 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
 
   TensorMap delta;
   for (const auto& kv : peft_->AdapterTensors()) {
-    delta[kv.first] =
-        (kv.second.detach().to(torch::kCPU, torch::kFloat32) - global.at(kv.first))
-            .contiguous();
+    delta[kv.first] = (kv.second.detach().to(torch::kCPU, torch::kFloat32) -
+                       global.at(kv.first))
+                          .contiguous();
   }
   proto::UpdateHeader header;
   header.set_round(static_cast<uint64_t>(round));
@@ -475,7 +478,8 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   header.set_num_tensors(static_cast<uint32_t>(delta.size()));
   if (r.tokens > 0 && seconds > 0) tokens_per_second_ = r.tokens / seconds;
   if (task.deadline_unix_ms() > 0 && NowUnixMs() > task.deadline_unix_ms()) {
-    FP_LOG_WARN("worker", "'{}' round {}: past the round deadline; uploading "
+    FP_LOG_WARN("worker",
+                "'{}' round {}: past the round deadline; uploading "
                 "anyway (the server decides)",
                 config_.worker.id, round);
   }
@@ -551,7 +555,8 @@ Status WorkerClient::Impl::Run() {
   return Status::Ok();
 }
 
-// ---- WorkerClient ------------------------------------------------------------
+// ---- WorkerClient
+// ------------------------------------------------------------
 
 WorkerClient::WorkerClient(const WorkerConfig& config,
                            std::shared_ptr<const model::LlamaWeights> base,
@@ -563,13 +568,12 @@ WorkerClient::WorkerClient(const WorkerConfig& config,
 WorkerClient::~WorkerClient() = default;
 
 StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Create(
-    const WorkerConfig& config,
-    std::shared_ptr<const model::LlamaWeights> base,
+    const WorkerConfig& config, std::shared_ptr<const model::LlamaWeights> base,
     std::shared_ptr<const model::Tokenizer> tokenizer) {
   std::unique_ptr<WorkerClient> c(
       new WorkerClient(config, std::move(base), std::move(tokenizer)));
-  RETURN_IF_ERROR(c->impl_->Init().WithContext("worker '" + config.worker.id +
-                                              "'"));
+  RETURN_IF_ERROR(
+      c->impl_->Init().WithContext("worker '" + config.worker.id + "'"));
   return c;
 }
 

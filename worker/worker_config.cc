@@ -12,7 +12,8 @@ void WorkerIdentity::Read(ConfigReader& in) {
            "expected 1 to 128 characters, got '" + id + "'");
   in.Check(threads >= 1, "threads",
            "must be >= 1, got " + ToConfigString(threads));
-  in.Check(ram_mb >= 0, "ram_mb", "must be >= 0, got " + ToConfigString(ram_mb));
+  in.Check(ram_mb >= 0, "ram_mb",
+           "must be >= 0, got " + ToConfigString(ram_mb));
   in.Check(uplink_mbps >= 0, "uplink_mbps",
            "must be >= 0, got " + ToConfigString(uplink_mbps));
 }
@@ -35,9 +36,9 @@ void ConnectionOptions::Read(ConfigReader& in) {
            "must be >= 10, got " + ToConfigString(task_wait_ms));
   in.Check(backoff_initial_ms >= 1, "backoff_initial_ms",
            "must be >= 1, got " + ToConfigString(backoff_initial_ms));
-  in.Check(backoff_max_ms >= backoff_initial_ms, "backoff_max_ms",
-           "must be >= backoff_initial_ms, got " +
-               ToConfigString(backoff_max_ms));
+  in.Check(
+      backoff_max_ms >= backoff_initial_ms, "backoff_max_ms",
+      "must be >= backoff_initial_ms, got " + ToConfigString(backoff_max_ms));
   in.Check(give_up_after_s >= 0, "give_up_after_s",
            "must be >= 0 (0 = never), got " + ToConfigString(give_up_after_s));
 }
@@ -64,8 +65,7 @@ void WorkerConfig::Read(ConfigReader& in) {
   d.Get("shard", &shard);
   if (!shard.empty()) {
     auto parsed = data::ParseShard(shard);
-    d.Check(parsed.ok(), "shard",
-            parsed.ok() ? "" : parsed.status().message());
+    d.Check(parsed.ok(), "shard", parsed.ok() ? "" : parsed.status().message());
   }
   ConfigReader t = in.Section("train");
   train.Read(t);

@@ -43,7 +43,7 @@ struct ConnectionOptions {
   int task_wait_ms = 5000;       // long-poll budget per GetTask
   int backoff_initial_ms = 200;  // retry backoff on UNAVAILABLE
   int backoff_max_ms = 5000;
-  double give_up_after_s = 0;    // stop after this long unreachable (0 = never)
+  double give_up_after_s = 0;  // stop after this long unreachable (0 = never)
 
   void Read(ConfigReader& in);
 };

@@ -51,9 +51,10 @@ TEST(ConfigTest, DefaultsApplyWhenKeysAbsent) {
 
 TEST(ConfigTest, ReadsNestedValues) {
   Outer o;
-  Status s = Bind("name: x\nflag: true\ninner: {r: 4, alpha: 2.5, targets: "
-                  "[a, b]}\n",
-                  {}, &o);
+  Status s = Bind(
+      "name: x\nflag: true\ninner: {r: 4, alpha: 2.5, targets: "
+      "[a, b]}\n",
+      {}, &o);
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(o.name, "x");
   EXPECT_TRUE(o.flag);
@@ -90,7 +91,8 @@ TEST(ConfigTest, WrongTypeNamesKeyAndValue) {
   Outer o;
   Status s = Bind("inner: {r: fast}\n", {}, &o);
   ASSERT_FALSE(s.ok());
-  EXPECT_THAT(s.message(), HasSubstr("inner.r: expected an integer, got 'fast'"));
+  EXPECT_THAT(s.message(),
+              HasSubstr("inner.r: expected an integer, got 'fast'"));
 }
 
 TEST(ConfigTest, RangeErrorAndAllErrorsGathered) {

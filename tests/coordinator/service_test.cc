@@ -150,12 +150,12 @@ class ServiceTest : public ::testing::Test {
         num_tensors >= 0 ? num_tensors : static_cast<int>(tensors.size()));
     writer->Write(m);
     if (raw.empty()) {
-      Status s = transport::EncodeTensors(
-          tensors, 32 << 10, [&](const proto::TensorChunk& c) {
-            proto::UploadMessage u;
-            *u.mutable_chunk() = c;
-            return writer->Write(u);
-          });
+      Status s = transport::EncodeTensors(tensors, 32 << 10,
+                                          [&](const proto::TensorChunk& c) {
+                                            proto::UploadMessage u;
+                                            *u.mutable_chunk() = c;
+                                            return writer->Write(u);
+                                          });
       EXPECT_TRUE(s.ok() || s.code() == StatusCode::kUnavailable);
     } else {
       for (const auto& c : raw) {
@@ -242,7 +242,8 @@ TEST_F(ServiceTest, EachBadUploadKindNamesItsReason) {
                 "federation.quorum=0.1"}));
   std::string good = Register("good");
   std::vector<std::string> bad;
-  for (int i = 0; i < kBad; ++i) bad.push_back(Register("bad" + std::to_string(i)));
+  for (int i = 0; i < kBad; ++i)
+    bad.push_back(Register("bad" + std::to_string(i)));
   RunLoop();
   uint64_t round = GetTask(good).round();
   for (const auto& b : bad) ASSERT_EQ(GetTask(b).kind(), proto::Task::TRAIN);
@@ -372,8 +373,7 @@ TEST(ShippedConfigsTest, EveryConfigLoads) {
   const std::string shakespeare =
       kSource + "/assets/data/tinyshakespeare/input.txt";
   int checked = 0;
-  for (const auto& e :
-       fs::recursive_directory_iterator(kSource + "/configs")) {
+  for (const auto& e : fs::recursive_directory_iterator(kSource + "/configs")) {
     if (e.path().extension() != ".yaml") continue;
     const std::string path = e.path().string();
     const std::string name = e.path().filename().string();

@@ -402,7 +402,8 @@ TEST_F(DatasetTest, SplitIsDeterministicAndDisjoint) {
     if (mask[i]) masked.insert(records[i].response);
   }
   std::vector<std::string> eval_names = names(eval);
-  EXPECT_EQ(masked, std::set<std::string>(eval_names.begin(), eval_names.end()));
+  EXPECT_EQ(masked,
+            std::set<std::string>(eval_names.begin(), eval_names.end()));
 
   // At least one eval record from two records on; none for fraction 0.
   SplitTrainEval(Numbered(2), 0.01, 1, &train, &eval);

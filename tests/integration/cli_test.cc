@@ -19,7 +19,8 @@ using ::testing::HasSubstr;
 const std::string kSource = FEDPEFT_SOURCE_DIR;
 const std::string kBinary = FEDPEFT_BINARY;
 const std::string kModel = kSource + "/assets/stories260K";
-const std::string kLlama2c = kSource + "/assets/stories260K-llama2c/stories260K.bin";
+const std::string kLlama2c =
+    kSource + "/assets/stories260K-llama2c/stories260K.bin";
 const std::string kShakespeare =
     kSource + "/assets/data/tinyshakespeare/input.txt";
 
@@ -124,10 +125,9 @@ TEST_F(CliTest, HelpAndUnknownCommand) {
 }
 
 TEST_F(CliTest, GreedyGenerationIsDeterministicAndLayoutIndependent) {
-  std::vector<std::string> args{"generate",      "--model", kModel,
-                                "--prompt",      "Once upon a time",
-                                "--max-tokens",  "40",
-                                "--temperature", "0"};
+  std::vector<std::string> args{"generate", "--model",          kModel,
+                                "--prompt", "Once upon a time", "--max-tokens",
+                                "40",       "--temperature",    "0"};
   Result a = Run(args);
   Result b = Run(args);
   ASSERT_EQ(a.exit_code, 0) << a.err;
@@ -161,10 +161,10 @@ TEST_F(CliTest, TrainEvalGenerateExportRoundTrip) {
                   "--set", "data.max_seq_len=64", "--split", "eval"});
   ASSERT_EQ(e.exit_code, 0) << e.err;
   EXPECT_NEAR(Field(e.out, "eval_loss"), after, 1e-4) << e.out;
-  Result base = Run({"eval", "--model", kModel, "--config",
-                     "configs/local_train.yaml", "--set",
-                     "data.max_records=800", "--set", "data.max_seq_len=64",
-                     "--split", "eval"});
+  Result base =
+      Run({"eval", "--model", kModel, "--config", "configs/local_train.yaml",
+           "--set", "data.max_records=800", "--set", "data.max_seq_len=64",
+           "--split", "eval"});
   ASSERT_EQ(base.exit_code, 0) << base.err;
   EXPECT_NEAR(Field(base.out, "eval_loss"), before, 1e-4);
   std::string last_line = e.out.substr(e.out.rfind("eval_loss="));
@@ -177,15 +177,15 @@ TEST_F(CliTest, TrainEvalGenerateExportRoundTrip) {
   ASSERT_EQ(x.exit_code, 0) << x.err;
   EXPECT_TRUE(fs::exists(merged + "/config.json"));
   EXPECT_TRUE(fs::exists(merged + "/tokenizer.model"));
-  Result g1 = Run({"generate", "--adapter", out, "--prompt", "ROMEO:",
-                   "--max-tokens", "30"});
-  Result g2 = Run({"generate", "--model", merged, "--prompt", "ROMEO:",
-                   "--max-tokens", "30"});
+  Result g1 = Run({"generate", "--adapter", out, "--prompt",
+                   "ROMEO:", "--max-tokens", "30"});
+  Result g2 = Run({"generate", "--model", merged, "--prompt",
+                   "ROMEO:", "--max-tokens", "30"});
   ASSERT_EQ(g1.exit_code, 0) << g1.err;
   ASSERT_EQ(g2.exit_code, 0) << g2.err;
   EXPECT_EQ(g1.out, g2.out);
-  Result g0 = Run({"generate", "--model", kModel, "--prompt", "ROMEO:",
-                   "--max-tokens", "30"});
+  Result g0 = Run({"generate", "--model", kModel, "--prompt",
+                   "ROMEO:", "--max-tokens", "30"});
   EXPECT_NE(g0.out, g1.out) << "the adapter changed nothing";
 
   // Re-export as an adapter folder: loadable, same tensors.
@@ -207,15 +207,15 @@ TEST_F(CliTest, BottleneckAdapterTrains) {
 }
 
 TEST_F(CliTest, BadConfigNamesTheKey) {
-  Result r = Run({"train", "--config", "configs/local_train.yaml", "--out",
-                  Path("o"), "--set", "train.optim.lrr=1", "--set",
-                  "peft.lora.r=zero"});
+  Result r =
+      Run({"train", "--config", "configs/local_train.yaml", "--out", Path("o"),
+           "--set", "train.optim.lrr=1", "--set", "peft.lora.r=zero"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("unknown key 'train.optim.lrr'"));
   EXPECT_THAT(r.err, HasSubstr("peft.lora.r"));
   EXPECT_THAT(r.err, HasSubstr("zero"));
-  Result missing = Run({"train", "--config", Path("nope.yaml"), "--out",
-                        Path("o")});
+  Result missing =
+      Run({"train", "--config", Path("nope.yaml"), "--out", Path("o")});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_THAT(missing.err, HasSubstr("nope.yaml"));
 }
@@ -261,8 +261,8 @@ TEST_F(CliTest, BadModelFilesAreNamed) {
   EXPECT_THAT(r.err, HasSubstr("gpt2"));
 
   // Bad --max-tokens is a usage error with a message, not a crash.
-  r = Run({"generate", "--model", kModel, "--prompt", "x", "--max-tokens",
-           "lots"});
+  r = Run(
+      {"generate", "--model", kModel, "--prompt", "x", "--max-tokens", "lots"});
   EXPECT_EQ(r.exit_code, 2);
 }
 

@@ -105,7 +105,8 @@ class FederationTest : public ::testing::Test {
     return -1;
   }
 
-  bool WaitFor(const std::function<bool()>& ready, std::chrono::seconds timeout) {
+  bool WaitFor(const std::function<bool()>& ready,
+               std::chrono::seconds timeout) {
     auto until = Clock::now() + timeout;
     while (Clock::now() < until) {
       if (ready()) return true;
@@ -114,39 +115,65 @@ class FederationTest : public ::testing::Test {
     return ready();
   }
 
-  std::vector<std::string> CoordinatorArgs(int port, int rounds,
-                                           int min_available,
-                                           std::vector<std::string> extra = {}) {
+  std::vector<std::string> CoordinatorArgs(
+      int port, int rounds, int min_available,
+      std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {
-        "coordinator", "--config", "configs/flat/coordinator.yaml",
-        "--set", "server.address=127.0.0.1:" + std::to_string(port),
-        "--set", "federation.rounds=" + std::to_string(rounds),
-        "--set", "federation.min_available=" + std::to_string(min_available),
-        "--set", "federation.heartbeat_interval_ms=300",
-        "--set", "federation.worker_timeout_s=3",
-        "--set", "federation.task_wait_ms=1000",
-        "--set", "federation.shutdown_grace_s=3",
-        "--set", "federation.round_deadline_s=120",
-        "--set", "train.local_steps=4",
-        "--set", "eval.data.max_records=600",
-        "--set", "eval.data.max_seq_len=64",
-        "--set", "checkpoint.dir=" + Path("ckpt"),
-        "--set", "logging.metrics_file=" + Path("metrics.jsonl"),
-        "--set", "model.threads=1"};
+        "coordinator",
+        "--config",
+        "configs/flat/coordinator.yaml",
+        "--set",
+        "server.address=127.0.0.1:" + std::to_string(port),
+        "--set",
+        "federation.rounds=" + std::to_string(rounds),
+        "--set",
+        "federation.min_available=" + std::to_string(min_available),
+        "--set",
+        "federation.heartbeat_interval_ms=300",
+        "--set",
+        "federation.worker_timeout_s=3",
+        "--set",
+        "federation.task_wait_ms=1000",
+        "--set",
+        "federation.shutdown_grace_s=3",
+        "--set",
+        "federation.round_deadline_s=120",
+        "--set",
+        "train.local_steps=4",
+        "--set",
+        "eval.data.max_records=600",
+        "--set",
+        "eval.data.max_seq_len=64",
+        "--set",
+        "checkpoint.dir=" + Path("ckpt"),
+        "--set",
+        "logging.metrics_file=" + Path("metrics.jsonl"),
+        "--set",
+        "model.threads=1"};
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
 
-  pid_t StartWorker(int port, int i, int n, std::vector<std::string> extra = {}) {
+  pid_t StartWorker(int port, int i, int n,
+                    std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {
-        "worker", "--config", "configs/flat/worker.yaml",
-        "--set", "worker.id=worker-" + std::to_string(i),
-        "--set", "data.shard=" + std::to_string(i) + "/" + std::to_string(n),
-        "--set", "data.max_records=600",
-        "--set", "data.max_seq_len=64",
-        "--set", "server.address=127.0.0.1:" + std::to_string(port),
-        "--set", "server.task_wait_ms=1000",
-        "--set", "server.backoff_max_ms=1000"};
+        "worker",
+        "--config",
+        "configs/flat/worker.yaml",
+        "--set",
+        "worker.id=worker-" + std::to_string(i),
+        "--set",
+        "data.shard=" + std::to_string(i) + "/" + std::to_string(n),
+        "--set",
+        "data.max_records=600",
+        "--set",
+        "data.max_seq_len=64",
+        "--set",
+        "server.address=127.0.0.1:" + std::to_string(port),
+        "--set",
+        "server.task_wait_ms=1000",
+        "--set",
+        "server.backoff_max_ms=1000"};
     args.insert(args.end(), extra.begin(), extra.end());
     return Spawn(args, Path("worker-" + std::to_string(i) + ".log"));
   }
@@ -202,9 +229,9 @@ TEST_F(FederationTest, ThreeWorkersTwoRoundsThenExport) {
   EXPECT_THAT(log, HasSubstr("round 2/2 done: selected 3 answered 3"));
 
   // The merged global adapter exports in PEFT format and loads.
-  pid_t ex = Spawn({"export", "--checkpoint", Path("ckpt"), "--out",
-                    Path("adapter")},
-                   Path("export.log"));
+  pid_t ex =
+      Spawn({"export", "--checkpoint", Path("ckpt"), "--out", Path("adapter")},
+            Path("export.log"));
   ASSERT_EQ(Wait(ex, std::chrono::seconds(60)), 0) << Slurp(Path("export.log"));
   EXPECT_TRUE(fs::exists(Path("adapter/adapter_config.json")));
   pid_t gen = Spawn({"generate", "--adapter", Path("adapter"), "--prompt",
@@ -260,13 +287,13 @@ TEST_F(FederationTest, CoordinatorRestartResumesWithTheSameAdapter) {
   pid_t coord = Spawn(CoordinatorArgs(port, 3, 2), Path("coordinator.log"));
   std::vector<pid_t> workers;
   for (int i = 0; i < 2; ++i) {
-    workers.push_back(StartWorker(port, i, 2,
-                                  {"--set", "simulation.slowdown=3"}));
+    workers.push_back(
+        StartWorker(port, i, 2, {"--set", "simulation.slowdown=3"}));
   }
   // Kill the coordinator as soon as round 1 is checkpointed.
-  ASSERT_TRUE(WaitFor(
-      [&] { return Slurp(Path("ckpt/LATEST")) == "round-000001\n"; },
-      std::chrono::seconds(240)))
+  ASSERT_TRUE(
+      WaitFor([&] { return Slurp(Path("ckpt/LATEST")) == "round-000001\n"; },
+              std::chrono::seconds(240)))
       << Logs();
   kill(coord, SIGKILL);
   Wait(coord, std::chrono::seconds(10));
@@ -300,19 +327,31 @@ TEST_F(FederationTest, SimulateRunsTheWholeFederation) {
     std::string out = Path("sim-" + mode);
     std::string log = Path("simulate-" + mode + ".txt");
     pid_t sim = Spawn(
-        {"simulate", "--config", "configs/quickstart.yaml", "--out", out,
-         "--set", "simulation.mode=" + mode,
-         "--set", std::string("simulation.workers=") + (mode == "threads" ? "6" : "3"),
-         "--set", "simulation.dropout_prob=[0]",
-         "--set", "simulation.sample_tokens=8",
-         "--set", "coordinator.federation.rounds=2",
-         "--set", "coordinator.train.local_steps=3",
-         "--set", "coordinator.eval.data.max_records=600",
-         "--set", "worker.data.max_records=600",
-         "--set", "worker.data.max_seq_len=64"},
+        {"simulate",
+         "--config",
+         "configs/quickstart.yaml",
+         "--out",
+         out,
+         "--set",
+         "simulation.mode=" + mode,
+         "--set",
+         std::string("simulation.workers=") + (mode == "threads" ? "6" : "3"),
+         "--set",
+         "simulation.dropout_prob=[0]",
+         "--set",
+         "simulation.sample_tokens=8",
+         "--set",
+         "coordinator.federation.rounds=2",
+         "--set",
+         "coordinator.train.local_steps=3",
+         "--set",
+         "coordinator.eval.data.max_records=600",
+         "--set",
+         "worker.data.max_records=600",
+         "--set",
+         "worker.data.max_seq_len=64"},
         log);
-    ASSERT_EQ(Wait(sim, std::chrono::seconds(400)), 0)
-        << Slurp(log) << Logs();
+    ASSERT_EQ(Wait(sim, std::chrono::seconds(400)), 0) << Slurp(log) << Logs();
     std::string text = Slurp(log);
     EXPECT_THAT(text, HasSubstr("2 rounds aggregated"));
     EXPECT_THAT(text, HasSubstr("sample, base+adapter:"));
@@ -325,10 +364,10 @@ TEST_F(FederationTest, SimulateRunsTheWholeFederation) {
 }
 
 TEST_F(FederationTest, ConfigErrorsNameTheKeyAndExitNonZero) {
-  pid_t c = Spawn({"coordinator", "--config", "configs/flat/coordinator.yaml",
-                   "--set", "federation.rounds=0", "--set",
-                   "strategy.nmae=fedavg"},
-                  Path("c.log"));
+  pid_t c =
+      Spawn({"coordinator", "--config", "configs/flat/coordinator.yaml",
+             "--set", "federation.rounds=0", "--set", "strategy.nmae=fedavg"},
+            Path("c.log"));
   EXPECT_EQ(Wait(c, std::chrono::seconds(30)), 1);
   std::string log = Slurp(Path("c.log"));
   EXPECT_THAT(log, HasSubstr("federation.rounds: must be >= 1, got 0"));
@@ -339,7 +378,8 @@ TEST_F(FederationTest, ConfigErrorsNameTheKeyAndExitNonZero) {
   EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 1);
   log = Slurp(Path("w.log"));
   EXPECT_THAT(log, HasSubstr("data.shard"));
-  EXPECT_THAT(log, HasSubstr("worker.threads: expected an integer, got 'many'"));
+  EXPECT_THAT(log,
+              HasSubstr("worker.threads: expected an integer, got 'many'"));
 }
 
 }  // namespace

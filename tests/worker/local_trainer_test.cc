@@ -97,8 +97,7 @@ TEST_F(TrainerTest, OnlyAdapterParametersChange) {
   std::vector<data::Example> train, eval;
   Examples(100, &train, &eval);
   auto pm = NewLora();
-  torch::Tensor q_before =
-      pm->model().ProjectionWeight(0, "q_proj").clone();
+  torch::Tensor q_before = pm->model().ProjectionWeight(0, "q_proj").clone();
   TensorMap adapter_before;
   for (const auto& kv : pm->AdapterTensors()) {
     adapter_before[kv.first] = kv.second.detach().clone();
@@ -108,9 +107,10 @@ TEST_F(TrainerTest, OnlyAdapterParametersChange) {
   t.progress_bar = false;
   LocalTrainer trainer(*pm, t, torch::Device(torch::kCPU));
   trainer.Train(train);
-  EXPECT_TRUE(torch::equal(q_before, pm->model().ProjectionWeight(0, "q_proj")));
-  EXPECT_TRUE(torch::equal(q_before, (*weights_)->Get(
-                                         "model.layers.0.self_attn.q_proj.weight")));
+  EXPECT_TRUE(
+      torch::equal(q_before, pm->model().ProjectionWeight(0, "q_proj")));
+  EXPECT_TRUE(torch::equal(
+      q_before, (*weights_)->Get("model.layers.0.self_attn.q_proj.weight")));
   int changed = 0;
   for (const auto& kv : pm->AdapterTensors()) {
     if (!torch::equal(adapter_before[kv.first], kv.second)) ++changed;
@@ -183,8 +183,8 @@ TEST_F(TrainerTest, FedProxKeepsParametersNearTheAnchor) {
 }
 
 TEST(LearningRateTest, WarmupThenCosineToFloor) {
-  auto w = model::RandomLlamaWeights(
-      model::LlamaConfig{16, 32, 1, 2, 2, 32, 64}, 1);
+  auto w =
+      model::RandomLlamaWeights(model::LlamaConfig{16, 32, 1, 2, 2, 32, 64}, 1);
   auto pm = peft::PeftModel::Create(w, peft::PeftOptions{}, 1);
   ASSERT_TRUE(pm.ok()) << pm.status().ToString();
   TrainOptions t;
@@ -204,9 +204,9 @@ TEST(LearningRateTest, WarmupThenCosineToFloor) {
 
 TEST(TrainConfigTest, ErrorsNameKeysAndFile) {
   std::string path = kSource + "/configs/local_train.yaml";
-  auto cfg = LoadTrainJobConfig(
-      path, {"train.batch_size=0", "train.optim.lr=fast", "lora.r=4",
-             "model.dtype=int8"});
+  auto cfg =
+      LoadTrainJobConfig(path, {"train.batch_size=0", "train.optim.lr=fast",
+                                "lora.r=4", "model.dtype=int8"});
   ASSERT_FALSE(cfg.ok());
   const std::string& m = cfg.status().message();
   EXPECT_THAT(m, HasSubstr("local_train.yaml"));
