@@ -146,7 +146,8 @@ grpc::Status FederationService::UploadUpdate(
           "upload: the first message must be an UpdateHeader"));
     }
     uint64_t bytes = msg.ByteSizeLong();
-    const proto::UpdateHeader& h = msg.header();
+    // A copy: the read loop below reuses `msg` for the chunks.
+    const proto::UpdateHeader h = msg.header();
     const std::string session = h.session_id();
     const int64_t round = static_cast<int64_t>(h.round());
     // Refuse early: a stale, duplicate or unselected upload is not read.
