@@ -77,6 +77,19 @@ StatusOr<ReadyModel> LoadReadyModel(std::string model_path,
   return r;
 }
 
+// --model, --adapter and --tokenizer, as eval and generate take them.
+void AddModelOptions(po::options_description* desc, std::string* model_path,
+                     std::string* adapter_dir, std::string* tokenizer_path) {
+  desc->add_options()(
+      "model", po::value(model_path),
+      "base model: Hugging Face folder or llama2.c .bin (default: the "
+      "adapter's base model)")("adapter", po::value(adapter_dir),
+                               "PEFT adapter folder to apply")(
+      "tokenizer", po::value(tokenizer_path),
+      "tokenizer.model or llama2.c tokenizer .bin (default: beside the "
+      "model)");
+}
+
 std::string GreedySample(model::LlamaModel& m, const model::Tokenizer& tok,
                          const std::string& prompt, int max_tokens) {
   model::GenerateOptions options;
@@ -261,15 +274,8 @@ int RunEval(const Args& args) {
   int threads = 0;
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
-      "model", po::value(&model_path),
-      "base model: Hugging Face folder or llama2.c .bin (default: the "
-      "adapter's base model)")("adapter", po::value(&adapter_dir),
-                               "PEFT adapter folder to apply")(
       "data", po::value(&data_path),
       "data file (text, tiny-shakespeare, JSONL, JSON)")(
-      "tokenizer", po::value(&tokenizer_path),
-      "tokenizer.model or llama2.c tokenizer .bin (default: beside the "
-      "model)")(
       "config", po::value(&config_path),
       "optional job YAML (as for train): its data: section sets format, "
       "max_seq_len, eval_fraction, seed")(
@@ -281,6 +287,7 @@ int RunEval(const Args& args) {
                   "cpu, cuda or cuda:N")("threads",
                                          po::value(&threads)->default_value(0),
                                          "intra-op threads (0 = default)");
+  AddModelOptions(&desc, &model_path, &adapter_dir, &tokenizer_path);
   po::variables_map vm;
   int code = kExitOk;
   if (!ParseArgs(cmd,
@@ -353,13 +360,7 @@ int RunGenerate(const Args& args) {
   int threads = 0;
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
-      "model", po::value(&model_path),
-      "base model: Hugging Face folder or llama2.c .bin (default: the "
-      "adapter's base model)")("adapter", po::value(&adapter_dir),
-                               "PEFT adapter folder to apply")(
-      "tokenizer", po::value(&tokenizer_path),
-      "tokenizer.model or llama2.c tokenizer .bin (default: beside the "
-      "model)")("prompt", po::value(&prompt)->required(), "prompt text")(
+      "prompt", po::value(&prompt)->required(), "prompt text")(
       "max-tokens", po::value(&max_tokens)->default_value(64),
       "new tokens at most")("temperature",
                             po::value(&temperature)->default_value(0.0),
@@ -370,6 +371,7 @@ int RunGenerate(const Args& args) {
       "device", po::value(&device_name)->default_value("cpu"),
       "cpu, cuda or cuda:N")("threads", po::value(&threads)->default_value(0),
                              "intra-op threads (0 = default)");
+  AddModelOptions(&desc, &model_path, &adapter_dir, &tokenizer_path);
   po::variables_map vm;
   int code = kExitOk;
   if (!ParseArgs(cmd,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "proto/fedpeft.pb.h"
+#include "tests/proto/tensor_test_util.h"
 
 namespace fedpeft {
 namespace transport {
@@ -41,18 +42,6 @@ StatusOr<TensorMap> DecodeAll(const std::vector<proto::TensorChunk>& chunks,
   TensorDecoder decoder(std::move(limits));
   for (const proto::TensorChunk& c : chunks) RETURN_IF_ERROR(decoder.Add(c));
   return decoder.Finish();
-}
-
-void ExpectSameTensors(const TensorMap& got, const TensorMap& want) {
-  ASSERT_EQ(got.size(), want.size());
-  for (const auto& [name, t] : want) {
-    auto it = got.find(name);
-    ASSERT_NE(it, got.end()) << name;
-    EXPECT_EQ(it->second.scalar_type(), t.scalar_type()) << name;
-    EXPECT_EQ(it->second.sizes(), t.sizes()) << name;
-    EXPECT_TRUE(it->second.device().is_cpu()) << name;
-    EXPECT_TRUE(torch::equal(it->second, t.contiguous())) << name;
-  }
 }
 
 // A small adapter with every wire dtype, odd sizes so chunks split unevenly.

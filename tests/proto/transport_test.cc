@@ -17,6 +17,7 @@
 #include "proto/fedpeft.pb.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
+#include "tests/proto/tensor_test_util.h"
 
 namespace fedpeft {
 namespace transport {
@@ -25,18 +26,6 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr size_t kMiB = size_t{1} << 20;
-
-void ExpectSameTensors(const TensorMap& got, const TensorMap& want) {
-  ASSERT_EQ(got.size(), want.size());
-  for (const auto& [name, t] : want) {
-    auto it = got.find(name);
-    ASSERT_NE(it, got.end()) << name;
-    EXPECT_EQ(it->second.scalar_type(), t.scalar_type()) << name;
-    EXPECT_EQ(it->second.sizes(), t.sizes()) << name;
-    EXPECT_TRUE(it->second.device().is_cpu()) << name;
-    EXPECT_TRUE(torch::equal(it->second, t.contiguous())) << name;
-  }
-}
 
 // ---- a real gRPC server ---------------------------------------------------
 
