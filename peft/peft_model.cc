@@ -405,5 +405,20 @@ Status PeftModel::Unmerge() {
 
 void PeftModel::Train(bool on) { model_->train(on); }
 
+double LoraScaling(const LoraOptions& options, double alpha, int64_t r) {
+  return options.use_rslora ? alpha / std::sqrt(static_cast<double>(r))
+                            : alpha / static_cast<double>(r);
+}
+
+PeftOptions WithUniformRank(const PeftOptions& options, int64_t rank) {
+  PeftOptions out = options;
+  const double r0 = options.lora.r;
+  const double ratio = static_cast<double>(rank) / r0;
+  out.lora.r = static_cast<int>(rank);
+  out.lora.alpha =
+      options.lora.alpha * (options.lora.use_rslora ? std::sqrt(ratio) : ratio);
+  return out;
+}
+
 }  // namespace peft
 }  // namespace fedpeft

@@ -126,6 +126,14 @@ Status ValidatePeftOptions(const PeftOptions& options, int64_t n_layers = -1);
 // Rank and alpha that `options` give the projection at `module_path`
 // ("model.layers.3.self_attn.q_proj"), applying rank_pattern/alpha_pattern.
 int RankFor(const LoraOptions& options, const std::string& module_path);
+// `options` with every LoRA module at rank `rank` and the LoRA scaling
+// unchanged (alpha/r, or alpha/sqrt(r) with rsLoRA): alpha is scaled with the
+// rank, so adapters of different ranks are in the same units and the leading
+// components of one are a rank-truncation of the other.
+// REQUIRES: options.method == "lora", rank >= 1, no rank/alpha patterns.
+PeftOptions WithUniformRank(const PeftOptions& options, int64_t rank);
+// The LoRA scaling options give a module of rank r with alpha.
+double LoraScaling(const LoraOptions& options, double alpha, int64_t r);
 double AlphaFor(const LoraOptions& options, const std::string& module_path);
 
 }  // namespace peft
