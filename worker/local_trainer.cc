@@ -93,6 +93,7 @@ void TrainOptions::Read(ConfigReader& in) {
   in.Get("grad_accum", &grad_accum);
   in.Get("eval_batch_size", &eval_batch_size);
   in.Get("fedprox_mu", &fedprox_mu);
+  in.Get("trainable_layers", &trainable_layers);
   in.Get("log_every", &log_every);
   in.Get("progress_bar", &progress_bar);
   in.Get("seed", &seed);
@@ -108,6 +109,9 @@ void TrainOptions::Read(ConfigReader& in) {
            "must be >= 1, got " + ToConfigString(grad_accum));
   in.Check(eval_batch_size >= 1, "eval_batch_size",
            "must be >= 1, got " + ToConfigString(eval_batch_size));
+  in.Check(
+      trainable_layers >= 0, "trainable_layers",
+      "must be >= 0 (0 = all layers), got " + ToConfigString(trainable_layers));
   in.Check(fedprox_mu >= 0, "fedprox_mu",
            "must be >= 0, got " + ToConfigString(fedprox_mu));
   in.Check(log_every >= 0, "log_every",
@@ -147,15 +151,49 @@ EvalResult Evaluate(model::LlamaModel& model,
   return result;
 }
 
+int64_t LayerOfKey(const std::string& key) {
+  static const std::string kLayers = "layers.";
+  size_t pos = key.find(kLayers);
+  if (pos == std::string::npos) return -1;
+  pos += kLayers.size();
+  int64_t layer = 0;
+  size_t digits = 0;
+  while (pos < key.size() &&
+         std::isdigit(static_cast<unsigned char>(key[pos]))) {
+    layer = layer * 10 + (key[pos++] - '0');
+    ++digits;
+  }
+  return digits > 0 ? layer : -1;
+}
+
 LocalTrainer::LocalTrainer(peft::PeftModel& peft, const TrainOptions& options,
                            torch::Device device)
     : peft_(peft), options_(options), device_(device) {
-  params_ = peft_.TrainableParameters();
+  // Freeze by flipping requires_grad on the live parameters; the PeftModel
+  // is reused across rounds, so every tensor is reset here.
+  const int64_t n_layers = peft_.model().config().n_layers;
+  const int64_t first_trainable =
+      options_.trainable_layers > 0
+          ? std::max<int64_t>(0, n_layers - options_.trainable_layers)
+          : 0;
+  peft_.model().set_first_trainable_layer(first_trainable);
+  for (const auto& [key, t] : peft_.AdapterTensors()) {
+    bool train = !options_.frozen.count(key) &&
+                 (first_trainable == 0 || LayerOfKey(key) >= first_trainable);
+    t.requires_grad_(train);
+    if (train) {
+      params_.push_back(t);
+      trained_keys_.insert(key);
+    }
+  }
   auto adamw = torch::optim::AdamWOptions(options_.optim.lr)
                    .betas({options_.optim.beta1, options_.optim.beta2})
                    .eps(options_.optim.eps)
                    .weight_decay(options_.optim.weight_decay);
-  optimizer_ = std::make_unique<torch::optim::AdamW>(params_, adamw);
+  // Everything frozen (possible with APF): Step then only measures the loss.
+  if (!params_.empty()) {
+    optimizer_ = std::make_unique<torch::optim::AdamW>(params_, adamw);
+  }
 }
 
 void LocalTrainer::SetProximalAnchor(const TensorMap& global) {
@@ -195,6 +233,21 @@ double LocalTrainer::LearningRate(int64_t step, int64_t total_steps) const {
 double LocalTrainer::Step(const std::vector<data::Batch>& micro_batches,
                           int64_t total_steps) {
   peft_.Train(true);
+  if (!optimizer_) {
+    torch::NoGradGuard no_grad;
+    double loss_sum = 0.0;
+    int64_t total_tokens = 0;
+    for (const data::Batch& b : micro_batches) {
+      if (b.num_target_tokens == 0) continue;
+      data::Batch on_device{b.tokens.to(device_), b.targets.to(device_),
+                            b.num_target_tokens};
+      loss_sum += LanguageModelLoss(peft_.model(), on_device).item<double>() *
+                  static_cast<double>(b.num_target_tokens);
+      total_tokens += b.num_target_tokens;
+    }
+    ++step_;
+    return loss_sum / static_cast<double>(std::max<int64_t>(1, total_tokens));
+  }
   double lr = LearningRate(step_, total_steps);
   for (auto& group : optimizer_->param_groups()) {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,13 @@ struct TrainOptions {
   int log_every = 10;        // steps between log lines (0 = never)
   bool progress_bar = true;  // redraw a bar on stderr when it is a terminal
   uint64_t seed = 1234;      // data order and dropout
+  // Layer freezing for weak devices: only the top `trainable_layers`
+  // layers train (0 = all). The layers below run their forward without
+  // autograd, so they keep no activations and run no backward.
+  int trainable_layers = 0;
+  // Adapter tensors (PEFT keys) left untouched this run: adaptive freezing,
+  // FFA-LoRA's fixed A. Set per round by the federated worker, not in YAML.
+  std::set<std::string> frozen;
   OptimOptions optim;
 
   void Read(ConfigReader& in);  // keys of a "train" section
@@ -81,6 +89,10 @@ EvalResult Evaluate(model::LlamaModel& model,
                     const std::vector<data::Example>& examples, int batch_size,
                     const torch::Device& device);
 
+// The layer index of a PEFT key ("...model.layers.3.self_attn..." -> 3);
+// -1 when the key names no layer.
+int64_t LayerOfKey(const std::string& key);
+
 class LocalTrainer {
  public:
   // REQUIRES: `peft` outlives the trainer.
@@ -101,6 +113,9 @@ class LocalTrainer {
   void SetProximalAnchor(const TensorMap& global);
 
   int64_t step() const { return step_; }
+  // PEFT keys this trainer updates (the adapter minus `frozen` and the
+  // layers below the trainable ones).
+  const std::set<std::string>& trained_keys() const { return trained_keys_; }
   double LearningRate(int64_t step, int64_t total_steps) const;
 
  private:
@@ -108,6 +123,7 @@ class LocalTrainer {
   TrainOptions options_;
   torch::Device device_;
   std::vector<torch::Tensor> params_;
+  std::set<std::string> trained_keys_;
   std::vector<torch::Tensor> anchor_;  // FedProx, aligned with params_
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   int64_t step_ = 0;

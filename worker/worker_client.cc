@@ -7,12 +7,15 @@
 #include <fstream>
 #include <thread>
 
+#include "aggregation/hetero_rank.h"
 #include "common/logging.h"
 #include "model/loader.h"
 #include "peft/peft_io.h"
+#include "peft/rank_assignment.h"
 #include "proto/fedpeft.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
+#include "worker/federation_client.h"
 #include "worker/local_trainer.h"
 
 namespace fedpeft {
@@ -73,57 +76,45 @@ class WorkerClient::Impl {
   Status Init();
   Status Run();
   void Stop() {
-    stop_ = true;
-    std::lock_guard<std::mutex> lock(mu_);
-    cv_.notify_all();
+    if (client_) client_->Stop();
   }
   WorkerStats stats() {
     std::lock_guard<std::mutex> lock(mu_);
-    return stats_;
+    WorkerStats s = stats_;
+    s.registrations = client_ ? client_->registrations() : 0;
+    return s;
   }
 
  private:
-  // Runs `call` (returning grpc::Status) until it succeeds, fails in a way
-  // retrying cannot fix, or the worker stops. UNAVAILABLE (and
-  // DEADLINE_EXCEEDED for idempotent calls) is retried with backoff;
-  // NOT_FOUND (unknown session) re-registers first.
-  template <typename Call>
-  Status WithRetry(const std::string& what, bool idempotent, Call call);
-  Status Register();
-  Status RegisterOnce();
+  proto::WorkerProfile Profile();
+  Status OnRegistered(const proto::RegisterReply& reply);
+  // Rebuilds the adapter at `rank` (0 = the registered config's rank).
+  Status UseRank(int64_t rank);
   Status TrainRound(const proto::Task& task);
-  StatusOr<TensorMap> Download(int64_t round, uint64_t* bytes);
-  Status Upload(const proto::UpdateHeader& header, const TensorMap& delta,
-                uint64_t* bytes);
-  void HeartbeatLoop();
-  bool SleepFor(milliseconds d);  // false when stopped meanwhile
+  // The adapter of `round` at the current rank, from the server and, for
+  // tensors it left out as unchanged, the cache of the last round.
+  StatusOr<TensorMap> FetchAdapter(int64_t round, uint64_t* bytes);
   double MeasureTokensPerSecond();
-  std::string session() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return session_;
-  }
 
   const WorkerConfig config_;
   std::shared_ptr<const model::LlamaWeights> base_;
   std::shared_ptr<const model::Tokenizer> tokenizer_;
   std::vector<data::Example> train_;
   std::vector<data::Example> eval_;
+  std::unique_ptr<FederationClient> client_;
   std::unique_ptr<peft::PeftModel> peft_;
+  peft::PeftOptions registered_;  // the server's adapter config
   std::string adapter_config_json_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<proto::Federation::Stub> stub_;
-  size_t chunk_bytes_ = 1 << 20;
-  size_t max_message_bytes_ = 16 << 20;
+  int64_t rank_ = 0;  // rank of peft_ (LoRA); 0 before the first build
+  // The last adapter downloaded, at rank cache_rank_, for round cache_round_.
+  TensorMap cache_;
+  int64_t cache_rank_ = -1;
+  uint64_t cache_round_ = 0;
   torch::Device device_{torch::kCPU};
   double tokens_per_second_ = 0;
   std::mt19937_64 rng_;
-  std::atomic<bool> stop_{false};
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::string session_;                    // GUARDED_BY(mu_)
-  int heartbeat_ms_ = 2000;                // GUARDED_BY(mu_)
-  WorkerStats stats_;                      // GUARDED_BY(mu_)
-  Clock::time_point unreachable_since_{};  // zero = reachable
+  WorkerStats stats_;  // GUARDED_BY(mu_)
 };
 
 Status WorkerClient::Impl::Init() {
@@ -164,71 +155,16 @@ Status WorkerClient::Impl::Init() {
         (config_.shard.empty() ? "" : " shard " + config_.shard) +
         " gave no training examples");
   }
-  transport::ChannelOptions channel;
-  max_message_bytes_ = static_cast<size_t>(config_.server.max_message_mb) << 20;
-  channel.max_message_bytes = max_message_bytes_;
-  channel.max_reconnect_backoff = milliseconds(config_.server.backoff_max_ms);
-  ASSIGN_OR_RETURN(channel_,
-                   transport::MakeChannel(config_.server.address, channel));
-  stub_ = proto::Federation::NewStub(channel_);
+  client_ = std::make_unique<FederationClient>(
+      config_.worker.id, config_.server, [this] { return Profile(); },
+      [this](const proto::RegisterReply& r) { return OnRegistered(r); });
+  RETURN_IF_ERROR(client_->Connect());
   FP_LOG_INFO("worker",
               "'{}': {} records -> {} train / {} eval examples{}; server {}",
               config_.worker.id, num_records, train_.size(), eval_.size(),
               config_.shard.empty() ? "" : " (shard " + config_.shard + ")",
               config_.server.address);
   return Status::Ok();
-}
-
-bool WorkerClient::Impl::SleepFor(milliseconds d) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return !cv_.wait_for(lock, d, [this] { return stop_.load(); });
-}
-
-template <typename Call>
-Status WorkerClient::Impl::WithRetry(const std::string& what, bool idempotent,
-                                     Call call) {
-  transport::BackoffOptions bo;
-  bo.initial = milliseconds(config_.server.backoff_initial_ms);
-  bo.max = milliseconds(config_.server.backoff_max_ms);
-  transport::Backoff backoff(bo);
-  while (!stop_) {
-    grpc::Status s = call();
-    if (s.ok()) {
-      unreachable_since_ = Clock::time_point{};
-      return Status::Ok();
-    }
-    if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
-      FP_LOG_WARN("worker",
-                  "'{}': {} — the server lost our session ({}); "
-                  "registering again",
-                  config_.worker.id, what, s.error_message());
-      RETURN_IF_ERROR(Register());
-      continue;
-    }
-    if (!transport::IsRetryable(s, idempotent)) {
-      return transport::FromGrpcStatus(s,
-                                       what + " to " + config_.server.address);
-    }
-    if (unreachable_since_ == Clock::time_point{}) {
-      unreachable_since_ = Clock::now();
-    }
-    double down =
-        std::chrono::duration<double>(Clock::now() - unreachable_since_)
-            .count();
-    if (config_.server.give_up_after_s > 0 &&
-        down > config_.server.give_up_after_s) {
-      return Status::Unavailable(
-          "server " + config_.server.address + " unreachable for " +
-          std::to_string(static_cast<int>(down)) + "s: giving up");
-    }
-    milliseconds delay = backoff.Next();
-    FP_LOG_WARN("worker", "'{}': {} failed ({}: {}); retrying in {} ms",
-                config_.worker.id, what,
-                transport::GrpcCodeName(s.error_code()), s.error_message(),
-                delay.count());
-    if (!SleepFor(delay)) break;
-  }
-  return Status::Unavailable("stopped");
 }
 
 double WorkerClient::Impl::MeasureTokensPerSecond() {
@@ -245,185 +181,97 @@ double WorkerClient::Impl::MeasureTokensPerSecond() {
   auto t0 = Clock::now();
   trainer.Step(batches, 1);
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  secs *= std::max(1.0, config_.simulation.slowdown);
   return secs > 0 ? batches[0].num_target_tokens / secs : 0;
 }
 
-Status WorkerClient::Impl::RegisterOnce() {
-  proto::RegisterRequest req;
-  proto::WorkerProfile* p = req.mutable_profile();
-  p->set_worker_id(config_.worker.id);
-  p->set_threads(config_.worker.threads);
-  p->set_ram_bytes(config_.worker.ram_mb > 0
-                       ? static_cast<uint64_t>(config_.worker.ram_mb) << 20
-                       : AvailableRamBytes());
-  p->set_tokens_per_second(tokens_per_second_);
-  p->set_uplink_bytes_per_second(config_.worker.uplink_mbps * 1e6 / 8);
-  p->set_num_samples(train_.size());
-  p->set_version("0.1.0");
-  proto::RegisterReply reply;
-  grpc::ClientContext ctx;
-  transport::SetTimeout(
-      &ctx,
-      milliseconds(static_cast<int64_t>(config_.server.rpc_timeout_s * 1000)));
-  grpc::Status s = stub_->Register(&ctx, req, &reply);
-  if (!s.ok()) return transport::FromGrpcStatus(s, "Register");
-  if (reply.adapter_config_json() != adapter_config_json_ || !peft_) {
-    ASSIGN_OR_RETURN(
-        peft::PeftOptions options,
-        peft::AdapterConfigFromJson(reply.adapter_config_json(),
-                                    "the server's adapter config"));
-    ASSIGN_OR_RETURN(peft_, peft::PeftModel::Create(base_, options, 1));
-    peft_->model().to(device_);
-    adapter_config_json_ = reply.adapter_config_json();
+proto::WorkerProfile WorkerClient::Impl::Profile() {
+  proto::WorkerProfile p;
+  p.set_worker_id(config_.worker.id);
+  p.set_role(proto::ROLE_WORKER);
+  p.set_threads(config_.worker.threads);
+  p.set_ram_bytes(config_.worker.ram_mb > 0
+                      ? static_cast<uint64_t>(config_.worker.ram_mb) << 20
+                      : AvailableRamBytes());
+  p.set_tokens_per_second(tokens_per_second_);
+  p.set_uplink_bytes_per_second(config_.worker.uplink_mbps * 1e6 / 8);
+  p.set_num_samples(train_.size());
+  p.set_seq_len(static_cast<uint32_t>(config_.data.max_seq_len));
+  p.set_version("0.1.0");
+  return p;
+}
+
+Status WorkerClient::Impl::OnRegistered(const proto::RegisterReply& reply) {
+  if (reply.adapter_config_json() == adapter_config_json_ && peft_) {
+    return Status::Ok();
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  session_ = reply.session_id();
-  heartbeat_ms_ = std::max<int>(50, reply.heartbeat_interval_ms());
-  if (reply.chunk_bytes() > 0) {
-    chunk_bytes_ = std::min<size_t>(
-        reply.chunk_bytes(),
-        transport::ChunkBytesForMessageLimit(max_message_bytes_));
+  ASSIGN_OR_RETURN(registered_,
+                   peft::AdapterConfigFromJson(reply.adapter_config_json(),
+                                               "the server's adapter config"));
+  adapter_config_json_ = reply.adapter_config_json();
+  peft_.reset();
+  cache_.clear();
+  cache_rank_ = -1;
+  return UseRank(0);
+}
+
+Status WorkerClient::Impl::UseRank(int64_t rank) {
+  peft::PeftOptions options = registered_;
+  int64_t r = rank;
+  if (options.method == "lora") {
+    if (r <= 0) r = options.lora.r;
+    if (r != options.lora.r) options = peft::WithUniformRank(options, r);
+  } else if (r > 0) {
+    return Status::InvalidArgument("task rank " + std::to_string(r) +
+                                   " for a " + options.method +
+                                   " adapter (ranks are LoRA's)");
   }
-  stats_.registrations++;
-  FP_LOG_INFO("worker",
-              "'{}' registered with federation '{}' at {} ({:.0f} "
-              "tok/s)",
-              config_.worker.id, reply.federation_id(), config_.server.address,
-              tokens_per_second_);
+  if (peft_ && r == rank_) return Status::Ok();
+  ASSIGN_OR_RETURN(peft_, peft::PeftModel::Create(base_, options, 1));
+  peft_->model().to(device_);
+  rank_ = r;
   return Status::Ok();
 }
 
-Status WorkerClient::Impl::Register() {
-  transport::BackoffOptions bo;
-  bo.initial = milliseconds(config_.server.backoff_initial_ms);
-  bo.max = milliseconds(config_.server.backoff_max_ms);
-  transport::Backoff backoff(bo);
-  auto start = Clock::now();
-  while (!stop_) {
-    Status s = RegisterOnce();
-    if (s.ok()) return s;
-    if (s.code() != StatusCode::kUnavailable &&
-        s.code() != StatusCode::kDeadlineExceeded) {
-      return s;  // e.g. a config mismatch: retrying cannot help
-    }
-    double down = std::chrono::duration<double>(Clock::now() - start).count();
-    if (config_.server.give_up_after_s > 0 &&
-        down > config_.server.give_up_after_s) {
-      return Status::Unavailable(
-          "server " + config_.server.address + " unreachable for " +
-          std::to_string(static_cast<int>(down)) + "s: giving up");
-    }
-    milliseconds delay = backoff.Next();
-    FP_LOG_INFO("worker",
-                "'{}': server {} not reachable ({}); retrying in {} "
-                "ms",
-                config_.worker.id, config_.server.address, s.message(),
-                delay.count());
-    if (!SleepFor(delay)) break;
+StatusOr<TensorMap> WorkerClient::Impl::FetchAdapter(int64_t round,
+                                                     uint64_t* bytes) {
+  const auto expected = transport::SpecsOf(peft_->AdapterTensors());
+  const bool use_cache = cache_rank_ == rank_ && !cache_.empty();
+  ASSIGN_OR_RETURN(
+      TensorMap got,
+      client_->Download(round, use_cache ? cache_round_ : 0, expected, bytes));
+  if (use_cache) {
+    TensorMap merged = cache_;
+    for (auto& kv : got) merged[kv.first] = std::move(kv.second);
+    got = std::move(merged);
   }
-  return Status::Unavailable("stopped");
-}
-
-void WorkerClient::Impl::HeartbeatLoop() {
-  while (!stop_) {
-    int interval;
-    std::string sid;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      interval = heartbeat_ms_;
-      sid = session_;
-    }
-    if (!SleepFor(milliseconds(interval))) return;
-    if (sid.empty()) continue;
-    proto::HeartbeatRequest req;
-    req.set_session_id(sid);
-    proto::HeartbeatReply reply;
-    grpc::ClientContext ctx;
-    transport::SetTimeout(&ctx, milliseconds(std::max(1000, interval)));
-    grpc::Status s = stub_->Heartbeat(&ctx, req, &reply);
-    if (!s.ok()) {
-      FP_LOG_DEBUG("worker", "'{}': heartbeat failed: {}", config_.worker.id,
-                   s.error_message());
+  for (const auto& kv : expected) {
+    if (!got.count(kv.first)) {
+      return Status::FailedPrecondition("the server left out '" + kv.first +
+                                        "' as unchanged, but it is not in "
+                                        "our cache");
     }
   }
-}
-
-StatusOr<TensorMap> WorkerClient::Impl::Download(int64_t round,
-                                                 uint64_t* bytes) {
-  TensorMap result;
-  Status decode_error;
-  Status s = WithRetry("DownloadAdapter", /*idempotent=*/true, [&]() {
-    proto::DownloadRequest req;
-    req.set_session_id(session());
-    req.set_round(static_cast<uint64_t>(round));
-    grpc::ClientContext ctx;
-    transport::SetTimeout(&ctx, milliseconds(static_cast<int64_t>(
-                                    config_.server.rpc_timeout_s * 1000)));
-    transport::DecoderLimits limits;
-    limits.expected = transport::SpecsOf(peft_->AdapterTensors());
-    transport::TensorDecoder decoder(limits);
-    auto reader = stub_->DownloadAdapter(&ctx, req);
-    proto::TensorChunk chunk;
-    uint64_t n = 0;
-    decode_error = Status::Ok();
-    while (reader->Read(&chunk)) {
-      n += chunk.ByteSizeLong();
-      if (decode_error.ok()) decode_error = decoder.Add(chunk);
-      if (!decode_error.ok()) ctx.TryCancel();
-    }
-    grpc::Status st = reader->Finish();
-    if (!decode_error.ok()) return grpc::Status::OK;  // reported below
-    if (st.ok()) {
-      auto done = decoder.Finish();
-      if (!done.ok()) {
-        decode_error = done.status();
-      } else {
-        result = std::move(done).value();
-        *bytes = n;
-      }
-    }
-    return st;
-  });
-  RETURN_IF_ERROR(s);
-  RETURN_IF_ERROR(decode_error.WithContext("global adapter from the server"));
-  return result;
-}
-
-Status WorkerClient::Impl::Upload(const proto::UpdateHeader& header,
-                                  const TensorMap& delta, uint64_t* bytes) {
-  return WithRetry("UploadUpdate", /*idempotent=*/false, [&]() {
-    grpc::ClientContext ctx;
-    transport::SetTimeout(&ctx, milliseconds(static_cast<int64_t>(
-                                    config_.server.rpc_timeout_s * 1000)));
-    proto::UploadReply reply;
-    auto writer = stub_->UploadUpdate(&ctx, &reply);
-    proto::UploadMessage msg;
-    *msg.mutable_header() = header;
-    msg.mutable_header()->set_session_id(session());
-    uint64_t n = msg.ByteSizeLong();
-    bool ok = writer->Write(msg);
-    if (ok) {
-      Status enc = transport::EncodeTensors(delta, chunk_bytes_,
-                                            [&](const proto::TensorChunk& c) {
-                                              proto::UploadMessage m;
-                                              *m.mutable_chunk() = c;
-                                              n += m.ByteSizeLong();
-                                              return writer->Write(m);
-                                            });
-      (void)enc;  // a broken stream shows in Finish()
-    }
-    writer->WritesDone();
-    grpc::Status st = writer->Finish();
-    *bytes = n;
-    return st;
-  });
+  cache_ = got;
+  cache_rank_ = rank_;
+  cache_round_ = static_cast<uint64_t>(round);
+  return got;
 }
 
 Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   const int64_t round = static_cast<int64_t>(task.round());
   const proto::TrainSpec& spec = task.train();
+  RETURN_IF_ERROR(UseRank(task.rank()));
   uint64_t down_bytes = 0;
-  ASSIGN_OR_RETURN(TensorMap global, Download(round, &down_bytes));
+  auto fetched = FetchAdapter(round, &down_bytes);
+  if (!fetched.ok() &&
+      fetched.status().code() == StatusCode::kFailedPrecondition &&
+      !cache_.empty()) {
+    cache_.clear();  // out of step with the server: take everything
+    fetched = FetchAdapter(round, &down_bytes);
+  }
+  RETURN_IF_ERROR(fetched.status());
+  TensorMap global = std::move(fetched).value();
   RETURN_IF_ERROR(peft_->LoadAdapterTensors(global));
 
   TrainOptions t = config_.train;
@@ -435,6 +283,14 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   t.seed = spec.seed();
   t.progress_bar = false;
   t.log_every = 0;
+  t.frozen.insert(task.frozen().begin(), task.frozen().end());
+  if (spec.train_b_only()) {
+    for (const auto& kv : global) {
+      if (kv.first.find(".lora_A.") != std::string::npos) {
+        t.frozen.insert(kv.first);
+      }
+    }
+  }
   LocalTrainer trainer(*peft_, t, device_);
   if (t.fedprox_mu > 0) trainer.SetProximalAnchor(global);
   auto t0 = Clock::now();
@@ -446,7 +302,7 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   double compute = std::chrono::duration<double>(Clock::now() - t0).count();
   if (config_.simulation.slowdown > 1.0) {
     // A slower device: stretch the compute time.
-    SleepFor(milliseconds(static_cast<int64_t>(
+    client_->SleepFor(milliseconds(static_cast<int64_t>(
         (config_.simulation.slowdown - 1.0) * compute * 1000)));
   }
   double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -461,11 +317,38 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
     return Status::Ok();
   }
 
-  TensorMap delta;
+  // Only what this round trained travels: frozen tensors, FFA-LoRA's A and
+  // the layers below the trainable ones are left out (a zero delta).
+  TensorMap local;
   for (const auto& kv : peft_->AdapterTensors()) {
-    delta[kv.first] = (kv.second.detach().to(torch::kCPU, torch::kFloat32) -
-                       global.at(kv.first))
-                          .contiguous();
+    local[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
+  }
+  // Rank 0 on the wire: the global adapter's shapes (homogeneous ranks).
+  int64_t upload_rank = task.rank() > 0 ? rank_ : 0;
+  if (spec.prune_threshold() > 0 && upload_rank > 0) {
+    int64_t pruned = peft::PrunedRank(local, spec.prune_threshold());
+    if (pruned < upload_rank) {
+      FP_LOG_INFO("worker",
+                  "'{}' round {}: self-pruned rank {} -> {} (components "
+                  "below {:.3g} of the largest)",
+                  config_.worker.id, round, upload_rank, pruned,
+                  spec.prune_threshold());
+      upload_rank = pruned;
+    }
+  }
+  TensorMap delta;
+  for (const std::string& key : trainer.trained_keys()) {
+    delta[key] = (local.at(key) - global.at(key)).contiguous();
+  }
+  if (upload_rank > 0 && upload_rank < rank_) {
+    delta = aggregation::TruncateRank(delta, upload_rank);
+  }
+  if (config_.simulation.emulate_uplink && config_.worker.uplink_mbps > 0) {
+    const double bytes = static_cast<double>(down_bytes) +
+                         static_cast<double>(transport::EncodedBytes(delta));
+    client_->SleepFor(milliseconds(static_cast<int64_t>(
+        1000.0 * bytes / (config_.worker.uplink_mbps * 1e6 / 8))));
+    seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   }
   proto::UpdateHeader header;
   header.set_round(static_cast<uint64_t>(round));
@@ -476,6 +359,8 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   header.set_train_seconds(seconds);
   header.set_tokens_per_second(seconds > 0 ? r.tokens / seconds : 0);
   header.set_num_tensors(static_cast<uint32_t>(delta.size()));
+  header.set_rank(static_cast<uint32_t>(upload_rank));
+  header.set_kind(proto::UpdateHeader::DELTA);
   if (r.tokens > 0 && seconds > 0) tokens_per_second_ = r.tokens / seconds;
   if (task.deadline_unix_ms() > 0 && NowUnixMs() > task.deadline_unix_ms()) {
     FP_LOG_WARN("worker",
@@ -484,10 +369,11 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
                 config_.worker.id, round);
   }
   uint64_t up_bytes = 0;
-  Status up = Upload(header, delta, &up_bytes);
+  Status up = client_->Upload(header, delta, &up_bytes);
   std::lock_guard<std::mutex> lock(mu_);
   stats_.bytes_down += down_bytes;
   stats_.bytes_up += up_bytes;
+  stats_.tensors_uploaded += static_cast<int64_t>(delta.size());
   if (!up.ok()) {
     stats_.rounds_rejected++;
     FP_LOG_WARN("worker", "'{}' round {}: upload rejected: {}",
@@ -496,60 +382,46 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   }
   stats_.rounds_trained++;
   FP_LOG_INFO("worker",
-              "'{}' round {}: {} steps, train loss {:.4f}, local eval loss "
-              "{:.4f}, {:.1f}s, up {} B, down {} B",
-              config_.worker.id, round, r.steps, r.mean_loss, ev.loss, seconds,
-              up_bytes, down_bytes);
+              "'{}' round {}: rank {}, {} steps, {} of {} tensors trained, "
+              "train loss {:.4f}, local eval loss {:.4f}, {:.1f}s, up {} B, "
+              "down {} B",
+              config_.worker.id, round, rank_, r.steps, delta.size(),
+              local.size(), r.mean_loss, ev.loss, seconds, up_bytes,
+              down_bytes);
   return Status::Ok();
 }
 
 Status WorkerClient::Impl::Run() {
   tokens_per_second_ = MeasureTokensPerSecond();
-  RETURN_IF_ERROR(Register());
-  std::thread heartbeat([this] { HeartbeatLoop(); });
-  struct Joiner {
-    Impl* self;
-    std::thread* t;
-    ~Joiner() {
-      self->Stop();
-      t->join();
-    }
-  } joiner{this, &heartbeat};
-  while (!stop_) {
-    proto::Task task;
-    Status s = WithRetry("GetTask", /*idempotent=*/true, [&]() {
-      proto::TaskRequest req;
-      req.set_session_id(session());
-      req.set_wait_ms(static_cast<uint32_t>(config_.server.task_wait_ms));
-      grpc::ClientContext ctx;
-      transport::SetTimeout(&ctx,
-                            milliseconds(config_.server.task_wait_ms + 5000));
-      return stub_->GetTask(&ctx, req, &task);
-    });
-    if (stop_) break;
-    RETURN_IF_ERROR(s);
-    switch (task.kind()) {
+  RETURN_IF_ERROR(client_->Register());
+  client_->StartHeartbeat();
+  while (!client_->stopped()) {
+    auto task = client_->GetTask();
+    if (client_->stopped()) break;
+    RETURN_IF_ERROR(task.status());
+    switch (task->kind()) {
       case proto::Task::WAIT:
         break;
       case proto::Task::SHUTDOWN:
         FP_LOG_INFO("worker", "'{}': server says shut down ({})",
-                    config_.worker.id, task.message());
+                    config_.worker.id, task->message());
+        client_->Stop();
         return Status::Ok();
       case proto::Task::TRAIN: {
-        Status t = TrainRound(task);
+        Status t = TrainRound(*task);
         if (!t.ok()) {
-          if (stop_) break;
+          if (client_->stopped()) break;
           // A round can fail on our side (e.g. the round closed while we
           // downloaded); log it and ask for the next task.
           FP_LOG_WARN("worker", "'{}' round {}: {}", config_.worker.id,
-                      task.round(), t.message());
+                      task->round(), t.message());
         }
         break;
       }
       default:
         FP_LOG_WARN("worker", "'{}': unknown task kind {}", config_.worker.id,
-                    static_cast<int>(task.kind()));
-        SleepFor(milliseconds(500));
+                    static_cast<int>(task->kind()));
+        client_->SleepFor(milliseconds(500));
     }
   }
   return Status::Ok();

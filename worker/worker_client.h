@@ -45,6 +45,7 @@ struct WorkerStats {
   uint64_t bytes_up = 0;        // serialized bytes sent in uploads
   uint64_t bytes_down = 0;      // serialized bytes received in downloads
   int64_t registrations = 0;
+  int64_t tensors_uploaded = 0;  // adapter tensors sent, over all rounds
 };
 
 class WorkerClient {

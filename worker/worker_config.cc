@@ -47,6 +47,7 @@ void SimulationProfile::Read(ConfigReader& in) {
   in.Get("slowdown", &slowdown);
   in.Get("dropout_prob", &dropout_prob);
   in.Get("seed", &seed);
+  in.Get("emulate_uplink", &emulate_uplink);
   in.Check(slowdown >= 1.0, "slowdown",
            "must be >= 1, got " + ToConfigString(slowdown));
   in.Check(dropout_prob >= 0 && dropout_prob < 1, "dropout_prob",

@@ -8,7 +8,8 @@
 //               partition of a shared file (data.partition picks how)
 //   train:      local optimizer settings (steps, batch and lr come with
 //               each task)
-//   simulation: slowdown, dropout_prob (heterogeneity in simulations)
+//   simulation: slowdown, dropout_prob, emulate_uplink (heterogeneity in
+//               simulations)
 //   logging:    level, file
 //
 // Thread-safety: plain values.
@@ -52,6 +53,9 @@ struct SimulationProfile {
   double slowdown = 1.0;      // >1: sleep (slowdown-1) x compute time
   double dropout_prob = 0.0;  // chance to drop out of a round (no upload)
   uint64_t seed = 7;
+  // Sleep as long as worker.uplink_mbps would take to move the round's
+  // download and upload, so a slow link costs round time as it would.
+  bool emulate_uplink = false;
 
   void Read(ConfigReader& in);
 };

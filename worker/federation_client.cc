@@ -1,0 +1,271 @@
+#include "worker/federation_client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "common/logging.h"
+#include "proto/grpc_util.h"
+
+namespace fedpeft {
+namespace worker {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+FederationClient::FederationClient(
+    std::string name, const ConnectionOptions& options,
+    std::function<proto::WorkerProfile()> profile,
+    std::function<Status(const proto::RegisterReply&)> on_registered)
+    : name_(std::move(name)),
+      options_(options),
+      profile_(std::move(profile)),
+      on_registered_(std::move(on_registered)) {}
+
+FederationClient::~FederationClient() {
+  Stop();
+  if (heartbeat_.joinable()) heartbeat_.join();
+}
+
+Status FederationClient::Connect() {
+  transport::ChannelOptions channel;
+  max_message_bytes_ = static_cast<size_t>(options_.max_message_mb) << 20;
+  channel.max_message_bytes = max_message_bytes_;
+  channel.max_reconnect_backoff = milliseconds(options_.backoff_max_ms);
+  ASSIGN_OR_RETURN(channel_, transport::MakeChannel(options_.address, channel));
+  stub_ = proto::Federation::NewStub(channel_);
+  return Status::Ok();
+}
+
+void FederationClient::Stop() {
+  stop_ = true;
+  std::lock_guard<std::mutex> lock(mu_);
+  cv_.notify_all();
+}
+
+bool FederationClient::SleepFor(milliseconds d) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return !cv_.wait_for(lock, d, [this] { return stop_.load(); });
+}
+
+std::string FederationClient::session() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return session_;
+}
+
+template <typename Call>
+Status FederationClient::WithRetry(const std::string& what, bool idempotent,
+                                   Call call) {
+  transport::BackoffOptions bo;
+  bo.initial = milliseconds(options_.backoff_initial_ms);
+  bo.max = milliseconds(options_.backoff_max_ms);
+  transport::Backoff backoff(bo);
+  while (!stop_) {
+    grpc::Status s = call();
+    if (s.ok()) {
+      unreachable_since_ = Clock::time_point{};
+      return Status::Ok();
+    }
+    if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      FP_LOG_WARN("client",
+                  "'{}': {} — the server lost our session ({}); "
+                  "registering again",
+                  name_, what, s.error_message());
+      RETURN_IF_ERROR(Register());
+      continue;
+    }
+    if (!transport::IsRetryable(s, idempotent)) {
+      return transport::FromGrpcStatus(s, what + " to " + options_.address);
+    }
+    if (unreachable_since_ == Clock::time_point{}) {
+      unreachable_since_ = Clock::now();
+    }
+    double down =
+        std::chrono::duration<double>(Clock::now() - unreachable_since_)
+            .count();
+    if (options_.give_up_after_s > 0 && down > options_.give_up_after_s) {
+      return Status::Unavailable(
+          "server " + options_.address + " unreachable for " +
+          std::to_string(static_cast<int>(down)) + "s: giving up");
+    }
+    milliseconds delay = backoff.Next();
+    FP_LOG_WARN("client", "'{}': {} failed ({}: {}); retrying in {} ms", name_,
+                what, transport::GrpcCodeName(s.error_code()),
+                s.error_message(), delay.count());
+    if (!SleepFor(delay)) break;
+  }
+  return Status::Unavailable("stopped");
+}
+
+Status FederationClient::RegisterOnce() {
+  proto::RegisterRequest req;
+  *req.mutable_profile() = profile_();
+  proto::RegisterReply reply;
+  grpc::ClientContext ctx;
+  transport::SetTimeout(
+      &ctx, milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
+  grpc::Status s = stub_->Register(&ctx, req, &reply);
+  if (!s.ok()) return transport::FromGrpcStatus(s, "Register");
+  RETURN_IF_ERROR(on_registered_(reply));
+  std::lock_guard<std::mutex> lock(mu_);
+  session_ = reply.session_id();
+  heartbeat_ms_ = std::max<int>(50, reply.heartbeat_interval_ms());
+  if (reply.chunk_bytes() > 0) {
+    chunk_bytes_ = std::min<size_t>(
+        reply.chunk_bytes(),
+        transport::ChunkBytesForMessageLimit(max_message_bytes_));
+  }
+  registrations_++;
+  FP_LOG_INFO("client", "'{}' registered with federation '{}' at {}", name_,
+              reply.federation_id(), options_.address);
+  return Status::Ok();
+}
+
+Status FederationClient::Register() {
+  transport::BackoffOptions bo;
+  bo.initial = milliseconds(options_.backoff_initial_ms);
+  bo.max = milliseconds(options_.backoff_max_ms);
+  transport::Backoff backoff(bo);
+  auto start = Clock::now();
+  while (!stop_) {
+    Status s = RegisterOnce();
+    if (s.ok()) return s;
+    if (s.code() != StatusCode::kUnavailable &&
+        s.code() != StatusCode::kDeadlineExceeded) {
+      return s;  // e.g. a config mismatch: retrying cannot help
+    }
+    double down = std::chrono::duration<double>(Clock::now() - start).count();
+    if (options_.give_up_after_s > 0 && down > options_.give_up_after_s) {
+      return Status::Unavailable(
+          "server " + options_.address + " unreachable for " +
+          std::to_string(static_cast<int>(down)) + "s: giving up");
+    }
+    milliseconds delay = backoff.Next();
+    FP_LOG_INFO("client",
+                "'{}': server {} not reachable ({}); retrying in {} ms", name_,
+                options_.address, s.message(), delay.count());
+    if (!SleepFor(delay)) break;
+  }
+  return Status::Unavailable("stopped");
+}
+
+void FederationClient::StartHeartbeat() {
+  if (heartbeat_.joinable()) return;
+  heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+}
+
+void FederationClient::HeartbeatLoop() {
+  while (!stop_) {
+    int interval;
+    std::string sid;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      interval = heartbeat_ms_;
+      sid = session_;
+    }
+    if (!SleepFor(milliseconds(interval))) return;
+    if (sid.empty()) continue;
+    proto::HeartbeatRequest req;
+    req.set_session_id(sid);
+    proto::HeartbeatReply reply;
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, milliseconds(std::max(1000, interval)));
+    grpc::Status s = stub_->Heartbeat(&ctx, req, &reply);
+    if (!s.ok()) {
+      FP_LOG_DEBUG("client", "'{}': heartbeat failed: {}", name_,
+                   s.error_message());
+    }
+  }
+}
+
+StatusOr<proto::Task> FederationClient::GetTask() {
+  proto::Task task;
+  Status s = WithRetry("GetTask", /*idempotent=*/true, [&]() {
+    proto::TaskRequest req;
+    req.set_session_id(session());
+    req.set_wait_ms(static_cast<uint32_t>(options_.task_wait_ms));
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, milliseconds(options_.task_wait_ms + 5000));
+    return stub_->GetTask(&ctx, req, &task);
+  });
+  RETURN_IF_ERROR(s);
+  return task;
+}
+
+StatusOr<TensorMap> FederationClient::Download(
+    int64_t round, uint64_t cached_round,
+    const std::map<std::string, transport::TensorSpec>& expected,
+    uint64_t* bytes) {
+  TensorMap result;
+  Status decode_error;
+  Status s = WithRetry("DownloadAdapter", /*idempotent=*/true, [&]() {
+    proto::DownloadRequest req;
+    req.set_session_id(session());
+    req.set_round(static_cast<uint64_t>(round));
+    req.set_cached_round(cached_round);
+    grpc::ClientContext ctx;
+    transport::SetTimeout(
+        &ctx,
+        milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
+    transport::DecoderLimits limits;
+    if (!expected.empty()) limits.expected = expected;
+    limits.require_all_expected = cached_round == 0;
+    transport::TensorDecoder decoder(limits);
+    auto reader = stub_->DownloadAdapter(&ctx, req);
+    proto::TensorChunk chunk;
+    uint64_t n = 0;
+    decode_error = Status::Ok();
+    while (reader->Read(&chunk)) {
+      n += chunk.ByteSizeLong();
+      if (decode_error.ok()) decode_error = decoder.Add(chunk);
+      if (!decode_error.ok()) ctx.TryCancel();
+    }
+    grpc::Status st = reader->Finish();
+    if (!decode_error.ok()) return grpc::Status::OK;  // reported below
+    if (st.ok()) {
+      auto done = decoder.Finish();
+      if (!done.ok()) {
+        decode_error = done.status();
+      } else {
+        result = std::move(done).value();
+        *bytes = n;
+      }
+    }
+    return st;
+  });
+  RETURN_IF_ERROR(s);
+  RETURN_IF_ERROR(decode_error.WithContext("adapter from " + options_.address));
+  return result;
+}
+
+Status FederationClient::Upload(proto::UpdateHeader header,
+                                const TensorMap& tensors, uint64_t* bytes) {
+  return WithRetry("UploadUpdate", /*idempotent=*/false, [&]() {
+    grpc::ClientContext ctx;
+    transport::SetTimeout(
+        &ctx,
+        milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
+    proto::UploadReply reply;
+    auto writer = stub_->UploadUpdate(&ctx, &reply);
+    proto::UploadMessage msg;
+    *msg.mutable_header() = header;
+    msg.mutable_header()->set_session_id(session());
+    uint64_t n = msg.ByteSizeLong();
+    bool ok = writer->Write(msg);
+    if (ok) {
+      Status enc = transport::EncodeTensors(tensors, chunk_bytes_,
+                                            [&](const proto::TensorChunk& c) {
+                                              proto::UploadMessage m;
+                                              *m.mutable_chunk() = c;
+                                              n += m.ByteSizeLong();
+                                              return writer->Write(m);
+                                            });
+      (void)enc;  // a broken stream shows in Finish()
+    }
+    writer->WritesDone();
+    grpc::Status st = writer->Finish();
+    *bytes = n;
+    return st;
+  });
+}
+
+}  // namespace worker
+}  // namespace fedpeft
