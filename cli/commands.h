@@ -19,6 +19,7 @@ int RunGenerate(const Args& args);
 int RunExport(const Args& args);
 int RunCoordinator(const Args& args);
 int RunWorker(const Args& args);
+int RunEdge(const Args& args);
 int RunStatus(const Args& args);
 int RunSimulate(const Args& args);
 

@@ -21,6 +21,7 @@
 #include "common/logging.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/edge.h"
 #include "coordinator/service.h"
 #include "model/generate.h"
 #include "peft/peft_io.h"
@@ -139,6 +140,34 @@ int RunWorker(const Args& args) {
               "up {} B, down {} B",
               cfg->worker.id, st.rounds_trained, st.rounds_rejected,
               st.rounds_dropped, st.bytes_up, st.bytes_down);
+  return 0;
+}
+
+int RunEdge(const Args& args) {
+  const std::string cmd = "edge";
+  std::string config_path;
+  std::vector<std::string> overrides;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value(&config_path)->required(),
+      "edge YAML (e.g. configs/hier/edge.yaml)")(
+      "set", po::value(&overrides)->composing(),
+      "override a key: --set edge.id=edge-1 (repeatable)");
+  po::variables_map vm;
+  int code = 0;
+  if (!ParseArgs(cmd, "--config FILE [--set key=value ...]", desc, args, &vm,
+                 &code)) {
+    return code;
+  }
+  auto cfg = coordinator::LoadEdgeConfig(config_path, overrides);
+  if (!cfg.ok()) return Fail(cmd, cfg.status());
+  Status s = SetUpLogging(cfg->logging.level, cfg->logging.file);
+  if (!s.ok()) return Fail(cmd, s);
+  if (cfg->model.threads > 0) torch::set_num_threads(cfg->model.threads);
+  coordinator::Edge edge(*cfg);
+  SignalWatcher signals([&] { edge.Stop(); });
+  s = edge.Run();
+  if (!s.ok()) return Fail(cmd, s);
   return 0;
 }
 

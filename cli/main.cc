@@ -25,7 +25,10 @@ constexpr const char* kUsage =
     "\n"
     "federated:\n"
     "  coordinator  schedule rounds, aggregate, checkpoint (--config YAML)\n"
-    "  worker       train on local data for a coordinator (--config YAML)\n"
+    "  edge         aggregate a group of workers for the coordinator\n"
+    "               (--config YAML)\n"
+    "  worker       train on local data for a coordinator or edge\n"
+    "               (--config YAML)\n"
     "  simulate     a whole federation on this machine (the quickstart)\n"
     "  status       the live state of a running coordinator\n";
 
@@ -41,6 +44,7 @@ constexpr Command kCommands[] = {
     {"export", fedpeft::cli::RunExport},
     {"coordinator", fedpeft::cli::RunCoordinator},
     {"worker", fedpeft::cli::RunWorker},
+    {"edge", fedpeft::cli::RunEdge},
     {"simulate", fedpeft::cli::RunSimulate},
     {"status", fedpeft::cli::RunStatus},
 };

@@ -10,7 +10,10 @@
 // The config has three sections: `simulation` (workers, mode,
 // heterogeneity), `coordinator` (a coordinator config) and `worker` (the
 // config every worker starts from; simulate sets worker.id, data.shard,
-// server.address and the heterogeneity profile of each).
+// server.address and the heterogeneity profile of each). With
+// `topology.edges: E` (processes mode), E edge aggregators run as their own
+// processes between the coordinator and the workers (worker i talks to edge
+// i mod E), configured by the optional `edge` section.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -33,6 +36,7 @@
 #include "common/logging.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/edge.h"
 #include "coordinator/service.h"
 #include "model/generate.h"
 #include "peft/peft_io.h"
@@ -52,6 +56,9 @@ struct SimulationOptions {
   std::string mode = "processes";         // processes | threads
   std::vector<double> slowdown{1.0};      // per worker, cycled
   std::vector<double> dropout_prob{0.0};  // per worker, cycled
+  std::vector<double> ram_mb{0.0};        // per worker, cycled (0 = measure)
+  std::vector<double> uplink_mbps{0.0};   // per worker, cycled (0 = unknown)
+  int edges = 0;                          // topology.edges; 0 = flat
   double timeout_s = 1800;                // whole run
   std::string sample_prompt = "ROMEO:";
   int sample_tokens = 48;
@@ -61,6 +68,8 @@ struct SimulationOptions {
     in.Get("mode", &mode);
     in.Get("slowdown", &slowdown);
     in.Get("dropout_prob", &dropout_prob);
+    in.Get("ram_mb", &ram_mb);
+    in.Get("uplink_mbps", &uplink_mbps);
     in.Get("timeout_s", &timeout_s);
     in.Get("sample_prompt", &sample_prompt);
     in.Get("sample_tokens", &sample_tokens);
@@ -79,6 +88,8 @@ struct SimulationOptions {
       in.Check(p >= 0 && p < 1, "dropout_prob",
                "every value must be in [0, 1), got " + ToConfigString(p));
     }
+    in.Check(!ram_mb.empty() && !uplink_mbps.empty(), "ram_mb",
+             "ram_mb and uplink_mbps must list at least one value");
     in.Check(timeout_s > 0, "timeout_s",
              "must be > 0, got " + ToConfigString(timeout_s));
     in.Check(sample_tokens >= 0, "sample_tokens",
@@ -153,11 +164,46 @@ void Terminate(pid_t pid) {
   }
 }
 
+// The per-worker settings simulate adds to the shared worker config.
+std::vector<std::string> WorkerOverrides(const SimulationOptions& sim, int i,
+                                         const std::string& address) {
+  return {"worker.id=worker-" + std::to_string(i),
+          "data.shard=" + std::to_string(i) + "/" + std::to_string(sim.workers),
+          "server.address=" + address,
+          "simulation.slowdown=" +
+              std::to_string(sim.slowdown[i % sim.slowdown.size()]),
+          "simulation.dropout_prob=" +
+              std::to_string(sim.dropout_prob[i % sim.dropout_prob.size()]),
+          "worker.ram_mb=" + std::to_string(static_cast<int64_t>(
+                                 sim.ram_mb[i % sim.ram_mb.size()])),
+          "worker.uplink_mbps=" +
+              std::to_string(sim.uplink_mbps[i % sim.uplink_mbps.size()]),
+          "simulation.seed=" + std::to_string(1000 + i)};
+}
+
+// Reads the port a server wrote to `port_file`; empty when `pid` exited or
+// `deadline` passed first.
+std::string WaitForPort(pid_t pid, const std::string& port_file,
+                        Clock::time_point deadline) {
+  while (Clock::now() < deadline) {
+    if (WaitUntil(pid, Clock::now()) != -1) return "";
+    auto text = ReadFileToString(port_file, 64);
+    if (text.ok() && !text->empty() && text->back() == '\n') {
+      std::string port = *text;
+      port.pop_back();
+      return port;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return "";
+}
+
 struct RunPaths {
   std::string out;
   std::string logs;
   std::string coordinator_yaml;
   std::string worker_yaml;
+  std::string edge_yaml;
   std::string port_file;
   std::string metrics;
   std::string checkpoints;
@@ -170,53 +216,68 @@ int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
       std::chrono::milliseconds(static_cast<int64_t>(sim.timeout_s * 1000));
   pid_t coord = Spawn({"coordinator", "--config", p.coordinator_yaml},
                       JoinPath(p.logs, "coordinator.log"));
-  // Wait for the port.
-  std::string port;
-  while (port.empty()) {
-    if (WaitUntil(coord, Clock::now()) != -1) {
-      return Fail(cmd,
-                  Status::Internal("the coordinator exited at start; see " +
-                                   JoinPath(p.logs, "coordinator.log")));
-    }
-    auto text = ReadFileToString(p.port_file, 64);
-    if (text.ok()) {
-      port = *text;
-      while (!port.empty() && port.back() == '\n') port.pop_back();
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    if (Clock::now() > deadline) {
-      Terminate(coord);
-      return Fail(cmd, Status::DeadlineExceeded("coordinator did not start"));
-    }
+  std::string port = WaitForPort(coord, p.port_file, deadline);
+  if (port.empty()) {
+    Terminate(coord);
+    return Fail(cmd, Status::Internal("the coordinator did not start; see " +
+                                      JoinPath(p.logs, "coordinator.log")));
   }
-  std::printf("coordinator on 127.0.0.1:%s (pid %d); starting %d workers\n",
-              port.c_str(), static_cast<int>(coord), sim.workers);
+  std::printf("coordinator on 127.0.0.1:%s (pid %d)\n", port.c_str(),
+              static_cast<int>(coord));
+  std::vector<pid_t> edges;
+  std::vector<std::string> worker_addresses;
+  for (int e = 0; e < sim.edges; ++e) {
+    const std::string id = "edge-" + std::to_string(e);
+    const std::string port_file = JoinPath(p.out, id + ".port");
+    std::error_code ec;
+    fs::remove(port_file, ec);
+    edges.push_back(
+        Spawn({"edge", "--config", p.edge_yaml, "--set", "edge.id=" + id,
+               "--set", "upstream.address=127.0.0.1:" + port, "--set",
+               "server.address=127.0.0.1:0", "--set",
+               "server.port_file=" + port_file},
+              JoinPath(p.logs, id + ".log")));
+    // An edge listens once it has registered with the cloud.
+    std::string edge_port = WaitForPort(edges.back(), port_file, deadline);
+    if (edge_port.empty()) {
+      Terminate(coord);
+      for (pid_t pid : edges) Terminate(pid);
+      return Fail(cmd, Status::Internal("edge " + id + " did not start; see " +
+                                        JoinPath(p.logs, id + ".log")));
+    }
+    worker_addresses.push_back("127.0.0.1:" + edge_port);
+    std::printf("edge %s on 127.0.0.1:%s\n", id.c_str(), edge_port.c_str());
+  }
+  if (worker_addresses.empty()) worker_addresses.push_back("127.0.0.1:" + port);
+  std::printf("starting %d workers\n", sim.workers);
   std::fflush(stdout);
   std::vector<pid_t> workers;
   for (int i = 0; i < sim.workers; ++i) {
     std::string id = "worker-" + std::to_string(i);
-    workers.push_back(Spawn(
-        {"worker", "--config", p.worker_yaml, "--set", "worker.id=" + id,
-         "--set",
-         "data.shard=" + std::to_string(i) + "/" + std::to_string(sim.workers),
-         "--set", "server.address=127.0.0.1:" + port, "--set",
-         "simulation.slowdown=" +
-             std::to_string(sim.slowdown[i % sim.slowdown.size()]),
-         "--set",
-         "simulation.dropout_prob=" +
-             std::to_string(sim.dropout_prob[i % sim.dropout_prob.size()]),
-         "--set", "simulation.seed=" + std::to_string(1000 + i)},
-        JoinPath(p.logs, id + ".log")));
+    std::vector<std::string> args{"worker", "--config", p.worker_yaml};
+    for (const std::string& o : WorkerOverrides(
+             sim, i, worker_addresses[i % worker_addresses.size()])) {
+      args.push_back("--set");
+      args.push_back(o);
+    }
+    workers.push_back(Spawn(args, JoinPath(p.logs, id + ".log")));
   }
   int coord_exit = WaitUntil(coord, deadline);
   if (coord_exit == -1) {
     Terminate(coord);
+    for (pid_t w : edges) Terminate(w);
     for (pid_t w : workers) Terminate(w);
     return Fail(cmd, Status::DeadlineExceeded(
                          "simulation.timeout_s reached; see " + p.logs));
   }
   int failed_workers = 0;
+  for (pid_t e : edges) {
+    int code = WaitUntil(e, Clock::now() + std::chrono::seconds(20));
+    if (code == -1) Terminate(e);
+    if (code != 0) {
+      FP_LOG_WARN("simulate", "an edge did not exit cleanly (code {})", code);
+    }
+  }
   for (size_t i = 0; i < workers.size(); ++i) {
     int code = WaitUntil(workers[i], Clock::now() + std::chrono::seconds(20));
     if (code == -1) {
@@ -253,16 +314,8 @@ int RunThreads(const SimulationOptions& sim, const RunPaths& p,
   std::vector<std::unique_ptr<worker::WorkerClient>> clients;
   for (int i = 0; i < sim.workers; ++i) {
     std::string addr = "127.0.0.1:" + std::to_string((*server)->port());
-    auto wc = worker::LoadWorkerConfig(
-        p.worker_yaml,
-        {"worker.id=worker-" + std::to_string(i),
-         "data.shard=" + std::to_string(i) + "/" + std::to_string(sim.workers),
-         "server.address=" + addr,
-         "simulation.slowdown=" +
-             std::to_string(sim.slowdown[i % sim.slowdown.size()]),
-         "simulation.dropout_prob=" +
-             std::to_string(sim.dropout_prob[i % sim.dropout_prob.size()]),
-         "simulation.seed=" + std::to_string(1000 + i)});
+    auto wc =
+        worker::LoadWorkerConfig(p.worker_yaml, WorkerOverrides(sim, i, addr));
     if (!wc.ok()) return Fail(cmd, wc.status());
     auto client =
         worker::WorkerClient::Create(*wc, base->weights, base->tokenizer);
@@ -329,6 +382,7 @@ int RunSimulate(const Args& args) {
   p.logs = JoinPath(out_dir, "logs");
   p.coordinator_yaml = JoinPath(out_dir, "coordinator.yaml");
   p.worker_yaml = JoinPath(out_dir, "worker.yaml");
+  p.edge_yaml = JoinPath(out_dir, "edge.yaml");
   p.port_file = JoinPath(out_dir, "coordinator.port");
   p.metrics = JoinPath(out_dir, "metrics.jsonl");
   p.checkpoints = JoinPath(out_dir, "checkpoints");
@@ -343,6 +397,14 @@ int RunSimulate(const Args& args) {
   coord["server"]["port_file"] = p.port_file;
   coord["checkpoint"]["dir"] = p.checkpoints;
   coord["logging"]["metrics_file"] = p.metrics;
+  // topology.edges: edge aggregators between the coordinator and workers.
+  YAML::Node edge = YAML::Clone(const_root["edge"]);
+  if (!edge.IsMap()) edge = YAML::Node(YAML::NodeType::Map);
+  if (!static_cast<const YAML::Node&>(edge)["model"]) {
+    edge["model"] = YAML::Clone(static_cast<const YAML::Node&>(work)["model"]);
+  }
+  edge["upstream"]["address"] = "127.0.0.1:1";  // set per run
+  edge["server"]["address"] = "127.0.0.1:0";
 
   // Validate everything (every section, unknown keys) before starting a
   // process.
@@ -351,6 +413,7 @@ int RunSimulate(const Args& args) {
     YAML::Node full = YAML::Clone(*root);
     full["coordinator"] = coord;
     full["worker"] = work;
+    full["edge"] = edge;
     ConfigReader in(full, config_path);
     ConfigReader sim_in = in.Section("simulation");
     sim.Read(sim_in);
@@ -360,6 +423,17 @@ int RunSimulate(const Args& args) {
     worker::WorkerConfig wc;
     ConfigReader win = in.Section("worker");
     wc.Read(win);
+    ConfigReader top = in.Section("topology");
+    top.Get("edges", &sim.edges);
+    top.Check(sim.edges >= 0 && sim.edges <= sim.workers, "edges",
+              "must be in [0, simulation.workers] (0 = flat), got " +
+                  ToConfigString(sim.edges));
+    top.Check(sim.edges == 0 || sim.mode == "processes", "edges",
+              "edges run as their own processes: needs simulation.mode "
+              "processes");
+    coordinator::EdgeConfig ec;
+    ConfigReader ein = in.Section("edge");
+    ec.Read(ein);
     Status valid = in.Finish();
     if (!valid.ok()) return Fail(cmd, valid);
   }
@@ -375,9 +449,16 @@ int RunSimulate(const Args& args) {
   Status s = EnsureDirectory(p.logs);
   if (!s.ok()) return Fail(cmd, s);
   if (!static_cast<const YAML::Node&>(coord)["federation"]["min_available"]) {
-    coord["federation"]["min_available"] = sim.workers;
+    coord["federation"]["min_available"] =
+        sim.edges > 0 ? sim.edges : sim.workers;
+  }
+  if (sim.edges > 0 &&
+      !static_cast<const YAML::Node&>(edge)["federation"]["min_available"]) {
+    // Every edge waits for all of its workers before its first round.
+    edge["federation"]["min_available"] = sim.workers / sim.edges;
   }
   s = WriteFileAtomic(p.coordinator_yaml, ToYaml(coord));
+  if (s.ok() && sim.edges > 0) s = WriteFileAtomic(p.edge_yaml, ToYaml(edge));
   if (s.ok()) s = WriteFileAtomic(p.worker_yaml, ToYaml(work));
   if (!s.ok()) return Fail(cmd, s);
 
@@ -404,7 +485,7 @@ int RunSimulate(const Args& args) {
   int rounds = 0;
   std::printf(
       "\nround  answered  dropped  train_loss  eval_loss  server_eval  "
-      "up         down       seconds\n");
+      "up         down       ranks     frozen  seconds\n");
   while (std::getline(metrics, line)) {
     nlohmann::json j;
     try {
@@ -419,12 +500,16 @@ int RunSimulate(const Args& args) {
     up += bu;
     down += bd;
     if (j.value("aggregated", false)) ++rounds;
+    std::string ranks = std::to_string(j.value("rank_min", 0ll)) + ".." +
+                        std::to_string(j.value("rank_max", 0ll));
     std::printf(
-        "%-6lld %3d/%-5d %-8d %-11s %-10s %-12s %-10s %-10s %.1f\n",
+        "%-6lld %3d/%-5d %-8d %-11s %-10s %-12s %-10s %-10s %-9s %4.0f%%   "
+        "%.1f\n",
         j.value("round", 0ll), j.value("answered", 0), j.value("selected", 0),
         j.value("dropped", 0), Fixed(num("train_loss")).c_str(),
         Fixed(num("eval_loss")).c_str(), Fixed(num("server_eval_loss")).c_str(),
-        Mib(bu).c_str(), Mib(bd).c_str(), num("seconds"));
+        Mib(bu).c_str(), Mib(bd).c_str(), ranks.c_str(),
+        100 * num("frozen_fraction"), num("seconds"));
   }
   std::printf(
       "\n%d rounds aggregated in %.1f s with %d workers (%s); bytes "

@@ -79,6 +79,7 @@ Status SaveCheckpoint(const std::string& dir, const Checkpoint& ckpt,
       {"strategy", ckpt.strategy},
       {"base_model", ckpt.base_model},
       {"adapter_config", ckpt.adapter_config},
+      {"extra", ckpt.extra},
   };
   RETURN_IF_ERROR(
       WriteFileAtomic(JoinPath(tmp_dir, "state.json"), state.dump(2) + "\n"));
@@ -131,6 +132,8 @@ StatusOr<Checkpoint> LoadCheckpointFolder(const std::string& folder) {
     ckpt.strategy = state.at("strategy").get<std::string>();
     ckpt.base_model = state.at("base_model").get<std::string>();
     ckpt.adapter_config = state.at("adapter_config");
+    // Absent in checkpoints of fedpeft before the hierarchy milestone.
+    if (state.contains("extra")) ckpt.extra = state.at("extra");
   } catch (const nlohmann::json::exception& e) {
     return Status::Corruption("checkpoint '" + state_path +
                               "': missing or mistyped field: " + e.what());

@@ -36,6 +36,9 @@ struct Checkpoint {
   nlohmann::json adapter_config;  // PEFT adapter_config.json contents
   TensorMap global;               // the global adapter
   TensorMap strategy_state;
+  // Round-loop state beyond the strategy's: adaptive-freezing EMAs
+  // ("apf"), assigned ranks ("ranks").
+  nlohmann::json extra = nlohmann::json::object();
 };
 
 // Writes `ckpt` as <dir>/round-NNNNNN and points LATEST at it; removes

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 #include <thread>
 
+#include "aggregation/mean.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "model/loader.h"
@@ -61,9 +63,46 @@ Coordinator::Coordinator(const CoordinatorConfig& config)
 
 Coordinator::~Coordinator() = default;
 
+std::string EdgePlan::ToJson() const {
+  nlohmann::json j = {{"heterogeneity", heterogeneity.ToJson()},
+                      {"ffa", ffa},
+                      {"adapter_seed", adapter_seed}};
+  return j.dump();
+}
+
+StatusOr<EdgePlan> EdgePlan::FromJson(const std::string& text) {
+  EdgePlan plan;
+  try {
+    nlohmann::json j = nlohmann::json::parse(text);
+    ASSIGN_OR_RETURN(plan.heterogeneity,
+                     HeterogeneityOptions::FromJson(j.at("heterogeneity")));
+    plan.ffa = j.at("ffa").get<bool>();
+    plan.adapter_seed = j.at("adapter_seed").get<uint64_t>();
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(
+        std::string("plan_json from the coordinator: ") + e.what() +
+        " (is the coordinator a fedpeft of another version?)");
+  }
+  return plan;
+}
+
 StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
     const CoordinatorConfig& config) {
   std::unique_ptr<Coordinator> c(new Coordinator(config));
+  RETURN_IF_ERROR(c->Init());
+  return c;
+}
+
+StatusOr<std::unique_ptr<Coordinator>> Coordinator::CreateEdge(
+    const CoordinatorConfig& config, const EdgePlan& plan) {
+  std::unique_ptr<Coordinator> c(new Coordinator(config));
+  c->edge_mode_ = true;
+  c->config_.heterogeneity = plan.heterogeneity;
+  c->config_.freezing.ffa = plan.ffa;
+  c->config_.freezing.apf.enabled = false;  // the cloud decides freezing
+  c->config_.adapter_seed = plan.adapter_seed;
+  c->config_.strategy = aggregation::StrategyOptions{};  // HierFAVG: fedavg
+  c->config_.eval.data.path.clear();
   RETURN_IF_ERROR(c->Init());
   return c;
 }
@@ -85,11 +124,27 @@ Status Coordinator::Init() {
     (*zeros)[kv.first] = torch::zeros_like((*global)[kv.first]);
   }
   template_ = zeros;
+  init_ = std::make_shared<const TensorMap>(*global);
+  train_ = config_.train;
+  if (config_.heterogeneity.enabled) {
+    aggregation::HeteroOptions h;
+    ASSIGN_OR_RETURN(
+        h.method, aggregation::ParseHeteroMethod(config_.heterogeneity.method));
+    h.r_max = config_.peft.lora.r;
+    h.scaling = peft::LoraScaling(config_.peft.lora, config_.peft.lora.alpha,
+                                  config_.peft.lora.r);
+    h.stack_max_rank = config_.heterogeneity.stack_max_rank;
+    hetero_ = h;
+  }
+  if (config_.freezing.apf.enabled) {
+    apf_ = std::make_unique<peft::ApfController>(config_.freezing.apf);
+  }
   adapter_config_ = peft::AdapterConfigToJson(config_.peft, config_.model.path);
   adapter_config_json_ = adapter_config_.dump();
   rng_.seed(config_.federation.seed);
 
-  auto ckpt = LoadLatestCheckpoint(config_.checkpoint.dir);
+  auto ckpt = edge_mode_ ? StatusOr<Checkpoint>(Status::NotFound("edge"))
+                         : LoadLatestCheckpoint(config_.checkpoint.dir);
   if (ckpt.ok()) {
     if (ckpt->federation_id != config_.federation.id) {
       return Status::FailedPrecondition(
@@ -107,7 +162,11 @@ Status Coordinator::Init() {
     probe.worker_id = "checkpoint";
     probe.delta = ckpt->global;
     probe.num_samples = 1;
-    Status compatible = aggregation::ValidateUpdate(*template_, probe);
+    // The stack merge keeps a variable rank per module: only names count.
+    Status compatible =
+        hetero_ && hetero_->method == aggregation::HeteroMethod::kStack
+            ? aggregation::LoraPairs(ckpt->global).status()
+            : aggregation::ValidateUpdate(*template_, probe);
     if (!compatible.ok()) {
       return Status::FailedPrecondition(
           "checkpoint in '" + config_.checkpoint.dir +
@@ -122,6 +181,17 @@ Status Coordinator::Init() {
     }
     global = std::make_shared<TensorMap>(std::move(ckpt->global));
     completed_rounds_ = ckpt->round;
+    const nlohmann::json& extra = ckpt->extra;
+    if (apf_ && extra.contains("apf")) {
+      RETURN_IF_ERROR(
+          apf_->LoadState(extra["apf"])
+              .WithContext("checkpoint in '" + config_.checkpoint.dir + "'"));
+    }
+    if (extra.contains("ranks") && extra["ranks"].is_object()) {
+      for (const auto& [id, r] : extra["ranks"].items()) {
+        if (r.is_number_integer()) workers_[id].rank = r.get<int64_t>();
+      }
+    }
     total_bytes_up_ = ckpt->bytes_up;
     total_bytes_down_ = ckpt->bytes_down;
     FP_LOG_INFO("coordinator",
@@ -154,6 +224,12 @@ Status Coordinator::Init() {
   }
 
   if (!config_.logging.metrics_file.empty()) {
+    const std::string parent =
+        std::filesystem::path(config_.logging.metrics_file).parent_path();
+    if (!parent.empty()) {
+      RETURN_IF_ERROR(
+          EnsureDirectory(parent).WithContext("logging.metrics_file"));
+    }
     metrics_.open(config_.logging.metrics_file, std::ios::app);
     if (!metrics_) {
       return Status::IoError("logging.metrics_file: cannot open '" +
@@ -176,6 +252,13 @@ StatusOr<Registration> Coordinator::Register(const WorkerProfile& profile) {
   bool rejoin = !w.session_id.empty();
   if (rejoin) sessions_.erase(w.session_id);
   w.profile = profile;
+  if (hetero_ && !profile.edge && w.rank == 0) {
+    w.rank = peft::InitialRank(
+        config_.heterogeneity.policy, CostFor(profile),
+        peft::DeviceProfile{profile.ram_bytes, profile.tokens_per_second,
+                            profile.uplink_bytes_per_second},
+        config_.federation.round_deadline_s);
+  }
   w.last_seen = Clock::now();
   std::ostringstream sid;
   sid << config_.federation.id << "/" << profile.worker_id << "/" << std::hex
@@ -183,10 +266,12 @@ StatusOr<Registration> Coordinator::Register(const WorkerProfile& profile) {
   w.session_id = sid.str();
   sessions_[w.session_id] = profile.worker_id;
   FP_LOG_INFO("coordinator",
-              "worker '{}' {} ({} threads, {:.0f} tok/s, {} samples); {} "
+              "{} '{}' {} ({} threads, {:.0f} tok/s, {} samples{}); {} "
               "registered",
-              profile.worker_id, rejoin ? "re-registered" : "registered",
-              profile.threads, profile.tokens_per_second, profile.num_samples,
+              profile.edge ? "edge" : "worker", profile.worker_id,
+              rejoin ? "re-registered" : "registered", profile.threads,
+              profile.tokens_per_second, profile.num_samples,
+              w.rank > 0 ? fmt::format(", rank {}", w.rank) : "",
               workers_.size());
   cv_.notify_all();
   Registration r;
@@ -195,6 +280,13 @@ StatusOr<Registration> Coordinator::Register(const WorkerProfile& profile) {
   r.heartbeat_interval_ms = config_.federation.heartbeat_interval_ms;
   r.adapter_config_json = adapter_config_json_;
   r.base_model = config_.model.path;
+  if (profile.edge) {
+    EdgePlan plan;
+    plan.heterogeneity = config_.heterogeneity;
+    plan.ffa = config_.freezing.ffa;
+    plan.adapter_seed = config_.adapter_seed;
+    r.plan_json = plan.ToJson();
+  }
   return r;
 }
 
@@ -256,9 +348,14 @@ StatusOr<TaskInfo> Coordinator::GetTask(const std::string& session_id,
         !answered_.count(id)) {
       task.kind = TaskInfo::Kind::kTrain;
       task.round = round_;
-      task.train = config_.train;
+      task.train = train_;
       task.seed = Mix(round_seed_ ^ std::hash<std::string>()(id));
       task.deadline_unix_ms = deadline_unix_ms_;
+      task.rank = RankOf(*w);
+      task.frozen.assign(frozen_.begin(), frozen_.end());
+      task.edge_rounds = w->profile.edge ? config_.hierarchy.edge_rounds : 0;
+      task.train_b_only = config_.freezing.ffa;
+      task.prune_threshold = config_.heterogeneity.prune_threshold;
       return task;
     }
     if (cv_.wait_until(lock, until) == std::cv_status::timeout) {
@@ -271,22 +368,101 @@ StatusOr<TaskInfo> Coordinator::GetTask(const std::string& session_id,
   }
 }
 
+int64_t Coordinator::RankOf(const WorkerEntry& w) const {
+  return hetero_ && !w.profile.edge ? w.rank : 0;
+}
+
 StatusOr<std::shared_ptr<const TensorMap>> Coordinator::GlobalAdapter(
-    const std::string& session_id, int64_t round) {
-  std::lock_guard<std::mutex> lock(mu_);
-  WorkerEntry* w = FindSession(session_id);
-  if (!w) {
-    return Status::NotFound("unknown session '" + session_id +
-                            "': register again");
+    const std::string& session_id, int64_t round, uint64_t cached_round) {
+  std::shared_ptr<const TensorMap> global;
+  int64_t rank = 0;
+  std::map<std::string, int64_t> changed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    WorkerEntry* w = FindSession(session_id);
+    if (!w) {
+      return Status::NotFound("unknown session '" + session_id +
+                              "': register again");
+    }
+    if (phase_ != Phase::kCollect || round != round_ ||
+        !selected_.count(w->profile.worker_id)) {
+      return Status::FailedPrecondition(
+          "round " + std::to_string(round) + " is not open to worker '" +
+          w->profile.worker_id + "' (current round " + std::to_string(round_) +
+          ")");
+    }
+    if (cached_round > static_cast<uint64_t>(round)) {
+      return Status::InvalidArgument(
+          "cached_round " + std::to_string(cached_round) +
+          " is ahead of round " + std::to_string(round));
+    }
+    global = global_;
+    rank = RankOf(*w);
+    if (cached_round > 0) changed = last_changed_;
   }
-  if (phase_ != Phase::kCollect || round != round_ ||
-      !selected_.count(w->profile.worker_id)) {
-    return Status::FailedPrecondition(
-        "round " + std::to_string(round) + " is not open to worker '" +
-        w->profile.worker_id + "' (current round " + std::to_string(round_) +
-        ")");
+  if (rank == 0 && cached_round == 0) return global;
+  // The worker's view: its leading rank components, without what its
+  // cached copy of round `cached_round` already holds.
+  auto out = std::make_shared<TensorMap>(
+      rank > 0 ? aggregation::TruncateRank(*global, rank) : *global);
+  if (cached_round > 0) {
+    for (auto it = out->begin(); it != out->end();) {
+      auto c = changed.find(it->first);
+      int64_t last = c == changed.end() ? 0 : c->second;
+      if (last < static_cast<int64_t>(cached_round)) {
+        it = out->erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
-  return global_;
+  return std::shared_ptr<const TensorMap>(std::move(out));
+}
+
+StatusOr<UploadExpectation> Coordinator::ExpectedUpload(
+    const std::string& session_id, const UpdateHeader& header) {
+  std::shared_ptr<const TensorMap> global;
+  int64_t rank = 0;
+  std::set<std::string> frozen;
+  std::string id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    WorkerEntry* w = FindSession(session_id);
+    if (!w) {
+      return Status::NotFound("unknown session '" + session_id +
+                              "': register again");
+    }
+    id = w->profile.worker_id;
+    global = global_;
+    auto r = round_ranks_.find(id);
+    rank = r != round_ranks_.end() ? r->second : RankOf(*w);
+    frozen = frozen_;
+  }
+  UploadExpectation e;
+  e.max_tensors = global->size();
+  if (header.whole_adapter) {
+    if (!hetero_ || hetero_->method != aggregation::HeteroMethod::kStack) {
+      return Status::InvalidArgument(
+          "upload from '" + id +
+          "': a whole adapter is only taken with heterogeneity.method stack");
+    }
+    e.max_tensors = global->size();
+    return e;  // shapes are checked once decoded
+  }
+  if (header.rank < 0 || (rank == 0 && header.rank != 0) ||
+      (rank > 0 && (header.rank < 1 || header.rank > rank))) {
+    return Status::InvalidArgument(
+        "upload from '" + id + "': rank " + std::to_string(header.rank) +
+        ", expected " +
+        (rank == 0 ? std::string("0 (the global adapter's shapes)")
+                   : "1.." + std::to_string(rank) + " (the assigned rank)"));
+  }
+  TensorMap shapes = header.rank > 0
+                         ? aggregation::TruncateRank(*global, header.rank)
+                         : *global;
+  for (const std::string& key : frozen) shapes.erase(key);
+  e.specs = transport::SpecsOf(shapes);
+  return e;
 }
 
 Status Coordinator::CheckUploadAllowed(const std::string& session_id,
@@ -338,16 +514,60 @@ void Coordinator::RecordRejectedUpload(const std::string& session_id,
 Status Coordinator::SubmitUpdate(const std::string& session_id,
                                  const UpdateHeader& header, TensorMap delta,
                                  uint64_t bytes_received) {
-  aggregation::ClientUpdate probe;
+  std::string worker_id = session_id;
   {
     std::lock_guard<std::mutex> lock(mu_);
     WorkerEntry* w = FindSession(session_id);
-    probe.worker_id = w ? w->profile.worker_id : session_id;
+    if (w) worker_id = w->profile.worker_id;
   }
-  probe.delta = delta;  // aliases; ValidateUpdate only reads
-  probe.num_samples = static_cast<int64_t>(header.num_samples);
   Status valid = CheckUploadAllowed(session_id, header.round);
-  if (valid.ok()) valid = aggregation::ValidateUpdate(*template_, probe);
+  if (valid.ok()) {
+    // Names and shapes (the service's decoder checked them already; direct
+    // callers did not), then values.
+    auto expected = ExpectedUpload(session_id, header);
+    valid = expected.status();
+    if (valid.ok() && expected->specs) {
+      for (const auto& [key, t] : delta) {
+        auto it = expected->specs->find(key);
+        if (it == expected->specs->end()) {
+          valid = Status::InvalidArgument("update from '" + worker_id +
+                                          "': unexpected tensor '" + key +
+                                          "' (unknown, or frozen this round)");
+          break;
+        }
+        if (t.sizes().vec() != it->second.shape) {
+          valid = Status::InvalidArgument(
+              "update from '" + worker_id + "': tensor '" + key +
+              "' has shape " + aggregation::ShapeString(t.sizes()) +
+              ", expected " + aggregation::ShapeString(it->second.shape));
+          break;
+        }
+      }
+    }
+  }
+  if (valid.ok() && header.whole_adapter) {
+    valid = aggregation::LoraPairs(delta).status();
+  }
+  if (valid.ok() && header.num_samples == 0) {
+    valid = Status::InvalidArgument("update from '" + worker_id +
+                                    "': num_samples must be > 0");
+  }
+  if (valid.ok()) {
+    for (const auto& [key, t] : delta) {
+      if (t.scalar_type() != torch::kFloat32) {
+        valid =
+            Status::InvalidArgument("update from '" + worker_id +
+                                    "': tensor '" + key + "' is not float32");
+        break;
+      }
+      if (!torch::isfinite(t).all().item<bool>()) {
+        valid =
+            Status::InvalidArgument("update from '" + worker_id +
+                                    "': tensor '" + key + "' holds NaN or Inf");
+        break;
+      }
+    }
+  }
   if (valid.ok() && !std::isfinite(header.train_loss)) {
     valid = Status::InvalidArgument("train_loss: expected a finite number");
   }
@@ -365,19 +585,22 @@ Status Coordinator::SubmitUpdate(const std::string& session_id,
       answered_.count(w->profile.worker_id)) {
     std::string reason = "late upload for round " +
                          std::to_string(header.round) + " (round closed)";
-    FP_LOG_WARN("coordinator", "rejected upload from '{}': {}", probe.worker_id,
+    FP_LOG_WARN("coordinator", "rejected upload from '{}': {}", worker_id,
                 reason);
     return Status::FailedPrecondition(reason);
   }
   answered_.insert(w->profile.worker_id);
   w->rounds_completed++;
-  pending_.push_back(Pending{w->profile.worker_id, header, std::move(delta)});
+  Pending p{w->profile.worker_id, header, std::move(delta)};
+  p.edge = w->profile.edge;
+  pending_.push_back(std::move(p));
   FP_LOG_INFO("coordinator",
               "round {}: update from '{}' ({} samples, train loss {:.4f}, "
-              "{}), {}/{} in",
+              "{}{}), {}/{} in",
               header.round, w->profile.worker_id, header.num_samples,
-              header.train_loss, FormatBytes(bytes_received), answered_.size(),
-              selected_.size());
+              header.train_loss, FormatBytes(bytes_received),
+              header.rank > 0 ? fmt::format(", rank {}", header.rank) : "",
+              answered_.size(), selected_.size());
   cv_.notify_all();
   return Status::Ok();
 }
@@ -476,6 +699,108 @@ bool Coordinator::WaitForWorkers() {
   return false;
 }
 
+peft::AdapterCost Coordinator::CostFor(const WorkerProfile& p) const {
+  const model::LlamaConfig& c = base_->config;
+  peft::AdapterCost cost;
+  int64_t modules = 0;
+  for (const auto& [key, t] : *template_) {
+    if (key.find(".lora_A.") != std::string::npos) {
+      cost.params_per_rank += t.size(1);
+      ++modules;
+    } else if (key.find(".lora_B.") != std::string::npos) {
+      cost.params_per_rank += t.size(0);
+    }
+  }
+  const int64_t seq = p.seq_len > 0 ? p.seq_len : c.max_seq_len;
+  const int64_t batch = train_.batch_size;
+  const int64_t steps =
+      train_.local_steps > 0
+          ? train_.local_steps
+          : static_cast<int64_t>((p.num_samples + batch - 1) / batch) *
+                train_.local_epochs;
+  cost.tokens_per_round = steps * batch * seq;
+  // Activations kept for backward: per token and layer roughly the residual
+  // stream, attention and MLP inputs and outputs; plus the logits and their
+  // gradient. An estimate, good to a small factor, which is what sizing a
+  // rank needs.
+  const int64_t per_token =
+      c.n_layers * (8 * c.dim + 3 * c.hidden_dim) * 4 + 2 * c.vocab_size * 4;
+  cost.act_bytes_fixed = batch * seq * per_token;
+  cost.act_bytes_per_rank = batch * seq * modules * 4;
+  cost.upload_bytes_per_param = 4;
+  int64_t base_params = 0;
+  base_params += c.n_layers * (4 * c.dim * c.dim + 3 * c.dim * c.hidden_dim);
+  base_params += c.vocab_size * c.dim;
+  cost.compute_per_rank =
+      base_params > 0 ? static_cast<double>(cost.params_per_rank) / base_params
+                      : 0;
+  return cost;
+}
+
+void Coordinator::UpdateRanks(const std::vector<Pending>& answered) {
+  if (!hetero_) return;
+  const double deadline = round_deadline_s_ > 0
+                              ? round_deadline_s_
+                              : config_.federation.round_deadline_s;
+  std::map<std::string, const Pending*> by_id;
+  for (const auto& p : answered) by_id[p.worker_id] = &p;
+  for (const auto& [id, assigned] : round_ranks_) {
+    auto it = workers_.find(id);
+    if (it == workers_.end() || it->second.profile.edge || assigned == 0) {
+      continue;
+    }
+    WorkerEntry& w = it->second;
+    peft::RoundObservation obs;
+    auto p = by_id.find(id);
+    obs.answered = p != by_id.end();
+    obs.missed_deadline = !obs.answered;
+    if (obs.answered) {
+      obs.seconds = p->second->header.train_seconds;
+      obs.tokens_per_second = p->second->header.tokens_per_second;
+      if (obs.tokens_per_second > 0) {
+        w.profile.tokens_per_second = obs.tokens_per_second;
+      }
+    }
+    int64_t next = peft::NextRank(
+        config_.heterogeneity.policy, CostFor(w.profile),
+        peft::DeviceProfile{w.profile.ram_bytes, w.profile.tokens_per_second,
+                            w.profile.uplink_bytes_per_second},
+        deadline, assigned, obs);
+    if (obs.answered && p->second->header.rank > 0 &&
+        p->second->header.rank < next) {
+      next = p->second->header.rank;  // it pruned itself
+    }
+    if (next != assigned) {
+      FP_LOG_INFO("coordinator", "'{}': rank {} -> {} ({})", id, assigned, next,
+                  !obs.answered ? "missed the round"
+                                : fmt::format("{:.1f}s of {:.0f}s", obs.seconds,
+                                              deadline));
+    }
+    w.rank = next;
+  }
+}
+
+void Coordinator::FillRoundShape(RoundMetrics* m) {
+  m->frozen_fraction =
+      global_->empty() ? 0.0
+                       : static_cast<double>(frozen_.size()) / global_->size();
+  int64_t lo = 0, hi = 0;
+  double sum = 0;
+  int n = 0;
+  for (const auto& [id, r] : round_ranks_) {
+    if (workers_.at(id).profile.edge) continue;
+    int64_t rank = r > 0 ? r : config_.peft.lora.r;
+    if (config_.peft.method != "lora") rank = 0;
+    lo = n == 0 ? rank : std::min(lo, rank);
+    hi = std::max(hi, rank);
+    sum += rank;
+    ++n;
+  }
+  m->rank_min = lo;
+  m->rank_max = hi;
+  m->rank_mean = n > 0 ? sum / n : 0;
+}
+
 bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
   const FederationOptions& f = config_.federation;
   auto t0 = Clock::now();
@@ -496,6 +821,16 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
       std::swap(alive[i], alive[rng_() % static_cast<uint64_t>(i + 1)]);
     }
     selected_ = std::set<std::string>(alive.begin(), alive.begin() + k);
+    if (apf_) {
+      frozen_ = apf_->FrozenAt(round);
+    } else if (!edge_mode_) {
+      frozen_.clear();
+    }
+    round_ranks_.clear();
+    for (const auto& id : selected_) {
+      round_ranks_[id] = RankOf(workers_.at(id));
+    }
+    FillRoundShape(m);
     answered_.clear();
     pending_.clear();
     rejected_ = 0;
@@ -504,20 +839,25 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
     attempt_ = attempt;
     round_seed_ = Mix(f.seed ^ Mix(static_cast<uint64_t>(round) * 131 +
                                    static_cast<uint64_t>(attempt)));
-    auto deadline =
-        Clock::now() + std::chrono::milliseconds(
-                           static_cast<int64_t>(f.round_deadline_s * 1000));
-    deadline_unix_ms_ =
-        UnixMillis() + static_cast<uint64_t>(f.round_deadline_s * 1000);
+    const double deadline_s =
+        round_deadline_s_ > 0 ? round_deadline_s_ : f.round_deadline_s;
+    auto deadline = Clock::now() + std::chrono::milliseconds(
+                                       static_cast<int64_t>(deadline_s * 1000));
+    deadline_unix_ms_ = UnixMillis() + static_cast<uint64_t>(deadline_s * 1000);
     // broadcast: waiting GetTask calls wake up and take the task
     phase_ = Phase::kCollect;
     m->selected = k;
     std::string names;
     for (const auto& s : selected_) names += (names.empty() ? "" : ", ") + s;
-    FP_LOG_INFO("coordinator", "round {}/{}{}: selected {} of {} alive: {}",
-                round, f.rounds,
-                attempt > 0 ? " (retry " + std::to_string(attempt) + ")" : "",
-                k, n, names);
+    FP_LOG_INFO(
+        "coordinator", "{} {}{}: selected {} of {} alive: {}{}",
+        edge_mode_ ? "edge round" : "round",
+        edge_mode_ ? std::to_string(round)
+                   : std::to_string(round) + "/" + std::to_string(f.rounds),
+        attempt > 0 ? " (retry " + std::to_string(attempt) + ")" : "", k, n,
+        names,
+        frozen_.empty() ? std::string()
+                        : fmt::format("; {} tensors frozen", frozen_.size()));
     cv_.notify_all();
 
     // collect
@@ -537,8 +877,7 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
           FP_LOG_WARN("coordinator",
                       "round {}: deadline ({:.0f}s) reached with {}/{} "
                       "answers",
-                      round, f.round_deadline_s, pending_.size(),
-                      selected_.size());
+                      round, deadline_s, pending_.size(), selected_.size());
         }
         break;
       }
@@ -555,6 +894,28 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
       if (!answered_.count(id)) {
         FP_LOG_WARN("coordinator", "round {}: no answer from '{}' (dropped)",
                     round, id);
+      }
+    }
+    if (!stop_) UpdateRanks(updates);
+    m->edges_answered = 0;
+    for (const auto& u : updates) m->edges_answered += u.edge ? 1 : 0;
+    if (m->edges_answered > 0) {
+      // Behind edges, the ranks are the ones the edges assigned.
+      int64_t lo = 0, hi = 0;
+      double sum = 0, count = 0;
+      for (const auto& u : updates) {
+        const UpdateHeader& h = u.header;
+        if (!u.edge || h.rank_max == 0) continue;
+        lo = lo == 0 ? h.rank_min : std::min<int64_t>(lo, h.rank_min);
+        hi = std::max<int64_t>(hi, h.rank_max);
+        double n = std::max<uint32_t>(1, h.workers);
+        sum += h.rank_mean * n;
+        count += n;
+      }
+      if (count > 0) {
+        m->rank_min = lo;
+        m->rank_max = hi;
+        m->rank_mean = sum / count;
       }
     }
   }
@@ -585,7 +946,9 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
                               RoundMetrics* m) {
   std::vector<aggregation::ClientUpdate> client;
   double loss_sum = 0, sample_sum = 0, eval_sum = 0, eval_tokens = 0;
+  last_round_headers_.clear();
   for (auto& p : updates) {
+    last_round_headers_[p.worker_id] = p.header;
     m->max_train_seconds =
         std::max(m->max_train_seconds, p.header.train_seconds);
     loss_sum += p.header.train_loss * p.header.num_samples;
@@ -604,21 +967,95 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
   m->train_loss = sample_sum > 0 ? loss_sum / sample_sum : std::nan("");
   m->eval_loss = eval_tokens > 0 ? eval_sum / eval_tokens : std::nan("");
   std::shared_ptr<const TensorMap> current;
+  std::set<std::string> frozen;
   {
     std::lock_guard<std::mutex> lock(mu_);
     current = global_;
+    frozen = frozen_;
   }
-  aggregation::RoundContext ctx;
-  ctx.round = round;
-  ASSIGN_OR_RETURN(TensorMap next, strategy_->Aggregate(ctx, *current, client));
+  TensorMap next;
+  if (hetero_) {
+    std::vector<aggregation::HeteroUpdate> hu;
+    for (auto& u : client) {
+      aggregation::HeteroUpdate h;
+      h.worker_id = u.worker_id;
+      h.delta = std::move(u.delta);
+      h.num_samples = u.num_samples;
+      h.rank = 0;
+      for (const auto& p : updates) {
+        if (p.worker_id == u.worker_id) h.rank = p.header.rank;
+      }
+      // Rank 0 (an edge): the global's own shapes.
+      if (h.rank == 0) {
+        for (const auto& [module, r] : aggregation::ModuleRanks(*current)) {
+          h.rank = std::max(h.rank, r);
+        }
+      }
+      hu.push_back(std::move(h));
+    }
+    aggregation::HeteroStats stats;
+    ASSIGN_OR_RETURN(next, aggregation::HeteroAggregate(*hetero_, *current,
+                                                        *init_, hu, &stats));
+    if (stats.truncated_energy > 1e-6) {
+      FP_LOG_INFO("coordinator",
+                  "round {}: {} merge dropped {:.2g} of the update's energy "
+                  "(rank cap)",
+                  round, aggregation::HeteroMethodName(hetero_->method),
+                  stats.truncated_energy);
+    }
+  } else {
+    // Tensors an update left out (frozen, FFA-LoRA's A, layers a weak
+    // worker froze) are unchanged for that worker: the mean of a tensor is
+    // taken over the workers that trained it, which is what filling the
+    // gaps with that mean gives every weighted-mean strategy.
+    std::vector<double> weights =
+        aggregation::ClientWeights(client, config_.strategy.weighted);
+    for (const auto& [key, t] : *current) {
+      double w_sum = 0;
+      torch::Tensor acc;
+      for (size_t k = 0; k < client.size(); ++k) {
+        auto it = client[k].delta.find(key);
+        if (it == client[k].delta.end()) continue;
+        acc = acc.defined() ? acc + weights[k] * it->second
+                            : weights[k] * it->second;
+        w_sum += weights[k];
+      }
+      torch::Tensor fill = acc.defined() ? acc / w_sum : torch::zeros_like(t);
+      for (auto& u : client) {
+        if (!u.delta.count(key)) u.delta[key] = fill;
+      }
+    }
+    aggregation::RoundContext ctx;
+    ctx.round = round;
+    ASSIGN_OR_RETURN(next, strategy_->Aggregate(ctx, *current, client));
+  }
+  // Frozen tensors stay exactly as they were (a server optimizer's momentum
+  // would otherwise still move them).
+  for (const std::string& key : frozen) {
+    auto it = current->find(key);
+    if (it != current->end()) next[key] = it->second;
+  }
   for (const auto& kv : next) {
     if (!torch::isfinite(kv.second).all().item<bool>()) {
       return Status::Internal("aggregated tensor '" + kv.first +
                               "' is not finite; keeping the previous global");
     }
   }
+  TensorMap applied;
+  std::vector<std::string> changed;
+  for (const auto& [key, t] : next) {
+    auto it = current->find(key);
+    if (it == current->end() || !it->second.sizes().equals(t.sizes())) {
+      changed.push_back(key);
+    } else if (!torch::equal(it->second, t)) {
+      changed.push_back(key);
+      applied[key] = t - it->second;
+    }
+  }
+  if (apf_) apf_->Observe(round, applied);
   {
     std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& key : changed) last_changed_[key] = round;
     global_ = std::make_shared<const TensorMap>(std::move(next));
   }
   m->server_eval_loss = ServerEval();
@@ -651,8 +1088,16 @@ Status Coordinator::WriteCheckpoint(int64_t round) {
   ckpt.base_model = config_.model.path;
   ckpt.adapter_config = adapter_config_;
   ckpt.strategy_state = strategy_->State();
+  if (apf_) ckpt.extra["apf"] = apf_->State();
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (hetero_) {
+      nlohmann::json ranks = nlohmann::json::object();
+      for (const auto& [id, w] : workers_) {
+        if (w.rank > 0) ranks[id] = w.rank;
+      }
+      ckpt.extra["ranks"] = ranks;
+    }
     ckpt.global = *global_;
     ckpt.bytes_up = total_bytes_up_;
     ckpt.bytes_down = total_bytes_down_;
@@ -667,12 +1112,22 @@ void Coordinator::LogRound(const RoundMetrics& m) {
   if (std::isfinite(m.server_eval_loss)) {
     eval += fmt::format(" (server {:.4f})", m.server_eval_loss);
   }
+  std::string shape;
+  if (m.edges_answered > 0) shape += fmt::format(" edges {}", m.edges_answered);
+  if (hetero_ && m.rank_max > 0) {
+    shape += fmt::format(" | rank {}..{} (mean {:.1f})", m.rank_min, m.rank_max,
+                         m.rank_mean);
+  }
+  if (apf_) shape += fmt::format(" | frozen {:.0f}%", 100 * m.frozen_fraction);
   FP_LOG_INFO("coordinator",
-              "round {}/{} {}: selected {} answered {} dropped {} | train "
+              "{} {} {}: selected {} answered {} dropped {}{} | train "
               "loss {:.4f} eval loss {} | up {} down {} | {:.1f}s",
-              m.round, config_.federation.rounds,
+              edge_mode_ ? "edge round" : "round",
+              edge_mode_ ? std::to_string(m.round)
+                         : std::to_string(m.round) + "/" +
+                               std::to_string(config_.federation.rounds),
               m.aggregated ? "done" : "skipped", m.selected, m.answered,
-              m.dropped, m.train_loss, eval, FormatBytes(m.bytes_up),
+              m.dropped, shape, m.train_loss, eval, FormatBytes(m.bytes_up),
               FormatBytes(m.bytes_down), m.seconds);
   if (!metrics_.is_open()) return;
   nlohmann::json j = {
@@ -690,6 +1145,11 @@ void Coordinator::LogRound(const RoundMetrics& m) {
       {"bytes_down", m.bytes_down},
       {"seconds", m.seconds},
       {"worker_seconds_max", m.max_train_seconds},
+      {"edges_answered", m.edges_answered},
+      {"rank_min", m.rank_min},
+      {"rank_mean", m.rank_mean},
+      {"rank_max", m.rank_max},
+      {"frozen_fraction", m.frozen_fraction},
       {"strategy", strategy_->name()},
       {"unix_ms", UnixMillis()},
   };
@@ -748,6 +1208,12 @@ Status Coordinator::Run() {
               "federation '{}' finished {} rounds; telling workers to shut "
               "down for {:.0f}s",
               f.id, completed_rounds_, f.shutdown_grace_s);
+  ShutdownGrace();
+  return Status::Ok();
+}
+
+void Coordinator::ShutdownGrace() {
+  const FederationOptions& f = config_.federation;
   auto until = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(
                                   f.shutdown_grace_s * 1000));
   std::unique_lock<std::mutex> lock(mu_);
@@ -761,7 +1227,126 @@ Status Coordinator::Run() {
     cv_.wait_until(
         lock, std::min(until, Clock::now() + std::chrono::milliseconds(200)));
   }
-  return Status::Ok();
+}
+
+// ---- edge mode ----------------------------------------------------------
+
+StatusOr<EdgeResult> Coordinator::RunEdgeRounds(const TensorMap& cloud_global,
+                                                const EdgeTask& task) {
+  const FederationOptions& f = config_.federation;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Tensors the cloud changed count as changed in the round just before
+    // the next edge round, so workers' caches drop them.
+    for (const auto& [key, t] : cloud_global) {
+      auto it = global_->find(key);
+      if (it == global_->end() || !it->second.sizes().equals(t.sizes()) ||
+          !torch::equal(it->second, t)) {
+        last_changed_[key] = edge_round_;
+      }
+    }
+    global_ = std::make_shared<const TensorMap>(cloud_global);
+    frozen_ = std::set<std::string>(task.frozen.begin(), task.frozen.end());
+    train_ = task.train;
+    config_.freezing.ffa = task.train_b_only;
+    config_.heterogeneity.prune_threshold = task.prune_threshold;
+    edge_task_ = task;
+  }
+  EdgeResult result;
+  std::map<std::string, uint64_t> samples;  // worker -> latest num_samples
+  double loss_sum = 0, loss_weight = 0, eval_sum = 0;
+  auto t0 = Clock::now();
+  for (int i = 0; i < task.edge_rounds && !stop_; ++i) {
+    // Each edge round gets its share of what is left of the cloud round.
+    double deadline_s = f.round_deadline_s;
+    if (task.deadline_unix_ms > 0) {
+      double left = (static_cast<double>(task.deadline_unix_ms) -
+                     static_cast<double>(UnixMillis())) /
+                    1000.0;
+      deadline_s = std::min(deadline_s, left / (task.edge_rounds - i));
+    }
+    if (deadline_s <= 0.05) {
+      FP_LOG_WARN("coordinator",
+                  "cloud round {}: no time left for edge round {} of {}",
+                  task.cloud_round, i + 1, task.edge_rounds);
+      break;
+    }
+    // Wait (within the round's time) for enough workers.
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      auto until = Clock::now() + std::chrono::milliseconds(
+                                      static_cast<int64_t>(deadline_s * 1000));
+      size_t needed = static_cast<size_t>(
+          started_ ? f.min_workers : std::max(f.min_available, f.min_workers));
+      while (!stop_ && AliveWorkers().size() < needed && Clock::now() < until) {
+        cv_.wait_for(lock, std::chrono::milliseconds(100));
+      }
+      if (AliveWorkers().size() >= needed) started_ = true;
+      if (!started_) {
+        FP_LOG_WARN("coordinator",
+                    "cloud round {}: only {} of {} workers alive at this "
+                    "edge",
+                    task.cloud_round, AliveWorkers().size(), needed);
+        break;
+      }
+      deadline_s = std::max(
+          0.05, std::chrono::duration<double>(until - Clock::now()).count());
+    }
+    round_deadline_s_ = deadline_s;
+    const int64_t round = ++edge_round_;
+    RoundMetrics m;
+    bool ok = RunRoundAttempt(round, 0, &m);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      history_.push_back(m);
+      phase_ = stop_ ? Phase::kDone : Phase::kWaitWorkers;
+      selected_.clear();
+    }
+    LogRound(m);
+    if (!ok) continue;
+    result.rounds_aggregated++;
+    result.rank_min = m.rank_min;
+    result.rank_max = m.rank_max;
+    result.rank_mean = m.rank_mean;
+    for (const auto& h : last_round_headers_) {
+      samples[h.first] = h.second.num_samples;
+      loss_sum += h.second.train_loss * h.second.num_samples;
+      loss_weight += h.second.num_samples;
+      if (std::isfinite(h.second.eval_loss) && h.second.eval_tokens > 0 &&
+          i + 1 == task.edge_rounds) {
+        eval_sum += h.second.eval_loss * h.second.eval_tokens;
+        result.eval_tokens += h.second.eval_tokens;
+      }
+    }
+  }
+  round_deadline_s_ = 0;
+  for (const auto& kv : samples) result.num_samples += kv.second;
+  result.workers = static_cast<int>(samples.size());
+  result.train_loss = loss_weight > 0 ? loss_sum / loss_weight : std::nan("");
+  result.eval_loss =
+      result.eval_tokens > 0 ? eval_sum / result.eval_tokens : std::nan("");
+  result.train_seconds = Seconds(Clock::now() - t0);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    result.adapter = *global_;
+  }
+  if (stop_) return Status::Unavailable("edge stopped");
+  if (result.rounds_aggregated == 0) {
+    return Status::Unavailable("cloud round " +
+                               std::to_string(task.cloud_round) +
+                               ": no edge round reached its quorum");
+  }
+  return result;
+}
+
+void Coordinator::Finish() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    phase_ = Phase::kDone;
+    selected_.clear();
+    cv_.notify_all();
+  }
+  ShutdownGrace();
 }
 
 }  // namespace coordinator

@@ -32,17 +32,22 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "aggregation/hetero_rank.h"
 #include "aggregation/strategy.h"
 #include "common/status.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator_config.h"
 #include "model/llama.h"
+#include "peft/freezing.h"
 #include "peft/peft_model.h"
+#include "peft/rank_assignment.h"
+#include "proto/tensor_codec.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -55,6 +60,8 @@ struct WorkerProfile {
   double uplink_bytes_per_second = 0;
   uint64_t num_samples = 0;
   std::string version;
+  bool edge = false;     // an edge aggregator (runs edge_rounds per task)
+  uint32_t seq_len = 0;  // longest training sequence; 0 = unknown
 };
 
 struct Registration {
@@ -63,6 +70,17 @@ struct Registration {
   int heartbeat_interval_ms = 0;
   std::string adapter_config_json;  // PEFT adapter_config.json text
   std::string base_model;
+  std::string plan_json;  // for edges: see EdgePlan
+};
+
+// What an edge needs to treat its workers as the cloud would: the merge of
+// heterogeneous ranks, FFA-LoRA, and the adapter's initialisation seed.
+struct EdgePlan {
+  HeterogeneityOptions heterogeneity;
+  bool ffa = false;
+  uint64_t adapter_seed = 42;
+  std::string ToJson() const;
+  static StatusOr<EdgePlan> FromJson(const std::string& text);
 };
 
 struct TaskInfo {
@@ -73,6 +91,11 @@ struct TaskInfo {
   uint64_t seed = 0;
   uint64_t deadline_unix_ms = 0;
   std::string message;
+  int64_t rank = 0;  // LoRA rank to train; 0 = the registered config's
+  std::vector<std::string> frozen;  // adapter tensors frozen this round
+  int edge_rounds = 0;              // edges only
+  bool train_b_only = false;        // FFA-LoRA
+  double prune_threshold = 0;
 };
 
 struct UpdateHeader {
@@ -83,6 +106,45 @@ struct UpdateHeader {
   uint64_t eval_tokens = 0;
   double train_seconds = 0;
   double tokens_per_second = 0;
+  int64_t rank = 0;            // rank of the tensors; 0 = the global's shapes
+  bool whole_adapter = false;  // the tensors are an adapter, not a delta
+  uint32_t workers = 0;        // edges: workers merged in
+  uint32_t edge_rounds = 0;    // edges: edge rounds run
+  uint32_t rank_min = 0, rank_max = 0;  // edges: ranks of their workers
+  double rank_mean = 0;
+};
+
+// What a participant may upload for a round: the tensor specs when they are
+// known in advance (any subset of them), nullopt when only the decoded
+// tensors can be checked (whole adapters of variable rank).
+struct UploadExpectation {
+  std::optional<std::map<std::string, transport::TensorSpec>> specs;
+  size_t max_tensors = 0;
+};
+
+// One cloud task as an edge runs it (Coordinator::RunEdgeRounds).
+struct EdgeTask {
+  int64_t cloud_round = 0;
+  int edge_rounds = 1;
+  LocalTrainSpec train;
+  uint64_t seed = 0;
+  uint64_t deadline_unix_ms = 0;  // the cloud round's; 0 = none
+  std::vector<std::string> frozen;
+  bool train_b_only = false;
+  double prune_threshold = 0;
+};
+
+struct EdgeResult {
+  TensorMap adapter;         // the edge's adapter after its rounds
+  uint64_t num_samples = 0;  // samples of the workers merged in
+  double train_loss = 0;     // sample-weighted
+  double eval_loss = 0;      // eval-token-weighted; NaN = none
+  uint64_t eval_tokens = 0;
+  double train_seconds = 0;  // the edge rounds' wall time
+  int workers = 0;           // distinct workers merged in
+  int rounds_aggregated = 0;
+  int64_t rank_min = 0, rank_max = 0;
+  double rank_mean = 0;
 };
 
 struct RoundMetrics {
@@ -100,6 +162,11 @@ struct RoundMetrics {
   double seconds = 0;
   double max_train_seconds = 0;  // slowest accepted worker's compute time
   bool aggregated = false;
+  int edges_answered = 0;  // accepted updates that came from edges
+  int64_t rank_min = 0;    // LoRA ranks assigned this round (behind edges:
+  int64_t rank_max = 0;    // the ranks the edges assigned)
+  double rank_mean = 0;
+  double frozen_fraction = 0;  // share of adapter tensors frozen
 };
 
 struct CoordinatorStatus {
@@ -131,6 +198,11 @@ class Coordinator {
   // metrics file.
   static StatusOr<std::unique_ptr<Coordinator>> Create(
       const CoordinatorConfig& config);
+  // An edge aggregator's round engine: the same handlers and rounds, but
+  // the global adapter comes from the cloud (RunEdgeRounds), nothing is
+  // checkpointed and `plan` (from the cloud) sets how ranks are merged.
+  static StatusOr<std::unique_ptr<Coordinator>> CreateEdge(
+      const CoordinatorConfig& config, const EdgePlan& plan);
   ~Coordinator();
 
   // ---- handlers (thread-safe) -------------------------------------------
@@ -141,10 +213,15 @@ class Coordinator {
   // `wait` with kWait.
   StatusOr<TaskInfo> GetTask(const std::string& session_id,
                              std::chrono::milliseconds wait);
-  // The global adapter the worker must train on in `round` (aliased,
-  // immutable). FailedPrecondition when the round is not open to it.
+  // The global adapter the worker must train on in `round`, at its rank;
+  // with cached_round > 0, without the tensors unchanged since that round.
+  // FailedPrecondition when the round is not open to it.
   StatusOr<std::shared_ptr<const TensorMap>> GlobalAdapter(
-      const std::string& session_id, int64_t round);
+      const std::string& session_id, int64_t round, uint64_t cached_round = 0);
+  // What the upload announced by `header` may carry; FailedPrecondition for
+  // a rank the worker was not given.
+  StatusOr<UploadExpectation> ExpectedUpload(const std::string& session_id,
+                                             const UpdateHeader& header);
   // Name -> shape of the global adapter: what uploads must match.
   const TensorMap& AdapterTemplate() const { return *template_; }
   // Checks that an upload may start (session known, round open, worker
@@ -168,6 +245,14 @@ class Coordinator {
   // Asks Run() to return soon; safe from a signal-handling thread.
   void Stop();
 
+  // ---- edge mode -----------------------------------------------------------
+  // Runs task.edge_rounds rounds with this edge's workers starting from the
+  // cloud's adapter; returns the edge's adapter and what went into it.
+  StatusOr<EdgeResult> RunEdgeRounds(const TensorMap& cloud_global,
+                                     const EdgeTask& task);
+  // Ends an edge: its workers get SHUTDOWN for up to shutdown_grace_s.
+  void Finish();
+
   const CoordinatorConfig& config() const { return config_; }
   int64_t completed_rounds() const { return completed_rounds_; }
   // The metrics of every round this process ran.
@@ -179,16 +264,29 @@ class Coordinator {
     std::string session_id;
     std::chrono::steady_clock::time_point last_seen;
     uint64_t rounds_completed = 0;
+    int64_t rank = 0;  // assigned LoRA rank (heterogeneous ranks); 0 = r
   };
   struct Pending {
     std::string worker_id;
     UpdateHeader header;
     TensorMap delta;
+    bool edge = false;
+    uint64_t num_samples_profile = 0;
   };
   enum class Phase { kWaitWorkers, kCollect, kAggregate, kDone };
 
   explicit Coordinator(const CoordinatorConfig& config);
   Status Init();
+  // The rank worker `w` trains; 0 = the global's shapes. REQUIRES: mu_.
+  int64_t RankOf(const WorkerEntry& w) const;
+  peft::AdapterCost CostFor(const WorkerProfile& p) const;
+  // Re-assigns the ranks of this round's workers from what happened.
+  // REQUIRES: mu_ held.
+  void UpdateRanks(const std::vector<Pending>& answered);
+  // Shares of the frozen tensors, and ranks of the selected, into `m`.
+  void FillRoundShape(RoundMetrics* m);
+  // Answers SHUTDOWN until every live worker heard it or the grace ends.
+  void ShutdownGrace();
 
   // REQUIRES: mu_ held.
   WorkerEntry* FindSession(const std::string& session_id);
@@ -207,7 +305,14 @@ class Coordinator {
   void LogRound(const RoundMetrics& m);
   bool WaitForWorkers();
 
-  const CoordinatorConfig config_;
+  CoordinatorConfig config_;
+  bool edge_mode_ = false;
+  std::optional<aggregation::HeteroOptions> hetero_;  // heterogeneous ranks
+  std::unique_ptr<peft::ApfController> apf_;
+  std::shared_ptr<const TensorMap> init_;  // the initial global adapter
+  int64_t edge_round_ = 0;                 // edge mode: rounds run so far
+  double round_deadline_s_ = 0;            // edge mode: this round's limit
+  std::map<std::string, UpdateHeader> last_round_headers_;  // round loop
   std::shared_ptr<const model::LlamaWeights> base_;
   std::unique_ptr<aggregation::Strategy> strategy_;
   std::shared_ptr<const TensorMap> template_;  // zeros: names and shapes
@@ -236,8 +341,13 @@ class Coordinator {
   uint64_t total_bytes_up_ = 0, total_bytes_down_ = 0;  // GUARDED_BY(mu_)
   std::vector<RoundMetrics> history_;                   // GUARDED_BY(mu_)
   std::set<std::string> told_shutdown_;                 // GUARDED_BY(mu_)
-  std::mt19937_64 rng_;                                 // round loop only
-  int64_t completed_rounds_ = 0;                        // round loop only
+  std::set<std::string> frozen_;  // this round's  GUARDED_BY(mu_)
+  std::map<std::string, int64_t> last_changed_;  // key -> round GUARDED_BY
+  LocalTrainSpec train_;  // edge: the cloud's GUARDED_BY(mu_)
+  EdgeTask edge_task_;    // edge: current   GUARDED_BY(mu_)
+  std::map<std::string, int64_t> round_ranks_;  // selected -> rank this round
+  std::mt19937_64 rng_;                         // round loop only
+  int64_t completed_rounds_ = 0;                // round loop only
   bool started_ = false;  // min_available was met  // GUARDED_BY(mu_)
   std::atomic<bool> stop_{false};
   uint64_t next_session_ = 1;  // GUARDED_BY(mu_)

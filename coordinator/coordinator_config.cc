@@ -1,5 +1,6 @@
 #include "coordinator/coordinator_config.h"
 
+#include "aggregation/hetero_rank.h"
 #include "common/logging.h"
 
 namespace fedpeft {
@@ -86,6 +87,80 @@ void LocalTrainSpec::Read(ConfigReader& in) {
            "must be >= 0, got " + ToConfigString(fedprox_mu));
 }
 
+void HeterogeneityOptions::Read(ConfigReader& in) {
+  in.Get("enabled", &enabled);
+  in.Get("method", &method);
+  in.Get("r_min", &policy.r_min);
+  in.Get("safety", &policy.safety);
+  in.Get("grow_below", &policy.grow_below);
+  in.Get("prune_threshold", &prune_threshold);
+  in.Get("stack_max_rank", &stack_max_rank);
+  in.Check(aggregation::ParseHeteroMethod(method).ok(), "method",
+           "expected zero_pad, svd or stack, got '" + method + "'");
+  in.Check(policy.r_min >= 1, "r_min",
+           "must be >= 1, got " + ToConfigString(policy.r_min));
+  in.Check(policy.safety > 0 && policy.safety <= 1, "safety",
+           "must be in (0, 1], got " + ToConfigString(policy.safety));
+  in.Check(policy.grow_below > 0 && policy.grow_below < 1, "grow_below",
+           "must be in (0, 1), got " + ToConfigString(policy.grow_below));
+  in.Check(
+      prune_threshold >= 0 && prune_threshold < 1, "prune_threshold",
+      "must be in [0, 1) (0 = off), got " + ToConfigString(prune_threshold));
+  in.Check(
+      stack_max_rank >= 0, "stack_max_rank",
+      "must be >= 0 (0 = lossless), got " + ToConfigString(stack_max_rank));
+}
+
+nlohmann::json HeterogeneityOptions::ToJson() const {
+  return {{"enabled", enabled},
+          {"method", method},
+          {"r_min", policy.r_min},
+          {"r_max", policy.r_max},
+          {"safety", policy.safety},
+          {"grow_below", policy.grow_below},
+          {"prune_threshold", prune_threshold},
+          {"stack_max_rank", stack_max_rank}};
+}
+
+StatusOr<HeterogeneityOptions> HeterogeneityOptions::FromJson(
+    const nlohmann::json& j) {
+  HeterogeneityOptions h;
+  try {
+    h.enabled = j.at("enabled").get<bool>();
+    h.method = j.at("method").get<std::string>();
+    h.policy.r_min = j.at("r_min").get<int64_t>();
+    h.policy.r_max = j.at("r_max").get<int64_t>();
+    h.policy.safety = j.at("safety").get<double>();
+    h.policy.grow_below = j.at("grow_below").get<double>();
+    h.prune_threshold = j.at("prune_threshold").get<double>();
+    h.stack_max_rank = j.at("stack_max_rank").get<int64_t>();
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(
+        std::string("heterogeneity plan from the coordinator: ") + e.what());
+  }
+  if (!aggregation::ParseHeteroMethod(h.method).ok() || h.policy.r_min < 1 ||
+      h.policy.r_max < h.policy.r_min) {
+    return Status::InvalidArgument(
+        "heterogeneity plan from the coordinator: method '" + h.method +
+        "', r_min " + std::to_string(h.policy.r_min) + ", r_max " +
+        std::to_string(h.policy.r_max) +
+        " (expected zero_pad|svd|stack and 1 <= r_min <= r_max)");
+  }
+  return h;
+}
+
+void FreezingOptions::Read(ConfigReader& in) {
+  ConfigReader a = in.Section("apf");
+  apf.Read(a);
+  in.Get("ffa", &ffa);
+}
+
+void HierarchyOptions::Read(ConfigReader& in) {
+  in.Get("edge_rounds", &edge_rounds);
+  in.Check(edge_rounds >= 1 && edge_rounds <= 1000, "edge_rounds",
+           "must be in [1, 1000], got " + ToConfigString(edge_rounds));
+}
+
 void ServerEvalOptions::Read(ConfigReader& in) {
   ConfigReader data_in = in.Section("data");
   // Server-side eval is optional: an absent data.path turns it off, so
@@ -128,6 +203,38 @@ void CoordinatorConfig::Read(ConfigReader& in) {
   strategy.Read(st);
   ConfigReader t = in.Section("train");
   train.Read(t);
+  ConfigReader h = in.Section("heterogeneity");
+  heterogeneity.Read(h);
+  heterogeneity.policy.r_max = peft.lora.r;
+  if (heterogeneity.enabled) {
+    h.Check(
+        peft.method == "lora", "enabled",
+        "heterogeneous ranks need peft.method lora, got '" + peft.method + "'");
+    h.Check(heterogeneity.policy.r_min <= peft.lora.r, "r_min",
+            "must be <= peft.lora.r (the largest rank), got " +
+                ToConfigString(heterogeneity.policy.r_min));
+    h.Check(peft.lora.rank_pattern.empty() && peft.lora.alpha_pattern.empty(),
+            "enabled",
+            "heterogeneous ranks assign one rank per worker; remove "
+            "peft.lora.rank_pattern / alpha_pattern");
+    h.Check(strategy.name == "fedavg", "enabled",
+            "heterogeneous ranks merge with their own method (weighted by "
+            "samples); set strategy.name: fedavg, got '" +
+                strategy.name + "'");
+  }
+  ConfigReader fr = in.Section("freezing");
+  freezing.Read(fr);
+  if (freezing.ffa) {
+    fr.Check(peft.method == "lora", "ffa",
+             "FFA-LoRA needs peft.method lora, got '" + peft.method + "'");
+  }
+  if (freezing.apf.enabled && heterogeneity.enabled) {
+    fr.Check(heterogeneity.method == "zero_pad", "apf.enabled",
+             "adaptive freezing works per tensor, which the svd and stack "
+             "merges re-factor every round; use heterogeneity.method zero_pad");
+  }
+  ConfigReader hi = in.Section("hierarchy");
+  hierarchy.Read(hi);
   ConfigReader e = in.Section("eval");
   eval.Read(e);
   ConfigReader c = in.Section("checkpoint");

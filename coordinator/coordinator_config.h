@@ -9,6 +9,11 @@
 //   peft:       the global adapter (sent to workers at registration)
 //   strategy:   aggregation (aggregation/strategy.h)
 //   train:      the local training spec sent with every task
+//   heterogeneity: per-worker LoRA ranks (enabled, method, r_min, safety,
+//               grow_below, prune_threshold, stack_max_rank); r_max is
+//               peft.lora.r
+//   freezing:   apf (adaptive parameter freezing), ffa (FFA-LoRA)
+//   hierarchy:  edge_rounds (κ: edge rounds per cloud round)
 //   eval:       optional server-side eval on held-out data
 //   checkpoint: dir, keep
 //   logging:    level, file, metrics_file
@@ -19,6 +24,7 @@
 #define FEDPEFT_COORDINATOR_COORDINATOR_CONFIG_H_
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -26,7 +32,9 @@
 #include "common/config.h"
 #include "common/status.h"
 #include "data/dataset.h"
+#include "peft/freezing.h"
 #include "peft/peft_model.h"
+#include "peft/rank_assignment.h"
 #include "worker/train_config.h"
 
 namespace fedpeft {
@@ -72,6 +80,37 @@ struct LocalTrainSpec {
   void Read(ConfigReader& in);
 };
 
+// Heterogeneous LoRA ranks: each worker trains its own rank in
+// [r_min, peft.lora.r], assigned from its profile and re-assigned every round
+// from what was measured (peft/rank_assignment.h); the server merges the
+// ranks with `method` (aggregation/hetero_rank.h).
+struct HeterogeneityOptions {
+  bool enabled = false;
+  std::string method = "zero_pad";  // zero_pad | svd | stack
+  peft::RankPolicy policy;          // r_min, safety, grow_below (r_max set
+                                    // from peft.lora.r)
+  double prune_threshold = 0;       // worker self-pruning; 0 = off
+  int64_t stack_max_rank = 0;       // stack: cap per module (0 = lossless)
+
+  void Read(ConfigReader& in);
+  nlohmann::json ToJson() const;
+  static StatusOr<HeterogeneityOptions> FromJson(const nlohmann::json& j);
+};
+
+struct FreezingOptions {
+  peft::ApfOptions apf;  // adaptive parameter freezing (server side)
+  bool ffa = false;      // FFA-LoRA: only lora_B is trained and sent
+
+  void Read(ConfigReader& in);
+};
+
+struct HierarchyOptions {
+  int edge_rounds = 1;  // κ: an edge aggregates every round, the cloud
+                        // every κ edge rounds (HierFAVG)
+
+  void Read(ConfigReader& in);
+};
+
 struct ServerEvalOptions {
   data::DataOptions data;  // empty data.path = no server-side eval
   int batch_size = 16;
@@ -101,6 +140,9 @@ struct CoordinatorConfig {
   peft::PeftOptions peft;
   aggregation::StrategyOptions strategy;
   LocalTrainSpec train;
+  HeterogeneityOptions heterogeneity;
+  FreezingOptions freezing;
+  HierarchyOptions hierarchy;
   ServerEvalOptions eval;
   CheckpointOptions checkpoint;
   CoordinatorLogging logging;

@@ -42,6 +42,13 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx,
     profile.uplink_bytes_per_second = p.uplink_bytes_per_second();
     profile.num_samples = p.num_samples();
     profile.version = p.version();
+    profile.edge = p.role() == proto::ROLE_EDGE;
+    profile.seq_len = p.seq_len();
+    if (p.role() != proto::ROLE_WORKER && p.role() != proto::ROLE_EDGE) {
+      return Grpc(Status::InvalidArgument(
+          "profile.role: expected ROLE_WORKER (0) or ROLE_EDGE (1), got " +
+          std::to_string(static_cast<int>(p.role()))));
+    }
     if (!std::isfinite(profile.tokens_per_second) ||
         profile.tokens_per_second < 0 ||
         !std::isfinite(profile.uplink_bytes_per_second) ||
@@ -59,6 +66,7 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx,
     reply->set_chunk_bytes(chunk_bytes_);
     reply->set_adapter_config_json(r->adapter_config_json);
     reply->set_base_model(r->base_model);
+    reply->set_plan_json(r->plan_json);
     return grpc::Status::OK;
   } catch (const std::exception& e) {
     return InternalError("Register", e);
@@ -110,6 +118,11 @@ grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
     spec->set_lr(task->train.lr);
     spec->set_fedprox_mu(task->train.fedprox_mu);
     spec->set_seed(task->seed);
+    spec->set_train_b_only(task->train_b_only);
+    spec->set_prune_threshold(task->prune_threshold);
+    reply->set_rank(static_cast<uint32_t>(task->rank));
+    for (const auto& key : task->frozen) reply->add_frozen(key);
+    reply->set_edge_rounds(static_cast<uint32_t>(task->edge_rounds));
     return grpc::Status::OK;
   } catch (const std::exception& e) {
     return InternalError("GetTask", e);
@@ -120,8 +133,9 @@ grpc::Status FederationService::DownloadAdapter(
     grpc::ServerContext* ctx, const proto::DownloadRequest* req,
     grpc::ServerWriter<proto::TensorChunk>* writer) {
   try {
-    auto global = coordinator_.GlobalAdapter(
-        req->session_id(), static_cast<int64_t>(req->round()));
+    auto global = coordinator_.GlobalAdapter(req->session_id(),
+                                             static_cast<int64_t>(req->round()),
+                                             req->cached_round());
     if (!global.ok()) return Grpc(global.status());
     uint64_t bytes = 0;
     Status s = transport::EncodeTensors(**global, chunk_bytes_,
@@ -150,13 +164,6 @@ grpc::Status FederationService::UploadUpdate(
     const proto::UpdateHeader h = msg.header();
     const std::string session = h.session_id();
     const int64_t round = static_cast<int64_t>(h.round());
-    // Refuse early: a stale, duplicate or unselected upload is not read.
-    Status allowed = coordinator_.CheckUploadAllowed(session, round);
-    if (!allowed.ok()) {
-      coordinator_.RecordRejectedUpload(session, round, allowed.message(),
-                                        bytes);
-      return Grpc(allowed);
-    }
     UpdateHeader header;
     header.round = round;
     header.num_samples = h.num_samples();
@@ -165,12 +172,38 @@ grpc::Status FederationService::UploadUpdate(
     header.eval_tokens = h.eval_tokens();
     header.train_seconds = h.train_seconds();
     header.tokens_per_second = h.tokens_per_second();
+    header.rank = h.rank();
+    header.whole_adapter = h.kind() == proto::UpdateHeader::ADAPTER;
+    header.workers = h.workers();
+    header.edge_rounds = h.edge_rounds();
+    header.rank_min = h.rank_min();
+    header.rank_max = h.rank_max();
+    header.rank_mean = h.rank_mean();
+    if (h.kind() != proto::UpdateHeader::DELTA &&
+        h.kind() != proto::UpdateHeader::ADAPTER) {
+      Status bad = Status::InvalidArgument(
+          "upload: kind " + std::to_string(static_cast<int>(h.kind())) +
+          ", expected DELTA (0) or ADAPTER (1)");
+      coordinator_.RecordRejectedUpload(session, round, bad.message(), bytes);
+      return Grpc(bad);
+    }
+    // Refuse early: a stale, duplicate or unselected upload, or one of a
+    // rank the worker was not given, is not read.
+    Status allowed = coordinator_.CheckUploadAllowed(session, round);
+    StatusOr<UploadExpectation> expect =
+        allowed.ok() ? coordinator_.ExpectedUpload(session, header)
+                     : StatusOr<UploadExpectation>(allowed);
+    if (!expect.ok()) {
+      coordinator_.RecordRejectedUpload(session, round,
+                                        expect.status().message(), bytes);
+      return Grpc(expect.status());
+    }
 
     transport::DecoderLimits limits;
     limits.max_total_bytes = coordinator_.max_update_bytes();
-    limits.max_tensors = coordinator_.AdapterTemplate().size();
-    auto specs = transport::SpecsOf(coordinator_.AdapterTemplate());
-    limits.expected = specs;
+    limits.max_tensors = expect->max_tensors;
+    limits.expected = expect->specs;
+    limits.require_all_expected = false;  // untrained tensors stay home
     transport::TensorDecoder decoder(limits);
     Status s;
     while (reader->Read(&msg)) {

@@ -11,6 +11,7 @@
 
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/edge.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
 #include "worker/train_config.h"
@@ -388,6 +389,9 @@ TEST(ShippedConfigsTest, EveryConfigLoads) {
       EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
     } else if (name == "worker.yaml") {
       auto cfg = worker::LoadWorkerConfig(path, {});
+      EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+    } else if (name == "edge.yaml") {
+      auto cfg = LoadEdgeConfig(path, {});
       EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
     } else if (name.size() > 11 &&
                name.compare(name.size() - 11, 11, "_train.yaml") == 0) {

@@ -1,6 +1,8 @@
 // End-to-end federations of real `fedpeft` processes over real sockets on
 // 127.0.0.1: a coordinator and workers started from the shipped configs,
-// a worker killed mid-round, the coordinator killed and restarted.
+// a worker killed mid-round, the coordinator killed and restarted; the
+// hierarchy (two edges of three workers, κ = 2, an edge killed and
+// restarted), heterogeneous ranks from worker profiles, and freezing.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gmock/gmock.h>
@@ -380,6 +382,224 @@ TEST_F(FederationTest, ConfigErrorsNameTheKeyAndExitNonZero) {
   EXPECT_THAT(log, HasSubstr("data.shard"));
   EXPECT_THAT(log,
               HasSubstr("worker.threads: expected an integer, got 'many'"));
+}
+
+// ---- hierarchy ----------------------------------------------------------
+
+class HierarchyTest : public FederationTest {
+ protected:
+  std::vector<std::string> CloudArgs(int port, int rounds, int edge_rounds,
+                                     std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {
+        "coordinator",
+        "--config",
+        "configs/hier/coordinator.yaml",
+        "--set",
+        "server.address=127.0.0.1:" + std::to_string(port),
+        "--set",
+        "federation.rounds=" + std::to_string(rounds),
+        "--set",
+        "federation.min_available=2",
+        "--set",
+        "federation.heartbeat_interval_ms=300",
+        "--set",
+        "federation.worker_timeout_s=3",
+        "--set",
+        "federation.task_wait_ms=1000",
+        "--set",
+        "federation.shutdown_grace_s=4",
+        "--set",
+        "federation.round_deadline_s=200",
+        "--set",
+        "hierarchy.edge_rounds=" + std::to_string(edge_rounds),
+        "--set",
+        "train.local_steps=3",
+        "--set",
+        "eval.data.max_records=600",
+        "--set",
+        "eval.data.max_seq_len=64",
+        "--set",
+        "checkpoint.dir=" + Path("ckpt"),
+        "--set",
+        "logging.metrics_file=" + Path("metrics.jsonl"),
+        "--set",
+        "model.threads=1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+  pid_t StartEdge(int cloud_port, int e, int port) {
+    return Spawn({"edge",
+                  "--config",
+                  "configs/hier/edge.yaml",
+                  "--set",
+                  "edge.id=edge-" + std::to_string(e),
+                  "--set",
+                  "upstream.address=127.0.0.1:" + std::to_string(cloud_port),
+                  "--set",
+                  "upstream.task_wait_ms=1000",
+                  "--set",
+                  "upstream.backoff_max_ms=1000",
+                  "--set",
+                  "server.address=127.0.0.1:" + std::to_string(port),
+                  "--set",
+                  "federation.min_available=3",
+                  "--set",
+                  "federation.heartbeat_interval_ms=300",
+                  "--set",
+                  "federation.worker_timeout_s=3",
+                  "--set",
+                  "federation.task_wait_ms=1000",
+                  "--set",
+                  "federation.shutdown_grace_s=3",
+                  "--set",
+                  "model.threads=1"},
+                 Path("edge-" + std::to_string(e) + ".log"));
+  }
+  // Six workers, three per edge; worker 0 has a slow uplink.
+  std::vector<pid_t> StartWorkers(const std::vector<int>& edge_ports) {
+    std::vector<pid_t> workers;
+    for (int i = 0; i < 6; ++i) {
+      std::vector<std::string> extra;
+      if (i == 0) extra = {"--set", "worker.uplink_mbps=0.02"};
+      workers.push_back(StartWorker(edge_ports[i / 3], i, 6, extra));
+    }
+    return workers;
+  }
+};
+
+TEST_F(HierarchyTest, TwoEdgesOfThreeWorkersWithKappaTwo) {
+  int cloud = FreePort();
+  std::vector<int> edge_ports = {FreePort(), FreePort()};
+  pid_t coord = Spawn(CloudArgs(cloud, 2, 2), Path("coordinator.log"));
+  std::vector<pid_t> edges = {StartEdge(cloud, 0, edge_ports[0]),
+                              StartEdge(cloud, 1, edge_ports[1])};
+  std::vector<pid_t> workers = StartWorkers(edge_ports);
+  ASSERT_EQ(Wait(coord, std::chrono::seconds(400)), 0) << Logs();
+  for (pid_t e : edges) EXPECT_EQ(Wait(e, std::chrono::seconds(30)), 0);
+  for (pid_t w : workers) {
+    EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 0) << Logs();
+  }
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 2u) << Logs();
+  for (const auto& row : rows) {
+    EXPECT_EQ(row["selected"], 2) << row.dump();
+    EXPECT_EQ(row["answered"], 2) << row.dump();
+    EXPECT_EQ(row["edges_answered"], 2) << row.dump();
+    EXPECT_GE(row["rank_min"].get<int>(), 2) << row.dump();
+    EXPECT_LE(row["rank_max"].get<int>(), 8) << row.dump();
+    EXPECT_TRUE(row["frozen_fraction"].is_number()) << row.dump();
+    EXPECT_TRUE(row["server_eval_loss"].is_number()) << row.dump();
+  }
+  // κ = 2: each edge ran 4 edge rounds for 2 cloud rounds, every worker
+  // trained in each, and each cloud round got one update per edge.
+  for (int e = 0; e < 2; ++e) {
+    std::string log = Slurp(Path("edge-" + std::to_string(e) + ".log"));
+    EXPECT_THAT(log, HasSubstr("edge round 4 done: selected 3 answered 3"));
+    EXPECT_THAT(log, ::testing::Not(HasSubstr("edge round 5")));
+    EXPECT_THAT(log, HasSubstr("cloud round 2: uploaded the merge of 3 "
+                               "workers over 2 edge rounds"));
+  }
+  // Ranks come from the profiles: worker-0's slow uplink gets it a lower
+  // rank than its peers, within [r_min, r_max] = [2, 8].
+  std::smatch m;
+  std::string edge0 = Slurp(Path("edge-0.log"));
+  auto rank_of = [&](const std::string& id) {
+    std::regex re("worker '" + id + "' registered \\(.*, rank ([0-9]+)\\)");
+    return std::regex_search(edge0, m, re) ? std::stoi(m[1]) : -1;
+  };
+  int slow = rank_of("worker-0"), fast = rank_of("worker-1");
+  EXPECT_GE(slow, 2) << edge0;
+  EXPECT_LT(slow, fast) << edge0;
+  EXPECT_EQ(fast, 8) << edge0;
+  // The cloud's checkpoint is an ordinary one: it exports.
+  pid_t ex =
+      Spawn({"export", "--checkpoint", Path("ckpt"), "--out", Path("adapter")},
+            Path("export.log"));
+  EXPECT_EQ(Wait(ex, std::chrono::seconds(60)), 0) << Slurp(Path("export.log"));
+}
+
+TEST_F(HierarchyTest, EdgeKilledAndRestartedRejoins) {
+  int cloud = FreePort();
+  std::vector<int> edge_ports = {FreePort(), FreePort()};
+  pid_t coord =
+      Spawn(CloudArgs(cloud, 6, 1, {"--set", "federation.quorum=0.5"}),
+            Path("coordinator.log"));
+  pid_t edge0 = StartEdge(cloud, 0, edge_ports[0]);
+  pid_t edge1 = StartEdge(cloud, 1, edge_ports[1]);
+  std::vector<pid_t> workers = StartWorkers(edge_ports);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Slurp(Path("coordinator.log")).find("round 1/6 done") !=
+               std::string::npos;
+      },
+      std::chrono::seconds(300)))
+      << Logs();
+  kill(edge1, SIGKILL);
+  Wait(edge1, std::chrono::seconds(10));
+  // The cloud goes on with the edge it has (quorum of edges) ...
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::string log = Slurp(Path("coordinator.log"));
+        return log.find("round 2/6 done") != std::string::npos ||
+               log.find("round 3/6 done") != std::string::npos;
+      },
+      std::chrono::seconds(300)))
+      << Logs();
+  // ... and the restarted edge registers again; its workers rejoin it.
+  pid_t again = StartEdge(cloud, 1, edge_ports[1]);
+  ASSERT_EQ(Wait(coord, std::chrono::seconds(400)), 0) << Logs();
+  EXPECT_EQ(Wait(edge0, std::chrono::seconds(30)), 0) << Logs();
+  EXPECT_EQ(Wait(again, std::chrono::seconds(30)), 0) << Logs();
+  for (pid_t w : workers) {
+    EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 0) << Logs();
+  }
+  EXPECT_THAT(Slurp(Path("coordinator.log")),
+              HasSubstr("edge 'edge-1' re-registered"));
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 6u) << Logs();
+  bool with_one = false, both_again = false;
+  for (const auto& row : rows) {
+    EXPECT_TRUE(row["aggregated"].get<bool>()) << row.dump();
+    if (row["edges_answered"] == 1) with_one = true;
+    if (with_one && row["edges_answered"] == 2) both_again = true;
+  }
+  EXPECT_TRUE(with_one) << "no round went on with one edge\n" << Logs();
+  EXPECT_TRUE(both_again) << "edge-1 never answered again\n" << Logs();
+}
+
+// FFA-LoRA and adaptive freezing: what is not trained is not uploaded, and
+// the server (which would reject a frozen tensor) takes every upload.
+TEST_F(FederationTest, FrozenTensorsStayHome) {
+  int port = FreePort();
+  pid_t coord = Spawn(CoordinatorArgs(port, 5, 2,
+                                      {"--set", "freezing.ffa=true", "--set",
+                                       "freezing.apf.enabled=true", "--set",
+                                       "freezing.apf.threshold=0.99", "--set",
+                                       "freezing.apf.warmup_rounds=1"}),
+                      Path("coordinator.log"));
+  std::vector<pid_t> workers = {StartWorker(port, 0, 2),
+                                StartWorker(port, 1, 2)};
+  ASSERT_EQ(Wait(coord, std::chrono::seconds(300)), 0) << Logs();
+  for (pid_t w : workers) EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 0);
+  std::string logs = Logs();
+  // FFA: only the 35 lora_B of the 70 adapter tensors travel ...
+  EXPECT_THAT(logs, HasSubstr("round 1: rank 8, 4 steps, 35 of 70 tensors"));
+  // ... and once APF freezes some B, fewer still.
+  std::regex fewer("round [2-5]: rank 8, 4 steps, ([0-9]+) of 70 tensors");
+  int least = 35;
+  for (auto it = std::sregex_iterator(logs.begin(), logs.end(), fewer);
+       it != std::sregex_iterator(); ++it) {
+    least = std::min(least, std::stoi((*it)[1]));
+  }
+  EXPECT_LT(least, 35) << logs;
+  EXPECT_THAT(logs, ::testing::Not(HasSubstr("rejected upload")));
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 5u);
+  EXPECT_GT(rows.back()["frozen_fraction"].get<double>(), 0.0);
+  // A frozen tensor is also not downloaded again: later rounds move fewer
+  // bytes down than the first.
+  EXPECT_LT(rows.back()["bytes_down"].get<uint64_t>(),
+            rows[0]["bytes_down"].get<uint64_t>());
 }
 
 }  // namespace

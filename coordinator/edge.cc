@@ -1,0 +1,253 @@
+#include "coordinator/edge.h"
+
+#include <cmath>
+
+#include "common/logging.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/service.h"
+#include "peft/peft_io.h"
+#include "worker/federation_client.h"
+
+namespace fedpeft {
+namespace coordinator {
+
+void EdgeConfig::Read(ConfigReader& in) {
+  ConfigReader e = in.Section("edge");
+  e.Get("id", &id);
+  e.Check(!id.empty() && id.size() <= 128, "id",
+          "expected 1 to 128 characters, got '" + id + "'");
+  ConfigReader u = in.Section("upstream");
+  upstream.Read(u);
+  ConfigReader s = in.Section("server");
+  server.Read(s);
+  ConfigReader f = in.Section("federation");
+  for (const char* key : {"rounds", "id", "on_quorum_miss", "max_retries"}) {
+    f.Check(!f.Has(key), key,
+            "is the cloud's to set: an edge runs the rounds each cloud task "
+            "asks for (the coordinator's hierarchy.edge_rounds) and skips an "
+            "edge round that misses its quorum");
+  }
+  rounds.Read(f);
+  ConfigReader m = in.Section("model");
+  model.Read(m);
+  ConfigReader l = in.Section("logging");
+  logging.metrics_file.clear();
+  logging.Read(l);
+  ConfigReader lim = in.Section("limits");
+  lim.Get("max_update_mb", &max_update_mb);
+  lim.Check(max_update_mb >= 1, "max_update_mb",
+            "must be >= 1, got " + ToConfigString(max_update_mb));
+}
+
+StatusOr<EdgeConfig> LoadEdgeConfig(const std::string& path,
+                                    const std::vector<std::string>& overrides) {
+  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
+  ConfigReader in(root, path);
+  EdgeConfig config;
+  config.Read(in);
+  RETURN_IF_ERROR(in.Finish());
+  return config;
+}
+
+class Edge::Impl {
+ public:
+  explicit Impl(const EdgeConfig& config) : config_(config) {}
+
+  Status Run();
+  void Stop() {
+    stop_ = true;
+    if (uplink_) uplink_->Stop();
+    std::shared_ptr<Coordinator> c = std::atomic_load(&coordinator_);
+    if (c) c->Stop();
+  }
+
+ private:
+  proto::WorkerProfile Profile();
+  Status OnRegistered(const proto::RegisterReply& reply);
+  Status Serve(const proto::Task& task);
+
+  const EdgeConfig config_;
+  std::atomic<bool> stop_{false};
+  std::unique_ptr<worker::FederationClient> uplink_;
+  std::shared_ptr<Coordinator> coordinator_;
+  std::unique_ptr<FederationServer> server_;
+  std::string federation_id_;
+  std::string adapter_config_json_;
+  std::string plan_json_;
+  bool whole_adapter_ = false;  // stack merge: upload the adapter itself
+  // The cloud adapter of cache_round_ (tensors it may leave out later).
+  TensorMap cache_;
+  uint64_t cache_round_ = 0;
+};
+
+proto::WorkerProfile Edge::Impl::Profile() {
+  proto::WorkerProfile p;
+  p.set_worker_id(config_.id);
+  p.set_role(proto::ROLE_EDGE);
+  p.set_version("0.1.0");
+  // num_samples stays 0 here: the weight of an edge is the samples of the
+  // workers behind each of its updates, sent with the update.
+  return p;
+}
+
+Status Edge::Impl::OnRegistered(const proto::RegisterReply& reply) {
+  // A registration is a new session: the cloud may have restarted, so
+  // nothing cached from before is trusted.
+  cache_.clear();
+  cache_round_ = 0;
+  if (!coordinator_) {
+    federation_id_ = reply.federation_id();
+    adapter_config_json_ = reply.adapter_config_json();
+    plan_json_ = reply.plan_json();
+    return Status::Ok();
+  }
+  if (reply.adapter_config_json() != adapter_config_json_ ||
+      reply.plan_json() != plan_json_) {
+    return Status::FailedPrecondition(
+        "the cloud coordinator now runs another adapter or plan than this "
+        "edge started with; restart the edge");
+  }
+  return Status::Ok();
+}
+
+Status Edge::Impl::Serve(const proto::Task& task) {
+  const int64_t round = static_cast<int64_t>(task.round());
+  // The cloud adapter: the tensors that changed since our copy, if any.
+  std::map<std::string, transport::TensorSpec> expected;
+  if (!whole_adapter_)
+    expected = transport::SpecsOf(coordinator_->AdapterTemplate());
+  uint64_t down = 0;
+  auto got = uplink_->Download(round, cache_.empty() ? 0 : cache_round_,
+                               expected, &down);
+  RETURN_IF_ERROR(got.status());
+  TensorMap cloud = cache_;
+  for (auto& kv : *got) cloud[kv.first] = std::move(kv.second);
+  cache_ = cloud;
+  cache_round_ = static_cast<uint64_t>(round);
+
+  EdgeTask et;
+  et.cloud_round = round;
+  et.edge_rounds = std::max<int>(1, static_cast<int>(task.edge_rounds()));
+  et.train.local_epochs = std::max(1, task.train().local_epochs());
+  et.train.local_steps = task.train().local_steps();
+  et.train.batch_size = std::max(1, task.train().batch_size());
+  et.train.lr = task.train().lr();
+  et.train.fedprox_mu = task.train().fedprox_mu();
+  et.seed = task.train().seed();
+  et.deadline_unix_ms = task.deadline_unix_ms();
+  et.frozen.assign(task.frozen().begin(), task.frozen().end());
+  et.train_b_only = task.train().train_b_only();
+  et.prune_threshold = task.train().prune_threshold();
+  FP_LOG_INFO("edge", "'{}': cloud round {}: {} edge rounds ({} down)",
+              config_.id, round, et.edge_rounds, down);
+  ASSIGN_OR_RETURN(EdgeResult r, coordinator_->RunEdgeRounds(cloud, et));
+
+  TensorMap up;
+  if (whole_adapter_) {
+    up = std::move(r.adapter);
+  } else {
+    const std::set<std::string> frozen(et.frozen.begin(), et.frozen.end());
+    for (const auto& [key, t] : r.adapter) {
+      if (frozen.count(key)) continue;
+      auto c = cloud.find(key);
+      if (c == cloud.end()) continue;
+      up[key] = (t - c->second).contiguous();
+    }
+  }
+  proto::UpdateHeader h;
+  h.set_round(static_cast<uint64_t>(round));
+  h.set_num_samples(r.num_samples);
+  h.set_train_loss(r.train_loss);
+  h.set_eval_loss(r.eval_loss);
+  h.set_eval_tokens(r.eval_tokens);
+  h.set_train_seconds(r.train_seconds);
+  h.set_num_tensors(static_cast<uint32_t>(up.size()));
+  h.set_rank(0);
+  h.set_kind(whole_adapter_ ? proto::UpdateHeader::ADAPTER
+                            : proto::UpdateHeader::DELTA);
+  h.set_workers(static_cast<uint32_t>(r.workers));
+  h.set_edge_rounds(static_cast<uint32_t>(r.rounds_aggregated));
+  h.set_rank_min(static_cast<uint32_t>(r.rank_min));
+  h.set_rank_max(static_cast<uint32_t>(r.rank_max));
+  h.set_rank_mean(r.rank_mean);
+  uint64_t bytes = 0;
+  Status s = uplink_->Upload(h, up, &bytes);
+  if (!s.ok()) {
+    FP_LOG_WARN("edge", "'{}': cloud round {}: upload rejected: {}", config_.id,
+                round, s.message());
+    return Status::Ok();
+  }
+  FP_LOG_INFO("edge",
+              "'{}': cloud round {}: uploaded the merge of {} workers over {} "
+              "edge rounds ({} samples, train loss {:.4f}, {} B)",
+              config_.id, round, r.workers, r.rounds_aggregated, r.num_samples,
+              r.train_loss, bytes);
+  return Status::Ok();
+}
+
+Status Edge::Impl::Run() {
+  uplink_ = std::make_unique<worker::FederationClient>(
+      config_.id, config_.upstream, [this] { return Profile(); },
+      [this](const proto::RegisterReply& r) { return OnRegistered(r); });
+  RETURN_IF_ERROR(uplink_->Connect());
+  RETURN_IF_ERROR(uplink_->Register());
+  if (stop_) return Status::Ok();
+
+  // The edge's round engine, configured by the cloud's adapter and plan.
+  ASSIGN_OR_RETURN(EdgePlan plan, EdgePlan::FromJson(plan_json_));
+  CoordinatorConfig cfg;
+  cfg.server = config_.server;
+  cfg.federation = config_.rounds;
+  cfg.federation.id = federation_id_ + "/" + config_.id;
+  cfg.model = config_.model;
+  ASSIGN_OR_RETURN(cfg.peft,
+                   peft::AdapterConfigFromJson(adapter_config_json_,
+                                               "the cloud's adapter config"));
+  cfg.logging = config_.logging;
+  cfg.max_update_mb = config_.max_update_mb;
+  ASSIGN_OR_RETURN(std::unique_ptr<Coordinator> c,
+                   Coordinator::CreateEdge(cfg, plan));
+  std::atomic_store(&coordinator_, std::shared_ptr<Coordinator>(std::move(c)));
+  whole_adapter_ =
+      plan.heterogeneity.enabled && plan.heterogeneity.method == "stack";
+  ASSIGN_OR_RETURN(server_, FederationServer::Start(*coordinator_, cfg.server));
+  if (stop_) coordinator_->Stop();
+  FP_LOG_INFO("edge",
+              "'{}': serving workers for federation '{}' (cloud {}); merge {}",
+              config_.id, federation_id_, config_.upstream.address,
+              plan.heterogeneity.enabled ? plan.heterogeneity.method
+                                         : std::string("fedavg"));
+  uplink_->StartHeartbeat();
+  Status result = Status::Ok();
+  while (!stop_) {
+    auto task = uplink_->GetTask();
+    if (stop_) break;
+    if (!task.ok()) {
+      result = task.status();
+      break;
+    }
+    if (task->kind() == proto::Task::SHUTDOWN) {
+      FP_LOG_INFO("edge", "'{}': the cloud says shut down ({})", config_.id,
+                  task->message());
+      break;
+    }
+    if (task->kind() != proto::Task::TRAIN) continue;
+    Status s = Serve(*task);
+    if (!s.ok() && !stop_) {
+      FP_LOG_WARN("edge", "'{}': cloud round {}: {}", config_.id, task->round(),
+                  s.message());
+    }
+  }
+  coordinator_->Finish();
+  uplink_->Stop();
+  server_->Shutdown();
+  return result;
+}
+
+Edge::Edge(const EdgeConfig& config) : impl_(std::make_unique<Impl>(config)) {}
+Edge::~Edge() = default;
+Status Edge::Run() { return impl_->Run(); }
+void Edge::Stop() { impl_->Stop(); }
+
+}  // namespace coordinator
+}  // namespace fedpeft

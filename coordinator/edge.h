@@ -1,0 +1,68 @@
+// The edge aggregator (`fedpeft edge --config FILE`): a participant of the
+// cloud coordinator that serves workers of its own.
+//
+//   cloud ──task(κ, adapter)──▶ edge ──κ edge rounds──▶ its workers
+//   cloud ◀──one update──────── edge (merged; weight = its workers' samples)
+//
+// HierFAVG (Liu et al. 2020): workers run their local steps, the edge
+// aggregates every edge round (FedAvg by samples, or the federation's
+// heterogeneous-rank merge), and the cloud aggregates the edges every κ edge
+// rounds. The edge holds its own deadlines and quorum; each edge round gets
+// its share of what is left of the cloud round's deadline. Its round engine
+// is the coordinator's (coordinator/coordinator.h, CreateEdge) behind the
+// same gRPC service, so workers cannot tell an edge from the cloud.
+//
+// A restarted edge registers again under its id and rejoins the cloud
+// round in progress if that is still open to it; its workers re-register on
+// their own (their calls get NOT_FOUND).
+//
+// Thread-safety: Run() on one thread; Stop() from any thread.
+#ifndef FEDPEFT_COORDINATOR_EDGE_H_
+#define FEDPEFT_COORDINATOR_EDGE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "coordinator/coordinator_config.h"
+#include "worker/worker_config.h"
+
+namespace fedpeft {
+namespace coordinator {
+
+struct EdgeConfig {
+  std::string id = "edge-0";           // edge.id: its name at the cloud
+  worker::ConnectionOptions upstream;  // the cloud coordinator
+  ServerOptions server;                // where its workers connect
+  FederationOptions rounds;            // `federation`: edge-round options
+  worker::ModelOptions model;          // the base model (shapes, init)
+  CoordinatorLogging logging;
+  int max_update_mb = 256;
+
+  void Read(ConfigReader& in);
+};
+
+StatusOr<EdgeConfig> LoadEdgeConfig(const std::string& path,
+                                    const std::vector<std::string>& overrides);
+
+class Edge {
+ public:
+  explicit Edge(const EdgeConfig& config);
+  ~Edge();
+  // Registers with the cloud, serves workers, and answers cloud tasks until
+  // the cloud says SHUTDOWN (OK), Stop() (OK), or the cloud stays
+  // unreachable past upstream.give_up_after_s.
+  Status Run();
+  void Stop();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace coordinator
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_COORDINATOR_EDGE_H_
