@@ -103,6 +103,10 @@ Status CheckUpdate(const TensorMap& global, const HeteroUpdate& u) {
         " (it weights the update; a worker that trained on nothing should "
         "not report)");
   }
+  if (u.whole_adapter) {
+    auto pairs = LoraPairs(u.delta);
+    if (!pairs.ok()) return pairs.status().WithContext(where + "whole adapter");
+  }
   for (const auto& [key, d] : u.delta) {
     auto it = global.find(key);
     if (it == global.end()) {
@@ -121,6 +125,7 @@ Status CheckUpdate(const TensorMap& global, const HeteroUpdate& u) {
     std::vector<int64_t> expected = g.sizes().vec();
     const int64_t dim = RankDim(side);
     expected[dim] = std::min(expected[dim], u.rank);
+    if (u.whole_adapter) expected[dim] = d.dim() == 2 ? d.size(dim) : -1;
     if (d.sizes() != at::IntArrayRef(expected)) {
       return Status::InvalidArgument(
           at_key + "shape got " + ShapeString(d.sizes()) + ", expected " +
@@ -166,7 +171,14 @@ Status CheckInputs(const HeteroOptions& options, const TensorMap& global,
   if (options.method != HeteroMethod::kZeroPad) {
     RETURN_IF_ERROR(CheckInit(options, global, *pairs, init));
   }
-  for (const HeteroUpdate& u : updates) RETURN_IF_ERROR(CheckUpdate(global, u));
+  for (const HeteroUpdate& u : updates) {
+    if (u.whole_adapter && options.method != HeteroMethod::kStack) {
+      return Status::InvalidArgument(
+          "update from worker '" + u.worker_id +
+          "': a whole adapter is only merged by the stack method");
+    }
+    RETURN_IF_ERROR(CheckUpdate(global, u));
+  }
   return Status::Ok();
 }
 
@@ -178,6 +190,7 @@ Status CheckInputs(const HeteroOptions& options, const TensorMap& global,
 struct Contribution {
   double num_samples = 0;
   torch::Tensor a_g, b_g, da, db;
+  bool whole = false;  // da/db hold a whole local adapter (stack only)
 
   torch::Tensor LocalA() const { return da.defined() ? a_g + da : a_g; }
   torch::Tensor LocalB() const { return db.defined() ? b_g + db : b_g; }
@@ -199,6 +212,11 @@ std::vector<Contribution> Contributions(
     c.b_g = b_global.narrow(1, 0, r);
     if (a != u.delta.end()) c.da = F64(a->second);
     if (b != u.delta.end()) c.db = F64(b->second);
+    c.whole = u.whole_adapter;
+    if (c.whole) {
+      c.a_g = a_global;
+      c.b_g = b_global;
+    }
     out.push_back(std::move(c));
   }
   return out;
@@ -355,6 +373,13 @@ Factors StackModule(const HeteroOptions& options, const torch::Tensor& a_g,
     // product as stacking [B_k | −B_gk] against [A_k; A_gk], with the shared
     // large part cancelled exactly instead of in floating point.
     const Contribution& c = cs[k];
+    if (c.whole) {  // B_k·A_k − B_G·A_G, stacked as is
+      bs.push_back(c.db * (w[k] * s));
+      as.push_back(c.da);
+      bs.push_back(c.b_g * (-w[k] * s));
+      as.push_back(c.a_g);
+      continue;
+    }
     if (c.da.defined()) {
       bs.push_back(c.b_g * (w[k] * s));
       as.push_back(c.da);

@@ -120,6 +120,10 @@ struct HeteroUpdate {
   // key is a zero delta). float32.
   TensorMap delta;
   int64_t num_samples = 0;  // weight, > 0
+  // stack only: `delta` is instead a whole adapter of any rank per module
+  // (an edge's own stacked adapter), started from the full global; it
+  // contributes B·A − B_G·A_G. Both factors of every module it touches.
+  bool whole_adapter = false;
 };
 
 struct HeteroOptions {

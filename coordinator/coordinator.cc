@@ -983,7 +983,9 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
       h.num_samples = u.num_samples;
       h.rank = 0;
       for (const auto& p : updates) {
-        if (p.worker_id == u.worker_id) h.rank = p.header.rank;
+        if (p.worker_id != u.worker_id) continue;
+        h.rank = p.header.rank;
+        h.whole_adapter = p.header.whole_adapter;
       }
       // Rank 0 (an edge): the global's own shapes.
       if (h.rank == 0) {
@@ -1062,6 +1064,26 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
   return Status::Ok();
 }
 
+peft::PeftOptions Coordinator::OptionsFor(const TensorMap& adapter) const {
+  // The stack merge's global has a rank per module: its options say so,
+  // each module's alpha keeping the one scaling every rank shares.
+  peft::PeftOptions o = config_.peft;
+  if (!hetero_) return o;
+  static const std::string kPrefix = "base_model.model.";
+  for (const auto& [module, r] : aggregation::ModuleRanks(adapter)) {
+    if (r == o.lora.r) continue;
+    std::string path = module.compare(0, kPrefix.size(), kPrefix) == 0
+                           ? module.substr(kPrefix.size())
+                           : module;
+    o.lora.rank_pattern[path] = static_cast<int>(r);
+    o.lora.alpha_pattern[path] =
+        hetero_->scaling * (o.lora.use_rslora
+                                ? std::sqrt(static_cast<double>(r))
+                                : static_cast<double>(r));
+  }
+  return o;
+}
+
 double Coordinator::ServerEval() {
   if (!eval_model_ || eval_examples_.empty()) return std::nan("");
   std::shared_ptr<const TensorMap> g;
@@ -1070,7 +1092,19 @@ double Coordinator::ServerEval() {
     g = global_;
   }
   Status s = eval_model_->LoadAdapterTensors(*g);
-  if (!s.ok()) return std::nan("");
+  if (!s.ok() && hetero_) {
+    // Ranks changed by module (stack merge): an eval model of those ranks.
+    auto m =
+        peft::PeftModel::Create(base_, OptionsFor(*g), config_.adapter_seed);
+    if (m.ok()) {
+      eval_model_ = std::move(m).value();
+      s = eval_model_->LoadAdapterTensors(*g);
+    }
+  }
+  if (!s.ok()) {
+    FP_LOG_WARN("coordinator", "server-side eval skipped: {}", s.message());
+    return std::nan("");
+  }
   worker::EvalResult r =
       worker::Evaluate(eval_model_->model(), eval_examples_,
                        config_.eval.batch_size, torch::Device(torch::kCPU));
@@ -1087,6 +1121,15 @@ Status Coordinator::WriteCheckpoint(int64_t round) {
   ckpt.strategy = strategy_->name();
   ckpt.base_model = config_.model.path;
   ckpt.adapter_config = adapter_config_;
+  if (hetero_ && hetero_->method == aggregation::HeteroMethod::kStack) {
+    std::shared_ptr<const TensorMap> g;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      g = global_;
+    }
+    ckpt.adapter_config =
+        peft::AdapterConfigToJson(OptionsFor(*g), config_.model.path);
+  }
   ckpt.strategy_state = strategy_->State();
   if (apf_) ckpt.extra["apf"] = apf_->State();
   {

@@ -301,6 +301,9 @@ class Coordinator {
   Status Aggregate(int64_t round, std::vector<Pending> updates,
                    RoundMetrics* metrics);
   double ServerEval();
+  // The PEFT options that describe `adapter` (per-module ranks and alphas
+  // when a heterogeneous merge left them different from peft.lora.r).
+  peft::PeftOptions OptionsFor(const TensorMap& adapter) const;
   Status WriteCheckpoint(int64_t round);
   void LogRound(const RoundMetrics& m);
   bool WaitForWorkers();

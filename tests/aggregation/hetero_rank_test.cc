@@ -545,6 +545,28 @@ TEST_F(HeteroRankTest, StackTruncatesToTheCap) {
   EXPECT_NEAR(stats.truncated_energy, worst_energy, 1e-5);
 }
 
+// An edge under the stack merge uploads its whole adapter (its own rank,
+// its own basis): the cloud adds w_e·(B_e·A_e − B_G·A_G) exactly.
+TEST(HeteroStackTest, WholeAdaptersOfAnyRankAddTheirExactChange) {
+  torch::manual_seed(12);
+  const TensorMap global = RandomGlobal({kQ}, kRMax);
+  const TensorMap init = InitAdapter({kQ}, kRMax);
+  HeteroUpdate e1{"edge-0", 1, RandomGlobal({kQ}, 6), 30};
+  e1.whole_adapter = true;
+  HeteroUpdate e2{"edge-1", 1, RandomGlobal({kQ}, 5), 10};
+  e2.whole_adapter = true;
+  const TensorMap out =
+      AggregateOk(Options(HeteroMethod::kStack), global, init, {e1, e2});
+  const torch::Tensor g = DenseProduct(global, kQ);
+  const torch::Tensor want = g + 0.75 * (DenseProduct(e1.delta, kQ) - g) +
+                             0.25 * (DenseProduct(e2.delta, kQ) - g);
+  ExpectMatrixNear(DenseProduct(out, kQ), want);
+  // Other methods refuse a whole adapter rather than misread it.
+  auto svd = HeteroAggregate(Options(HeteroMethod::kSvd), global, init, {e1});
+  ASSERT_FALSE(svd.ok());
+  EXPECT_THAT(svd.status().message(), HasSubstr("only merged by the stack"));
+}
+
 TEST(HeteroStackTest, PadsUpToRMaxWithReseededComponents) {
   // First round, one rank-2 worker training only B (FFA-LoRA): the product
   // δB·A_g has rank 2, below r_max = 4, so components 2 and 3 are re-seeded.

@@ -118,6 +118,48 @@ TEST_F(TrainerTest, OnlyAdapterParametersChange) {
   EXPECT_EQ(changed, static_cast<int>(adapter_before.size()));
 }
 
+// Frozen tensors (APF, FFA-LoRA's A) and the layers below the trainable
+// ones stay exactly as they were; everything else trains, and the trainer
+// names what it trained (the worker uploads only that).
+TEST_F(TrainerTest, FrozenTensorsAndLowerLayersStayPut) {
+  std::vector<data::Example> train, eval;
+  Examples(100, &train, &eval);
+  auto pm = NewLora();
+  TensorMap before;
+  for (const auto& kv : pm->AdapterTensors()) {
+    before[kv.first] = kv.second.detach().clone();
+  }
+  const std::string frozen =
+      "base_model.model.model.layers.4.self_attn.q_proj.lora_A.weight";
+  TrainOptions t;
+  t.max_steps = 3;
+  t.progress_bar = false;
+  t.trainable_layers = 2;  // layers 3 and 4 of 5
+  t.frozen = {frozen};
+  LocalTrainer trainer(*pm, t, torch::Device(torch::kCPU));
+  trainer.Train(train);
+  for (const auto& [key, now] : pm->AdapterTensors()) {
+    const bool trains = LayerOfKey(key) >= 3 && key != frozen;
+    EXPECT_EQ(trainer.trained_keys().count(key) == 1, trains) << key;
+    EXPECT_EQ(torch::equal(before.at(key), now), !trains) << key;
+  }
+  // With nothing left to train, a step only measures the loss.
+  t.trainable_layers = 0;
+  for (const auto& kv : before) t.frozen.insert(kv.first);
+  LocalTrainer idle(*pm, t, torch::Device(torch::kCPU));
+  TrainResult r = idle.Train(train);
+  EXPECT_TRUE(idle.trained_keys().empty());
+  EXPECT_TRUE(std::isfinite(r.mean_loss));
+}
+
+TEST(LayerOfKeyTest, ParsesTheLayerIndex) {
+  EXPECT_EQ(LayerOfKey("base_model.model.model.layers.12.mlp.up_proj.lora_A"
+                       ".weight"),
+            12);
+  EXPECT_EQ(LayerOfKey("lm_head.weight"), -1);
+  EXPECT_EQ(LayerOfKey("model.layers.x.q"), -1);
+}
+
 TEST_F(TrainerTest, GradAccumulationEqualsOneBigBatch) {
   std::vector<data::Example> train, eval;
   Examples(200, &train, &eval);
