@@ -1336,6 +1336,10 @@ StatusOr<EdgeResult> Coordinator::RunEdgeRounds(const TensorMap& cloud_global,
           0.05, std::chrono::duration<double>(until - Clock::now()).count());
     }
     round_deadline_s_ = deadline_s;
+    // Edge rounds are numbered from the cloud round, so a restarted edge
+    // never reuses a number its workers may still hold a task for.
+    edge_round_ =
+        std::max(edge_round_, (task.cloud_round - 1) * task.edge_rounds + i);
     const int64_t round = ++edge_round_;
     RoundMetrics m;
     bool ok = RunRoundAttempt(round, 0, &m);

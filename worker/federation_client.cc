@@ -70,6 +70,14 @@ Status FederationClient::WithRetry(const std::string& what, bool idempotent,
                   "registering again",
                   name_, what, s.error_message());
       RETURN_IF_ERROR(Register());
+      // The work of a task belongs to the session that got it: after a new
+      // registration only asking for a task is repeated.
+      if (what != "GetTask") {
+        return Status::FailedPrecondition(
+            what +
+            ": the server lost our session mid-task; registered again, "
+            "dropping this task's work");
+      }
       continue;
     }
     if (!transport::IsRetryable(s, idempotent)) {

@@ -202,6 +202,11 @@ proto::WorkerProfile WorkerClient::Impl::Profile() {
 }
 
 Status WorkerClient::Impl::OnRegistered(const proto::RegisterReply& reply) {
+  // A registration is a new session, maybe with a restarted server that
+  // numbers its rounds afresh: nothing cached from before is trusted.
+  cache_.clear();
+  cache_rank_ = -1;
+  cache_round_ = 0;
   if (reply.adapter_config_json() == adapter_config_json_ && peft_) {
     return Status::Ok();
   }
@@ -264,9 +269,9 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   RETURN_IF_ERROR(UseRank(task.rank()));
   uint64_t down_bytes = 0;
   auto fetched = FetchAdapter(round, &down_bytes);
-  if (!fetched.ok() &&
-      fetched.status().code() == StatusCode::kFailedPrecondition &&
-      !cache_.empty()) {
+  if (!fetched.ok() && !cache_.empty() &&
+      (fetched.status().code() == StatusCode::kFailedPrecondition ||
+       fetched.status().code() == StatusCode::kInvalidArgument)) {
     cache_.clear();  // out of step with the server: take everything
     fetched = FetchAdapter(round, &down_bytes);
   }
