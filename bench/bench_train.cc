@@ -6,11 +6,12 @@
 // interleaved and prints the comparison table.
 //
 //   fedpeft_bench_train --preset stories260K --threads 2 --steps 10
+//   fedpeft_bench_train --preset stories260K --trainable-layers 2
 //
 // Prints one machine-readable line on stdout (progress goes to stderr):
 //   impl=cpp preset=stories260K threads=2 batch=8 seq=256 rank=8 steps=10
 //   step_ms_median=... step_ms_min=... tokens_per_s=... peak_rss_mb=...
-//   first_loss=...
+//   first_loss=... trainable_layers=... trainable_params=...
 // The token batch is deterministic (tokens[i] = i*7919 mod vocab, targets
 // the next element of that sequence) and identical to the Python side, so
 // on stories260K both print the same first_loss (fresh LoRA B is zero).
@@ -85,6 +86,9 @@ struct Args {
   double alpha = 16.0;
   std::string targets = "q_proj,k_proj,v_proj,o_proj";
   double lr = 2e-3;
+  // Layer freezing (TrainOptions::trainable_layers): only the top K layers
+  // train, the ones below run forward without autograd; 0 = all layers.
+  int trainable_layers = 0;
   bool breakdown = false;    // also time forward+loss and backward alone
   bool show_config = false;  // at::show_config() to stderr
   std::string profile;       // chrome trace of the timed steps to this file
@@ -94,8 +98,8 @@ const char kUsage[] =
     "usage: fedpeft_bench_train [--preset stories260K|llama-512x8]\n"
     "  [--threads N=2] [--batch B] [--seq T] [--steps K=10] [--warmup W=3]\n"
     "  [--rank R=8] [--alpha A=16] [--targets q_proj,k_proj,v_proj,o_proj]\n"
-    "  [--lr 2e-3] [--source-dir DIR] [--breakdown] [--show-config]\n"
-    "  [--profile trace.json]\n";
+    "  [--lr 2e-3] [--trainable-layers K=0 (all)] [--source-dir DIR]\n"
+    "  [--breakdown] [--show-config] [--profile trace.json]\n";
 
 std::vector<std::string> Split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -149,6 +153,8 @@ StatusOr<Args> ParseArgs(int argc, char** argv) {
         a.targets = value;
       } else if (flag == "--lr") {
         a.lr = std::stod(value);
+      } else if (flag == "--trainable-layers") {
+        a.trainable_layers = std::stoi(value);
       } else if (flag == "--profile") {
         a.profile = value;
       } else {
@@ -163,10 +169,10 @@ StatusOr<Args> ParseArgs(int argc, char** argv) {
                                    "', expected stories260K or llama-512x8");
   }
   if (a.threads < 1 || a.steps < 1 || a.warmup < 0 || a.batch < 0 ||
-      a.seq < 0 || a.rank < 1) {
+      a.seq < 0 || a.rank < 1 || a.trainable_layers < 0) {
     return Status::InvalidArgument(
-        "--threads, --steps, --rank must be >= 1; --warmup, --batch, --seq "
-        ">= 0");
+        "--threads, --steps, --rank must be >= 1; --warmup, --batch, --seq, "
+        "--trainable-layers >= 0");
   }
   return a;
 }
@@ -238,14 +244,23 @@ Status Run(const Args& args) {
   train.optim.weight_decay = 0.0;
   train.optim.max_grad_norm = 1.0;
   train.optim.schedule = "constant";
+  train.trainable_layers = args.trainable_layers;
   worker::LocalTrainer trainer(*peft, train, torch::kCPU);
+  // With layer freezing the trainer updates only part of the adapter.
+  int64_t trained_params = 0;
+  for (const auto& [key, t] : peft->AdapterTensors()) {
+    if (trainer.trained_keys().count(key)) trained_params += t.numel();
+  }
 
   const std::vector<data::Batch> micro = {
       TokenBatch(batch, seq, weights->config.vocab_size)};
   const int64_t total_steps = args.warmup + args.steps;
   std::cerr << "cpp: preset " << args.preset << ", "
             << peft->NumTrainableParameters() << " trainable in "
-            << peft->TrainableParameters().size() << " tensors, threads "
+            << peft->TrainableParameters().size() << " tensors ("
+            << trained_params << " in " << trainer.trained_keys().size()
+            << " trained, trainable_layers " << args.trainable_layers
+            << "), threads "
             << torch::get_num_threads() << "\n";
 
   std::vector<double> times;
@@ -279,7 +294,9 @@ Status Run(const Args& args) {
   out << " tokens_per_s=" << batch * seq / (med / 1e3)
       << " peak_rss_mb=" << PeakRssMb();
   out.precision(6);
-  out << " first_loss=" << first_loss;
+  out << " first_loss=" << first_loss
+      << " trainable_layers=" << args.trainable_layers
+      << " trainable_params=" << trained_params;
 
   if (args.breakdown) {
     // The same forward+loss and backward outside Step(). rest_ms, the step
