@@ -22,6 +22,7 @@ int RunWorker(const Args& args);
 int RunEdge(const Args& args);
 int RunStatus(const Args& args);
 int RunSimulate(const Args& args);
+int RunPrivacy(const Args& args);
 
 }  // namespace cli
 }  // namespace fedpeft

@@ -30,7 +30,11 @@ constexpr const char* kUsage =
     "  worker       train on local data for a coordinator or edge\n"
     "               (--config YAML)\n"
     "  simulate     a whole federation on this machine (the quickstart)\n"
-    "  status       the live state of a running coordinator\n";
+    "  status       the live state of a running coordinator\n"
+    "\n"
+    "privacy:\n"
+    "  privacy   epsilon of DP-FedAvg (RDP accountant) for a noise\n"
+    "            multiplier, or the noise multiplier for a target epsilon\n";
 
 struct Command {
   const char* name;
@@ -47,6 +51,7 @@ constexpr Command kCommands[] = {
     {"edge", fedpeft::cli::RunEdge},
     {"simulate", fedpeft::cli::RunSimulate},
     {"status", fedpeft::cli::RunStatus},
+    {"privacy", fedpeft::cli::RunPrivacy},
 };
 
 }  // namespace
