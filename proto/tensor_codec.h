@@ -3,10 +3,15 @@
 // reply stream, the chunks of UploadUpdate).
 //
 // Wire format (proto/fedpeft.proto): for each tensor, in name order, one
-// TensorHeader {name, dtype, shape, codec, encoded_bytes}, then the tensor's
-// bytes in TensorData chunks of at most `chunk_bytes` each. With CODEC_RAW the
-// bytes are the elements in row-major order, each in the dtype's
-// little-endian representation. A tensor with no elements is a header alone.
+// TensorHeader {name or index, dtype, shape, codec, encoded_bytes, bits,
+// block_size}, then the tensor's bytes in TensorData chunks of at most
+// `chunk_bytes` each. With CODEC_RAW the bytes are the elements in row-major
+// order, each in the dtype's little-endian representation. With
+// CODEC_QUANTIZED they are every block's (min, step) as little-endian F32,
+// then every element's b-bit level packed LSB-first (see CodecOptions). A
+// tensor with no elements is a header alone. With a Schema, tensors both
+// ends know travel as their 1-based index and the first header carries the
+// schema's fingerprint.
 //
 // Only F32, F16 and BF16 travel; convert other dtypes before encoding.
 //
@@ -28,6 +33,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -64,6 +70,79 @@ proto::DType ToProtoDType(torch::Dtype dtype);
 // this build does not know.
 std::optional<torch::Dtype> FromProtoDType(int dtype);
 
+// ---- encodings -------------------------------------------------------
+
+// How tensors are encoded for the wire (compression.bits / block_size).
+struct CodecOptions {
+  // 32: F32 raw; 16: F16 raw (lossless for F16 values); 8, 4, 2:
+  // CODEC_QUANTIZED, stochastic and unbiased (E[decoded] = value), min-max
+  // per block of block_size elements, each element's error below its
+  // block's step = (max - min) / (2^bits - 1), variance at most step^2 / 4.
+  int bits = 32;
+  int64_t block_size = 256;
+};
+
+// InvalidArgument naming `context` (e.g. "compression") unless bits is one
+// of 32, 16, 8, 4, 2 and block_size is in [1, kMaxBlockSize].
+inline constexpr int64_t kMaxBlockSize = int64_t{1} << 20;
+Status ValidateCodecOptions(const CodecOptions& options,
+                            const std::string& context);
+
+// Payload bytes of a tensor of `numel` elements under `options` (framing
+// excluded): numel * 4 or * 2 raw, else 8 * blocks + ceil(numel * bits / 8)
+// with blocks = ceil(numel / block_size). 0 when `options` fail
+// ValidateCodecOptions or the size overflows uint64.
+uint64_t EncodedPayloadBytes(int64_t numel, const CodecOptions& options);
+
+// One tensor encoded for the wire: its header (dtype, shape, codec, bits,
+// block_size, encoded_bytes; name and index unset) and its payload bytes.
+struct WireTensor {
+  proto::TensorHeader header;
+  std::string payload;
+};
+using WireTensors = std::map<std::string, WireTensor>;
+
+// Encodes one floating-point tensor (any device, any float dtype: it is
+// converted to F32 or F16 as `options` ask). Stochastic rounding draws from
+// `rng` (REQUIRED for bits < 16), two levels per 64-bit draw. InvalidArgument
+// for bad options, a non-float tensor, more than kMaxTensorDims dimensions,
+// a tensor with NaN or Inf (a block's range would be undefined), values
+// beyond the F16 range with bits 16, or a block whose range overflows F32.
+// The encoder aims at unbiased values to float precision; what a receiver
+// sees exactly is what DecodeTensor returns for the result.
+StatusOr<WireTensor> EncodeTensor(const torch::Tensor& tensor,
+                                  const CodecOptions& options,
+                                  std::mt19937_64* rng);
+
+// Decodes one tensor after validating the header and payload in full:
+// lengths, bits, block size, and every block's min and step finite with
+// step >= 0 and min + (2^bits - 1) * step finite; nonzero padding bits are
+// rejected. Returns a CPU tensor: F32 for CODEC_QUANTIZED, the header's dtype
+// for CODEC_RAW. Errors (InvalidArgument) name `name`.
+StatusOr<torch::Tensor> DecodeTensor(const WireTensor& wire,
+                                     const std::string& name);
+
+// The names both ends of a stream agree on, to send tensors by index
+// (TensorHeader.index) instead of by name.
+struct Schema {
+  std::vector<std::string> names;  // sorted, unique
+  uint64_t fingerprint = 0;        // FNV-1a 64 over the names, '\n'-joined
+  static Schema Of(const std::vector<std::string>& names);  // sorts
+  template <typename Map>
+  static Schema OfKeys(const Map& map) {
+    std::vector<std::string> names;
+    for (const auto& kv : map) names.push_back(kv.first);
+    return Of(names);
+  }
+};
+
+// Streams pre-encoded tensors in name order, like EncodeTensors. With a
+// schema, a tensor whose name is in it travels as its index (the first
+// header of the stream carries the schema's fingerprint); others by name.
+Status WriteTensors(
+    const WireTensors& tensors, size_t chunk_bytes, const Schema* schema,
+    const std::function<bool(const proto::TensorChunk&)>& write);
+
 // Streams `tensors` as TensorChunks, tensors in name order, each as a header
 // and then data chunks of at most `chunk_bytes` bytes, calling `write` once per
 // message as it goes: at most one tensor copy (when a tensor is not a
@@ -75,9 +154,20 @@ std::optional<torch::Dtype> FromProtoDType(int dtype);
 // TensorDecoder (empty, longer than kMaxTensorNameLength, non-printable);
 // Unavailable when `write` returns false (the stream is broken: the caller
 // finishes the RPC to learn why); Internal when LibTorch throws.
+//
+// With options.bits 32 (the default) every tensor travels raw in its own
+// dtype (F32, F16 or BF16), streamed as above and not checked for NaN. With
+// any other `options` (InvalidArgument if they fail ValidateCodecOptions),
+// every tensor is first encoded with EncodeTensor (quantization drawing from
+// `rng`, REQUIRED then: InvalidArgument without it), so a NaN or Inf is
+// reported, naming the tensor, before anything is written; the encoded
+// payloads (at most half the raw size) are held until written. With
+// `schema`, tensors travel by index as in WriteTensors.
 Status EncodeTensors(
     const TensorMap& tensors, size_t chunk_bytes,
-    const std::function<bool(const proto::TensorChunk&)>& write);
+    const std::function<bool(const proto::TensorChunk&)>& write,
+    const CodecOptions& options = {}, std::mt19937_64* rng = nullptr,
+    const Schema* schema = nullptr);
 
 // What a decoder expects of one tensor.
 struct TensorSpec {
@@ -93,7 +183,9 @@ std::map<std::string, TensorSpec> SpecsOf(const TensorMap& tensors);
 // Bounds on what a TensorDecoder accepts. Every limit is checked before the
 // memory it guards is allocated.
 struct DecoderLimits {
-  // Sum of encoded_bytes over the stream. Default 1 GiB.
+  // Sum of encoded_bytes over the stream. Default 1 GiB. A quantized tensor
+  // decodes to up to 16x its encoded bytes (F32 from 2 bits), allocated only
+  // once all its bytes arrived and bounded by max_elements_per_tensor.
   uint64_t max_total_bytes = uint64_t{1} << 30;
   // Tensors in the stream. Default 4096 (a rank-r LoRA on every linear of a
   // 32-layer model has 448).
@@ -105,6 +197,16 @@ struct DecoderLimits {
   std::optional<std::map<std::string, TensorSpec>> expected;
   // With `expected`: Finish() also fails when an expected tensor never came.
   bool require_all_expected = true;
+  // Every decoded tensor is converted to this dtype when set (e.g. F32 for
+  // an update that may arrive as F16 or quantized). The expected specs'
+  // dtypes are then checked against it, not against the wire dtype.
+  std::optional<torch::Dtype> output_dtype;
+  //
+  // Headers may name tensors by index (1-based) into the sorted names of
+  // `expected` (Schema::OfKeys(*expected)), whose fingerprint the stream's
+  // first header must then carry; index 0 means "by name". Without
+  // `expected`, an index is rejected; so is a header with both a name and an
+  // index, and a schema fingerprint on any header but the first.
 };
 
 // Rebuilds a TensorMap from a stream of TensorChunks.
@@ -123,9 +225,12 @@ class TensorDecoder {
   TensorDecoder(const TensorDecoder&) = delete;
   TensorDecoder& operator=(const TensorDecoder&) = delete;
 
-  // Takes the next chunk of the stream. A header is validated in full and its
-  // tensor allocated (CPU, uninitialized); data is copied into the tensor
-  // whose header came last.
+  // Takes the next chunk of the stream. A header is validated in full; a
+  // CODEC_RAW tensor is then allocated (CPU, uninitialized) and its data
+  // copied into it as it comes. A CODEC_QUANTIZED tensor's bytes are
+  // buffered (bounded by max_total_bytes) and validated and dequantized when
+  // its last byte arrives. Headers may come in any order; a name (or index)
+  // may come only once.
   Status Add(const proto::TensorChunk& chunk);
 
   // Ends the stream: fails when the last tensor is incomplete or (with
@@ -143,13 +248,20 @@ class TensorDecoder {
   Status AddHeader(const proto::TensorHeader& header);
   Status AddData(const std::string& data);
   Status Fail(Status status);  // records `status` as the sticky error
-  void CloseOpenTensor();
+  // Dequantizes (CODEC_QUANTIZED), converts to output_dtype and files the
+  // open tensor.
+  Status CloseOpenTensor();
 
   const DecoderLimits limits_;
-  TensorMap tensors_;  // completed tensors
-  bool open_ = false;  // a header came whose bytes are incomplete
+  const Schema schema_;  // of limits_.expected (empty without it)
+  TensorMap tensors_;    // completed tensors
+  bool open_ = false;    // a header came whose bytes are incomplete
   std::string open_name_;
-  torch::Tensor open_tensor_;
+  torch::Tensor open_tensor_;  // CODEC_RAW: receives the bytes in place
+  // CODEC_QUANTIZED: the header and the bytes received so far.
+  proto::TensorHeader open_header_;
+  std::string open_payload_;
+  uint64_t stream_schema_ = 0;  // the first header's schema fingerprint
   uint64_t open_expected_ = 0;  // encoded_bytes of the open (or last) tensor
   uint64_t open_received_ = 0;
   std::string last_name_;        // the tensor whose header came last
