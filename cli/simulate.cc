@@ -457,6 +457,11 @@ int RunSimulate(const Args& args) {
     // Every edge waits for all of its workers before its first round.
     edge["federation"]["min_available"] = sim.workers / sim.edges;
   }
+  if (sim.edges > 0 &&
+      !static_cast<const YAML::Node&>(coord)["dp"]["population"]) {
+    // The cloud cannot count the users behind edges; the simulation can.
+    coord["dp"]["population"] = sim.workers;
+  }
   s = WriteFileAtomic(p.coordinator_yaml, ToYaml(coord));
   if (s.ok() && sim.edges > 0) s = WriteFileAtomic(p.edge_yaml, ToYaml(edge));
   if (s.ok()) s = WriteFileAtomic(p.worker_yaml, ToYaml(work));
@@ -483,9 +488,10 @@ int RunSimulate(const Args& args) {
   std::string line;
   uint64_t up = 0, down = 0;
   int rounds = 0;
+  double epsilon = std::nan(""), delta = std::nan("");
   std::printf(
       "\nround  answered  dropped  train_loss  eval_loss  server_eval  "
-      "up         down       ranks     frozen  seconds\n");
+      "up         down       ranks     frozen  seconds  epsilon\n");
   while (std::getline(metrics, line)) {
     nlohmann::json j;
     try {
@@ -504,18 +510,27 @@ int RunSimulate(const Args& args) {
                         std::to_string(j.value("rank_max", 0ll));
     std::printf(
         "%-6lld %3d/%-5d %-8d %-11s %-10s %-12s %-10s %-10s %-9s %4.0f%%   "
-        "%.1f\n",
+        "%-8.1f %s\n",
         j.value("round", 0ll), j.value("answered", 0), j.value("selected", 0),
         j.value("dropped", 0), Fixed(num("train_loss")).c_str(),
         Fixed(num("eval_loss")).c_str(), Fixed(num("server_eval_loss")).c_str(),
         Mib(bu).c_str(), Mib(bd).c_str(), ranks.c_str(),
-        100 * num("frozen_fraction"), num("seconds"));
+        100 * num("frozen_fraction"), num("seconds"),
+        std::isfinite(num("epsilon")) ? Fixed(num("epsilon")).c_str() : "-");
+    if (std::isfinite(num("epsilon"))) {
+      epsilon = num("epsilon");
+      delta = num("delta");
+    }
   }
   std::printf(
       "\n%d rounds aggregated in %.1f s with %d workers (%s); bytes "
       "up %s, down %s\n",
       rounds, seconds, sim.workers, sim.mode.c_str(), Mib(up).c_str(),
       Mib(down).c_str());
+  if (std::isfinite(epsilon)) {
+    std::printf("privacy: (epsilon %.3f, delta %.3g) user-level DP spent\n",
+                epsilon, delta);
+  }
 
   if (sim.sample_tokens > 0) {
     auto base = LoadBase(ckpt->base_model, "", model::LoadOptions{});

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -66,7 +67,14 @@ Coordinator::~Coordinator() = default;
 std::string EdgePlan::ToJson() const {
   nlohmann::json j = {{"heterogeneity", heterogeneity.ToJson()},
                       {"ffa", ffa},
-                      {"adapter_seed", adapter_seed}};
+                      {"adapter_seed", adapter_seed},
+                      {"dp", dp},
+                      {"dp_noise_seed", dp_noise_seed},
+                      {"compression",
+                       {{"bits", compression.bits},
+                        {"block_size", compression.block_size},
+                        {"error_feedback", compression.error_feedback},
+                        {"download_bits", compression.download_bits}}}};
   return j.dump();
 }
 
@@ -78,10 +86,21 @@ StatusOr<EdgePlan> EdgePlan::FromJson(const std::string& text) {
                      HeterogeneityOptions::FromJson(j.at("heterogeneity")));
     plan.ffa = j.at("ffa").get<bool>();
     plan.adapter_seed = j.at("adapter_seed").get<uint64_t>();
+    plan.dp = j.at("dp").get<bool>();
+    plan.dp_noise_seed = j.at("dp_noise_seed").get<uint64_t>();
+    const nlohmann::json& c = j.at("compression");
+    plan.compression.bits = c.at("bits").get<int>();
+    plan.compression.block_size = c.at("block_size").get<int64_t>();
+    plan.compression.error_feedback = c.at("error_feedback").get<bool>();
+    plan.compression.download_bits = c.at("download_bits").get<int>();
   } catch (const std::exception& e) {
     return Status::InvalidArgument(
         std::string("plan_json from the coordinator: ") + e.what() +
         " (is the coordinator a fedpeft of another version?)");
+  }
+  for (int bits : {plan.compression.bits, plan.compression.download_bits}) {
+    RETURN_IF_ERROR(transport::ValidateCodecOptions(
+        {bits, plan.compression.block_size}, "plan_json compression"));
   }
   return plan;
 }
@@ -103,6 +122,10 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::CreateEdge(
   c->config_.adapter_seed = plan.adapter_seed;
   c->config_.strategy = aggregation::StrategyOptions{};  // HierFAVG: fedavg
   c->config_.eval.data.path.clear();
+  c->config_.dp = DpOptions{};
+  c->config_.dp.enabled = plan.dp;
+  c->config_.dp.noise_seed = plan.dp_noise_seed;
+  c->config_.compression = plan.compression;
   RETURN_IF_ERROR(c->Init());
   return c;
 }
@@ -124,6 +147,7 @@ Status Coordinator::Init() {
     (*zeros)[kv.first] = torch::zeros_like((*global)[kv.first]);
   }
   template_ = zeros;
+  schema_ = transport::Schema::OfKeys(*zeros);
   init_ = std::make_shared<const TensorMap>(*global);
   train_ = config_.train;
   if (config_.heterogeneity.enabled) {
@@ -139,6 +163,16 @@ Status Coordinator::Init() {
   if (config_.freezing.apf.enabled) {
     apf_ = std::make_unique<peft::ApfController>(config_.freezing.apf);
   }
+  if (config_.dp.enabled) {
+    uint64_t seed = config_.dp.noise_seed;
+    if (seed != 0 && edge_mode_) {
+      seed ^= Mix(std::hash<std::string>()(config_.federation.id));
+    }
+    noise_ = std::make_unique<privacy::GaussianNoise>(seed);
+    clip_norm_ = config_.dp.clip_norm;
+    if (!edge_mode_) accountant_ = std::make_unique<privacy::RdpAccountant>();
+  }
+  codec_rng_.seed(std::random_device()());
   adapter_config_ = peft::AdapterConfigToJson(config_.peft, config_.model.path);
   adapter_config_json_ = adapter_config_.dump();
   rng_.seed(config_.federation.seed);
@@ -191,6 +225,30 @@ Status Coordinator::Init() {
       for (const auto& [id, r] : extra["ranks"].items()) {
         if (r.is_number_integer()) workers_[id].rank = r.get<int64_t>();
       }
+    }
+    if (accountant_ && extra.contains("dp")) {
+      const nlohmann::json& d = extra["dp"];
+      try {
+        clip_norm_ = d.at("clip_norm").get<double>();
+        dp_z_ = d.at("noise_multiplier").get<double>();
+        dp_delta_ = d.at("delta").get<double>();
+        dp_population_ = d.at("population").get<int64_t>();
+        std::vector<double> rdp;
+        for (const auto& v : d.at("rdp")) {  // JSON has no infinity: null
+          rdp.push_back(v.is_null() ? std::numeric_limits<double>::infinity()
+                                    : v.get<double>());
+        }
+        RETURN_IF_ERROR(accountant_->SetRdp(rdp));
+        dp_ready_ = true;
+      } catch (const std::exception& e) {
+        return Status::Corruption("checkpoint in '" + config_.checkpoint.dir +
+                                  "': extra.dp: " + e.what());
+      }
+    } else if (accountant_ && ckpt->round > 0) {
+      return Status::FailedPrecondition(
+          "checkpoint in '" + config_.checkpoint.dir +
+          "' was written without DP, this config enables dp: the privacy "
+          "spent so far is unknown (start a new federation)");
     }
     total_bytes_up_ = ckpt->bytes_up;
     total_bytes_down_ = ckpt->bytes_down;
@@ -285,6 +343,9 @@ StatusOr<Registration> Coordinator::Register(const WorkerProfile& profile) {
     plan.heterogeneity = config_.heterogeneity;
     plan.ffa = config_.freezing.ffa;
     plan.adapter_seed = config_.adapter_seed;
+    plan.dp = config_.dp.enabled;
+    plan.dp_noise_seed = config_.dp.noise_seed;
+    plan.compression = config_.compression;
     r.plan_json = plan.ToJson();
   }
   return r;
@@ -356,6 +417,12 @@ StatusOr<TaskInfo> Coordinator::GetTask(const std::string& session_id,
       task.edge_rounds = w->profile.edge ? config_.hierarchy.edge_rounds : 0;
       task.train_b_only = config_.freezing.ffa;
       task.prune_threshold = config_.heterogeneity.prune_threshold;
+      task.clip_norm = round_dp_.enabled ? round_dp_.clip_norm : 0;
+      task.compression = config_.compression;
+      if (w->profile.edge) {
+        task.noise_stddev = round_dp_.edge_share;
+        task.count_noise_stddev = round_dp_.edge_count_share;
+      }
       return task;
     }
     if (cv_.wait_until(lock, until) == std::cv_status::timeout) {
@@ -460,8 +527,9 @@ StatusOr<UploadExpectation> Coordinator::ExpectedUpload(
   TensorMap shapes = header.rank > 0
                          ? aggregation::TruncateRank(*global, header.rank)
                          : *global;
-  for (const std::string& key : frozen) shapes.erase(key);
   e.specs = transport::SpecsOf(shapes);
+  for (auto& kv : *e.specs) kv.second.dtype = torch::kFloat32;
+  e.excluded = frozen;
   return e;
 }
 
@@ -529,7 +597,7 @@ Status Coordinator::SubmitUpdate(const std::string& session_id,
     if (valid.ok() && expected->specs) {
       for (const auto& [key, t] : delta) {
         auto it = expected->specs->find(key);
-        if (it == expected->specs->end()) {
+        if (it == expected->specs->end() || expected->excluded.count(key)) {
           valid = Status::InvalidArgument("update from '" + worker_id +
                                           "': unexpected tensor '" + key +
                                           "' (unknown, or frozen this round)");
@@ -571,6 +639,46 @@ Status Coordinator::SubmitUpdate(const std::string& session_id,
   if (valid.ok() && !std::isfinite(header.train_loss)) {
     valid = Status::InvalidArgument("train_loss: expected a finite number");
   }
+  if (valid.ok()) {
+    RoundDp dp;
+    bool edge = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      dp = round_dp_;
+      WorkerEntry* w = FindSession(session_id);
+      edge = w && w->profile.edge;
+    }
+    if (dp.enabled && header.whole_adapter) {
+      valid = Status::InvalidArgument("update from '" + worker_id +
+                                      "': a whole adapter under DP (expected "
+                                      "a clipped delta)");
+    } else if (dp.enabled && !edge) {
+      // The clip bound is what the noise is calibrated to: an update over
+      // it (a faulty or hostile worker) is refused, not rescaled.
+      const double norm = privacy::GlobalNorm(delta);
+      if (!(norm <= dp.clip_norm * (1 + 1e-5))) {
+        valid = Status::InvalidArgument(fmt::format(
+            "update from '{}': L2 norm {:.6g} exceeds the round's clip norm "
+            "{:.6g} (dp.clip_norm)",
+            worker_id, norm, dp.clip_norm));
+      } else if (header.unclipped != 0 && header.unclipped != 1) {
+        valid = Status::InvalidArgument(
+            fmt::format("update from '{}': unclipped {} (expected 0 or 1)",
+                        worker_id, header.unclipped));
+      }
+    } else if (dp.enabled && edge) {
+      if (header.workers == 0 || !std::isfinite(header.unclipped) ||
+          header.users_selected < header.workers ||
+          header.users_alive < header.users_selected) {
+        valid = Status::InvalidArgument(fmt::format(
+            "update from edge '{}': workers {}, users selected {} of {} "
+            "alive, unclipped {} (expected 1 <= workers <= selected <= "
+            "alive and a finite count)",
+            worker_id, header.workers, header.users_selected,
+            header.users_alive, header.unclipped));
+      }
+    }
+  }
   if (!valid.ok()) {
     RecordRejectedUpload(session_id, header.round, valid.message(),
                          bytes_received);
@@ -590,6 +698,7 @@ Status Coordinator::SubmitUpdate(const std::string& session_id,
     return Status::FailedPrecondition(reason);
   }
   answered_.insert(w->profile.worker_id);
+  round_worker_bytes_[w->profile.worker_id] += bytes_received;
   w->rounds_completed++;
   Pending p{w->profile.worker_id, header, std::move(delta)};
   p.edge = w->profile.edge;
@@ -609,6 +718,26 @@ void Coordinator::AddBytesDown(uint64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   round_bytes_down_ += bytes;
   total_bytes_down_ += bytes;
+}
+
+transport::CodecOptions Coordinator::DownloadCodec() {
+  std::lock_guard<std::mutex> lock(mu_);  // an edge's task changes it
+  return {config_.compression.download_bits, config_.compression.block_size};
+}
+
+const transport::Schema* Coordinator::AdapterSchema() const {
+  // Names cost ~60 bytes a tensor, which only matters next to quantized
+  // payloads; the stack merge's ranks vary by module: tensors go by name.
+  if (config_.compression.download_bits >= 16 ||
+      (hetero_ && hetero_->method == aggregation::HeteroMethod::kStack)) {
+    return nullptr;
+  }
+  return &schema_;
+}
+
+uint64_t Coordinator::NextCodecSeed() {
+  std::lock_guard<std::mutex> lock(codec_mu_);
+  return codec_rng_();
 }
 
 uint64_t Coordinator::max_update_bytes() const {
@@ -835,6 +964,21 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
     pending_.clear();
     rejected_ = 0;
     round_bytes_up_ = round_bytes_down_ = 0;
+    round_worker_bytes_.clear();
+    int edges_selected = 0;
+    for (const auto& id : selected_) {
+      edges_selected += workers_.at(id).profile.edge ? 1 : 0;
+    }
+    if (!edge_mode_ && accountant_) {
+      Status planned = PlanRoundDp(edges_selected, k - edges_selected);
+      if (!planned.ok()) {
+        FP_LOG_ERROR("coordinator", "round {}: dp: {}", round,
+                     planned.ToString());
+      }
+    }
+    m->users_alive = n;
+    m->clip_norm = round_dp_.enabled ? round_dp_.clip_norm : 0;
+    m->noise_multiplier = round_dp_.enabled ? round_dp_.z_update : 0;
     round_ = round;
     attempt_ = attempt;
     round_seed_ = Mix(f.seed ^ Mix(static_cast<uint64_t>(round) * 131 +
@@ -885,6 +1029,7 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
                      std::min(deadline, now + std::chrono::milliseconds(250)));
     }
     phase_ = Phase::kAggregate;
+    m->worker_bytes_up = round_worker_bytes_;
     updates = std::move(pending_);
     pending_.clear();
     m->answered = static_cast<int>(updates.size());
@@ -921,6 +1066,25 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
   }
   int quorum = std::max(1, static_cast<int>(std::ceil(f.quorum * m->selected)));
   bool ok = !stop_ && m->answered >= quorum;
+  if (accountant_ && m->answered > 0) {
+    // Spent whether or not the round aggregates: with noise at the edges,
+    // the cloud has seen their releases.
+    int edges_alive = 0, edges_selected = 0, direct_alive = 0,
+        direct_selected = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto now = Clock::now();
+      for (const auto& [id, w] : workers_) {
+        if (!IsAlive(w, now) && !selected_.count(id)) continue;
+        (w.profile.edge ? edges_alive : direct_alive) += 1;
+        if (selected_.count(id)) {
+          (w.profile.edge ? edges_selected : direct_selected) += 1;
+        }
+      }
+    }
+    FinishRoundDp(updates, round, direct_selected, direct_alive, edges_selected,
+                  edges_alive, m);
+  }
   if (ok) {
     Status s = Aggregate(round, std::move(updates), m);
     if (!s.ok()) {
@@ -959,7 +1123,7 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
     }
     aggregation::ClientUpdate u;
     u.worker_id = p.worker_id;
-    u.delta = std::move(p.delta);
+    u.delta = p.delta;  // shares the tensors
     u.num_samples = static_cast<int64_t>(p.header.num_samples);
     u.train_loss = p.header.train_loss;
     client.push_back(std::move(u));
@@ -974,7 +1138,23 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
     frozen = frozen_;
   }
   TensorMap next;
-  if (hetero_) {
+  bool dp = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dp = round_dp_.enabled;
+  }
+  if (dp) {
+    // DP-FedAvg: every user weighs the same (the noise is calibrated to
+    // one user's clipped update); the strategy applies the noised mean.
+    aggregation::ClientUpdate u;
+    u.worker_id = "dp-mean";
+    ASSIGN_OR_RETURN(u.delta, DpMean(*current, frozen, updates, m));
+    u.num_samples = 1;
+    u.train_loss = m->train_loss;
+    aggregation::RoundContext ctx;
+    ctx.round = round;
+    ASSIGN_OR_RETURN(next, strategy_->Aggregate(ctx, *current, {u}));
+  } else if (hetero_) {
     std::vector<aggregation::HeteroUpdate> hu;
     for (auto& u : client) {
       aggregation::HeteroUpdate h;
@@ -1064,6 +1244,270 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
   return Status::Ok();
 }
 
+// ---- differential privacy -----------------------------------------------
+
+namespace {
+
+// Users a round selects out of n alive, as RunRoundAttempt selects them.
+int SelectedOf(const FederationOptions& f, int n) {
+  int k = static_cast<int>(std::ceil(f.fraction * n));
+  k = std::max(k, f.min_workers);
+  if (f.max_workers > 0) k = std::min(k, f.max_workers);
+  return std::min(k, n);
+}
+
+bool IsLoraA(const std::string& key) {
+  return key.find(".lora_A.") != std::string::npos;
+}
+
+}  // namespace
+
+double Coordinator::ExpectedSamplingRate() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int n = static_cast<int>(AliveWorkers().size());
+  if (n == 0) return 1.0;
+  bool edges = false;
+  for (const auto& id : AliveWorkers()) edges |= workers_.at(id).profile.edge;
+  // Behind edges the share of its workers an edge selects is its own
+  // setting: counted as 1 (all of them), which overstates q (safe).
+  (void)edges;
+  return static_cast<double>(SelectedOf(config_.federation, n)) / n;
+}
+
+Status Coordinator::InitDp() {
+  const DpOptions& d = config_.dp;
+  bool edges = false;
+  int direct = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& id : AliveWorkers()) {
+      bool e = workers_.at(id).profile.edge;
+      edges |= e;
+      direct += e ? 0 : 1;
+    }
+  }
+  if (dp_ready_) return Status::Ok();  // resumed from a checkpoint
+  if (d.population > 0) {
+    dp_population_ = d.population;
+  } else if (edges) {
+    return Status::FailedPrecondition(
+        "dp.population: the users behind edges cannot be counted by the "
+        "cloud; set dp.population (the users who may take part)");
+  } else {
+    dp_population_ = direct;
+  }
+  dp_delta_ =
+      d.delta > 0
+          ? d.delta
+          : 1.0 / std::pow(
+                      static_cast<double>(std::max<int64_t>(2, dp_population_)),
+                      1.1);
+  const double q = ExpectedSamplingRate();
+  dp_z_ = d.noise_multiplier;
+  if (d.target_epsilon > 0 && d.budget == "calibrate") {
+    auto z = privacy::NoiseMultiplierFor(d.target_epsilon, q,
+                                         config_.federation.rounds, dp_delta_);
+    if (!z.ok()) {
+      return z.status().WithContext("dp.target_epsilon " +
+                                    ToConfigString(d.target_epsilon));
+    }
+    dp_z_ = *z;
+    FP_LOG_INFO("coordinator",
+                "dp: noise multiplier {:.4f} calibrated for epsilon {:.3g} at "
+                "delta {:.3g} over {} rounds (q {:.3g})",
+                dp_z_, d.target_epsilon, dp_delta_, config_.federation.rounds,
+                q);
+  }
+  if (d.adaptive_clipping) {
+    const double m = std::max(1.0, q * static_cast<double>(dp_population_));
+    dp_count_stddev_ = d.count_stddev > 0 ? d.count_stddev : m / 20.0;
+    auto z = privacy::UpdateNoiseMultiplier(dp_z_, dp_count_stddev_);
+    if (!z.ok()) {
+      return z.status().WithContext(fmt::format(
+          "dp.adaptive_clipping with about {:.0f} users a round (the count "
+          "noise defaults to users / 20): set dp.count_stddev above {:.3g} "
+          "or raise dp.noise_multiplier",
+          m, dp_z_ / 2));
+    }
+  }
+  if (dp_z_ == 0) {
+    FP_LOG_WARN("coordinator",
+                "dp: noise_multiplier 0: updates are clipped but not noised, "
+                "so there is no privacy guarantee (epsilon is infinite)");
+  }
+  FP_LOG_INFO("coordinator",
+              "dp: user-level DP-FedAvg, clip norm {:.4g}{}, noise "
+              "multiplier {:.4f} ({} placement), delta {:.3g} (population "
+              "{}), expected sampling rate {:.3g}{}",
+              clip_norm_, d.adaptive_clipping ? " (adaptive)" : "", dp_z_,
+              d.placement, dp_delta_, dp_population_, q,
+              d.target_epsilon > 0 ? fmt::format(", budget epsilon {:.3g} ({})",
+                                                 d.target_epsilon, d.budget)
+                                   : std::string());
+  dp_ready_ = true;
+  return Status::Ok();
+}
+
+Status Coordinator::PlanRoundDp(int edges_selected, int users_selected) {
+  (void)users_selected;
+  RoundDp dp;
+  dp.enabled = true;
+  dp.clip_norm = clip_norm_;
+  dp.z_update = dp_z_;
+  if (config_.dp.adaptive_clipping) {
+    ASSIGN_OR_RETURN(dp.z_update,
+                     privacy::UpdateNoiseMultiplier(dp_z_, dp_count_stddev_));
+    dp.count_stddev = dp_count_stddev_;
+  }
+  dp.sum_stddev = dp.z_update * dp.clip_norm;
+  if (config_.dp.placement == "edges" && edges_selected > 0) {
+    const double share = 1.0 / std::sqrt(static_cast<double>(edges_selected));
+    dp.edge_share = dp.sum_stddev * share;
+    dp.edge_count_share = dp.count_stddev * share;
+  }
+  round_dp_ = dp;
+  return Status::Ok();
+}
+
+double Coordinator::NoisedUnclippedCount(const std::vector<Pending>& updates,
+                                         double* users) {
+  RoundDp dp;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dp = round_dp_;
+  }
+  double count = 0, added = 0;
+  *users = 0;
+  for (const auto& p : updates) {
+    count += p.header.unclipped;
+    *users += p.edge ? p.header.workers : 1;
+    if (p.edge) added += dp.edge_count_share * dp.edge_count_share;
+  }
+  double top =
+      std::sqrt(std::max(0.0, dp.count_stddev * dp.count_stddev - added));
+  if (top < 1e-6 * dp.count_stddev) top = 0;
+  if (noise_ && top > 0) count += noise_->Sample(top);
+  return count;
+}
+
+void Coordinator::FinishRoundDp(const std::vector<Pending>& updates,
+                                int64_t round, int direct_selected,
+                                int direct_alive, int edges_selected,
+                                int edges_alive, RoundMetrics* m) {
+  // q: the largest chance any one user had of taking part. Behind an edge
+  // it is the edge's chance times the share of its users it selected (1
+  // when unknown: a selected edge that did not answer).
+  double q = 0;
+  if (direct_alive > 0) {
+    q = static_cast<double>(direct_selected) / direct_alive;
+  }
+  if (edges_selected > 0) {
+    double inner = 0;
+    int answered = 0;
+    for (const auto& p : updates) {
+      if (!p.edge || p.header.users_alive == 0) continue;
+      inner = std::max(inner, static_cast<double>(p.header.users_selected) /
+                                  p.header.users_alive);
+      ++answered;
+    }
+    if (answered < edges_selected) inner = 1.0;
+    q = std::max(q, inner * edges_selected / std::max(1, edges_alive));
+  }
+  q = std::min(1.0, std::max(q, 1e-12));
+  accountant_->Compose(q, dp_z_);
+  privacy::PrivacySpent spent = accountant_->Spent(dp_delta_);
+  m->epsilon = spent.epsilon;
+  m->delta = dp_delta_;
+  m->sampling_rate = q;
+  if (config_.dp.adaptive_clipping) {
+    double users = 0;
+    const double count = NoisedUnclippedCount(updates, &users);
+    m->unclipped_count = count;
+    m->unclipped_fraction = users > 0 ? count / users : std::nan("");
+    if (std::isfinite(m->unclipped_fraction)) {
+      const double next = privacy::NextClipNorm(
+          clip_norm_, m->unclipped_fraction, config_.dp.target_quantile,
+          config_.dp.clip_learning_rate);
+      FP_LOG_INFO("coordinator",
+                  "round {}: dp: {:.2f} of updates unclipped (noised; target "
+                  "{:.2f}): clip norm {:.4g} -> {:.4g}",
+                  round, m->unclipped_fraction, config_.dp.target_quantile,
+                  clip_norm_, next);
+      clip_norm_ = next;
+    }
+  }
+}
+
+StatusOr<TensorMap> Coordinator::DpMean(const TensorMap& current,
+                                        const std::set<std::string>& frozen,
+                                        const std::vector<Pending>& updates,
+                                        RoundMetrics* m) {
+  RoundDp dp;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dp = round_dp_;
+  }
+  // The released coordinates: all but the frozen tensors and FFA-LoRA's
+  // fixed A (nobody may change those, so they carry no one's data).
+  TensorMap sum;
+  for (const auto& [key, t] : current) {
+    if (frozen.count(key) || (config_.freezing.ffa && IsLoraA(key))) continue;
+    sum[key] = torch::zeros_like(t);
+  }
+  double users = 0;
+  double added = 0;
+  for (const auto& p : updates) {
+    // An edge sends the mean over its workers of their clipped updates
+    // (plus its noise share): times its workers, their sum.
+    const double w = p.edge ? static_cast<double>(p.header.workers) : 1.0;
+    users += w;
+    if (p.edge) added += dp.edge_share * dp.edge_share;
+    TensorMap d = p.delta;
+    if (hetero_ && p.header.rank > 0) {
+      int64_t r_global = 0;
+      for (const auto& [module, r] : aggregation::ModuleRanks(current)) {
+        r_global = std::max(r_global, r);
+      }
+      d = aggregation::ZeroPadRank(d, r_global);
+    }
+    for (const auto& [key, t] : d) {
+      auto it = sum.find(key);
+      if (it == sum.end()) continue;
+      if (!it->second.sizes().equals(t.sizes())) {
+        return Status::InvalidArgument(
+            "dp: update from '" + p.worker_id + "': tensor '" + key +
+            "' has shape " + aggregation::ShapeString(t.sizes()) +
+            ", expected " + aggregation::ShapeString(it->second.sizes()));
+      }
+      it->second.add_(t, w);
+    }
+  }
+  if (users <= 0) return Status::FailedPrecondition("dp: no users");
+  // The noise of the round: what the edges added plus this level's part.
+  double top = std::sqrt(std::max(0.0, dp.sum_stddev * dp.sum_stddev - added));
+  if (top < 1e-6 * dp.sum_stddev) top = 0;  // the edges' shares add up
+  noise_->AddTo(&sum, top);
+  FP_LOG_INFO(
+      "coordinator",
+      "{} {}: dp: sum of {} users' updates clipped to {:.4g}, noise "
+      "stddev {:.4g} added here{}",
+      edge_mode_ ? "edge round" : "round", m->round, users, dp.clip_norm, top,
+      added > 0 ? fmt::format(" ({:.4g} at the edges)", std::sqrt(added))
+                : std::string());
+  for (auto& kv : sum) kv.second.div_(users);
+  if (edge_mode_) {
+    double n = 0;
+    m->unclipped_count = NoisedUnclippedCount(updates, &n);
+    m->unclipped_fraction = n > 0 ? m->unclipped_count / n : std::nan("");
+  }
+  TensorMap mean;
+  for (const auto& [key, t] : current) {
+    auto it = sum.find(key);
+    mean[key] = it != sum.end() ? it->second : torch::zeros_like(t);
+  }
+  return mean;
+}
+
 peft::PeftOptions Coordinator::OptionsFor(const TensorMap& adapter) const {
   // The stack merge's global has a rank per module: its options say so,
   // each module's alpha keeping the one scaling every rank shares.
@@ -1132,6 +1576,13 @@ Status Coordinator::WriteCheckpoint(int64_t round) {
   }
   ckpt.strategy_state = strategy_->State();
   if (apf_) ckpt.extra["apf"] = apf_->State();
+  if (accountant_ && dp_ready_) {
+    ckpt.extra["dp"] = {{"clip_norm", clip_norm_},
+                        {"noise_multiplier", dp_z_},
+                        {"delta", dp_delta_},
+                        {"population", dp_population_},
+                        {"rdp", accountant_->rdp()}};
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (hetero_) {
@@ -1162,6 +1613,15 @@ void Coordinator::LogRound(const RoundMetrics& m) {
                          m.rank_mean);
   }
   if (apf_) shape += fmt::format(" | frozen {:.0f}%", 100 * m.frozen_fraction);
+  if (std::isfinite(m.epsilon)) {
+    shape += fmt::format(
+        " | epsilon {:.3f} (delta {:.2g}, q {:.3g}, z {:.3f}, "
+        "C {:.4g})",
+        m.epsilon, m.delta, m.sampling_rate, m.noise_multiplier, m.clip_norm);
+  } else if (m.clip_norm > 0) {
+    shape +=
+        fmt::format(" | dp C {:.4g} z {:.3f}", m.clip_norm, m.noise_multiplier);
+  }
   FP_LOG_INFO("coordinator",
               "{} {} {}: selected {} answered {} dropped {}{} | train "
               "loss {:.4f} eval loss {} | up {} down {} | {:.1f}s",
@@ -1173,6 +1633,12 @@ void Coordinator::LogRound(const RoundMetrics& m) {
               m.dropped, shape, m.train_loss, eval, FormatBytes(m.bytes_up),
               FormatBytes(m.bytes_down), m.seconds);
   if (!metrics_.is_open()) return;
+  uint64_t total_up = 0, total_down = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    total_up = total_bytes_up_;
+    total_down = total_bytes_down_;
+  }
   nlohmann::json j = {
       {"round", m.round},
       {"attempt", m.attempt},
@@ -1193,6 +1659,15 @@ void Coordinator::LogRound(const RoundMetrics& m) {
       {"rank_mean", m.rank_mean},
       {"rank_max", m.rank_max},
       {"frozen_fraction", m.frozen_fraction},
+      {"epsilon", NumberOrNull(m.epsilon)},
+      {"delta", NumberOrNull(m.delta)},
+      {"clip_norm", m.clip_norm},
+      {"noise_multiplier", m.noise_multiplier},
+      {"unclipped_fraction", NumberOrNull(m.unclipped_fraction)},
+      {"sampling_rate", m.sampling_rate},
+      {"bytes_up_workers", m.worker_bytes_up},
+      {"bytes_up_total", total_up},
+      {"bytes_down_total", total_down},
       {"strategy", strategy_->name()},
       {"unix_ms", UnixMillis()},
   };
@@ -1212,8 +1687,29 @@ Status Coordinator::Run() {
   for (int64_t round = completed_rounds_ + 1; round <= f.rounds && !stop_;
        ++round) {
     int attempt = 0;
+    bool budget_spent = false;
     while (!stop_) {
       if (!WaitForWorkers()) break;
+      if (accountant_) {
+        RETURN_IF_ERROR(InitDp());
+        const DpOptions& d = config_.dp;
+        if (d.target_epsilon > 0) {
+          // Stop before a round that would overspend (with calibration,
+          // only a sampling rate above the expected one gets here).
+          privacy::RdpAccountant next = *accountant_;
+          next.Compose(ExpectedSamplingRate(), dp_z_);
+          const double eps = next.Spent(dp_delta_).epsilon;
+          if (eps > d.target_epsilon * (1 + 1e-6)) {
+            FP_LOG_WARN("coordinator",
+                        "dp: privacy budget spent: round {} would bring "
+                        "epsilon to {:.4g} > dp.target_epsilon {:.4g}; "
+                        "stopping after round {}",
+                        round, eps, d.target_epsilon, completed_rounds_);
+            budget_spent = true;
+            break;
+          }
+        }
+      }
       RoundMetrics m;
       bool ok = RunRoundAttempt(round, attempt, &m);
       if (stop_) break;
@@ -1236,6 +1732,7 @@ Status Coordinator::Run() {
       LogRound(m);
       break;
     }
+    if (budget_spent) break;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -1293,7 +1790,22 @@ StatusOr<EdgeResult> Coordinator::RunEdgeRounds(const TensorMap& cloud_global,
     train_ = task.train;
     config_.freezing.ffa = task.train_b_only;
     config_.heterogeneity.prune_threshold = task.prune_threshold;
+    const int download_bits = config_.compression.download_bits;
+    config_.compression = task.compression;
+    config_.compression.download_bits = download_bits;
     edge_task_ = task;
+    round_dp_ = RoundDp{};
+    if (config_.dp.enabled) {
+      if (!(task.clip_norm > 0)) {
+        return Status::InvalidArgument(
+            "cloud round " + std::to_string(task.cloud_round) +
+            ": the plan says DP but the task has no clip norm");
+      }
+      round_dp_.enabled = true;
+      round_dp_.clip_norm = task.clip_norm;
+      round_dp_.sum_stddev = task.noise_stddev;
+      round_dp_.count_stddev = task.count_noise_stddev;
+    }
   }
   EdgeResult result;
   std::map<std::string, uint64_t> samples;  // worker -> latest num_samples
@@ -1355,6 +1867,9 @@ StatusOr<EdgeResult> Coordinator::RunEdgeRounds(const TensorMap& cloud_global,
     result.rank_min = m.rank_min;
     result.rank_max = m.rank_max;
     result.rank_mean = m.rank_mean;
+    result.unclipped = std::isfinite(m.unclipped_count) ? m.unclipped_count : 0;
+    result.users_selected = m.selected;
+    result.users_alive = m.users_alive;
     for (const auto& h : last_round_headers_) {
       samples[h.first] = h.second.num_samples;
       loss_sum += h.second.train_loss * h.second.num_samples;

@@ -26,6 +26,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <fstream>
@@ -48,6 +49,8 @@
 #include "peft/peft_model.h"
 #include "peft/rank_assignment.h"
 #include "proto/tensor_codec.h"
+#include "security/dp.h"
+#include "security/rdp_accountant.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -79,6 +82,9 @@ struct EdgePlan {
   HeterogeneityOptions heterogeneity;
   bool ffa = false;
   uint64_t adapter_seed = 42;
+  bool dp = false;             // sum clipped updates with equal weights
+  uint64_t dp_noise_seed = 0;  // 0 = std::random_device
+  CompressionOptions compression;
   std::string ToJson() const;
   static StatusOr<EdgePlan> FromJson(const std::string& text);
 };
@@ -96,6 +102,10 @@ struct TaskInfo {
   int edge_rounds = 0;              // edges only
   bool train_b_only = false;        // FFA-LoRA
   double prune_threshold = 0;
+  double clip_norm = 0;            // DP: clip updates to this; 0 = off
+  CompressionOptions compression;  // how to upload
+  double noise_stddev = 0;         // edges, dp.placement edges: noise on
+  double count_noise_stddev = 0;   // their sum and unclipped count
 };
 
 struct UpdateHeader {
@@ -112,13 +122,19 @@ struct UpdateHeader {
   uint32_t edge_rounds = 0;    // edges: edge rounds run
   uint32_t rank_min = 0, rank_max = 0;  // edges: ranks of their workers
   double rank_mean = 0;
+  double unclipped = 0;  // DP: 1 if not clipped; edges: the noised count
+  uint32_t users_selected = 0, users_alive = 0;  // edges: last round's
 };
 
 // What a participant may upload for a round: the tensor specs when they are
 // known in advance (any subset of them), nullopt when only the decoded
 // tensors can be checked (whole adapters of variable rank).
 struct UploadExpectation {
+  // Every tensor of the adapter at the upload's rank (the names tensors are
+  // indexed by on the wire); those in `excluded` (frozen this round) are
+  // refused once decoded.
   std::optional<std::map<std::string, transport::TensorSpec>> specs;
+  std::set<std::string> excluded;
   size_t max_tensors = 0;
 };
 
@@ -132,6 +148,10 @@ struct EdgeTask {
   std::vector<std::string> frozen;
   bool train_b_only = false;
   double prune_threshold = 0;
+  double clip_norm = 0;  // DP (from the cloud's task)
+  double noise_stddev = 0;
+  double count_noise_stddev = 0;
+  CompressionOptions compression;
 };
 
 struct EdgeResult {
@@ -145,6 +165,8 @@ struct EdgeResult {
   int rounds_aggregated = 0;
   int64_t rank_min = 0, rank_max = 0;
   double rank_mean = 0;
+  double unclipped = 0;  // DP: noised count of unclipped updates
+  int users_selected = 0, users_alive = 0;  // of the last edge round
 };
 
 struct RoundMetrics {
@@ -167,6 +189,19 @@ struct RoundMetrics {
   int64_t rank_max = 0;    // the ranks the edges assigned)
   double rank_mean = 0;
   double frozen_fraction = 0;  // share of adapter tensors frozen
+  int users_alive = 0;         // workers (behind edges: their users) that
+                               // could have been selected
+  // DP (NaN / 0 when off): privacy spent after this round at `delta`, the
+  // clip norm and update noise multiplier used, the noised share of
+  // updates that were not clipped.
+  double epsilon = std::nan("");
+  double delta = std::nan("");
+  double clip_norm = 0;
+  double noise_multiplier = 0;
+  double unclipped_fraction = std::nan("");
+  double unclipped_count = std::nan("");  // noised
+  double sampling_rate = 0;               // q accounted for this round
+  std::map<std::string, uint64_t> worker_bytes_up;  // accepted uploads
 };
 
 struct CoordinatorStatus {
@@ -237,6 +272,12 @@ class Coordinator {
   void AddBytesDown(uint64_t bytes);
   CoordinatorStatus GetStatus();
   uint64_t max_update_bytes() const;
+  // How the global adapter travels to workers (compression.download_bits),
+  // the names its tensors are indexed by on the wire (nullptr when ranks
+  // vary by module), and a seed for one download's stochastic rounding.
+  transport::CodecOptions DownloadCodec();
+  const transport::Schema* AdapterSchema() const;
+  uint64_t NextCodecSeed();
 
   // ---- the round loop ----------------------------------------------------
   // Runs every remaining round; returns when done (after the shutdown
@@ -265,6 +306,16 @@ class Coordinator {
     std::chrono::steady_clock::time_point last_seen;
     uint64_t rounds_completed = 0;
     int64_t rank = 0;  // assigned LoRA rank (heterogeneous ranks); 0 = r
+  };
+  // This round's DP parameters (see dp.h). REQUIRES: mu_ to change.
+  struct RoundDp {
+    bool enabled = false;
+    double clip_norm = 0;         // C
+    double z_update = 0;          // noise multiplier of the update
+    double sum_stddev = 0;        // total noise on the sum of clipped updates
+    double count_stddev = 0;      // total noise on the unclipped count
+    double edge_share = 0;        // what each selected edge adds (placement
+    double edge_count_share = 0;  // edges); the cloud adds the rest
   };
   struct Pending {
     std::string worker_id;
@@ -300,6 +351,26 @@ class Coordinator {
   bool RunRoundAttempt(int64_t round, int attempt, RoundMetrics* metrics);
   Status Aggregate(int64_t round, std::vector<Pending> updates,
                    RoundMetrics* metrics);
+  // DP-FedAvg: the noised mean of the clipped updates, as one update.
+  StatusOr<TensorMap> DpMean(const TensorMap& current,
+                             const std::set<std::string>& frozen,
+                             const std::vector<Pending>& updates,
+                             RoundMetrics* m);
+  // The cloud's DP set-up before round 1 (delta, calibration); and before
+  // each round (clip norm and noise from the budget). REQUIRES: mu_ held
+  // for PlanRoundDp.
+  Status InitDp();
+  Status PlanRoundDp(int edges_selected, int users_selected);
+  // After a round: the accountant, adaptive clipping, the metrics.
+  void FinishRoundDp(const std::vector<Pending>& updates, int64_t round,
+                     int users_selected, int users_alive, int edges_selected,
+                     int edges_alive, RoundMetrics* m);
+  // The sampling rate expected for a round before it runs.
+  double ExpectedSamplingRate();
+  // The noised count of unclipped updates among `updates` (the edges'
+  // noise shares plus what this level adds) and the users behind them.
+  double NoisedUnclippedCount(const std::vector<Pending>& updates,
+                              double* users);
   double ServerEval();
   // The PEFT options that describe `adapter` (per-module ranks and alphas
   // when a heterogeneous merge left them different from peft.lora.r).
@@ -312,6 +383,19 @@ class Coordinator {
   bool edge_mode_ = false;
   std::optional<aggregation::HeteroOptions> hetero_;  // heterogeneous ranks
   std::unique_ptr<peft::ApfController> apf_;
+  // DP: the accountant (cloud), the noise, the clip norm (adaptive), the
+  // total noise multiplier z (calibrated) and delta.
+  std::unique_ptr<privacy::RdpAccountant> accountant_;
+  std::unique_ptr<privacy::GaussianNoise> noise_;
+  double clip_norm_ = 0;
+  double dp_z_ = 0;
+  double dp_delta_ = 0;
+  double dp_count_stddev_ = 0;  // adaptive clipping: noise on the count
+  int64_t dp_population_ = 0;
+  bool dp_ready_ = false;
+  RoundDp round_dp_;           // GUARDED_BY(mu_)
+  std::mt19937_64 codec_rng_;  // GUARDED_BY(codec_mu_)
+  std::mutex codec_mu_;
   std::shared_ptr<const TensorMap> init_;  // the initial global adapter
   int64_t edge_round_ = 0;                 // edge mode: rounds run so far
   double round_deadline_s_ = 0;            // edge mode: this round's limit
@@ -319,6 +403,7 @@ class Coordinator {
   std::shared_ptr<const model::LlamaWeights> base_;
   std::unique_ptr<aggregation::Strategy> strategy_;
   std::shared_ptr<const TensorMap> template_;  // zeros: names and shapes
+  transport::Schema schema_;                   // template_'s names
   std::string adapter_config_json_;
   nlohmann::json adapter_config_;
   std::unique_ptr<peft::PeftModel> eval_model_;  // server-side eval
@@ -341,6 +426,7 @@ class Coordinator {
   int rejected_ = 0;                // GUARDED_BY(mu_)
   uint64_t deadline_unix_ms_ = 0;   // GUARDED_BY(mu_)
   uint64_t round_bytes_up_ = 0, round_bytes_down_ = 0;  // GUARDED_BY(mu_)
+  std::map<std::string, uint64_t> round_worker_bytes_;  // GUARDED_BY(mu_)
   uint64_t total_bytes_up_ = 0, total_bytes_down_ = 0;  // GUARDED_BY(mu_)
   std::vector<RoundMetrics> history_;                   // GUARDED_BY(mu_)
   std::set<std::string> told_shutdown_;                 // GUARDED_BY(mu_)

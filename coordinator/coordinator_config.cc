@@ -1,7 +1,10 @@
 #include "coordinator/coordinator_config.h"
 
+#include <cmath>
+
 #include "aggregation/hetero_rank.h"
 #include "common/logging.h"
+#include "proto/tensor_codec.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -161,6 +164,70 @@ void HierarchyOptions::Read(ConfigReader& in) {
            "must be in [1, 1000], got " + ToConfigString(edge_rounds));
 }
 
+void DpOptions::Read(ConfigReader& in) {
+  in.Get("enabled", &enabled);
+  in.Get("clip_norm", &clip_norm);
+  in.Get("noise_multiplier", &noise_multiplier);
+  in.Get("placement", &placement);
+  in.Get("adaptive_clipping", &adaptive_clipping);
+  in.Get("target_quantile", &target_quantile);
+  in.Get("clip_learning_rate", &clip_learning_rate);
+  in.Get("count_stddev", &count_stddev);
+  in.Get("target_epsilon", &target_epsilon);
+  in.Get("budget", &budget);
+  in.Get("delta", &delta);
+  in.Get("population", &population);
+  in.Get("noise_seed", &noise_seed);
+  in.Check(std::isfinite(clip_norm) && clip_norm > 0, "clip_norm",
+           "must be a number > 0, got " + ToConfigString(clip_norm));
+  in.Check(std::isfinite(noise_multiplier) && noise_multiplier >= 0,
+           "noise_multiplier",
+           "must be a number >= 0, got " + ToConfigString(noise_multiplier));
+  in.Check(placement == "central" || placement == "edges", "placement",
+           "expected central or edges, got '" + placement + "'");
+  in.Check(target_quantile > 0 && target_quantile < 1, "target_quantile",
+           "must be in (0, 1), got " + ToConfigString(target_quantile));
+  in.Check(clip_learning_rate > 0 && clip_learning_rate <= 10,
+           "clip_learning_rate",
+           "must be in (0, 10], got " + ToConfigString(clip_learning_rate));
+  in.Check(std::isfinite(count_stddev) && count_stddev >= 0, "count_stddev",
+           "must be >= 0 (0 = participants / 20), got " +
+               ToConfigString(count_stddev));
+  in.Check(
+      std::isfinite(target_epsilon) && target_epsilon >= 0, "target_epsilon",
+      "must be >= 0 (0 = no budget), got " + ToConfigString(target_epsilon));
+  in.Check(budget == "calibrate" || budget == "stop", "budget",
+           "expected calibrate or stop, got '" + budget + "'");
+  in.Check(
+      delta >= 0 && delta < 1, "delta",
+      "must be in (0, 1) (0 = 1/population^1.1), got " + ToConfigString(delta));
+  in.Check(population >= 0, "population",
+           "must be >= 0 (0 = the workers registered at round 1), got " +
+               ToConfigString(population));
+  if (enabled && target_epsilon > 0 && budget == "calibrate") {
+    in.Check(!in.Has("noise_multiplier"), "noise_multiplier",
+             "is calibrated from dp.target_epsilon with dp.budget calibrate; "
+             "remove one of the two (or set dp.budget: stop)");
+  }
+}
+
+void CompressionOptions::Read(ConfigReader& in) {
+  in.Get("bits", &bits);
+  in.Get("block_size", &block_size);
+  in.Get("error_feedback", &error_feedback);
+  in.Get("download_bits", &download_bits);
+  for (const auto& [key, value] : {std::pair<const char*, int>{"bits", bits},
+                                   {"download_bits", download_bits}}) {
+    in.Check(
+        value == 32 || value == 16 || value == 8 || value == 4 || value == 2,
+        key, "expected 32, 16, 8, 4 or 2, got " + ToConfigString(value));
+  }
+  in.Check(block_size >= 1 && block_size <= transport::kMaxBlockSize,
+           "block_size",
+           "must be in [1, " + std::to_string(transport::kMaxBlockSize) +
+               "], got " + ToConfigString(block_size));
+}
+
 void ServerEvalOptions::Read(ConfigReader& in) {
   ConfigReader data_in = in.Section("data");
   // Server-side eval is optional: an absent data.path turns it off, so
@@ -222,7 +289,15 @@ void CoordinatorConfig::Read(ConfigReader& in) {
             "samples); set strategy.name: fedavg, got '" +
                 strategy.name + "'");
   }
+  ConfigReader d = in.Section("dp");
+  dp.Read(d);
   ConfigReader fr = in.Section("freezing");
+  // With DP on, FFA-LoRA is the default (Sun et al. 2024: training only B
+  // keeps the noisy update linear in what is clipped); `ffa: false` opts
+  // out.
+  if (dp.enabled && peft.method == "lora" && !fr.Has("ffa")) {
+    freezing.ffa = true;
+  }
   freezing.Read(fr);
   if (freezing.ffa) {
     fr.Check(peft.method == "lora", "ffa",
@@ -235,6 +310,26 @@ void CoordinatorConfig::Read(ConfigReader& in) {
   }
   ConfigReader hi = in.Section("hierarchy");
   hierarchy.Read(hi);
+  ConfigReader co = in.Section("compression");
+  compression.Read(co);
+  if (dp.enabled) {
+    d.Check(strategy.name != "median" && strategy.name != "trimmed_mean",
+            "enabled",
+            "DP-FedAvg's noise is calibrated to the sum of clipped updates; "
+            "strategy '" +
+                strategy.name +
+                "' is not a sum (use fedavg, fedavgm, fedadam or fedyogi)");
+    d.Check(!heterogeneity.enabled || heterogeneity.method == "zero_pad",
+            "enabled",
+            "with heterogeneous ranks DP needs heterogeneity.method "
+            "zero_pad (svd and stack re-factor the noisy sum), got '" +
+                heterogeneity.method + "'");
+    d.Check(hierarchy.edge_rounds == 1, "enabled",
+            "DP accounts one noisy release per cloud round: set "
+            "hierarchy.edge_rounds to 1 (edge rounds in between would "
+            "release un-noised sums to the edge's workers), got " +
+                ToConfigString(hierarchy.edge_rounds));
+  }
   ConfigReader e = in.Section("eval");
   eval.Read(e);
   ConfigReader c = in.Section("checkpoint");

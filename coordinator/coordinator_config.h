@@ -14,6 +14,11 @@
 //               peft.lora.r
 //   freezing:   apf (adaptive parameter freezing), ffa (FFA-LoRA)
 //   hierarchy:  edge_rounds (κ: edge rounds per cloud round)
+//   dp:         user-level differential privacy (DP-FedAvg): enabled,
+//               clip_norm, noise_multiplier, placement, adaptive_clipping,
+//               target_quantile, clip_learning_rate, count_stddev,
+//               target_epsilon, budget, delta, population, noise_seed
+//   compression: bits, block_size, error_feedback (uploads), download_bits
 //   eval:       optional server-side eval on held-out data
 //   checkpoint: dir, keep
 //   logging:    level, file, metrics_file
@@ -111,6 +116,50 @@ struct HierarchyOptions {
   void Read(ConfigReader& in);
 };
 
+// User-level differential privacy, DP-FedAvg (McMahan et al. 2018): every
+// update is clipped to clip_norm (L2 over the whole update) on its worker;
+// the sum of a round's clipped updates gets Gaussian noise of standard
+// deviation noise_multiplier * clip_norm, once per cloud round, at the cloud
+// (placement central) or in equal shares at the edges (placement edges);
+// the mean over the participants is what the strategy applies. An RDP
+// accountant (security/rdp_accountant.h) tracks epsilon at `delta`.
+struct DpOptions {
+  bool enabled = false;
+  double clip_norm = 0.1;         // C (the initial C with adaptive clipping)
+  double noise_multiplier = 1.0;  // z: noise stddev / C on the sum
+  std::string placement = "central";  // central | edges
+  // Adaptive clipping (Andrew et al. 2021): C moves geometrically toward
+  // the target_quantile of the update norms; the noise on the count of
+  // unclipped updates is count_stddev (0 = expected participants / 20, the
+  // paper's choice), paid for out of noise_multiplier.
+  bool adaptive_clipping = false;
+  double target_quantile = 0.5;
+  double clip_learning_rate = 0.2;
+  double count_stddev = 0;
+  // A privacy budget (0 = none): `calibrate` sets noise_multiplier before
+  // round 1 so that federation.rounds rounds spend exactly target_epsilon;
+  // `stop` keeps noise_multiplier and ends training before a round would
+  // overspend.
+  double target_epsilon = 0;
+  std::string budget = "calibrate";  // calibrate | stop
+  double delta = 0;                  // 0 = 1 / population^1.1
+  int64_t population = 0;            // users who may take part; 0 = the workers
+                                     // registered when round 1 starts
+  uint64_t noise_seed = 0;  // 0 = std::random_device (set for experiments)
+
+  void Read(ConfigReader& in);
+};
+
+// How updates and the global adapter travel (proto/tensor_codec.h).
+struct CompressionOptions {
+  int bits = 32;  // uploads (workers and edges): 32 | 16 | 8 | 4 | 2
+  int64_t block_size = 256;
+  bool error_feedback = false;  // workers carry the quantization error over
+  int download_bits = 32;       // the global adapter sent to workers
+
+  void Read(ConfigReader& in);
+};
+
 struct ServerEvalOptions {
   data::DataOptions data;  // empty data.path = no server-side eval
   int batch_size = 16;
@@ -143,6 +192,8 @@ struct CoordinatorConfig {
   HeterogeneityOptions heterogeneity;
   FreezingOptions freezing;
   HierarchyOptions hierarchy;
+  DpOptions dp;
+  CompressionOptions compression;
   ServerEvalOptions eval;
   CheckpointOptions checkpoint;
   CoordinatorLogging logging;

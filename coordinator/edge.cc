@@ -75,6 +75,8 @@ class Edge::Impl {
   std::string adapter_config_json_;
   std::string plan_json_;
   bool whole_adapter_ = false;  // stack merge: upload the adapter itself
+  EdgePlan plan_;
+  std::mt19937_64 rng_{std::random_device()()};  // stochastic rounding
   // The cloud adapter of cache_round_ (tensors it may leave out later).
   TensorMap cache_;
   uint64_t cache_round_ = 0;
@@ -138,6 +140,26 @@ Status Edge::Impl::Serve(const proto::Task& task) {
   et.frozen.assign(task.frozen().begin(), task.frozen().end());
   et.train_b_only = task.train().train_b_only();
   et.prune_threshold = task.train().prune_threshold();
+  et.clip_norm = task.train().clip_norm();
+  et.noise_stddev = task.noise_stddev();
+  et.count_noise_stddev = task.count_noise_stddev();
+  et.compression = plan_.compression;
+  if (task.train().upload_bits() > 0) {
+    et.compression.bits = static_cast<int>(task.train().upload_bits());
+  }
+  if (task.train().block_size() > 0) {
+    et.compression.block_size = task.train().block_size();
+  }
+  et.compression.error_feedback = task.train().error_feedback();
+  RETURN_IF_ERROR(transport::ValidateCodecOptions(
+      {et.compression.bits, et.compression.block_size}, "the cloud's task"));
+  if (!std::isfinite(et.noise_stddev) || et.noise_stddev < 0 ||
+      !std::isfinite(et.count_noise_stddev) || et.count_noise_stddev < 0 ||
+      !std::isfinite(et.clip_norm) || et.clip_norm < 0) {
+    return Status::InvalidArgument(
+        "the cloud's task: clip_norm, noise_stddev and count_noise_stddev "
+        "must be finite and >= 0");
+  }
   FP_LOG_INFO("edge", "'{}': cloud round {}: {} edge rounds ({} down)",
               config_.id, round, et.edge_rounds, down);
   ASSIGN_OR_RETURN(EdgeResult r, coordinator_->RunEdgeRounds(cloud, et));
@@ -170,8 +192,21 @@ Status Edge::Impl::Serve(const proto::Task& task) {
   h.set_rank_min(static_cast<uint32_t>(r.rank_min));
   h.set_rank_max(static_cast<uint32_t>(r.rank_max));
   h.set_rank_mean(r.rank_mean);
+  h.set_unclipped(r.unclipped);
+  h.set_users_selected(static_cast<uint32_t>(r.users_selected));
+  h.set_users_alive(static_cast<uint32_t>(r.users_alive));
+  // The same codec as the workers' (no error feedback at the edge: its
+  // update is a noisy mean that changes every round).
+  ASSIGN_OR_RETURN(
+      worker::EncodedUpdate encoded,
+      worker::EncodeUpdate(up, {et.compression.bits, et.compression.block_size},
+                           0, &rng_));
+  const transport::Schema schema =
+      transport::Schema::OfKeys(coordinator_->AdapterTemplate());
   uint64_t bytes = 0;
-  Status s = uplink_->Upload(h, up, &bytes);
+  Status s = uplink_->Upload(
+      h, encoded.wire,
+      whole_adapter_ || et.compression.bits >= 16 ? nullptr : &schema, &bytes);
   if (!s.ok()) {
     FP_LOG_WARN("edge", "'{}': cloud round {}: upload rejected: {}", config_.id,
                 round, s.message());
@@ -179,9 +214,12 @@ Status Edge::Impl::Serve(const proto::Task& task) {
   }
   FP_LOG_INFO("edge",
               "'{}': cloud round {}: uploaded the merge of {} workers over {} "
-              "edge rounds ({} samples, train loss {:.4f}, {} B)",
+              "edge rounds ({} samples, train loss {:.4f}, {} B{})",
               config_.id, round, r.workers, r.rounds_aggregated, r.num_samples,
-              r.train_loss, bytes);
+              r.train_loss, bytes,
+              et.compression.bits < 32
+                  ? fmt::format(", {}-bit", et.compression.bits)
+                  : std::string());
   return Status::Ok();
 }
 
@@ -195,6 +233,7 @@ Status Edge::Impl::Run() {
 
   // The edge's round engine, configured by the cloud's adapter and plan.
   ASSIGN_OR_RETURN(EdgePlan plan, EdgePlan::FromJson(plan_json_));
+  plan_ = plan;
   CoordinatorConfig cfg;
   cfg.server = config_.server;
   cfg.federation = config_.rounds;

@@ -120,6 +120,12 @@ grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
     spec->set_seed(task->seed);
     spec->set_train_b_only(task->train_b_only);
     spec->set_prune_threshold(task->prune_threshold);
+    spec->set_clip_norm(task->clip_norm);
+    spec->set_upload_bits(static_cast<uint32_t>(task->compression.bits));
+    spec->set_block_size(static_cast<uint32_t>(task->compression.block_size));
+    spec->set_error_feedback(task->compression.error_feedback);
+    reply->set_noise_stddev(task->noise_stddev);
+    reply->set_count_noise_stddev(task->count_noise_stddev);
     reply->set_rank(static_cast<uint32_t>(task->rank));
     for (const auto& key : task->frozen) reply->add_frozen(key);
     reply->set_edge_rounds(static_cast<uint32_t>(task->edge_rounds));
@@ -138,11 +144,14 @@ grpc::Status FederationService::DownloadAdapter(
                                              req->cached_round());
     if (!global.ok()) return Grpc(global.status());
     uint64_t bytes = 0;
-    Status s = transport::EncodeTensors(**global, chunk_bytes_,
-                                        [&](const proto::TensorChunk& chunk) {
-                                          bytes += chunk.ByteSizeLong();
-                                          return writer->Write(chunk);
-                                        });
+    std::mt19937_64 rng(coordinator_.NextCodecSeed());
+    Status s = transport::EncodeTensors(
+        **global, chunk_bytes_,
+        [&](const proto::TensorChunk& chunk) {
+          bytes += chunk.ByteSizeLong();
+          return writer->Write(chunk);
+        },
+        coordinator_.DownloadCodec(), &rng, coordinator_.AdapterSchema());
     coordinator_.AddBytesDown(bytes);
     return Grpc(s);
   } catch (const std::exception& e) {
@@ -179,6 +188,9 @@ grpc::Status FederationService::UploadUpdate(
     header.rank_min = h.rank_min();
     header.rank_max = h.rank_max();
     header.rank_mean = h.rank_mean();
+    header.unclipped = h.unclipped();
+    header.users_selected = h.users_selected();
+    header.users_alive = h.users_alive();
     if (h.kind() != proto::UpdateHeader::DELTA &&
         h.kind() != proto::UpdateHeader::ADAPTER) {
       Status bad = Status::InvalidArgument(
@@ -203,7 +215,8 @@ grpc::Status FederationService::UploadUpdate(
     limits.max_total_bytes = coordinator_.max_update_bytes();
     limits.max_tensors = expect->max_tensors;
     limits.expected = expect->specs;
-    limits.require_all_expected = false;  // untrained tensors stay home
+    limits.require_all_expected = false;    // untrained tensors stay home
+    limits.output_dtype = torch::kFloat32;  // F16 and quantized uploads
     transport::TensorDecoder decoder(limits);
     Status s;
     while (reader->Read(&msg)) {

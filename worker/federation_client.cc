@@ -4,6 +4,7 @@
 
 #include "common/logging.h"
 #include "proto/grpc_util.h"
+#include "security/dp.h"
 
 namespace fedpeft {
 namespace worker {
@@ -215,6 +216,7 @@ StatusOr<TensorMap> FederationClient::Download(
         milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
     transport::DecoderLimits limits;
     if (!expected.empty()) limits.expected = expected;
+    limits.output_dtype = torch::kFloat32;  // F16 or quantized downloads
     limits.require_all_expected = cached_round == 0;
     transport::TensorDecoder decoder(limits);
     auto reader = stub_->DownloadAdapter(&ctx, req);
@@ -273,6 +275,73 @@ Status FederationClient::Upload(proto::UpdateHeader header,
     *bytes = n;
     return st;
   });
+}
+
+}  // namespace worker
+}  // namespace fedpeft
+
+namespace fedpeft {
+namespace worker {
+
+Status FederationClient::Upload(proto::UpdateHeader header,
+                                const transport::WireTensors& tensors,
+                                const transport::Schema* schema,
+                                uint64_t* bytes) {
+  return WithRetry("UploadUpdate", /*idempotent=*/false, [&]() {
+    grpc::ClientContext ctx;
+    transport::SetTimeout(
+        &ctx,
+        milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
+    proto::UploadReply reply;
+    auto writer = stub_->UploadUpdate(&ctx, &reply);
+    proto::UploadMessage msg;
+    *msg.mutable_header() = header;
+    msg.mutable_header()->set_session_id(session());
+    uint64_t n = msg.ByteSizeLong();
+    bool ok = writer->Write(msg);
+    if (ok) {
+      Status enc = transport::WriteTensors(tensors, chunk_bytes_, schema,
+                                           [&](const proto::TensorChunk& c) {
+                                             proto::UploadMessage m;
+                                             *m.mutable_chunk() = c;
+                                             n += m.ByteSizeLong();
+                                             return writer->Write(m);
+                                           });
+      (void)enc;  // a broken stream shows in Finish()
+    }
+    writer->WritesDone();
+    grpc::Status st = writer->Finish();
+    *bytes = n;
+    return st;
+  });
+}
+
+StatusOr<EncodedUpdate> EncodeUpdate(const TensorMap& update,
+                                     const transport::CodecOptions& codec,
+                                     double clip_norm, std::mt19937_64* rng) {
+  TensorMap x = update;
+  for (int attempt = 0;; ++attempt) {
+    EncodedUpdate e;
+    for (const auto& [key, t] : x) {
+      ASSIGN_OR_RETURN(transport::WireTensor w,
+                       transport::EncodeTensor(t, codec, rng));
+      ASSIGN_OR_RETURN(torch::Tensor d, transport::DecodeTensor(w, key));
+      e.decoded[key] = d.to(torch::kFloat32);
+      e.wire[key] = std::move(w);
+    }
+    if (!(clip_norm > 0)) return e;
+    const double norm = privacy::GlobalNorm(e.decoded);
+    if (norm <= clip_norm) return e;
+    if (attempt == 20) {
+      return Status::Internal(
+          "could not encode the update within the clip norm " +
+          std::to_string(clip_norm) + " (decoded norm " + std::to_string(norm) +
+          ")");
+    }
+    // Rounding added (norm - clip_norm) at most; shrink by it and redraw.
+    const double scale = clip_norm / (norm + (norm - clip_norm));
+    for (auto& kv : x) kv.second = kv.second * scale;
+  }
 }
 
 }  // namespace worker

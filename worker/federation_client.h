@@ -35,6 +35,21 @@
 namespace fedpeft {
 namespace worker {
 
+// An update encoded for upload, and exactly what the server will decode.
+struct EncodedUpdate {
+  transport::WireTensors wire;
+  TensorMap decoded;  // F32, CPU
+};
+
+// Encodes `update` with `codec` (stochastic rounding from `rng`). With
+// clip_norm > 0 the decoded update's L2 norm is at most clip_norm, as the
+// server checks (DP): `update` must already be clipped to it, and when
+// rounding pushes the norm over, the update is shrunk by the excess and
+// encoded again.
+StatusOr<EncodedUpdate> EncodeUpdate(const TensorMap& update,
+                                     const transport::CodecOptions& codec,
+                                     double clip_norm, std::mt19937_64* rng);
+
 class FederationClient {
  public:
   // `profile()` is called at every (re)registration; `on_registered(reply)`
@@ -68,6 +83,11 @@ class FederationClient {
   // `bytes` gets the serialized size sent.
   Status Upload(proto::UpdateHeader header, const TensorMap& tensors,
                 uint64_t* bytes);
+  // As above with tensors already encoded (EncodeUpdate); with `schema`,
+  // tensors named in it travel by index.
+  Status Upload(proto::UpdateHeader header,
+                const transport::WireTensors& tensors,
+                const transport::Schema* schema, uint64_t* bytes);
 
   void Stop();
   bool stopped() const { return stop_; }

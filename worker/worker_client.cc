@@ -15,6 +15,7 @@
 #include "proto/fedpeft.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
+#include "security/dp.h"
 #include "worker/federation_client.h"
 #include "worker/local_trainer.h"
 
@@ -112,7 +113,11 @@ class WorkerClient::Impl {
   uint64_t cache_round_ = 0;
   torch::Device device_{torch::kCPU};
   double tokens_per_second_ = 0;
-  std::mt19937_64 rng_;
+  std::mt19937_64 rng_;  // dropouts and stochastic rounding
+  // Error feedback: the quantization error of the last upload (at rank
+  // residual_rank_), added to the next update.
+  TensorMap residual_;
+  int64_t residual_rank_ = -1;
   std::mutex mu_;
   WorkerStats stats_;  // GUARDED_BY(mu_)
 };
@@ -207,6 +212,7 @@ Status WorkerClient::Impl::OnRegistered(const proto::RegisterReply& reply) {
   cache_.clear();
   cache_rank_ = -1;
   cache_round_ = 0;
+  residual_.clear();
   if (reply.adapter_config_json() == adapter_config_json_ && peft_) {
     return Status::Ok();
   }
@@ -348,9 +354,45 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   if (upload_rank > 0 && upload_rank < rank_) {
     delta = aggregation::TruncateRank(delta, upload_rank);
   }
+  // Error feedback, clipping, quantization, in that order: the carried
+  // quantization error joins this round's update before it is clipped (so
+  // the clip bound holds for what is sent), and the error of this round's
+  // encoding is carried to the next.
+  const transport::CodecOptions codec{
+      spec.upload_bits() > 0 ? static_cast<int>(spec.upload_bits()) : 32,
+      spec.block_size() > 0 ? static_cast<int64_t>(spec.block_size()) : 256};
+  const bool feedback = spec.error_feedback() && codec.bits < 32;
+  if (feedback && residual_rank_ == upload_rank) {
+    for (auto& [key, t] : delta) {
+      auto it = residual_.find(key);
+      if (it != residual_.end() && it->second.sizes().equals(t.sizes())) {
+        t = t + it->second;
+      }
+    }
+  }
+  const double clip = spec.clip_norm();
+  double norm = 0;
+  bool unclipped = true;
+  if (clip > 0) {
+    norm = privacy::ClipToNorm(&delta, clip);
+    unclipped = norm <= clip;
+  }
+  ASSIGN_OR_RETURN(EncodedUpdate encoded,
+                   EncodeUpdate(delta, codec, clip, &rng_));
+  if (feedback) {
+    residual_.clear();
+    for (const auto& [key, t] : delta) {
+      residual_[key] = t - encoded.decoded.at(key);
+    }
+    residual_rank_ = upload_rank;
+  } else {
+    residual_.clear();
+  }
   if (config_.simulation.emulate_uplink && config_.worker.uplink_mbps > 0) {
-    const double bytes = static_cast<double>(down_bytes) +
-                         static_cast<double>(transport::EncodedBytes(delta));
+    uint64_t payload = 0;
+    for (const auto& kv : encoded.wire) payload += kv.second.payload.size();
+    const double bytes =
+        static_cast<double>(down_bytes) + static_cast<double>(payload);
     client_->SleepFor(milliseconds(static_cast<int64_t>(
         1000.0 * bytes / (config_.worker.uplink_mbps * 1e6 / 8))));
     seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -366,6 +408,7 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   header.set_num_tensors(static_cast<uint32_t>(delta.size()));
   header.set_rank(static_cast<uint32_t>(upload_rank));
   header.set_kind(proto::UpdateHeader::DELTA);
+  header.set_unclipped(unclipped ? 1.0 : 0.0);
   if (r.tokens > 0 && seconds > 0) tokens_per_second_ = r.tokens / seconds;
   if (task.deadline_unix_ms() > 0 && NowUnixMs() > task.deadline_unix_ms()) {
     FP_LOG_WARN("worker",
@@ -374,7 +417,12 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
                 config_.worker.id, round);
   }
   uint64_t up_bytes = 0;
-  Status up = client_->Upload(header, delta, &up_bytes);
+  const transport::Schema schema =
+      transport::Schema::OfKeys(peft_->AdapterTensors());
+  // Quantized tensors travel by index (a name costs more than a small
+  // tensor's 4-bit payload).
+  Status up = client_->Upload(header, encoded.wire,
+                              codec.bits < 16 ? &schema : nullptr, &up_bytes);
   std::lock_guard<std::mutex> lock(mu_);
   stats_.bytes_down += down_bytes;
   stats_.bytes_up += up_bytes;
@@ -386,13 +434,18 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
     return Status::Ok();  // the server decided; go on with the next task
   }
   stats_.rounds_trained++;
-  FP_LOG_INFO("worker",
-              "'{}' round {}: rank {}, {} steps, {} of {} tensors trained, "
-              "train loss {:.4f}, local eval loss {:.4f}, {:.1f}s, up {} B, "
-              "down {} B",
-              config_.worker.id, round, rank_, r.steps, delta.size(),
-              local.size(), r.mean_loss, ev.loss, seconds, up_bytes,
-              down_bytes);
+  FP_LOG_INFO(
+      "worker",
+      "'{}' round {}: rank {}, {} steps, {} of {} tensors trained, "
+      "train loss {:.4f}, local eval loss {:.4f}, {:.1f}s, up {} B{}, "
+      "down {} B{}",
+      config_.worker.id, round, rank_, r.steps, delta.size(), local.size(),
+      r.mean_loss, ev.loss, seconds, up_bytes,
+      codec.bits < 32 ? fmt::format(" ({}-bit)", codec.bits) : std::string(),
+      down_bytes,
+      clip > 0 ? fmt::format(", update norm {:.4g}{} (clip {:.4g})", norm,
+                             unclipped ? "" : " clipped", clip)
+               : std::string());
   return Status::Ok();
 }
 
@@ -432,8 +485,7 @@ Status WorkerClient::Impl::Run() {
   return Status::Ok();
 }
 
-// ---- WorkerClient
-// ------------------------------------------------------------
+// ---- WorkerClient ----------------------------------------------------------
 
 WorkerClient::WorkerClient(const WorkerConfig& config,
                            std::shared_ptr<const model::LlamaWeights> base,

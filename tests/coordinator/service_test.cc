@@ -14,6 +14,7 @@
 #include "coordinator/edge.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
+#include "security/rdp_accountant.h"
 #include "worker/train_config.h"
 #include "worker/worker_config.h"
 
@@ -296,6 +297,55 @@ TEST_F(ServiceTest, EachBadUploadKindNamesItsReason) {
   EXPECT_TRUE(history[0].aggregated);
   EXPECT_EQ(history[0].answered, 1);
   EXPECT_EQ(history[0].rejected, kBad);
+}
+
+// With DP, the task carries the clip norm and the codec, FFA-LoRA is on by
+// default, an update over the clip norm is refused (not rescaled), and the
+// round's result is the mean of the accepted clipped updates (here without
+// noise, z = 0, so it is exact).
+TEST_F(ServiceTest, DpRefusesUpdatesOverTheClipNorm) {
+  Start(Config({"dp.enabled=true", "dp.clip_norm=0.5", "dp.noise_multiplier=0",
+                "compression.bits=4", "compression.block_size=64"}));
+  std::string good = Register("good");
+  std::string over = Register("over");
+  RunLoop();
+  proto::Task tg = GetTask(good);
+  ASSERT_EQ(tg.kind(), proto::Task::TRAIN);
+  ASSERT_EQ(GetTask(over).kind(), proto::Task::TRAIN);
+  EXPECT_DOUBLE_EQ(tg.train().clip_norm(), 0.5);
+  EXPECT_EQ(tg.train().upload_bits(), 4u);
+  EXPECT_EQ(tg.train().block_size(), 64u);
+  EXPECT_TRUE(tg.train().train_b_only());
+  const uint64_t round = tg.round();
+  TensorMap global = Download(good, round);
+  std::string key_b;
+  for (const auto& kv : global) {
+    if (kv.first.find("lora_B") != std::string::npos) key_b = kv.first;
+  }
+  ASSERT_FALSE(key_b.empty());
+
+  TensorMap big = Zeros(global);
+  big[key_b].fill_(1.0);  // norm sqrt(numel) >> 0.5
+  grpc::Status s = Upload(over, round, big);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("exceeds the round's clip norm"));
+
+  TensorMap small = Zeros(global);
+  small[key_b].fill_(0.01);
+  s = Upload(good, round, small);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  loop_.join();
+  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
+  auto history = coordinator_->History();
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_EQ(history[0].answered, 1);
+  EXPECT_EQ(history[0].rejected, 1);
+  EXPECT_DOUBLE_EQ(history[0].clip_norm, 0.5);
+  auto ckpt = LoadLatestCheckpoint((dir_ / "ckpt").string());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
+  EXPECT_TRUE(torch::allclose(ckpt->global.at(key_b), global.at(key_b) + 0.01));
+  ASSERT_TRUE(ckpt->extra.contains("dp"));
+  EXPECT_EQ(ckpt->extra["dp"]["rdp"].size(), privacy::DefaultOrders().size());
 }
 
 TEST_F(ServiceTest, LateUploadAfterTheRoundClosedIsRejected) {

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -23,6 +24,7 @@
 #include <thread>
 
 #include "coordinator/checkpoint.h"
+#include "security/rdp_accountant.h"
 
 namespace fedpeft {
 namespace {
@@ -600,6 +602,113 @@ TEST_F(FederationTest, FrozenTensorsStayHome) {
   // bytes down than the first.
   EXPECT_LT(rows.back()["bytes_down"].get<uint64_t>(),
             rows[0]["bytes_down"].get<uint64_t>());
+}
+
+// ---- privacy and compression ------------------------------------------------
+
+// Payload bytes of the B matrices of the shipped configs' adapter (LoRA r=8
+// on every linear of stories260K: 5 layers, out dims q 64, k 32, v 32, o 64,
+// gate 172, up 172, down 64) in F32: what an FFA-LoRA update carries.
+constexpr uint64_t kLoraBF32Bytes =
+    5 * 8 * (64 + 32 + 32 + 64 + 172 + 172 + 64) * 4;
+
+// User-level DP-FedAvg and 4-bit uploads over real processes: every worker's
+// update respects the clip norm (the coordinator would refuse it), the
+// uploads are the size 4 bits allow, and epsilon is what the accountant
+// says for q = 1, the configured z and delta = 1/3^1.1 after each round.
+TEST_F(FederationTest, DpWithFourBitUploads) {
+  int port = FreePort();
+  pid_t coord = Spawn(
+      CoordinatorArgs(
+          port, 2, 3,
+          {"--set", "dp.enabled=true", "--set", "dp.clip_norm=0.05", "--set",
+           "dp.noise_multiplier=0.8", "--set", "dp.noise_seed=7", "--set",
+           "compression.bits=4", "--set", "compression.error_feedback=true"}),
+      Path("coordinator.log"));
+  std::vector<pid_t> workers;
+  for (int i = 0; i < 3; ++i) workers.push_back(StartWorker(port, i, 3));
+  ASSERT_EQ(Wait(coord, std::chrono::seconds(300)), 0) << Logs();
+  for (pid_t w : workers) {
+    EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 0) << Logs();
+  }
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 2u) << Logs();
+  const double delta = std::pow(3.0, -1.1);
+  for (int r = 0; r < 2; ++r) {
+    const auto& row = rows[r];
+    EXPECT_EQ(row["answered"], 3) << row.dump();
+    EXPECT_EQ(row["rejected"], 0) << row.dump();
+    EXPECT_DOUBLE_EQ(row["delta"].get<double>(), delta);
+    EXPECT_DOUBLE_EQ(row["clip_norm"].get<double>(), 0.05);
+    EXPECT_DOUBLE_EQ(row["noise_multiplier"].get<double>(), 0.8);
+    EXPECT_DOUBLE_EQ(row["sampling_rate"].get<double>(), 1.0);
+    privacy::PrivacySpent want =
+        privacy::ComputeEpsilon(1.0, 0.8, r + 1, delta);
+    EXPECT_NEAR(row["epsilon"].get<double>(), want.epsilon, 1e-9 * want.epsilon)
+        << row.dump();
+    EXPECT_TRUE(row["server_eval_loss"].is_number()) << row.dump();
+    // FFA-LoRA (DP's default) sends only B; 4 bits a value plus 8 bytes a
+    // block of 256 plus framing: more than an eighth of F32, under a sixth.
+    ASSERT_EQ(row["bytes_up_workers"].size(), 3u) << row.dump();
+    for (const auto& [id, bytes] : row["bytes_up_workers"].items()) {
+      EXPECT_GT(bytes.get<uint64_t>(), kLoraBF32Bytes / 8) << id;
+      EXPECT_LT(bytes.get<uint64_t>(), kLoraBF32Bytes / 6) << id;
+    }
+  }
+  EXPECT_GT(rows[1]["epsilon"].get<double>(), rows[0]["epsilon"].get<double>());
+  const std::string log = Slurp(Path("coordinator.log"));
+  EXPECT_THAT(log, HasSubstr("dp: user-level DP-FedAvg, clip norm 0.05"));
+  EXPECT_THAT(log, HasSubstr("round 2/2 done: selected 3 answered 3"));
+  EXPECT_THAT(log, HasSubstr("| epsilon "));
+  const std::string w0 = Slurp(Path("worker-0.log"));
+  EXPECT_THAT(w0, HasSubstr("(4-bit)"));
+  EXPECT_THAT(w0, HasSubstr("(clip 0.05)"));
+}
+
+// Distributed DP: each of two edges adds its share of the noise to the sum of
+// its workers' clipped, 8-bit updates; the cloud adds none, and accounts for
+// the round with the edges' sampling.
+TEST_F(HierarchyTest, DpNoiseSharesAtTheEdges) {
+  int cloud = FreePort();
+  std::vector<int> edge_ports = {FreePort(), FreePort()};
+  pid_t coord = Spawn(
+      CloudArgs(cloud, 2, 1,
+                {"--set", "dp.enabled=true", "--set", "dp.placement=edges",
+                 "--set", "dp.clip_norm=0.05", "--set",
+                 "dp.noise_multiplier=1.0", "--set", "dp.population=6", "--set",
+                 "compression.bits=8", "--set", "freezing.apf.enabled=false"}),
+      Path("coordinator.log"));
+  std::vector<pid_t> edges = {StartEdge(cloud, 0, edge_ports[0]),
+                              StartEdge(cloud, 1, edge_ports[1])};
+  std::vector<pid_t> workers = StartWorkers(edge_ports);
+  ASSERT_EQ(Wait(coord, std::chrono::seconds(400)), 0) << Logs();
+  for (pid_t e : edges) EXPECT_EQ(Wait(e, std::chrono::seconds(30)), 0);
+  for (pid_t w : workers) {
+    EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 0) << Logs();
+  }
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 2u) << Logs();
+  const double delta = std::pow(6.0, -1.1);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const auto& row = rows[r];
+    EXPECT_EQ(row["edges_answered"], 2) << row.dump();
+    EXPECT_DOUBLE_EQ(row["sampling_rate"].get<double>(), 1.0) << row.dump();
+    privacy::PrivacySpent want =
+        privacy::ComputeEpsilon(1.0, 1.0, static_cast<int64_t>(r) + 1, delta);
+    EXPECT_NEAR(row["epsilon"].get<double>(), want.epsilon,
+                1e-9 * want.epsilon);
+  }
+  // Each edge adds N(0, (zC)^2 / 2): stddev 0.05 / sqrt(2) = 0.03536; the
+  // cloud adds nothing on top.
+  for (int e = 0; e < 2; ++e) {
+    std::string log = Slurp(Path("edge-" + std::to_string(e) + ".log"));
+    EXPECT_THAT(log, HasSubstr("dp: sum of 3 users' updates clipped to 0.05, "
+                               "noise stddev 0.03536 added here"))
+        << log;
+    EXPECT_THAT(log, HasSubstr(", 8-bit)"));
+  }
+  EXPECT_THAT(Slurp(Path("coordinator.log")),
+              HasSubstr("noise stddev 0 added here (0.05 at the edges)"));
 }
 
 }  // namespace
