@@ -170,6 +170,9 @@ class ServiceTest : public ::testing::Test {
     return writer->Finish();
   }
 
+  friend int AnswerEveryRound(ServiceTest* t,
+                              const std::vector<std::string>& sessions);
+
   fs::path dir_;
   std::unique_ptr<Coordinator> coordinator_;
   std::unique_ptr<FederationServer> server_;
@@ -182,6 +185,28 @@ TensorMap Zeros(const TensorMap& like) {
   TensorMap out;
   for (const auto& kv : like) out[kv.first] = torch::zeros_like(kv.second);
   return out;
+}
+
+// The workers of `sessions` answer every round with small (unclipped)
+// updates until the coordinator says SHUTDOWN; returns the rounds trained.
+int AnswerEveryRound(ServiceTest* t, const std::vector<std::string>& sessions) {
+  int rounds = 0;
+  while (true) {
+    std::vector<proto::Task> tasks;
+    for (const auto& s : sessions) tasks.push_back(t->GetTask(s));
+    if (tasks[0].kind() != proto::Task::TRAIN) return rounds;
+    TensorMap global = t->Download(sessions[0], tasks[0].round());
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      EXPECT_EQ(tasks[i].kind(), proto::Task::TRAIN);
+      TensorMap d = Zeros(global);
+      for (auto& [key, v] : d) {
+        if (key.find("lora_B") != std::string::npos) v.fill_(1e-4);
+      }
+      grpc::Status st = t->Upload(sessions[i], tasks[i].round(), d);
+      EXPECT_TRUE(st.ok()) << st.error_message();
+    }
+    ++rounds;
+  }
 }
 
 TEST_F(ServiceTest, HostileUploadsAreRejectedAndTheRoundCompletes) {
@@ -346,6 +371,61 @@ TEST_F(ServiceTest, DpRefusesUpdatesOverTheClipNorm) {
   EXPECT_TRUE(torch::allclose(ckpt->global.at(key_b), global.at(key_b) + 0.01));
   ASSERT_TRUE(ckpt->extra.contains("dp"));
   EXPECT_EQ(ckpt->extra["dp"]["rdp"].size(), privacy::DefaultOrders().size());
+}
+
+// dp.target_epsilon with budget calibrate: z is set before round 1 so that
+// the configured rounds spend exactly the target.
+TEST_F(ServiceTest, DpCalibratesTheNoiseToTheTargetEpsilon) {
+  Start(Config({"federation.rounds=2", "dp.enabled=true", "dp.clip_norm=0.5",
+                "dp.target_epsilon=20", "dp.delta=1e-3", "dp.noise_seed=3"}));
+  std::vector<std::string> s = {Register("a"), Register("b")};
+  RunLoop();
+  EXPECT_EQ(AnswerEveryRound(this, s), 2);
+  loop_.join();
+  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
+  auto history = coordinator_->History();
+  ASSERT_EQ(history.size(), 2u);
+  auto z = privacy::NoiseMultiplierFor(20, 1.0, 2, 1e-3);
+  ASSERT_TRUE(z.ok());
+  EXPECT_DOUBLE_EQ(history[1].noise_multiplier, *z);
+  EXPECT_LE(history[1].epsilon, 20.0);
+  EXPECT_GT(history[1].epsilon, 19.9);
+  EXPECT_DOUBLE_EQ(history[1].delta, 1e-3);
+}
+
+// budget stop: the federation ends before a round that would overspend;
+// adaptive clipping shrinks C when (nearly) every update is unclipped.
+TEST_F(ServiceTest, DpStopsWhenTheBudgetIsSpentAndAdaptsTheClipNorm) {
+  const double z = 2.0;
+  const double eps1 = privacy::ComputeEpsilon(1.0, z, 1, 1e-3).epsilon;
+  const double eps2 = privacy::ComputeEpsilon(1.0, z, 2, 1e-3).epsilon;
+  const double eps3 = privacy::ComputeEpsilon(1.0, z, 3, 1e-3).epsilon;
+  ASSERT_LT(eps2, eps3);
+  Start(Config({"federation.rounds=5", "dp.enabled=true", "dp.clip_norm=0.5",
+                "dp.noise_multiplier=2", "dp.delta=1e-3", "dp.budget=stop",
+                "dp.target_epsilon=" + std::to_string((eps2 + eps3) / 2),
+                "dp.adaptive_clipping=true", "dp.count_stddev=1.5",
+                "dp.noise_seed=5"}));
+  std::vector<std::string> s = {Register("a"), Register("b")};
+  RunLoop();
+  EXPECT_EQ(AnswerEveryRound(this, s), 2);
+  loop_.join();
+  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
+  auto history = coordinator_->History();
+  ASSERT_EQ(history.size(), 2u);
+  EXPECT_NEAR(history[0].epsilon, eps1, 1e-9 * eps1);
+  EXPECT_NEAR(history[1].epsilon, eps2, 1e-9 * eps2);
+  // The update's share of z once the count is paid for.
+  auto zu = privacy::UpdateNoiseMultiplier(z, 1.5);
+  ASSERT_TRUE(zu.ok());
+  EXPECT_DOUBLE_EQ(history[0].noise_multiplier, *zu);
+  // Both updates were far below C; the noised unclipped fraction (seeded)
+  // is above the target quantile 0.5, so C shrank by exp(-0.2 (b - 0.5)).
+  EXPECT_DOUBLE_EQ(history[0].clip_norm, 0.5);
+  ASSERT_TRUE(std::isfinite(history[0].unclipped_fraction));
+  EXPECT_NEAR(history[1].clip_norm,
+              0.5 * std::exp(-0.2 * (history[0].unclipped_fraction - 0.5)),
+              1e-12);
 }
 
 TEST_F(ServiceTest, LateUploadAfterTheRoundClosedIsRejected) {

@@ -667,7 +667,8 @@ TEST_F(FederationTest, DpWithFourBitUploads) {
 
 // Distributed DP: each of two edges adds its share of the noise to the sum of
 // its workers' clipped, 8-bit updates; the cloud adds none, and accounts for
-// the round with the edges' sampling.
+// the round with the edges' sampling. The global adapter travels in 8 bits
+// too, cloud to edges and edges to workers.
 TEST_F(HierarchyTest, DpNoiseSharesAtTheEdges) {
   int cloud = FreePort();
   std::vector<int> edge_ports = {FreePort(), FreePort()};
@@ -676,7 +677,8 @@ TEST_F(HierarchyTest, DpNoiseSharesAtTheEdges) {
                 {"--set", "dp.enabled=true", "--set", "dp.placement=edges",
                  "--set", "dp.clip_norm=0.05", "--set",
                  "dp.noise_multiplier=1.0", "--set", "dp.population=6", "--set",
-                 "compression.bits=8", "--set", "freezing.apf.enabled=false"}),
+                 "compression.bits=8", "--set", "compression.download_bits=8",
+                 "--set", "freezing.apf.enabled=false"}),
       Path("coordinator.log"));
   std::vector<pid_t> edges = {StartEdge(cloud, 0, edge_ports[0]),
                               StartEdge(cloud, 1, edge_ports[1])};
