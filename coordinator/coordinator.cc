@@ -233,6 +233,7 @@ Status Coordinator::Init() {
         dp_z_ = d.at("noise_multiplier").get<double>();
         dp_delta_ = d.at("delta").get<double>();
         dp_population_ = d.at("population").get<int64_t>();
+        dp_count_stddev_ = d.at("count_stddev").get<double>();
         std::vector<double> rdp;
         for (const auto& v : d.at("rdp")) {  // JSON has no infinity: null
           rdp.push_back(v.is_null() ? std::numeric_limits<double>::infinity()
@@ -1581,6 +1582,7 @@ Status Coordinator::WriteCheckpoint(int64_t round) {
                         {"noise_multiplier", dp_z_},
                         {"delta", dp_delta_},
                         {"population", dp_population_},
+                        {"count_stddev", dp_count_stddev_},
                         {"rdp", accountant_->rdp()}};
   }
   {

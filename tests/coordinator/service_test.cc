@@ -428,6 +428,41 @@ TEST_F(ServiceTest, DpStopsWhenTheBudgetIsSpentAndAdaptsTheClipNorm) {
               1e-12);
 }
 
+// The privacy spent survives a restart: a coordinator resumed from the
+// round-1 checkpoint goes on composing from there (and keeps its clip norm).
+TEST_F(ServiceTest, DpAccountingResumesFromTheCheckpoint) {
+  const std::vector<std::string> dp = {
+      "dp.enabled=true", "dp.clip_norm=0.5",          "dp.noise_multiplier=1.5",
+      "dp.delta=1e-4",   "dp.adaptive_clipping=true", "dp.count_stddev=1"};
+  std::vector<std::string> first = dp;
+  first.push_back("federation.rounds=1");
+  Start(Config(first));
+  RunLoop();
+  EXPECT_EQ(AnswerEveryRound(this, {Register("a"), Register("b")}), 1);
+  loop_.join();
+  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
+  const double c1 = coordinator_->History()[0].clip_norm;
+  server_.reset();
+  coordinator_.reset();
+
+  std::vector<std::string> second = dp;
+  second.push_back("federation.rounds=2");
+  Start(Config(second));
+  RunLoop();
+  EXPECT_EQ(AnswerEveryRound(this, {Register("a"), Register("b")}), 1);
+  loop_.join();
+  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
+  auto history = coordinator_->History();
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_EQ(history[0].round, 2);
+  auto zu = privacy::UpdateNoiseMultiplier(1.5, 1.0);
+  ASSERT_TRUE(zu.ok());
+  EXPECT_DOUBLE_EQ(history[0].noise_multiplier, *zu);
+  const double want = privacy::ComputeEpsilon(1.0, 1.5, 2, 1e-4).epsilon;
+  EXPECT_NEAR(history[0].epsilon, want, 1e-9 * want);
+  EXPECT_NE(history[0].clip_norm, c1);  // the adapted C of round 2
+}
+
 TEST_F(ServiceTest, LateUploadAfterTheRoundClosedIsRejected) {
   Start(Config({"federation.rounds=2", "federation.min_available=1",
                 "federation.min_workers=1"}));
