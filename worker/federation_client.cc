@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+
 #include "common/logging.h"
 #include "proto/grpc_util.h"
 #include "security/dp.h"
@@ -338,8 +340,11 @@ StatusOr<EncodedUpdate> EncodeUpdate(const TensorMap& update,
           std::to_string(clip_norm) + " (decoded norm " + std::to_string(norm) +
           ")");
     }
-    // Rounding added (norm - clip_norm) at most; shrink by it and redraw.
-    const double scale = clip_norm / (norm + (norm - clip_norm));
+    // Rounding added (norm - clip_norm) at most; shrink by it (and by at
+    // least 1e-6, or float32 rounding could leave the values as they are)
+    // and draw again.
+    const double excess = std::max(norm - clip_norm, 1e-6 * clip_norm);
+    const double scale = clip_norm / (norm + excess);
     for (auto& kv : x) kv.second = kv.second * scale;
   }
 }

@@ -14,7 +14,9 @@
 #include "coordinator/edge.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
+#include "security/dp.h"
 #include "security/rdp_accountant.h"
+#include "worker/federation_client.h"
 #include "worker/train_config.h"
 #include "worker/worker_config.h"
 
@@ -521,6 +523,26 @@ TEST_F(ServiceTest, StatusReportsWorkersAndRound) {
   EXPECT_EQ(reply.workers_size(), 2);
   EXPECT_EQ(reply.selected(), 2u);
   EXPECT_EQ(reply.strategy(), "fedavg");
+}
+
+// A worker's decoded update must respect the clip norm exactly, for every
+// encoding: clipping in float32 can leave the norm a few ulps above C, and
+// rounding up a quantized value more (regression: at 32 bits the shrink
+// step used to round to 1.0f and the worker gave up).
+TEST(EncodeUpdateTest, DecodedNormNeverExceedsTheClipNorm) {
+  std::mt19937_64 rng(11);
+  for (int bits : {32, 16, 8, 4, 2}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      torch::manual_seed(trial);
+      TensorMap update = {{"a", torch::randn({64, 8})},
+                          {"b", torch::randn({172, 8}) * 3}};
+      const double clip = 2.0;
+      privacy::ClipToNorm(&update, clip);
+      auto e = worker::EncodeUpdate(update, {bits, 256}, clip, &rng);
+      ASSERT_TRUE(e.ok()) << bits << " bits: " << e.status().ToString();
+      EXPECT_LE(privacy::GlobalNorm(e->decoded), clip) << bits << " bits";
+    }
+  }
 }
 
 TEST(CoordinatorConfigTest, ErrorsNameTheKey) {
