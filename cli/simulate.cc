@@ -16,6 +16,7 @@
 // i mod E), configured by the optional `edge` section.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -118,8 +119,13 @@ std::string Mib(uint64_t b) {
 
 // Starts `fedpeft <args>` with stdout/stderr into `log`. Returns the pid.
 pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid != 0) return pid;
+  // Children die with the simulation, however it ends (Ctrl-C, SIGTERM,
+  // SIGKILL): the kernel sends them SIGTERM when it exits.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != parent) _exit(1);  // it died before prctl
   int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd >= 0) {
     dup2(fd, STDOUT_FILENO);
@@ -127,7 +133,6 @@ pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
   }
   int null_fd = ::open("/dev/null", O_RDONLY);
   if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
-  // Children die with the simulation.
   std::vector<char*> argv;
   static std::string self = "/proc/self/exe";
   argv.push_back(const_cast<char*>("fedpeft"));

@@ -12,6 +12,8 @@ plot against edge rounds).
   # cumulative upload bytes per round, as lines or as bars of the total
   scripts/plot_metrics.py --out up.svg --metric bytes_up --cumulative a=out/a
   scripts/plot_metrics.py --out up.svg --metric bytes_up --bars a=out/a
+  # each run's % difference from a reference run, round by round
+  scripts/plot_metrics.py --out gap.svg --relative-to out/a b=out/b c=out/c
 
 Rounds where the metric is missing or not a number are skipped (a line
 bridges them); bytes are shown in MiB.
@@ -216,12 +218,19 @@ def main():
     ap.add_argument("--title", default="")
     ap.add_argument("--cumulative", action="store_true",
                     help="plot the running sum of the metric")
+    ap.add_argument("--relative-to", metavar="PATH",
+                    help="plot each run's difference from this run, in %% "
+                    "of its value, at the x both have")
     ap.add_argument("--bars", action="store_true",
                     help="one bar per run: the total (the last value "
                     "without --cumulative)")
     a = ap.parse_args()
 
-    is_bytes = a.metric.startswith("bytes")
+    is_bytes = a.metric.startswith("bytes") and not a.relative_to
+    ref = None
+    if a.relative_to:
+        ref = dict(series(load(a.relative_to), a.metric, a.x, 1.0,
+                          a.cumulative or a.bars))
     runs = []
     for spec in a.runs:
         label, sep, rest = spec.rpartition("=")  # labels may hold "="
@@ -230,6 +239,9 @@ def main():
         path, _, scale = rest.partition(":")
         pts = series(load(path), a.metric, a.x, float(scale or 1),
                      a.cumulative or a.bars)
+        if ref is not None:
+            pts = [(x, (y / ref[x] - 1) * 100) for x, y in pts
+                   if ref.get(x)]
         if is_bytes:
             pts = [(x, y / 1048576.0) for x, y in pts]
         if not pts:
@@ -237,7 +249,8 @@ def main():
         runs.append((label, pts))
 
     ylabel = a.ylabel or (("cumulative " if a.cumulative or a.bars else "")
-                          + a.metric + (" (MiB)" if is_bytes else ""))
+                          + a.metric + (" (MiB)" if is_bytes else "")
+                          + (" vs reference (%)" if ref is not None else ""))
     if a.bars:
         text = bar_chart(runs, a.title, ylabel)
     else:
