@@ -56,20 +56,29 @@ Status ApplyOverride(YAML::Node& root, const std::string& assignment) {
 
 StatusOr<YAML::Node> LoadConfigFile(const std::string& path,
                                     const std::vector<std::string>& overrides) {
-  YAML::Node root(YAML::NodeType::Map);
+  std::string text;
   if (!path.empty()) {
-    ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, 16 << 20));
+    ASSIGN_OR_RETURN(text, ReadFileToString(path, 16 << 20));
+  }
+  return LoadConfigText(text, path, overrides);
+}
+
+StatusOr<YAML::Node> LoadConfigText(const std::string& text,
+                                    const std::string& source,
+                                    const std::vector<std::string>& overrides) {
+  YAML::Node root(YAML::NodeType::Map);
+  if (!text.empty()) {
     try {
       root = YAML::Load(text);
     } catch (const YAML::ParserException& e) {
       return Status::InvalidArgument(
-          "config '" + path + "' line " + std::to_string(e.mark.line + 1) +
+          "config '" + source + "' line " + std::to_string(e.mark.line + 1) +
           ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
     }
     if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
     if (!root.IsMap()) {
       return Status::InvalidArgument(
-          "config '" + path + "': expected a mapping of keys at top level");
+          "config '" + source + "': expected a mapping of keys at top level");
     }
   }
   for (const std::string& o : overrides) {
@@ -135,10 +144,21 @@ void ConfigReader::CollectUnknown(const YAML::Node& node,
                                   std::vector<std::string>* unknown) const {
   if (!node.IsMap()) return;
   for (const auto& kv : node) {
+    // A complex key ("? [a, b]\n: 1") names nothing we read; as<string>
+    // would throw on it.
+    if (!kv.first.IsScalar() && !kv.first.IsNull()) {
+      unknown->push_back("key " + Describe(kv.first) + " under '" +
+                         (prefix.empty()
+                              ? std::string("the top level")
+                              : prefix.substr(0, prefix.size() - 1)) +
+                         "' (expected a plain name)");
+      continue;
+    }
     std::string key = kv.first.as<std::string>();
     std::string path = prefix + key;
     if (!shared_->consumed.count(path)) {
-      unknown->push_back(path);
+      unknown->push_back("unknown key '" + path +
+                         "' (check its spelling and section)");
       continue;
     }
     if (kv.second.IsMap() && !shared_->data_maps.count(path)) {
@@ -151,9 +171,7 @@ Status ConfigReader::Finish() {
   std::vector<std::string> all = shared_->errors;
   std::vector<std::string> unknown;
   CollectUnknown(node_, prefix_, &unknown);
-  for (const std::string& u : unknown) {
-    all.push_back("unknown key '" + u + "' (check its spelling and section)");
-  }
+  all.insert(all.end(), unknown.begin(), unknown.end());
   if (all.empty()) return Status::Ok();
   std::string msg = "config";
   if (!source_.empty()) msg += " '" + source_ + "'";

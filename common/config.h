@@ -47,6 +47,12 @@ Status ApplyOverride(YAML::Node& root, const std::string& assignment);
 StatusOr<YAML::Node> LoadConfigFile(const std::string& path,
                                     const std::vector<std::string>& overrides);
 
+// As LoadConfigFile, for YAML already in memory; `source` names it in
+// messages (e.g. the file it came from). Empty text gives an empty map.
+StatusOr<YAML::Node> LoadConfigText(const std::string& text,
+                                    const std::string& source,
+                                    const std::vector<std::string>& overrides);
+
 class ConfigReader {
  public:
   // `source` names the file in messages.
@@ -138,6 +144,7 @@ class ConfigReader {
     return true;
   }
   static std::string Describe(const YAML::Node& node);
+  // Appends an error for every key under `node` that no Get/Section read.
   void CollectUnknown(const YAML::Node& node, const std::string& prefix,
                       std::vector<std::string>* unknown) const;
 

@@ -180,8 +180,11 @@ Status CheckLayout(const proto::TensorHeader& header,
         " dimensions (at most " + std::to_string(kMaxTensorDims) + ")");
   }
   // Element count, checked against the limit at every step so it cannot
-  // overflow: numel <= max_elements <= INT64_MAX.
-  int64_t numel = 1;
+  // overflow: numel <= max_elements <= INT64_MAX. The nonzero dimensions are
+  // bounded even when another one is 0: LibTorch computes strides from them,
+  // and [0, 2^62, 2^62] would overflow (the fuzzer's find).
+  int64_t extent = 1;  // product of the nonzero dimensions
+  bool empty = false;
   for (int i = 0; i < header.shape_size(); ++i) {
     const int64_t d = header.shape(i);
     if (d < 0) {
@@ -190,14 +193,20 @@ Status CheckLayout(const proto::TensorHeader& header,
           " has negative dimension " + std::to_string(i) +
           " (expected sizes >= 0)");
     }
-    if (d != 0 && numel > max_elements / d) {
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
+    if (extent > max_elements / d) {
       return Status::InvalidArgument(
           subject + ": shape " + ShapeString(header.shape()) +
           " has more than max_elements_per_tensor " +
-          std::to_string(max_elements) + " elements");
+          std::to_string(max_elements) +
+          " elements (counting nonzero dimensions only)");
     }
-    numel *= d;
+    extent *= d;
   }
+  const int64_t numel = empty ? 0 : extent;
   if (numel > max_elements) {  // a scalar with limit 0
     return Status::InvalidArgument(
         subject + ": " + std::to_string(numel) +

@@ -19,8 +19,8 @@ PACKAGES=(
   # LibTorch's, see docs/design.md)
   libyaml-cpp-dev libboost-program-options-dev nlohmann-json3-dev
   libspdlog-dev
-  # tests
-  libgtest-dev libgmock-dev
+  # tests, and the libFuzzer targets of fuzz/ (scripts/fuzz.sh)
+  libgtest-dev libgmock-dev clang libclang-rt-14-dev
 )
 if [[ "${FEDPEFT_WITH_BENCH:-0}" == 1 ]]; then
   PACKAGES+=(python3-torch python3-numpy)  # the PyTorch eager baseline

@@ -111,6 +111,16 @@ TEST(ConfigTest, SectionThatIsNotAMapIsAnError) {
   EXPECT_THAT(s.message(), HasSubstr("inner: expected a section"));
 }
 
+TEST(ConfigTest, ComplexKeyIsAnErrorNotAnException) {
+  Outer o;
+  Status s = Bind("? [a, b]\n: 1\ninner:\n  ? {c: 1}\n  : 2\n", {}, &o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.message(),
+              HasSubstr("key a list under 'the top level' (expected a plain "
+                        "name)"));
+  EXPECT_THAT(s.message(), HasSubstr("key a mapping under 'inner'"));
+}
+
 TEST(ConfigTest, BadOverrideSyntax) {
   YAML::Node root(YAML::NodeType::Map);
   EXPECT_THAT(ApplyOverride(root, "noequals").message(),
@@ -132,6 +142,21 @@ TEST(ConfigTest, LoadConfigFileReportsParseErrorLine) {
   EXPECT_THAT(root.status().message(), HasSubstr(path));
   EXPECT_THAT(root.status().message(), HasSubstr("line"));
   unlink(path);
+}
+
+TEST(ConfigTest, LoadConfigTextParsesAppliesOverridesAndNamesSource) {
+  auto root =
+      LoadConfigText("name: a\ninner: {r: 2}\n", "mem.yaml", {"inner.r=3"});
+  ASSERT_TRUE(root.ok()) << root.status().ToString();
+  EXPECT_EQ((*root)["inner"]["r"].as<int>(), 3);
+  EXPECT_TRUE(LoadConfigText("", "mem.yaml", {}).value().IsMap());
+
+  auto bad = LoadConfigText("a: [unclosed\n", "mem.yaml", {});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("config 'mem.yaml' line"));
+  auto list = LoadConfigText("- 1\n", "mem.yaml", {});
+  ASSERT_FALSE(list.ok());
+  EXPECT_THAT(list.status().message(), HasSubstr("mapping of keys"));
 }
 
 TEST(ConfigTest, LoadConfigFileMissing) {

@@ -182,6 +182,24 @@ TEST(SafetensorsTest, RejectsBadMetadata) {
                  "expected a string");
 }
 
+// Found with the safetensors fuzz target: error messages used to dump() the
+// offending JSON, recursing once per nesting level, so a header nested a
+// million deep overflowed the stack.
+TEST(SafetensorsTest, RejectsDeeplyNestedValuesWithoutDumpingThem) {
+  const int kDepth = 1'000'000;
+  const std::string deep = std::string(kDepth, '[') + std::string(kDepth, ']');
+  ExpectRejected(MakeFile(R"({"x":{"dtype":"F32","shape":)" + deep +
+                              R"(,"data_offsets":[0,0]}})",
+                          ""),
+                 "has an entry an array of 1 nested entries");
+  ExpectRejected(MakeFile(R"({"x":{"dtype":"F32","shape":[],"data_offsets":)" +
+                              deep + "}}",
+                          ""),
+                 "'data_offsets' is an array of 1 nested entries");
+  ExpectRejected(MakeFile(R"({"__metadata__":{"k":)" + deep + "}}", ""),
+                 "__metadata__ key 'k' is an array of 1 nested entries");
+}
+
 TEST(SafetensorsTest, ReadMissingFileIsNotFound) {
   auto result = ReadSafetensors("/nonexistent/model.safetensors");
   ASSERT_FALSE(result.ok());

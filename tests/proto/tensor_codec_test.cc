@@ -288,6 +288,12 @@ TEST(TensorDecoderTest, RejectsBadShapes) {
                                      "max_elements_per_tensor 10"));
   s = Feed({Header("d", proto::DTYPE_F32, std::vector<int64_t>(9, 1), 4)});
   EXPECT_THAT(s.message(), HasSubstr("tensor 'd': 9 dimensions (at most 8)"));
+  // No elements, but LibTorch's strides would overflow (found by the
+  // decode_tensor fuzzer): the nonzero dimensions are bounded too.
+  s = Feed({Header("e", proto::DTYPE_F32, {0, big, big}, 0)});
+  EXPECT_THAT(s.message(),
+              HasSubstr("tensor 'e': shape [0, 1099511627776, 1099511627776] "
+                        "has more than max_elements_per_tensor"));
 }
 
 TEST(TensorDecoderTest, RejectsEncodedBytesNotMatchingShape) {
