@@ -75,6 +75,7 @@ Result RunOne(int n, int rounds, const std::string& source,
       "train.batch_size=2",
       "checkpoint.dir=" + dir + "/ckpt",
       "logging.metrics_file=",
+      "tls.insecure=true",  // one process on 127.0.0.1
   };
   auto cfg = fp::coordinator::LoadCoordinatorConfig("", c);
   if (!cfg.ok()) {
@@ -96,6 +97,7 @@ Result RunOne(int n, int rounds, const std::string& source,
       "data.max_seq_len=64",
       "server.address=" + addr,
       "server.task_wait_ms=1000",
+      "tls.insecure=true",
   };
   auto base_cfg = fp::worker::LoadWorkerConfig("", w);
   if (!base_cfg.ok()) {

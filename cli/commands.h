@@ -23,6 +23,7 @@ int RunEdge(const Args& args);
 int RunStatus(const Args& args);
 int RunSimulate(const Args& args);
 int RunPrivacy(const Args& args);
+int RunCerts(const Args& args);
 
 }  // namespace cli
 }  // namespace fedpeft

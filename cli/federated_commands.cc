@@ -27,6 +27,7 @@
 #include "peft/peft_io.h"
 #include "proto/fedpeft.grpc.pb.h"
 #include "proto/grpc_util.h"
+#include "security/tls.h"
 #include "worker/worker_client.h"
 #include "worker/worker_config.h"
 
@@ -175,16 +176,46 @@ int RunStatus(const Args& args) {
   const std::string cmd = "status";
   std::string address;
   bool json = false;
+  security::TlsOptions tls;
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
       "address", po::value(&address)->required(), "coordinator HOST:PORT")(
-      "json", po::bool_switch(&json), "print the raw status as JSON");
+      "json", po::bool_switch(&json), "print the raw status as JSON")(
+      "ca", po::value(&tls.ca),
+      "mutual TLS: CA certificate that verifies the server (with --cert, "
+      "--key; without them: plaintext)")(
+      "cert", po::value(&tls.cert),
+      "mutual TLS: this client's certificate (its name must be allowed)")(
+      "key", po::value(&tls.key), "mutual TLS: the key of --cert")(
+      "server-name", po::value(&tls.server_name),
+      "mutual TLS: the name in the server's certificate, when it is not the "
+      "host of --address");
   po::variables_map vm;
   int code = 0;
-  if (!ParseArgs(cmd, "--address HOST:PORT [--json]", desc, args, &vm, &code)) {
+  if (!ParseArgs(cmd,
+                 "--address HOST:PORT [--ca FILE --cert FILE --key FILE] "
+                 "[--json]",
+                 desc, args, &vm, &code)) {
     return code;
   }
-  auto channel = transport::MakeChannel(address);
+  const int tls_flags = !tls.ca.empty() + !tls.cert.empty() + !tls.key.empty();
+  if (tls_flags != 0 && tls_flags != 3) {
+    std::cerr << "fedpeft status: --ca, --cert and --key go together (the "
+                 "server requires a client certificate)\n";
+    return kExitUsage;
+  }
+  tls.enabled = tls_flags == 3;
+  tls.insecure = !tls.enabled;
+  SetLogLevel(LogLevel::kError);  // no plaintext warning on a status query
+  transport::ChannelOptions channel_options;
+  auto credentials = security::MakeChannelCredentials(tls, "status");
+  if (!credentials.ok()) {
+    return Fail(cmd, Status::InvalidArgument(
+                         "--" + credentials.status().message().substr(4)));
+  }
+  channel_options.credentials = *credentials;
+  channel_options.tls_server_name = tls.server_name;
+  auto channel = transport::MakeChannel(address, channel_options);
   if (!channel.ok()) return Fail(cmd, channel.status());
   auto stub = proto::Federation::NewStub(*channel);
   grpc::ClientContext ctx;
@@ -193,7 +224,16 @@ int RunStatus(const Args& args) {
   proto::StatusReply s;
   grpc::Status st = stub->GetStatus(&ctx, req, &s);
   if (!st.ok()) {
-    return Fail(cmd, transport::FromGrpcStatus(st, "GetStatus to " + address));
+    Status failed = transport::FromGrpcStatus(st, "GetStatus to " + address);
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      failed = Status::Unavailable(
+          failed.message() +
+          (tls.enabled ? " (is the server's certificate signed by --ca, and "
+                         "does it name the host of --address?)"
+                       : " (if the server runs TLS, pass --ca, --cert and "
+                         "--key)"));
+    }
+    return Fail(cmd, failed);
   }
   if (json) {
     nlohmann::json j = {{"federation_id", s.federation_id()},

@@ -32,6 +32,9 @@ constexpr const char* kUsage =
     "  simulate     a whole federation on this machine (the quickstart)\n"
     "  status       the live state of a running coordinator\n"
     "\n"
+    "security:\n"
+    "  certs     a CA and certificates for mutual TLS (certs init | issue)\n"
+    "\n"
     "privacy:\n"
     "  privacy   epsilon of DP-FedAvg (RDP accountant) for a noise\n"
     "            multiplier, or the noise multiplier for a target epsilon\n";
@@ -52,6 +55,7 @@ constexpr Command kCommands[] = {
     {"simulate", fedpeft::cli::RunSimulate},
     {"status", fedpeft::cli::RunStatus},
     {"privacy", fedpeft::cli::RunPrivacy},
+    {"certs", fedpeft::cli::RunCerts},
 };
 
 }  // namespace

@@ -14,6 +14,11 @@
 // `topology.edges: E` (processes mode), E edge aggregators run as their own
 // processes between the coordinator and the workers (worker i talks to edge
 // i mod E), configured by the optional `edge` section.
+//
+// simulation.tls (default true): a throw-away CA and certificates in
+// OUT/certs (coordinator, edge-<e>, worker-<i>; valid 7 days), and every
+// connection on mutual TLS, as a real deployment would run. false: every
+// process runs with tls.insecure (plaintext, with its warning).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -41,6 +46,7 @@
 #include "coordinator/service.h"
 #include "model/generate.h"
 #include "peft/peft_io.h"
+#include "security/certs.h"
 #include "worker/worker_client.h"
 #include "worker/worker_config.h"
 
@@ -63,9 +69,11 @@ struct SimulationOptions {
   double timeout_s = 1800;                // whole run
   std::string sample_prompt = "ROMEO:";
   int sample_tokens = 48;
+  bool tls = true;  // throw-away mutual TLS (false: tls.insecure everywhere)
 
   void Read(ConfigReader& in) {
     in.Get("workers", &workers);
+    in.Get("tls", &tls);
     in.Get("mode", &mode);
     in.Get("slowdown", &slowdown);
     in.Get("dropout_prob", &dropout_prob);
@@ -97,6 +105,13 @@ struct SimulationOptions {
              "must be >= 0, got " + ToConfigString(sample_tokens));
   }
 };
+
+// Whether node[a][b] is set. Const lookups only, and none below a missing
+// key: yaml-cpp throws on operator[] of the node a missing key returns.
+bool IsSet(const YAML::Node& node, const char* a, const char* b) {
+  const YAML::Node child = node[a];
+  return child.IsDefined() && child.IsMap() && child[b].IsDefined();
+}
 
 std::string ToYaml(const YAML::Node& node) {
   YAML::Emitter out;
@@ -169,21 +184,36 @@ void Terminate(pid_t pid) {
   }
 }
 
+// The tls.cert / tls.key overrides for participant `name` when simulate
+// made certificates in `certs` (empty: none).
+std::vector<std::string> CertOverrides(const std::string& certs,
+                                       const std::string& name) {
+  if (certs.empty()) return {};
+  return {"tls.cert=" + security::CertPath(certs, name),
+          "tls.key=" + security::KeyPath(certs, name)};
+}
+
 // The per-worker settings simulate adds to the shared worker config.
 std::vector<std::string> WorkerOverrides(const SimulationOptions& sim, int i,
-                                         const std::string& address) {
-  return {"worker.id=worker-" + std::to_string(i),
-          "data.shard=" + std::to_string(i) + "/" + std::to_string(sim.workers),
-          "server.address=" + address,
-          "simulation.slowdown=" +
-              std::to_string(sim.slowdown[i % sim.slowdown.size()]),
-          "simulation.dropout_prob=" +
-              std::to_string(sim.dropout_prob[i % sim.dropout_prob.size()]),
-          "worker.ram_mb=" + std::to_string(static_cast<int64_t>(
-                                 sim.ram_mb[i % sim.ram_mb.size()])),
-          "worker.uplink_mbps=" +
-              std::to_string(sim.uplink_mbps[i % sim.uplink_mbps.size()]),
-          "simulation.seed=" + std::to_string(1000 + i)};
+                                         const std::string& address,
+                                         const std::string& certs) {
+  std::vector<std::string> o =
+      CertOverrides(certs, "worker-" + std::to_string(i));
+  std::vector<std::string> rest = {
+      "worker.id=worker-" + std::to_string(i),
+      "data.shard=" + std::to_string(i) + "/" + std::to_string(sim.workers),
+      "server.address=" + address,
+      "simulation.slowdown=" +
+          std::to_string(sim.slowdown[i % sim.slowdown.size()]),
+      "simulation.dropout_prob=" +
+          std::to_string(sim.dropout_prob[i % sim.dropout_prob.size()]),
+      "worker.ram_mb=" + std::to_string(static_cast<int64_t>(
+                             sim.ram_mb[i % sim.ram_mb.size()])),
+      "worker.uplink_mbps=" +
+          std::to_string(sim.uplink_mbps[i % sim.uplink_mbps.size()]),
+      "simulation.seed=" + std::to_string(1000 + i)};
+  o.insert(o.end(), rest.begin(), rest.end());
+  return o;
 }
 
 // Reads the port a server wrote to `port_file`; empty when `pid` exited or
@@ -212,7 +242,62 @@ struct RunPaths {
   std::string port_file;
   std::string metrics;
   std::string checkpoints;
+  std::string certs;  // throw-away certificates; empty without TLS
 };
+
+// A CA and the certificates of every participant, in p.certs (replaced).
+Status MakeThrowAwayCertificates(const SimulationOptions& sim,
+                                 const std::string& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  security::CaOptions ca;
+  ca.name = "fedpeft-simulate-ca";
+  ca.days = 7;
+  RETURN_IF_ERROR(security::CreateCa(dir, ca));
+  auto issue = [&](const std::string& name, security::CertRole role) {
+    security::IssueOptions o;
+    o.name = name;
+    o.role = role;
+    o.days = 7;
+    return security::IssueCertificate(dir, dir, o);
+  };
+  RETURN_IF_ERROR(issue("coordinator", security::CertRole::kCoordinator));
+  for (int e = 0; e < sim.edges; ++e) {
+    RETURN_IF_ERROR(
+        issue("edge-" + std::to_string(e), security::CertRole::kEdge));
+  }
+  for (int i = 0; i < sim.workers; ++i) {
+    RETURN_IF_ERROR(
+        issue("worker-" + std::to_string(i), security::CertRole::kWorker));
+  }
+  return Status::Ok();
+}
+
+// Sets `section`'s tls: mutual TLS with certificate `name` from `certs`, or
+// tls.insecure when `certs` is empty. A tls section the user wrote is
+// refused with simulation.tls (simulate owns the certificates) and kept
+// without it.
+Status SetTls(YAML::Node& section, const std::string& section_name,
+              const std::string& certs, const std::string& name) {
+  const bool has_tls =
+      static_cast<const YAML::Node&>(section)["tls"].IsDefined();
+  if (certs.empty()) {
+    if (!has_tls) section["tls"]["insecure"] = true;
+    return Status::Ok();
+  }
+  if (has_tls) {
+    return Status::InvalidArgument(
+        section_name +
+        ".tls: set by simulate with simulation.tls: true (throw-away "
+        "certificates); remove it, or set simulation.tls: false to configure "
+        "TLS yourself");
+  }
+  section["tls"]["enabled"] = true;
+  section["tls"]["ca"] = security::CaCertPath(certs);
+  section["tls"]["cert"] = security::CertPath(certs, name);
+  section["tls"]["key"] = security::KeyPath(certs, name);
+  return Status::Ok();
+}
 
 int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
                  const std::string& cmd) {
@@ -236,12 +321,22 @@ int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
     const std::string port_file = JoinPath(p.out, id + ".port");
     std::error_code ec;
     fs::remove(port_file, ec);
-    edges.push_back(
-        Spawn({"edge", "--config", p.edge_yaml, "--set", "edge.id=" + id,
-               "--set", "upstream.address=127.0.0.1:" + port, "--set",
-               "server.address=127.0.0.1:0", "--set",
-               "server.port_file=" + port_file},
-              JoinPath(p.logs, id + ".log")));
+    std::vector<std::string> edge_args = {"edge",
+                                          "--config",
+                                          p.edge_yaml,
+                                          "--set",
+                                          "edge.id=" + id,
+                                          "--set",
+                                          "upstream.address=127.0.0.1:" + port,
+                                          "--set",
+                                          "server.address=127.0.0.1:0",
+                                          "--set",
+                                          "server.port_file=" + port_file};
+    for (const std::string& o : CertOverrides(p.certs, id)) {
+      edge_args.push_back("--set");
+      edge_args.push_back(o);
+    }
+    edges.push_back(Spawn(edge_args, JoinPath(p.logs, id + ".log")));
     // An edge listens once it has registered with the cloud.
     std::string edge_port = WaitForPort(edges.back(), port_file, deadline);
     if (edge_port.empty()) {
@@ -261,7 +356,7 @@ int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
     std::string id = "worker-" + std::to_string(i);
     std::vector<std::string> args{"worker", "--config", p.worker_yaml};
     for (const std::string& o : WorkerOverrides(
-             sim, i, worker_addresses[i % worker_addresses.size()])) {
+             sim, i, worker_addresses[i % worker_addresses.size()], p.certs)) {
       args.push_back("--set");
       args.push_back(o);
     }
@@ -319,8 +414,8 @@ int RunThreads(const SimulationOptions& sim, const RunPaths& p,
   std::vector<std::unique_ptr<worker::WorkerClient>> clients;
   for (int i = 0; i < sim.workers; ++i) {
     std::string addr = "127.0.0.1:" + std::to_string((*server)->port());
-    auto wc =
-        worker::LoadWorkerConfig(p.worker_yaml, WorkerOverrides(sim, i, addr));
+    auto wc = worker::LoadWorkerConfig(p.worker_yaml,
+                                       WorkerOverrides(sim, i, addr, p.certs));
     if (!wc.ok()) return Fail(cmd, wc.status());
     auto client =
         worker::WorkerClient::Create(*wc, base->weights, base->tokenizer);
@@ -410,6 +505,22 @@ int RunSimulate(const Args& args) {
   }
   edge["upstream"]["address"] = "127.0.0.1:1";  // set per run
   edge["server"]["address"] = "127.0.0.1:0";
+  // simulation.tls, read ahead of the full validation below (which needs
+  // the tls sections in place); a malformed value is reported there.
+  bool use_tls = true;
+  try {
+    const YAML::Node t = const_root["simulation"]["tls"];
+    if (t.IsDefined() && t.IsScalar()) use_tls = t.as<bool>();
+  } catch (const YAML::Exception&) {
+  }
+  if (use_tls) p.certs = JoinPath(out_dir, "certs");
+  {
+    Status tls = SetTls(coord, "coordinator", p.certs, "coordinator");
+    if (tls.ok()) tls = SetTls(work, "worker", p.certs, "worker-0");
+    if (tls.ok()) tls = SetTls(edge, "edge", p.certs, "edge-0");
+    if (!tls.ok())
+      return Fail(cmd, tls.WithContext("config '" + config_path + "'"));
+  }
 
   // Validate everything (every section, unknown keys) before starting a
   // process.
@@ -452,18 +563,23 @@ int RunSimulate(const Args& args) {
   fs::remove(p.metrics, ec);
   fs::remove_all(p.checkpoints, ec);
   Status s = EnsureDirectory(p.logs);
+  if (s.ok() && !p.certs.empty()) {
+    s = MakeThrowAwayCertificates(sim, p.certs);
+    if (s.ok()) {
+      std::printf("mutual TLS with throw-away certificates in %s\n",
+                  p.certs.c_str());
+    }
+  }
   if (!s.ok()) return Fail(cmd, s);
-  if (!static_cast<const YAML::Node&>(coord)["federation"]["min_available"]) {
+  if (!IsSet(coord, "federation", "min_available")) {
     coord["federation"]["min_available"] =
         sim.edges > 0 ? sim.edges : sim.workers;
   }
-  if (sim.edges > 0 &&
-      !static_cast<const YAML::Node&>(edge)["federation"]["min_available"]) {
+  if (sim.edges > 0 && !IsSet(edge, "federation", "min_available")) {
     // Every edge waits for all of its workers before its first round.
     edge["federation"]["min_available"] = sim.workers / sim.edges;
   }
-  if (sim.edges > 0 &&
-      !static_cast<const YAML::Node&>(coord)["dp"]["population"]) {
+  if (sim.edges > 0 && !IsSet(coord, "dp", "population")) {
     // The cloud cannot count the users behind edges; the simulation can.
     coord["dp"]["population"] = sim.workers;
   }

@@ -44,14 +44,16 @@ StatusOr<std::string> ReadFileToString(const std::string& path,
   return data;
 }
 
-Status WriteFileAtomic(const std::string& path, const std::string& data) {
+Status WriteFileAtomic(const std::string& path, const std::string& data,
+                       unsigned mode) {
   fs::path target(path);
   fs::path dir = target.parent_path();
   if (dir.empty()) dir = ".";
   std::random_device rd;
   std::string tmp =
       path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(rd());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                  static_cast<mode_t>(mode));
   if (fd < 0) {
     return Status::IoError("cannot create '" + tmp +
                            "': " + std::strerror(errno));

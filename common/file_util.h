@@ -18,8 +18,11 @@ StatusOr<std::string> ReadFileToString(const std::string& path,
 
 // Writes `data` to `path` atomically: a temp file beside it, fsync, rename,
 // fsync of the directory. Readers see the old or the new file, never a torn
-// one; a crash leaves at most a stray "<path>.tmp.*".
-Status WriteFileAtomic(const std::string& path, const std::string& data);
+// one; a crash leaves at most a stray "<path>.tmp.*". The file is created
+// with `mode` (less the umask) before any byte is written, so a secret never
+// sits in a more readable file, not even the temp file: 0600 for keys.
+Status WriteFileAtomic(const std::string& path, const std::string& data,
+                       unsigned mode = 0644);
 
 // Creates `dir` and its parents if absent.
 Status EnsureDirectory(const std::string& dir);

@@ -561,6 +561,41 @@ Status Coordinator::CheckUploadAllowed(const std::string& session_id,
   return Status::Ok();
 }
 
+StatusOr<std::string> Coordinator::SessionOwner(const std::string& session_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) {
+    return Status::NotFound("unknown session '" + session_id +
+                            "': register again");
+  }
+  return it->second;
+}
+
+void Coordinator::Revoke(const std::string& worker_id,
+                         const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end() || it->second.session_id.empty()) return;
+  WorkerEntry& w = it->second;
+  sessions_.erase(w.session_id);
+  w.session_id.clear();
+  // Not alive from now on: never selected again unless it registers anew.
+  w.last_seen =
+      Clock::now() -
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+          config_.federation.worker_timeout_s + 1));
+  bool pending = phase_ == Phase::kCollect && selected_.count(worker_id) &&
+                 !answered_.count(worker_id);
+  FP_LOG_WARN(
+      "coordinator", "'{}' revoked ({}); session closed{}", worker_id, reason,
+      pending ? fmt::format(", round {} goes on without it", round_) : "");
+  if (pending) {
+    answered_.insert(worker_id);
+    ++rejected_;
+    cv_.notify_all();
+  }
+}
+
 void Coordinator::RecordRejectedUpload(const std::string& session_id,
                                        int64_t round, const std::string& reason,
                                        uint64_t bytes) {

@@ -266,6 +266,14 @@ class Coordinator {
   // rejection is logged with its reason and counted.
   Status SubmitUpdate(const std::string& session_id, const UpdateHeader& header,
                       TensorMap delta, uint64_t bytes_received);
+  // The participant id `session_id` was opened for; NotFound when unknown.
+  StatusOr<std::string> SessionOwner(const std::string& session_id);
+  // Closes the session of `worker_id` (its later calls get NOT_FOUND and it
+  // must register again), marks it not alive so it is not selected, and
+  // counts it as answered-and-rejected in an open round that selected it,
+  // so the round goes on without waiting for it. Used when its certificate
+  // name is revoked (security/tls.h). No-op for a name with no session.
+  void Revoke(const std::string& worker_id, const std::string& reason);
   // Counts an upload that failed before SubmitUpdate (e.g. bad encoding).
   void RecordRejectedUpload(const std::string& session_id, int64_t round,
                             const std::string& reason, uint64_t bytes);

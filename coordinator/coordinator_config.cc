@@ -260,6 +260,8 @@ void CoordinatorLogging::Read(ConfigReader& in) {
 void CoordinatorConfig::Read(ConfigReader& in) {
   ConfigReader s = in.Section("server");
   server.Read(s);
+  ConfigReader tls = in.Section("tls");
+  server.tls.Read(tls, security::kTlsServer);
   ConfigReader f = in.Section("federation");
   federation.Read(f);
   ConfigReader m = in.Section("model");

@@ -1,6 +1,8 @@
 // Configuration of the coordinator (`fedpeft coordinator --config FILE`).
 //
 //   server:     address, port_file, max_message_mb, chunk_kb
+//   tls:        enabled | insecure (one is required), ca, cert, key,
+//               allowed_names | allowlist_file (security/tls.h)
 //   federation: id, rounds, min_available, fraction, min_workers,
 //               max_workers, quorum, round_deadline_s, on_quorum_miss,
 //               max_retries, heartbeat_interval_ms, worker_timeout_s,
@@ -40,6 +42,7 @@
 #include "peft/freezing.h"
 #include "peft/peft_model.h"
 #include "peft/rank_assignment.h"
+#include "security/tls_options.h"
 #include "worker/train_config.h"
 
 namespace fedpeft {
@@ -50,6 +53,9 @@ struct ServerOptions {
   std::string port_file;    // when set, the bound port is written here
   int max_message_mb = 16;  // gRPC receive/send limit per message
   int chunk_kb = 1024;      // tensor chunk size in streams (< max message)
+  // The top-level `tls` section (not under `server`): mutual TLS or the
+  // explicit tls.insecure. Read by the owning config.
+  security::TlsOptions tls;
 
   void Read(ConfigReader& in);
 };

@@ -20,6 +20,11 @@ void EdgeConfig::Read(ConfigReader& in) {
   upstream.Read(u);
   ConfigReader s = in.Section("server");
   server.Read(s);
+  // One certificate for both sides: the edge serves its workers and is a
+  // client of the cloud (`fedpeft certs issue --role edge`).
+  ConfigReader tls = in.Section("tls");
+  server.tls.Read(tls, security::kTlsServer | security::kTlsClient);
+  upstream.tls = server.tls;
   ConfigReader f = in.Section("federation");
   for (const char* key : {"rounds", "id", "on_quorum_miss", "max_retries"}) {
     f.Check(!f.Has(key), key,

@@ -34,10 +34,13 @@ namespace coordinator {
 
 struct EdgeConfig {
   std::string id = "edge-0";           // edge.id: its name at the cloud
+                                       // (with TLS: its certificate's name)
   worker::ConnectionOptions upstream;  // the cloud coordinator
   ServerOptions server;                // where its workers connect
-  FederationOptions rounds;            // `federation`: edge-round options
-  worker::ModelOptions model;          // the base model (shapes, init)
+  // The `tls` section sets both server.tls and upstream.tls: one
+  // certificate (role edge: serverAuth and clientAuth) for both sides.
+  FederationOptions rounds;    // `federation`: edge-round options
+  worker::ModelOptions model;  // the base model (shapes, init)
   CoordinatorLogging logging;
   int max_update_mb = 256;
 

@@ -14,6 +14,10 @@ namespace {
 
 grpc::Status Grpc(const Status& s) { return transport::ToGrpcStatus(s); }
 
+grpc::Status Denied(const std::string& message) {
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, message);
+}
+
 grpc::Status InternalError(const char* where, const std::exception& e) {
   FP_LOG_ERROR("service", "{}: {}", where, e.what());
   return grpc::Status(grpc::StatusCode::INTERNAL,
@@ -22,18 +26,70 @@ grpc::Status InternalError(const char* where, const std::exception& e) {
 
 }  // namespace
 
-FederationService::FederationService(Coordinator& coordinator,
-                                     size_t chunk_bytes,
-                                     size_t max_message_bytes)
+FederationService::FederationService(
+    Coordinator& coordinator, size_t chunk_bytes, size_t max_message_bytes,
+    std::unique_ptr<security::Allowlist> allowlist)
     : coordinator_(coordinator),
       chunk_bytes_(chunk_bytes),
-      max_message_bytes_(max_message_bytes) {}
+      max_message_bytes_(max_message_bytes),
+      allowlist_(std::move(allowlist)) {}
+
+grpc::Status FederationService::Authenticate(const grpc::ServerContext& ctx,
+                                             const char* call,
+                                             const std::string* session,
+                                             std::string* name) {
+  name->clear();
+  if (!allowlist_) return grpc::Status::OK;
+  *name = security::PeerCertificateName(ctx);
+  if (name->empty()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        std::string(call) +
+                            ": the client certificate has no common name; "
+                            "issue one with `fedpeft certs issue --name`");
+  }
+  if (!allowlist_->Allows(*name)) {
+    FP_LOG_WARN("service", "{} from '{}' refused: not in the TLS allowlist",
+                call, *name);
+    coordinator_.Revoke(*name, "certificate name not in the TLS allowlist");
+    return Denied(std::string(call) + ": certificate name '" + *name +
+                  "' is not allowed (tls.allowed_names / "
+                  "tls.allowlist_file); it may have been revoked");
+  }
+  if (session != nullptr) {
+    StatusOr<std::string> owner = coordinator_.SessionOwner(*session);
+    // An unknown session is the handler's to answer (NOT_FOUND: register).
+    if (owner.ok() && *owner != *name) {
+      FP_LOG_WARN("service",
+                  "{} on the session of '{}' came with the certificate of "
+                  "'{}': refused",
+                  call, *owner, *name);
+      return Denied(std::string(call) + ": session belongs to '" + *owner +
+                    "', but the call came with the certificate of '" + *name +
+                    "'");
+    }
+  }
+  return grpc::Status::OK;
+}
 
 grpc::Status FederationService::Register(grpc::ServerContext* ctx,
                                          const proto::RegisterRequest* req,
                                          proto::RegisterReply* reply) {
   try {
+    std::string peer;
+    grpc::Status auth = Authenticate(*ctx, "Register", nullptr, &peer);
+    if (!auth.ok()) return auth;
     const proto::WorkerProfile& p = req->profile();
+    if (!peer.empty() && p.worker_id() != peer) {
+      FP_LOG_WARN("service",
+                  "Register as '{}' with the certificate of '{}': refused",
+                  p.worker_id(), peer);
+      return Denied("Register: profile worker_id '" + p.worker_id() +
+                    "' does not match the client certificate name '" + peer +
+                    "' (the certificate is the identity: set worker.id or "
+                    "edge.id to '" +
+                    peer + "', or issue a certificate for '" + p.worker_id() +
+                    "')");
+    }
     WorkerProfile profile;
     profile.worker_id = p.worker_id();
     profile.threads = p.threads();
@@ -76,6 +132,10 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx,
 grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx,
                                           const proto::HeartbeatRequest* req,
                                           proto::HeartbeatReply* reply) {
+  std::string peer;
+  grpc::Status auth =
+      Authenticate(*ctx, "Heartbeat", &req->session_id(), &peer);
+  if (!auth.ok()) return auth;
   auto round = coordinator_.Heartbeat(req->session_id());
   if (!round.ok()) return Grpc(round.status());
   reply->set_round(static_cast<uint64_t>(*round));
@@ -86,6 +146,10 @@ grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
                                         const proto::TaskRequest* req,
                                         proto::Task* reply) {
   try {
+    std::string peer;
+    grpc::Status auth =
+        Authenticate(*ctx, "GetTask", &req->session_id(), &peer);
+    if (!auth.ok()) return auth;
     auto wait = std::chrono::milliseconds(req->wait_ms());
     // Never hold the call past the client's own deadline.
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -139,6 +203,10 @@ grpc::Status FederationService::DownloadAdapter(
     grpc::ServerContext* ctx, const proto::DownloadRequest* req,
     grpc::ServerWriter<proto::TensorChunk>* writer) {
   try {
+    std::string peer;
+    grpc::Status auth =
+        Authenticate(*ctx, "DownloadAdapter", &req->session_id(), &peer);
+    if (!auth.ok()) return auth;
     auto global = coordinator_.GlobalAdapter(req->session_id(),
                                              static_cast<int64_t>(req->round()),
                                              req->cached_round());
@@ -173,6 +241,9 @@ grpc::Status FederationService::UploadUpdate(
     const proto::UpdateHeader h = msg.header();
     const std::string session = h.session_id();
     const int64_t round = static_cast<int64_t>(h.round());
+    std::string peer;
+    grpc::Status auth = Authenticate(*ctx, "UploadUpdate", &session, &peer);
+    if (!auth.ok()) return auth;
     UpdateHeader header;
     header.round = round;
     header.num_samples = h.num_samples();
@@ -260,6 +331,9 @@ grpc::Status FederationService::UploadUpdate(
 grpc::Status FederationService::GetStatus(grpc::ServerContext* ctx,
                                           const proto::StatusRequest* req,
                                           proto::StatusReply* reply) {
+  std::string peer;
+  grpc::Status auth = Authenticate(*ctx, "GetStatus", nullptr, &peer);
+  if (!auth.ok()) return auth;
   CoordinatorStatus s = coordinator_.GetStatus();
   reply->set_federation_id(s.federation_id);
   reply->set_state(s.state);
@@ -290,9 +364,16 @@ StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
                           transport::ChunkBytesForMessageLimit(max_message));
   ASSIGN_OR_RETURN(transport::HostPort hp,
                    transport::SplitHostPort(options.address));
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                   security::MakeServerCredentials(options.tls, "coordinator"));
+  std::unique_ptr<security::Allowlist> allowlist;
+  if (options.tls.enabled) {
+    ASSIGN_OR_RETURN(allowlist, security::Allowlist::Create(options.tls));
+    FP_LOG_INFO("coordinator", "clients admitted: {}", allowlist->Describe());
+  }
   std::unique_ptr<FederationServer> server(new FederationServer());
-  server->service_ =
-      std::make_unique<FederationService>(coordinator, chunk, max_message);
+  server->service_ = std::make_unique<FederationService>(
+      coordinator, chunk, max_message, std::move(allowlist));
   grpc::ServerBuilder builder;
   transport::ServerBuilderDefaults(&builder, max_message);
   // Long polls hold a thread each: allow one per worker and then some.
@@ -300,7 +381,7 @@ StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
   quota.SetMaxThreads(1024);
   builder.SetResourceQuota(quota);
   builder.AddListeningPort(transport::JoinHostPort(hp.host, hp.port),
-                           grpc::InsecureServerCredentials(), &server->port_);
+                           credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
@@ -309,9 +390,11 @@ StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
                                "' (in use, or not an address of this host?)");
   }
   FP_LOG_INFO("coordinator",
-              "listening on {}:{} (max message {} MiB, chunks "
+              "listening on {}:{} ({}, max message {} MiB, chunks "
               "of {} KiB)",
-              hp.host, server->port_, options.max_message_mb, chunk >> 10);
+              hp.host, server->port_,
+              options.tls.enabled ? "mutual TLS" : "PLAINTEXT",
+              options.max_message_mb, chunk >> 10);
   if (!options.port_file.empty()) {
     RETURN_IF_ERROR(WriteFileAtomic(options.port_file,
                                     std::to_string(server->port_) + "\n"));

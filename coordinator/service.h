@@ -8,6 +8,15 @@
 // No exception leaves a handler; every failure is a gRPC status whose
 // message says what was wrong.
 //
+// Identity (with tls.enabled; security/tls.h): every call must carry a
+// client certificate the CA signed, whose common name the allowlist admits
+// (else PERMISSION_DENIED, the caller's session is closed and an open round
+// goes on without it). Register takes that name as the participant id: a
+// profile worker_id that differs is PERMISSION_DENIED, naming both. Every
+// later call on a session must come from the certificate name the session
+// was opened with, so a session id alone is worth nothing. A plaintext
+// server (tls.insecure) trusts the profile's worker_id.
+//
 // Thread-safety: gRPC calls handlers on its own threads; the service holds
 // no state of its own beyond immutable settings.
 #ifndef FEDPEFT_COORDINATOR_SERVICE_H_
@@ -21,15 +30,19 @@
 #include "common/status.h"
 #include "coordinator/coordinator.h"
 #include "proto/fedpeft.grpc.pb.h"
+#include "security/tls.h"
 
 namespace fedpeft {
 namespace coordinator {
 
 class FederationService final : public proto::Federation::Service {
  public:
-  // REQUIRES: `coordinator` outlives the service.
+  // REQUIRES: `coordinator` outlives the service. `allowlist`: null on a
+  // plaintext server (no identities to check); with TLS, the names that may
+  // call.
   FederationService(Coordinator& coordinator, size_t chunk_bytes,
-                    size_t max_message_bytes);
+                    size_t max_message_bytes,
+                    std::unique_ptr<security::Allowlist> allowlist = nullptr);
 
   grpc::Status Register(grpc::ServerContext* ctx,
                         const proto::RegisterRequest* req,
@@ -50,16 +63,25 @@ class FederationService final : public proto::Federation::Service {
                          proto::StatusReply* reply) override;
 
  private:
+  // With TLS: sets *name to the caller's certificate name and checks it
+  // against the allowlist and, when `session` is given, against the name
+  // the session belongs to. OK with an empty name on a plaintext server.
+  grpc::Status Authenticate(const grpc::ServerContext& ctx, const char* call,
+                            const std::string* session, std::string* name);
+
   Coordinator& coordinator_;
   const size_t chunk_bytes_;
   const size_t max_message_bytes_;
+  const std::unique_ptr<security::Allowlist> allowlist_;
 };
 
 // A running gRPC server hosting a FederationService.
 class FederationServer {
  public:
-  // Binds `options.address` (port 0 picks a free port; see port()) and
-  // starts serving. Writes the port to options.port_file when set.
+  // Binds `options.address` (port 0 picks a free port; see port()) with
+  // the credentials of options.tls and starts serving. Writes the port to
+  // options.port_file when set. Errors name the tls.* key of a certificate
+  // or key that cannot be read.
   static StatusOr<std::unique_ptr<FederationServer>> Start(
       Coordinator& coordinator, const ServerOptions& options);
   ~FederationServer();  // shuts down

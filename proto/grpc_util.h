@@ -139,9 +139,13 @@ struct ChannelOptions {
   // Ceiling on the channel's own reconnect backoff (gRPC's default is 120 s),
   // so a restarted coordinator is found again quickly. Default 10 s.
   std::chrono::milliseconds max_reconnect_backoff{10000};
-  // Transport security. Null (default): insecure (plaintext). The TLS
-  // milestone sets grpc::SslCredentials(...) here; nothing else changes.
+  // Transport security. Null (default): insecure (plaintext). TLS clients
+  // set security::MakeChannelCredentials(...) here (security/tls.h).
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // With TLS: the name the server's certificate must carry, when it is not
+  // the host dialed (e.g. dialing an IP the certificate does not list).
+  // Empty (default): the host of the address.
+  std::string tls_server_name;
 };
 
 // A channel to `address`: "host:port" (IPv6 as "[::1]:7070"), or any target

@@ -6,7 +6,9 @@
 
 #include "common/logging.h"
 #include "proto/grpc_util.h"
+#include "security/certs.h"
 #include "security/dp.h"
+#include "security/tls.h"
 
 namespace fedpeft {
 namespace worker {
@@ -33,6 +35,25 @@ Status FederationClient::Connect() {
   max_message_bytes_ = static_cast<size_t>(options_.max_message_mb) << 20;
   channel.max_message_bytes = max_message_bytes_;
   channel.max_reconnect_backoff = milliseconds(options_.backoff_max_ms);
+  if (options_.tls.enabled) {
+    // The server takes the certificate's name as this participant's id and
+    // refuses another; say so before the first call.
+    StatusOr<security::CertificateInfo> cert =
+        security::ReadCertificateInfo(options_.tls.cert);
+    if (!cert.ok()) return cert.status().WithContext("tls.cert");
+    if (cert->common_name != name_) {
+      return Status::InvalidArgument(
+          "tls.cert '" + options_.tls.cert + "' is the certificate of '" +
+          cert->common_name + "', but this participant's id is '" + name_ +
+          "' (worker.id / edge.id): the server takes the certificate's name "
+          "as the id; set the id to '" +
+          cert->common_name + "' or use the certificate issued for '" + name_ +
+          "'");
+    }
+  }
+  ASSIGN_OR_RETURN(channel.credentials,
+                   security::MakeChannelCredentials(options_.tls, "tls"));
+  channel.tls_server_name = options_.tls.server_name;
   ASSIGN_OR_RETURN(channel_, transport::MakeChannel(options_.address, channel));
   stub_ = proto::Federation::NewStub(channel_);
   return Status::Ok();

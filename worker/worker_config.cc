@@ -59,6 +59,8 @@ void WorkerConfig::Read(ConfigReader& in) {
   worker.Read(w);
   ConfigReader s = in.Section("server");
   server.Read(s);
+  ConfigReader tls = in.Section("tls");
+  server.tls.Read(tls, security::kTlsClient);
   ConfigReader m = in.Section("model");
   model.Read(m);
   ConfigReader d = in.Section("data");

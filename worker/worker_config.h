@@ -3,6 +3,9 @@
 //   worker:     id, threads, ram_mb, uplink_mbps
 //   server:     address, max_message_mb, rpc_timeout_s, task_wait_ms,
 //               backoff_initial_ms, backoff_max_ms, give_up_after_s
+//   tls:        enabled | insecure (one is required), ca, cert, key,
+//               server_name (security/tls.h); with TLS, worker.id must be
+//               the certificate's common name
 //   model:      the base model (must be the coordinator's)
 //   data:       local data (data/dataset.h) plus `shard: i/n` to take one
 //               partition of a shared file (data.partition picks how)
@@ -22,6 +25,7 @@
 #include "common/config.h"
 #include "common/status.h"
 #include "data/dataset.h"
+#include "security/tls_options.h"
 #include "worker/local_trainer.h"
 #include "worker/train_config.h"
 
@@ -45,6 +49,9 @@ struct ConnectionOptions {
   int backoff_initial_ms = 200;  // retry backoff on UNAVAILABLE
   int backoff_max_ms = 5000;
   double give_up_after_s = 0;  // stop after this long unreachable (0 = never)
+  // The top-level `tls` section: how the server is verified and which
+  // certificate this client presents. Read by the owning config.
+  security::TlsOptions tls;
 
   void Read(ConfigReader& in);
 };

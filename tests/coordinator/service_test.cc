@@ -16,6 +16,7 @@
 #include "proto/tensor_codec.h"
 #include "security/dp.h"
 #include "security/rdp_accountant.h"
+#include "security/tls.h"
 #include "worker/federation_client.h"
 #include "worker/train_config.h"
 #include "worker/worker_config.h"
@@ -66,6 +67,7 @@ class ServiceTest : public ::testing::Test {
         "checkpoint.dir=" + (dir_ / "ckpt").string(),
         "logging.metrics_file=" + (dir_ / "metrics.jsonl").string(),
         "limits.max_update_mb=1",
+        "tls.insecure=true",
     };
     base.insert(base.end(), overrides.begin(), overrides.end());
     auto cfg = LoadCoordinatorConfig("", base);
@@ -558,7 +560,46 @@ TEST(CoordinatorConfigTest, ErrorsNameTheKey) {
   EXPECT_THAT(m, HasSubstr("fedavg"));  // lists the valid names
 }
 
+// Plaintext must be asked for: a config with neither tls.enabled nor
+// tls.insecure is an error naming the key, for every kind of process.
+TEST(CoordinatorConfigTest, PlaintextNeedsTheInsecureKey) {
+  auto c = LoadCoordinatorConfig("", {});
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(c.status().message(), HasSubstr("tls.enabled"));
+  EXPECT_THAT(c.status().message(), HasSubstr("tls.insecure: true"));
+  auto w = worker::LoadWorkerConfig(
+      "", {"data.path=" + kSource + "/assets/data/tinyshakespeare/input.txt"});
+  ASSERT_FALSE(w.ok());
+  EXPECT_THAT(w.status().message(), HasSubstr("tls.enabled"));
+  auto e = LoadEdgeConfig("", {});
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("tls.enabled"));
+  // TLS needs its three files; the insecure key cannot be combined with it.
+  auto t = LoadCoordinatorConfig("", {"tls.enabled=true", "tls.cert=c.crt"});
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(t.status().message(), HasSubstr("tls.ca: required"));
+  EXPECT_THAT(t.status().message(), HasSubstr("tls.key: required"));
+  auto both =
+      LoadCoordinatorConfig("", {"tls.enabled=true", "tls.insecure=true",
+                                 "tls.ca=a", "tls.cert=b", "tls.key=c"});
+  ASSERT_FALSE(both.ok());
+  EXPECT_THAT(both.status().message(), HasSubstr("tls.insecure: cannot"));
+  // Server-only keys are unknown to a worker.
+  auto wl = worker::LoadWorkerConfig(
+      "", {"tls.insecure=true", "tls.allowed_names=[a]",
+           "data.path=" + kSource + "/assets/data/tinyshakespeare/input.txt"});
+  ASSERT_FALSE(wl.ok());
+  EXPECT_THAT(wl.status().message(),
+              HasSubstr("unknown key 'tls.allowed_names'"));
+  auto ok = LoadEdgeConfig("", {"tls.insecure=true"});
+  EXPECT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_TRUE(ok->upstream.tls.insecure && ok->server.tls.insecure);
+}
+
 // Every YAML under configs/ loads with the reader of its kind, as shipped.
+// configs/tls/ names certificates under out/certs that exist only after
+// `fedpeft certs` (FederationTest.MutualTlsWithCertsCommands runs it with
+// them); loading a config checks its keys, not its files.
 TEST(ShippedConfigsTest, EveryConfigLoads) {
   const std::string shakespeare =
       kSource + "/assets/data/tinyshakespeare/input.txt";
@@ -582,6 +623,9 @@ TEST(ShippedConfigsTest, EveryConfigLoads) {
     } else if (name == "edge.yaml") {
       auto cfg = LoadEdgeConfig(path, {});
       EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
+    } else if (name == "allowlist.yaml") {
+      auto names = security::ReadAllowlistFile(path);
+      EXPECT_TRUE(names.ok()) << names.status().ToString();
     } else if (name.size() > 11 &&
                name.compare(name.size() - 11, 11, "_train.yaml") == 0) {
       // instruct_train.yaml leaves data.path for the user to set.

@@ -125,7 +125,7 @@ class FederationTest : public ::testing::Test {
     std::vector<std::string> args = {
         "coordinator",
         "--config",
-        "configs/flat/coordinator.yaml",
+        coordinator_config_,
         "--set",
         "server.address=127.0.0.1:" + std::to_string(port),
         "--set",
@@ -163,7 +163,7 @@ class FederationTest : public ::testing::Test {
     std::vector<std::string> args = {
         "worker",
         "--config",
-        "configs/flat/worker.yaml",
+        worker_config_,
         "--set",
         "worker.id=worker-" + std::to_string(i),
         "--set",
@@ -205,6 +205,9 @@ class FederationTest : public ::testing::Test {
 
   fs::path dir_;
   std::vector<pid_t> pids_;
+  // What CoordinatorArgs() and StartWorker() start from.
+  std::string coordinator_config_ = "configs/flat/coordinator.yaml";
+  std::string worker_config_ = "configs/flat/worker.yaml";
 };
 
 TEST_F(FederationTest, ThreeWorkersTwoRoundsThenExport) {
@@ -364,6 +367,10 @@ TEST_F(FederationTest, SimulateRunsTheWholeFederation) {
     if (mode == "processes") {
       EXPECT_TRUE(fs::exists(out + "/logs/worker-2.log"));
     }
+    // The quickstart runs on throw-away mutual TLS (simulation.tls).
+    EXPECT_THAT(text, HasSubstr("mutual TLS with throw-away certificates"));
+    EXPECT_TRUE(fs::exists(out + "/certs/ca.crt"));
+    EXPECT_TRUE(fs::exists(out + "/certs/worker-0.key"));
   }
 }
 
@@ -384,6 +391,97 @@ TEST_F(FederationTest, ConfigErrorsNameTheKeyAndExitNonZero) {
   EXPECT_THAT(log, HasSubstr("data.shard"));
   EXPECT_THAT(log,
               HasSubstr("worker.threads: expected an integer, got 'many'"));
+}
+
+// ---- transport security --------------------------------------------------
+
+// `fedpeft certs` makes a CA and certificates; the shipped configs/tls/
+// coordinator and two workers run on mutual TLS with them; `status` needs a
+// certificate; a worker whose id is not its certificate's name stops.
+TEST_F(FederationTest, MutualTlsWithCertsCommands) {
+  const std::string certs = Path("certs");
+  pid_t init = Spawn({"certs", "init", "--out", certs}, Path("certs.txt"));
+  ASSERT_EQ(Wait(init, std::chrono::seconds(30)), 0)
+      << Slurp(Path("certs.txt"));
+  for (const auto& [role, name] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"coordinator", "coordinator"},
+           {"worker", "worker-0"},
+           {"worker", "worker-1"},
+           {"worker", "operator"}}) {
+    pid_t p = Spawn({"certs", "issue", "--role", role, "--name", name, "--ca",
+                     certs, "--out", certs},
+                    Path("certs.txt"));
+    ASSERT_EQ(Wait(p, std::chrono::seconds(30)), 0) << Slurp(Path("certs.txt"));
+  }
+  {
+    std::ofstream allow(Path("allowlist.yaml"));
+    allow << "allowed_names: [worker-0, worker-1, operator]\n";
+  }
+  auto tls = [&](const std::string& name) {
+    return std::vector<std::string>{
+        "--set", "tls.ca=" + certs + "/ca.crt",
+        "--set", "tls.cert=" + certs + "/" + name + ".crt",
+        "--set", "tls.key=" + certs + "/" + name + ".key"};
+  };
+  coordinator_config_ = "configs/tls/coordinator.yaml";
+  worker_config_ = "configs/tls/worker.yaml";
+  int port = FreePort();
+  std::vector<std::string> extra = tls("coordinator");
+  extra.insert(extra.end(),
+               {"--set", "tls.allowlist_file=" + Path("allowlist.yaml")});
+  pid_t coord =
+      Spawn(CoordinatorArgs(port, 2, 2, extra), Path("coordinator.log"));
+  // worker-1's id with worker-0's certificate: refused before it dials.
+  std::vector<std::string> wrong = tls("worker-0");
+  pid_t impostor =
+      Spawn({"worker", "--config", worker_config_, "--set",
+             "worker.id=worker-1", "--set", "data.max_records=600", wrong[0],
+             wrong[1], wrong[2], wrong[3], wrong[4], wrong[5]},
+            Path("impostor.txt"));
+  std::vector<pid_t> workers;
+  for (int i = 0; i < 2; ++i) {
+    std::vector<std::string> w = tls("worker-" + std::to_string(i));
+    w.insert(w.end(), {"--set", "simulation.slowdown=2"});
+    workers.push_back(StartWorker(port, i, 2, w));
+  }
+  EXPECT_EQ(Wait(impostor, std::chrono::seconds(60)), 1);
+  EXPECT_THAT(Slurp(Path("impostor.txt")),
+              HasSubstr("is the certificate of 'worker-0', but this "
+                        "participant's id is 'worker-1'"));
+
+  // `status` over mutual TLS with the operator's certificate, once both
+  // workers are in.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Slurp(Path("coordinator.log")).find("2 registered") !=
+               std::string::npos;
+      },
+      std::chrono::seconds(120)))
+      << Logs();
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  pid_t st = Spawn(
+      {"status", "--address", address, "--ca", certs + "/ca.crt", "--cert",
+       certs + "/operator.crt", "--key", certs + "/operator.key"},
+      Path("status.txt"));
+  EXPECT_EQ(Wait(st, std::chrono::seconds(30)), 0) << Slurp(Path("status.txt"));
+  EXPECT_THAT(Slurp(Path("status.txt")), HasSubstr("worker-1"));
+  pid_t plain = Spawn({"status", "--address", address}, Path("plain.txt"));
+  EXPECT_EQ(Wait(plain, std::chrono::seconds(30)), 1);
+  EXPECT_THAT(Slurp(Path("plain.txt")),
+              HasSubstr("pass --ca, --cert and --key"));
+
+  ASSERT_EQ(Wait(coord, std::chrono::seconds(300)), 0) << Logs();
+  for (pid_t w : workers) {
+    EXPECT_EQ(Wait(w, std::chrono::seconds(30)), 0) << Logs();
+  }
+  auto rows = Metrics();
+  ASSERT_EQ(rows.size(), 2u) << Logs();
+  for (const auto& row : rows) EXPECT_EQ(row["answered"], 2);
+  std::string log = Slurp(Path("coordinator.log"));
+  EXPECT_THAT(log, HasSubstr("(mutual TLS,"));
+  EXPECT_THAT(log, HasSubstr("worker 'worker-0' registered"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("PLAINTEXT")));
 }
 
 // ---- hierarchy ----------------------------------------------------------
