@@ -566,6 +566,16 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2c(const std::string& path,
     return corrupt("max_token_length is " + std::to_string(max_len) +
                    ", expected 1.." + std::to_string(1 << 16));
   }
+  // Every token takes at least 8 bytes (score, length): a vocabulary size
+  // the file cannot hold is refused before anything is sized from it (it
+  // comes from the model's config, which may be hostile).
+  if (static_cast<uint64_t>(vocab_size) > (data.size() - offset) / 8) {
+    return corrupt("file is " + std::to_string(data.size()) +
+                   " bytes, too short for the model's vocabulary of " +
+                   std::to_string(vocab_size) +
+                   " tokens (8 bytes each at least); hint: wrong tokenizer "
+                   "for this model?");
+  }
   BpeVocab vocab;
   vocab.pieces.reserve(vocab_size);
   vocab.scores.reserve(vocab_size);

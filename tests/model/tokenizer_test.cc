@@ -297,6 +297,10 @@ TEST(TokenizerTest, RejectsCorruptLlama2c) {
   // The shipped file with the wrong vocabulary size, either way.
   expect_corrupt(kLlama2cBin, 600, "fewer tokens");
   expect_corrupt(kLlama2cBin, 500, "more tokens");
+  // A vocabulary size the file cannot hold (it comes from the model's
+  // config) is refused before anything is sized from it.
+  expect_corrupt(kLlama2cBin, int64_t{1} << 40,
+                 "too short for the model's vocabulary of 1099511627776");
 
   auto no_hint = LoadTokenizer(kLlama2cBin, 0);
   ASSERT_FALSE(no_hint.ok());
