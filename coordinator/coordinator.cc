@@ -25,6 +25,14 @@ double Seconds(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// Workers a round selects out of n alive.
+int SelectedOf(const FederationOptions& f, int n) {
+  int k = static_cast<int>(std::ceil(f.fraction * n));
+  k = std::max(k, f.min_workers);
+  if (f.max_workers > 0) k = std::min(k, f.max_workers);
+  return std::min(k, n);
+}
+
 // SplitMix64: derives independent per-round seeds from one seed.
 uint64_t Mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -978,10 +986,7 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
     // select
     std::vector<std::string> alive = AliveWorkers();
     int n = static_cast<int>(alive.size());
-    int k = static_cast<int>(std::ceil(f.fraction * n));
-    k = std::max(k, f.min_workers);
-    if (f.max_workers > 0) k = std::min(k, f.max_workers);
-    k = std::min(k, n);
+    const int k = SelectedOf(f, n);
     for (int i = n - 1; i > 0; --i) {  // Fisher-Yates with the checkpointed rng
       std::swap(alive[i], alive[rng_() % static_cast<uint64_t>(i + 1)]);
     }
@@ -1006,7 +1011,7 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
       edges_selected += workers_.at(id).profile.edge ? 1 : 0;
     }
     if (!edge_mode_ && accountant_) {
-      Status planned = PlanRoundDp(edges_selected, k - edges_selected);
+      Status planned = PlanRoundDp(edges_selected);
       if (!planned.ok()) {
         FP_LOG_ERROR("coordinator", "round {}: dp: {}", round,
                      planned.ToString());
@@ -1284,14 +1289,6 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
 
 namespace {
 
-// Users a round selects out of n alive, as RunRoundAttempt selects them.
-int SelectedOf(const FederationOptions& f, int n) {
-  int k = static_cast<int>(std::ceil(f.fraction * n));
-  k = std::max(k, f.min_workers);
-  if (f.max_workers > 0) k = std::min(k, f.max_workers);
-  return std::min(k, n);
-}
-
 bool IsLoraA(const std::string& key) {
   return key.find(".lora_A.") != std::string::npos;
 }
@@ -1302,11 +1299,8 @@ double Coordinator::ExpectedSamplingRate() {
   std::lock_guard<std::mutex> lock(mu_);
   const int n = static_cast<int>(AliveWorkers().size());
   if (n == 0) return 1.0;
-  bool edges = false;
-  for (const auto& id : AliveWorkers()) edges |= workers_.at(id).profile.edge;
   // Behind edges the share of its workers an edge selects is its own
   // setting: counted as 1 (all of them), which overstates q (safe).
-  (void)edges;
   return static_cast<double>(SelectedOf(config_.federation, n)) / n;
 }
 
@@ -1384,8 +1378,7 @@ Status Coordinator::InitDp() {
   return Status::Ok();
 }
 
-Status Coordinator::PlanRoundDp(int edges_selected, int users_selected) {
-  (void)users_selected;
+Status Coordinator::PlanRoundDp(int edges_selected) {
   RoundDp dp;
   dp.enabled = true;
   dp.clip_norm = clip_norm_;

@@ -368,7 +368,7 @@ class Coordinator {
   // each round (clip norm and noise from the budget). REQUIRES: mu_ held
   // for PlanRoundDp.
   Status InitDp();
-  Status PlanRoundDp(int edges_selected, int users_selected);
+  Status PlanRoundDp(int edges_selected);
   // After a round: the accountant, adaptive clipping, the metrics.
   void FinishRoundDp(const std::vector<Pending>& updates, int64_t round,
                      int users_selected, int users_alive, int edges_selected,

@@ -269,8 +269,11 @@ StatusOr<TensorMap> FederationClient::Download(
   return result;
 }
 
-Status FederationClient::Upload(proto::UpdateHeader header,
-                                const TensorMap& tensors, uint64_t* bytes) {
+Status FederationClient::UploadStream(
+    const proto::UpdateHeader& header,
+    const std::function<
+        Status(const std::function<bool(const proto::TensorChunk&)>&)>& tensors,
+    uint64_t* bytes) {
   return WithRetry("UploadUpdate", /*idempotent=*/false, [&]() {
     grpc::ClientContext ctx;
     transport::SetTimeout(
@@ -282,15 +285,13 @@ Status FederationClient::Upload(proto::UpdateHeader header,
     *msg.mutable_header() = header;
     msg.mutable_header()->set_session_id(session());
     uint64_t n = msg.ByteSizeLong();
-    bool ok = writer->Write(msg);
-    if (ok) {
-      Status enc = transport::EncodeTensors(tensors, chunk_bytes_,
-                                            [&](const proto::TensorChunk& c) {
-                                              proto::UploadMessage m;
-                                              *m.mutable_chunk() = c;
-                                              n += m.ByteSizeLong();
-                                              return writer->Write(m);
-                                            });
+    if (writer->Write(msg)) {
+      Status enc = tensors([&](const proto::TensorChunk& c) {
+        proto::UploadMessage m;
+        *m.mutable_chunk() = c;
+        n += m.ByteSizeLong();
+        return writer->Write(m);
+      });
       (void)enc;  // a broken stream shows in Finish()
     }
     writer->WritesDone();
@@ -300,43 +301,26 @@ Status FederationClient::Upload(proto::UpdateHeader header,
   });
 }
 
-}  // namespace worker
-}  // namespace fedpeft
-
-namespace fedpeft {
-namespace worker {
+Status FederationClient::Upload(proto::UpdateHeader header,
+                                const TensorMap& tensors, uint64_t* bytes) {
+  return UploadStream(
+      header,
+      [&](const std::function<bool(const proto::TensorChunk&)>& write) {
+        return transport::EncodeTensors(tensors, chunk_bytes_, write);
+      },
+      bytes);
+}
 
 Status FederationClient::Upload(proto::UpdateHeader header,
                                 const transport::WireTensors& tensors,
                                 const transport::Schema* schema,
                                 uint64_t* bytes) {
-  return WithRetry("UploadUpdate", /*idempotent=*/false, [&]() {
-    grpc::ClientContext ctx;
-    transport::SetTimeout(
-        &ctx,
-        milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
-    proto::UploadReply reply;
-    auto writer = stub_->UploadUpdate(&ctx, &reply);
-    proto::UploadMessage msg;
-    *msg.mutable_header() = header;
-    msg.mutable_header()->set_session_id(session());
-    uint64_t n = msg.ByteSizeLong();
-    bool ok = writer->Write(msg);
-    if (ok) {
-      Status enc = transport::WriteTensors(tensors, chunk_bytes_, schema,
-                                           [&](const proto::TensorChunk& c) {
-                                             proto::UploadMessage m;
-                                             *m.mutable_chunk() = c;
-                                             n += m.ByteSizeLong();
-                                             return writer->Write(m);
-                                           });
-      (void)enc;  // a broken stream shows in Finish()
-    }
-    writer->WritesDone();
-    grpc::Status st = writer->Finish();
-    *bytes = n;
-    return st;
-  });
+  return UploadStream(
+      header,
+      [&](const std::function<bool(const proto::TensorChunk&)>& write) {
+        return transport::WriteTensors(tensors, chunk_bytes_, schema, write);
+      },
+      bytes);
 }
 
 StatusOr<EncodedUpdate> EncodeUpdate(const TensorMap& update,

@@ -98,6 +98,12 @@ class FederationClient {
   size_t max_message_bytes() const { return max_message_bytes_; }
 
  private:
+  // One UploadUpdate call: `header`, then the chunks `tensors` writes.
+  Status UploadStream(
+      const proto::UpdateHeader& header,
+      const std::function<Status(
+          const std::function<bool(const proto::TensorChunk&)>&)>& tensors,
+      uint64_t* bytes);
   template <typename Call>
   Status WithRetry(const std::string& what, bool idempotent, Call call);
   Status RegisterOnce();
