@@ -502,7 +502,7 @@ int RunExport(const Args& args) {
     std::string name = fs::path(tok).extension() == ".model"
                            ? "tokenizer.model"
                            : fs::path(tok).filename().string();
-    auto bytes = ReadFileToString(tok);
+    auto bytes = ReadFileToString(tok, model::kMaxTokenizerFileBytes);
     if (!bytes.ok()) return Fail(cmd, bytes.status());
     s = WriteFileAtomic(JoinPath(out_dir, name), *bytes);
     if (!s.ok()) return Fail(cmd, s);

@@ -33,6 +33,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <thread>
 
 #include "cli/cli_util.h"
@@ -617,7 +618,19 @@ int RunSimulate(const Args& args) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
+      // A field of an unexpected type would throw from value() below.
+      for (const char* k : {"bytes_up", "bytes_down", "round", "answered",
+                            "selected", "dropped", "rank_min", "rank_max"}) {
+        if (j.contains(k) && !j[k].is_number_integer()) {
+          throw std::invalid_argument(k);
+        }
+      }
+      if (j.contains("aggregated") && !j["aggregated"].is_boolean()) {
+        throw std::invalid_argument("aggregated");
+      }
     } catch (...) {
+      FP_LOG_WARN("simulate", "{}: skipping a malformed metrics line",
+                  p.metrics);
       continue;
     }
     auto num = [&](const char* k) {

@@ -58,7 +58,7 @@ StatusOr<YAML::Node> LoadConfigFile(const std::string& path,
                                     const std::vector<std::string>& overrides) {
   std::string text;
   if (!path.empty()) {
-    ASSIGN_OR_RETURN(text, ReadFileToString(path, 16 << 20));
+    ASSIGN_OR_RETURN(text, ReadFileToString(path, kMaxConfigFileBytes));
   }
   return LoadConfigText(text, path, overrides);
 }
@@ -74,6 +74,9 @@ StatusOr<YAML::Node> LoadConfigText(const std::string& text,
       return Status::InvalidArgument(
           "config '" + source + "' line " + std::to_string(e.mark.line + 1) +
           ", column " + std::to_string(e.mark.column + 1) + ": " + e.msg);
+    } catch (const std::exception& e) {  // other YAML::Exception, bad_alloc
+      return Status::InvalidArgument("config '" + source +
+                                     "': cannot be loaded: " + e.what());
     }
     if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
     if (!root.IsMap()) {

@@ -43,7 +43,15 @@ namespace fedpeft {
 // as YAML (so "[q_proj, v_proj]" is a list and "3" an integer).
 Status ApplyOverride(YAML::Node& root, const std::string& assignment);
 
+// Largest config file read: YAML configs and allowlists, and the JSON
+// configs of models and adapters (config.json, model.safetensors.index.json,
+// adapter_config.json). The largest real ones are ~100 KB (the shard index
+// of a 405B model); yaml-cpp's node tree costs tens of bytes per input byte,
+// so 16 MiB is generous headroom and still a bounded cost.
+inline constexpr uint64_t kMaxConfigFileBytes = 16ull << 20;
+
 // Loads `path` (an empty path gives an empty map) and applies `overrides`.
+// A file larger than kMaxConfigFileBytes is refused unread.
 StatusOr<YAML::Node> LoadConfigFile(const std::string& path,
                                     const std::vector<std::string>& overrides);
 

@@ -7,39 +7,69 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <random>
-#include <sstream>
 
 namespace fedpeft {
 namespace fs = std::filesystem;
 
 StatusOr<std::string> ReadFileToString(const std::string& path,
                                        uint64_t max_bytes) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) {
-    return Status::NotFound("file '" + path + "' does not exist");
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
+  // below); regular files ignore the flag.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return Status::NotFound("file '" + path + "' does not exist");
+    }
+    return Status::IoError("cannot open '" + path +
+                           "': " + std::strerror(errno));
   }
-  if (fs::is_directory(path, ec)) {
+  // Everything below reads the file that was opened, not the path again.
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return Status::IoError("cannot stat '" + path +
+                           "': " + std::strerror(errno));
+  }
+  if (S_ISDIR(st.st_mode)) {
     return Status::InvalidArgument("'" + path +
                                    "' is a directory, expected a file");
   }
-  uint64_t size = fs::file_size(path, ec);
-  if (ec) return Status::IoError("file '" + path + "': " + ec.message());
+  if (!S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument(
+        "'" + path + "' is not a regular file (a FIFO, socket or device), " +
+        "expected a file");
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size > max_bytes) {
     return Status::InvalidArgument(
         "file '" + path + "' is " + std::to_string(size) +
         " bytes, more than the limit of " + std::to_string(max_bytes));
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return Status::IoError("cannot open '" + path +
-                           "': " + std::strerror(errno));
+  std::string data;
+  try {
+    data.resize(size);
+  } catch (const std::exception& e) {  // bad_alloc, length_error
+    return Status::Internal("cannot allocate " + std::to_string(size) +
+                            " bytes to read '" + path + "': " + e.what());
   }
-  std::string data(size, '\0');
-  in.read(data.data(), static_cast<std::streamsize>(size));
-  if (static_cast<uint64_t>(in.gcount()) != size) {
-    return Status::IoError("short read of '" + path + "'");
+  size_t got = 0;
+  while (got < size) {
+    ssize_t n = ::read(fd, data.data() + got, size - got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::IoError("read of '" + path + "': " + std::strerror(errno));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got != size) {
+    return Status::IoError(
+        "short read of '" + path + "': " + std::to_string(got) + " of " +
+        std::to_string(size) + " bytes (did the file shrink while read?)");
   }
   return data;
 }

@@ -11,10 +11,18 @@
 
 namespace fedpeft {
 
-// Reads a whole file. Fails with NotFound/IoError naming `path`; refuses
-// files larger than `max_bytes`.
-StatusOr<std::string> ReadFileToString(const std::string& path,
-                                       uint64_t max_bytes = 1ull << 34);
+// Cap of ReadFileToString when the caller names none. Readers of files
+// from outside pass the cap of their kind instead (kMaxConfigFileBytes,
+// kMaxPemFileBytes, model::kMaxTokenizerFileBytes, ...); files too big to
+// hold in memory (model weights) are mapped, not read (model::MappedFile).
+inline constexpr uint64_t kDefaultMaxFileBytes = 1ull << 30;  // 1 GiB
+
+// Reads a whole regular file. Fails with NotFound/IoError naming `path`;
+// InvalidArgument for a directory, a FIFO or a device (never blocks on a
+// FIFO), and for a file larger than `max_bytes` -- naming the path, its size
+// and the limit -- before anything is allocated.
+StatusOr<std::string> ReadFileToString(
+    const std::string& path, uint64_t max_bytes = kDefaultMaxFileBytes);
 
 // Writes `data` to `path` atomically: a temp file beside it, fsync, rename,
 // fsync of the directory. Readers see the old or the new file, never a torn

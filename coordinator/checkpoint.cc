@@ -17,6 +17,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// state.json: a few fields, the adapter config and per-module loop state
+// (freezing EMAs, ranks): kilobytes for real federations.
+constexpr uint64_t kMaxStateFileBytes = 64ull << 20;
+// LATEST: one round folder name.
+constexpr uint64_t kMaxLatestFileBytes = 4096;
+
 std::string RoundFolderName(int64_t round) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "round-%06lld",
@@ -110,7 +116,8 @@ Status SaveCheckpoint(const std::string& dir, const Checkpoint& ckpt,
 
 StatusOr<Checkpoint> LoadCheckpointFolder(const std::string& folder) {
   const std::string state_path = JoinPath(folder, "state.json");
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(state_path, 64 << 20));
+  ASSIGN_OR_RETURN(std::string text,
+                   ReadFileToString(state_path, kMaxStateFileBytes));
   nlohmann::json state;
   try {
     state = nlohmann::json::parse(text);
@@ -159,7 +166,8 @@ StatusOr<Checkpoint> LoadLatestCheckpoint(const std::string& dir) {
   if (!PathExists(latest)) {
     return Status::NotFound("no checkpoint in '" + dir + "'");
   }
-  ASSIGN_OR_RETURN(std::string name, ReadFileToString(latest, 4096));
+  ASSIGN_OR_RETURN(std::string name,
+                   ReadFileToString(latest, kMaxLatestFileBytes));
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) {
     name.pop_back();
   }

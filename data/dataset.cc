@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -444,20 +445,37 @@ StatusOr<std::vector<Record>> LoadRecords(const DataOptions& options) {
     return Status::InvalidArgument("data.max_records: must be >= 0, got " +
                                    std::to_string(options.max_records));
   }
-  ASSIGN_OR_RETURN(std::string content, ReadFileToString(options.path));
+  std::error_code ec;
+  const uint64_t size = std::filesystem::file_size(options.path, ec);
+  if (!ec && size > kMaxDataFileBytes) {
+    return Status::InvalidArgument(
+        "data file '" + options.path + "' is " + std::to_string(size) +
+        " bytes, more than the limit of " + std::to_string(kMaxDataFileBytes) +
+        " (records and tokens are held in memory); hint: split the corpus "
+        "into one file per worker");
+  }
+  StatusOr<std::string> read =
+      ReadFileToString(options.path, kMaxDataFileBytes);
+  if (!read.ok()) return read.status().WithContext("data.path");
+  const std::string& content = *read;
   const std::string format = ResolveFormat(options, content);
   std::vector<Record> records;
-  if (format == "jsonl") {
-    RETURN_IF_ERROR(
-        ParseJsonl(options.path, content, options.max_records, &records));
-  } else if (format == "json") {
-    RETURN_IF_ERROR(
-        ParseJsonArray(options.path, content, options.max_records, &records));
-  } else if (format == "shakespeare") {
-    RETURN_IF_ERROR(
-        ParseShakespeare(options.path, content, options.max_records, &records));
-  } else {
-    ParseText(content, options.max_records, &records);
+  try {
+    if (format == "jsonl") {
+      RETURN_IF_ERROR(
+          ParseJsonl(options.path, content, options.max_records, &records));
+    } else if (format == "json") {
+      RETURN_IF_ERROR(
+          ParseJsonArray(options.path, content, options.max_records, &records));
+    } else if (format == "shakespeare") {
+      RETURN_IF_ERROR(ParseShakespeare(options.path, content,
+                                       options.max_records, &records));
+    } else {
+      ParseText(content, options.max_records, &records);
+    }
+  } catch (const std::exception& e) {  // bad_alloc on a huge parse tree
+    return Status::Internal("data file '" + options.path + "' (format " +
+                            format + "): " + e.what());
   }
   if (records.empty()) {
     return Status::InvalidArgument("data file '" + options.path + "' (format " +

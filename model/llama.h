@@ -37,6 +37,14 @@ using TensorMap = std::map<std::string, torch::Tensor>;
 
 namespace model {
 
+// Longest context a model config may declare (max_position_embeddings, or
+// llama2.c's seq_len). LlamaModel allocates rotary tables for the whole
+// context from this field alone, before any input: [max_seq_len, head_dim]
+// cos and sin, 1 GiB in float32 at 2^20 positions and head_dim 128. 2^20
+// covers the longest-context Llama-family models supported (Qwen2.5-1M:
+// 1,010,000).
+inline constexpr int64_t kMaxModelSeqLen = int64_t{1} << 20;
+
 // Hyperparameters of a Llama-family model.
 struct LlamaConfig {
   int64_t dim = 0;         // hidden_size
@@ -57,7 +65,8 @@ struct LlamaConfig {
   int64_t kv_dim() const { return n_kv_heads * head_dim(); }
 
   // Every field in range and consistent (dim % n_heads == 0,
-  // n_heads % n_kv_heads == 0, even head_dim); names the field otherwise.
+  // n_heads % n_kv_heads == 0, even head_dim, max_seq_len <=
+  // kMaxModelSeqLen); names the field otherwise.
   Status Validate() const;
 
   // From a Hugging Face config.json (model_type llama/mistral/qwen2);

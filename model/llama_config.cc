@@ -154,6 +154,12 @@ Status LlamaConfig::Validate() const {
   positive("n_kv_heads", n_kv_heads);
   positive("vocab_size", vocab_size);
   positive("max_seq_len", max_seq_len);
+  if (max_seq_len > kMaxModelSeqLen) {
+    errors.push_back(
+        "max_seq_len: must be <= " + std::to_string(kMaxModelSeqLen) +
+        " (the rotary tables " + "are allocated for the whole context), got " +
+        std::to_string(max_seq_len));
+  }
   if (!(norm_eps > 0.0)) {
     errors.push_back("norm_eps: must be > 0, got " + std::to_string(norm_eps));
   }

@@ -6,8 +6,10 @@
 #include <utility>
 #include <vector>
 
+#include "common/config.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "model/llama_internal.h"
 #include "model/safetensors.h"
 
 namespace fedpeft {
@@ -57,7 +59,8 @@ std::string JoinErrors(const std::vector<std::string>& errors,
 }
 
 StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, 64ull << 20));
+  ASSIGN_OR_RETURN(std::string text,
+                   ReadFileToString(path, kMaxConfigFileBytes));
   nlohmann::json j = nlohmann::json::parse(text, /*cb=*/nullptr,
                                            /*allow_exceptions=*/false);
   if (j.is_discarded()) {
@@ -223,6 +226,18 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
                                   shard_paths[s]);
       }
     }
+  }
+  // Every layer is at least two norms and the seven projections: a layer
+  // count the shards cannot hold is refused before anything is sized from
+  // it (the expected shapes below are built per layer).
+  constexpr int64_t kTensorsPerLayer = 2 + internal::kNumProjections;
+  if (config.n_layers > static_cast<int64_t>(found.size()) / kTensorsPerLayer) {
+    return Status::InvalidArgument(
+        config_path + ": num_hidden_layers is " +
+        std::to_string(config.n_layers) + ", but the weights hold " +
+        std::to_string(found.size()) + " tensors, fewer than the " +
+        std::to_string(kTensorsPerLayer) +
+        " per layer that needs (maybe wrong base model?)");
   }
   for (const auto& [name, shard] : weight_map) {
     auto it = found.find(name);

@@ -11,7 +11,11 @@
 //    same logits.
 //
 // Every check happens before allocation: file size against the header,
-// shapes against the config, with a hint ("maybe wrong base model?").
+// the layer count and shapes against the tensors present, with a hint
+// ("maybe wrong base model?"). config.json and the shard index are JSON
+// read whole up to kMaxConfigFileBytes; weights are memory-mapped
+// (MappedFile), with no size cap, and every size in them is checked
+// against the file's length.
 //
 // Thread-safety: free functions.
 #ifndef FEDPEFT_MODEL_LOADER_H_

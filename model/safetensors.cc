@@ -402,11 +402,13 @@ Status WriteSafetensors(const std::string& path, const TensorMap& tensors,
 
 StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     const std::string& path) {
-  if (!PathExists(path)) {
-    return Status::NotFound("file '" + path + "' does not exist");
-  }
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
+  // below); regular files ignore the flag.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return Status::NotFound("file '" + path + "' does not exist");
+    }
     return Status::IoError("cannot open '" + path +
                            "': " + std::strerror(errno));
   }
@@ -416,10 +418,14 @@ StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     ::close(fd);
     return Status::IoError("cannot stat '" + path + "': " + err);
   }
-  if (S_ISDIR(st.st_mode)) {
+  if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return Status::InvalidArgument("'" + path +
-                                   "' is a directory, expected a file");
+    return Status::InvalidArgument(
+        "'" + path + "' is " +
+        (S_ISDIR(st.st_mode)
+             ? "a directory"
+             : "not a regular file (a FIFO, socket or device)") +
+        ", expected a file");
   }
   size_t size = static_cast<size_t>(st.st_size);
   void* data = nullptr;

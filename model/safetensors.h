@@ -66,8 +66,14 @@ torch::Tensor CopySafetensorsEntry(std::string_view bytes,
                                    const SafetensorsHeader& header,
                                    const SafetensorsEntry& entry);
 
-// A read-only memory mapping of a whole file (no copy until tensors are
-// materialized). Non-copyable; unmaps on destruction.
+// A read-only memory mapping of a whole regular file (no copy until tensors
+// are materialized): how files too big to read into memory (model weights,
+// GBs) are read, with no size cap; every size the file's own fields give is
+// checked against bytes().size() before anything is allocated from it.
+// Directories, FIFOs and devices are refused (InvalidArgument) without
+// blocking. The file must not be truncated while mapped (SIGBUS); writers
+// replace files by rename (WriteFileAtomic), which keeps the mapped inode
+// intact. Non-copyable; unmaps on destruction.
 class MappedFile {
  public:
   static StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path);

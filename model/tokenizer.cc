@@ -408,6 +408,13 @@ class WireReader {
   const char* end_;
 };
 
+// A tokenizer file, refused unread beyond kMaxTokenizerFileBytes.
+StatusOr<std::string> ReadTokenizerFile(const std::string& path) {
+  StatusOr<std::string> data = ReadFileToString(path, kMaxTokenizerFileBytes);
+  if (!data.ok()) return data.status().WithContext("tokenizer");
+  return data;
+}
+
 // Reads an int32 proto field (negative values arrive as 64-bit varints).
 bool ReadInt32(WireReader& in, int64_t* out) {
   uint64_t v = 0;
@@ -418,7 +425,7 @@ bool ReadInt32(WireReader& in, int64_t* out) {
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
     const std::string& path) {
-  ASSIGN_OR_RETURN(std::string data, ReadFileToString(path, 1ull << 30));
+  ASSIGN_OR_RETURN(std::string data, ReadTokenizerFile(path));
   auto corrupt = [&path](const std::string& what) {
     return Status::Corruption("tokenizer '" + path +
                               "': not a valid SentencePiece model: " + what);
@@ -458,6 +465,10 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
         } else if (!in.Skip(w)) {
           return corrupt("truncated piece field " + std::to_string(f));
         }
+      }
+      if (static_cast<int64_t>(vocab.pieces.size()) >= kMaxTokenizerPieces) {
+        return corrupt("more than the limit of " +
+                       std::to_string(kMaxTokenizerPieces) + " pieces");
       }
       if (type < 1 || type > 6) {
         return corrupt("piece " + std::to_string(vocab.pieces.size()) +
@@ -545,7 +556,7 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2c(const std::string& path,
         std::to_string(vocab_size) +
         "; hint: load the model first and pass its vocab_size");
   }
-  ASSIGN_OR_RETURN(std::string data, ReadFileToString(path, 1ull << 30));
+  ASSIGN_OR_RETURN(std::string data, ReadTokenizerFile(path));
   auto corrupt = [&path](const std::string& what) {
     return Status::Corruption("tokenizer '" + path +
                               "' (llama2.c format): " + what);
@@ -575,6 +586,11 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2c(const std::string& path,
                    std::to_string(vocab_size) +
                    " tokens (8 bytes each at least); hint: wrong tokenizer "
                    "for this model?");
+  }
+  if (vocab_size > kMaxTokenizerPieces) {
+    return corrupt("the model's vocabulary of " + std::to_string(vocab_size) +
+                   " tokens is more than the limit of " +
+                   std::to_string(kMaxTokenizerPieces) + " pieces");
   }
   BpeVocab vocab;
   vocab.pieces.reserve(vocab_size);

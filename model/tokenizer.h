@@ -25,6 +25,18 @@
 namespace fedpeft {
 namespace model {
 
+// Largest tokenizer file read (tokenizer.model, tok<N>.bin); larger ones
+// are refused unread, naming the size and this limit. The biggest
+// SentencePiece models in use (262,144 pieces) are ~4 MB, llama2.c's
+// tok32000.bin ~0.5 MB.
+inline constexpr uint64_t kMaxTokenizerFileBytes = 64ull << 20;
+
+// Most pieces a tokenizer may hold. A piece costs ~100 bytes in memory
+// (string, score, kind, lookup entry) for as little as 2 bytes of file, so a
+// 64 MiB file of empty pieces would cost GBs; 2^21 is eight times the
+// largest vocabularies in use.
+inline constexpr int64_t kMaxTokenizerPieces = int64_t{1} << 21;
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;

@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/config.h"
 #include "common/file_util.h"
 #include "model/safetensors.h"
 #include "peft/bottleneck.h"
@@ -438,6 +439,56 @@ StatusOr<PeftOptions> ParseAdapterConfig(const std::string& json_text,
   return options;
 }
 
+// The number of adapter parameters PeftModel::Create(base, options)
+// allocates, computed without allocating (saturating at 2^64 - 1).
+// REQUIRES: ValidatePeftOptions(options, base.config.n_layers) passed.
+StatusOr<uint64_t> RequestedParameters(const PeftOptions& options,
+                                       const model::LlamaWeights& base,
+                                       const std::string& what) {
+  using U128 = unsigned __int128;
+  const model::LlamaConfig& c = base.config;
+  const bool lora = options.method == "lora";
+  const std::vector<int>& chosen = lora
+                                       ? options.lora.layers_to_transform
+                                       : options.bottleneck.layers_to_transform;
+  std::vector<int64_t> layers(chosen.begin(), chosen.end());
+  if (layers.empty()) {
+    for (int64_t l = 0; l < c.n_layers; ++l) layers.push_back(l);
+  }
+  U128 total = 0;
+  try {
+    for (int64_t layer : layers) {
+      const std::string prefix = "model.layers." + std::to_string(layer);
+      if (lora) {
+        for (const std::string& proj : model::ProjectionNames()) {
+          const auto& targets = options.lora.target_modules;
+          if (std::find(targets.begin(), targets.end(), proj) ==
+              targets.end()) {
+            continue;
+          }
+          const std::string path =
+              prefix + "." + model::ProjectionParent(proj) + "." + proj;
+          const torch::Tensor& w = base.Get(path + ".weight");
+          // A [r, in], B [out, r].
+          total += U128(RankFor(options.lora, path)) *
+                   (U128(w.size(0)) + U128(w.size(1)));
+        }
+      } else {
+        const U128 b = options.bottleneck.bottleneck_dim;
+        const U128 dim = c.dim;
+        // down [b, dim] + [b], up [dim, b] + [dim], per place.
+        total +=
+            U128(options.bottleneck.places.size()) * (2 * b * dim + b + dim);
+      }
+    }
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(what + ": " + e.what() +
+                                   " (maybe wrong base model?)");
+  }
+  const U128 max = ~uint64_t{0};
+  return static_cast<uint64_t>(total > max ? max : total);
+}
+
 }  // namespace
 
 nlohmann::json AdapterConfigToJson(const PeftOptions& options,
@@ -492,7 +543,8 @@ StatusOr<SavedAdapter> LoadAdapter(const std::string& dir) {
                             "with " +
                             kConfigFile + " and " + kWeightsFile + ")");
   }
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(config_path, 16 << 20));
+  ASSIGN_OR_RETURN(std::string text,
+                   ReadFileToString(config_path, kMaxConfigFileBytes));
   SavedAdapter saved;
   ASSIGN_OR_RETURN(saved.options,
                    ParseAdapterConfig(text, config_path, &saved.base_model));
@@ -511,7 +563,12 @@ StatusOr<SavedAdapter> LoadAdapter(const std::string& dir) {
           "': expected a float dtype, got " +
           std::string(c10::toString(t.scalar_type())));
     }
-    saved.tensors[key] = t.to(torch::kFloat32);
+    try {
+      saved.tensors[key] = t.to(torch::kFloat32);
+    } catch (const std::exception& e) {
+      return Status::Internal(weights_path + ": tensor '" + key +
+                              "': " + e.what());
+    }
   }
   if (saved.tensors.empty()) {
     return Status::InvalidArgument(weights_path + ": holds no tensors");
@@ -554,6 +611,27 @@ StatusOr<std::unique_ptr<PeftModel>> LoadPeftModel(
           "' has " + std::to_string(base->config.n_layers) +
           " layers (maybe wrong base model?)");
     }
+  }
+  // PeftModel::Create allocates what adapter_config.json asks for (ranks,
+  // modules, layers) over the base; it must not ask for more parameters
+  // than adapter_model.safetensors holds, or a hostile r would size the
+  // allocation.
+  RETURN_IF_ERROR(ValidatePeftOptions(saved.options, base->config.n_layers)
+                      .WithContext(what + ": " + kConfigFile +
+                                   " (maybe wrong base model?)"));
+  ASSIGN_OR_RETURN(uint64_t requested,
+                   RequestedParameters(saved.options, *base, what));
+  uint64_t held = 0;
+  for (const auto& kv : saved.tensors) {
+    held += static_cast<uint64_t>(kv.second.numel());
+  }
+  if (requested > held) {
+    return Status::InvalidArgument(
+        what + ": " + kConfigFile + " asks for " + std::to_string(requested) +
+        " adapter parameters over the base model '" + base->source +
+        "' (r / rank_pattern / bottleneck_dim, target modules, layers), but " +
+        kWeightsFile + " holds " + std::to_string(held) +
+        " (maybe wrong base model?)");
   }
   auto created = PeftModel::Create(base, saved.options, /*seed=*/0);
   if (!created.ok()) {

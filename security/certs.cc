@@ -74,7 +74,7 @@ Status Ssl(const std::string& what) {
 }
 
 StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
-  StatusOr<std::string> text = ReadFileToString(path, 1 << 20);
+  StatusOr<std::string> text = ReadFileToString(path, kMaxPemFileBytes);
   if (!text.ok()) {
     return text.status().WithContext(std::string(what) + " '" + path + "'");
   }

@@ -29,6 +29,11 @@
 namespace fedpeft {
 namespace security {
 
+// Largest PEM file read (certificate, key, CA bundle); larger ones are
+// refused unread, naming the size and this limit. A certificate or key is
+// 1-3 KB, a whole public CA bundle ~220 KB.
+inline constexpr uint64_t kMaxPemFileBytes = 1ull << 20;
+
 enum class CertRole { kCoordinator, kEdge, kWorker };
 
 // "coordinator" | "edge" | "worker"; InvalidArgument naming the value

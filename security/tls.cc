@@ -15,7 +15,7 @@ namespace {
 // A PEM file named by tls.<key>; errors name both.
 StatusOr<std::string> ReadTlsFile(const std::string& key,
                                   const std::string& path) {
-  StatusOr<std::string> text = ReadFileToString(path, 1 << 20);
+  StatusOr<std::string> text = ReadFileToString(path, kMaxPemFileBytes);
   if (!text.ok()) {
     return Status::InvalidArgument(
         "tls." + key + ": cannot read '" + path + "' (" +

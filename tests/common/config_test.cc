@@ -2,6 +2,10 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 namespace fedpeft {
 namespace {
@@ -164,6 +168,25 @@ TEST(ConfigTest, LoadConfigFileMissing) {
   ASSERT_FALSE(root.ok());
   EXPECT_EQ(root.status().code(), StatusCode::kNotFound);
   EXPECT_THAT(root.status().message(), HasSubstr("/nonexistent/x.yaml"));
+}
+
+TEST(ConfigTest, LoadConfigFileRefusesOversizeFileUnread) {
+  namespace fs = std::filesystem;
+  const std::string path =
+      (fs::temp_directory_path() /
+       ("fedpeft_cfg_big_" + std::to_string(::getpid()) + ".yaml"))
+          .string();
+  { std::ofstream(path) << "a: 1\n"; }
+  fs::resize_file(path, kMaxConfigFileBytes + 1);  // a hole, no disk
+  auto root = LoadConfigFile(path, {});
+  fs::remove(path);
+  ASSERT_FALSE(root.ok());
+  EXPECT_EQ(root.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(root.status().message(), HasSubstr(path));
+  EXPECT_THAT(root.status().message(),
+              HasSubstr(std::to_string(kMaxConfigFileBytes + 1) +
+                        " bytes, more than the limit of " +
+                        std::to_string(kMaxConfigFileBytes)));
 }
 
 }  // namespace

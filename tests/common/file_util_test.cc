@@ -1,9 +1,13 @@
 #include "common/file_util.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 namespace fedpeft {
 namespace {
@@ -54,6 +58,40 @@ TEST_F(FileUtilTest, ReadRespectsLimitAndNamesFile) {
   EXPECT_THAT(r.status().message(), ::testing::HasSubstr("limit"));
   EXPECT_EQ(ReadFileToString(dir_.string()).status().code(),
             StatusCode::kInvalidArgument);
+}
+
+// A file of `size` bytes that occupies no disk (a hole): caps are tested at
+// their real values without writing gigabytes.
+void MakeSparseFile(const std::string& path, uint64_t size) {
+  { std::ofstream(path, std::ios::binary).put('x'); }
+  fs::resize_file(path, size);
+}
+
+TEST_F(FileUtilTest, DefaultCapRefusesHugeFileUnread) {
+  std::string path = (dir_ / "huge").string();
+  MakeSparseFile(path, kDefaultMaxFileBytes + 1);
+  auto r = ReadFileToString(path);
+  ASSERT_FALSE(r.ok()) << "read " << r.value().size() << " bytes";
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), ::testing::HasSubstr(path));
+  EXPECT_THAT(r.status().message(),
+              ::testing::HasSubstr(std::to_string(kDefaultMaxFileBytes + 1)));
+  EXPECT_THAT(r.status().message(),
+              ::testing::HasSubstr(std::to_string(kDefaultMaxFileBytes)));
+}
+
+TEST_F(FileUtilTest, ReadRefusesFifoWithoutBlocking) {
+  std::string path = (dir_ / "fifo").string();
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  // No writer: an open without O_NONBLOCK would wait forever.
+  auto r = ReadFileToString(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument)
+      << r.status().ToString();
+  EXPECT_THAT(r.status().message(), ::testing::HasSubstr(path));
+  EXPECT_THAT(r.status().message(), ::testing::HasSubstr("not a regular file"));
+  EXPECT_EQ(ReadFileToString((dir_ / "absent").string()).status().code(),
+            StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -274,6 +274,23 @@ TEST_F(DatasetTest, EmptyFileIsAnError) {
   EXPECT_EQ(not_found.status().code(), StatusCode::kNotFound);
 }
 
+TEST_F(DatasetTest, OversizeFileIsRefusedUnread) {
+  DataOptions options;
+  options.path = Write("huge.txt", "First Citizen:\n");
+  fs::resize_file(options.path, kMaxDataFileBytes + 1);  // a hole, no disk
+  auto records = LoadRecords(options);
+  ASSERT_FALSE(records.ok()) << records.value().size() << " records";
+  EXPECT_EQ(records.status().code(), StatusCode::kInvalidArgument);
+  const std::string& message = records.status().message();
+  EXPECT_NE(message.find(options.path), std::string::npos) << message;
+  EXPECT_NE(message.find(std::to_string(kMaxDataFileBytes + 1) +
+                         " bytes, more than the limit of " +
+                         std::to_string(kMaxDataFileBytes)),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("hint:"), std::string::npos) << message;
+}
+
 TEST_F(DatasetTest, InstructionLossMasking) {
   Record record;
   record.prompt = "### Instruction:\nName a color.\n\n### Response:\n";

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/config.h"
 #include "common/file_util.h"
 #include "model/generate.h"
 #include "model/loader.h"
@@ -410,6 +411,60 @@ TEST(LlamaTest, UnsupportedArchitectureNamesTheKey) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("my/config.json"));
   EXPECT_THAT(r.status().message(), HasSubstr("'num_hidden_layers'"));
+}
+
+// The shipped config.json with `key` set to `value`.
+std::string ShippedConfigWith(const std::string& key,
+                              const nlohmann::json& value) {
+  auto text = ReadFileToString(kHfDir + "/config.json");
+  EXPECT_TRUE(text.ok());
+  nlohmann::json j = nlohmann::json::parse(text.ok() ? *text : "{}");
+  j[key] = value;
+  return j.dump();
+}
+
+TEST(LlamaTest, HfLayerCountTheWeightsCannotHoldIsRefusedBeforeSizing) {
+  // Every per-layer name and shape would be built from this count first.
+  TempDir dir;
+  WriteHfFolder(dir, ShippedTensors(),
+                ShippedConfigWith("num_hidden_layers", 1'000'000'000'000));
+  auto r = LoadHfModel(dir.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr(dir.File("config.json")));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("num_hidden_layers is 1000000000000, but the weights "
+                        "hold 47 tensors, fewer than the 9 per layer"));
+  EXPECT_THAT(r.status().message(), HasSubstr("maybe wrong base model?"));
+}
+
+TEST(LlamaTest, HfContextBeyondTheLimitIsRefused) {
+  // LlamaModel would allocate rotary tables for the whole context.
+  TempDir dir;
+  WriteHfFolder(dir, ShippedTensors(),
+                ShippedConfigWith("max_position_embeddings", int64_t{1} << 40));
+  auto r = LoadHfModel(dir.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr(dir.File("config.json")));
+  EXPECT_THAT(r.status().message(), HasSubstr("max_seq_len: must be <= " +
+                                              std::to_string(kMaxModelSeqLen)));
+  EXPECT_THAT(r.status().message(), HasSubstr("got 1099511627776"));
+}
+
+TEST(LlamaTest, HfOversizeConfigIsRefusedUnread) {
+  TempDir dir;
+  WriteHfFolder(dir, ShippedTensors());
+  std::filesystem::resize_file(dir.File("config.json"),
+                               kMaxConfigFileBytes + 1);  // a hole, no disk
+  auto r = LoadHfModel(dir.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr(dir.File("config.json") + "' is " +
+                        std::to_string(kMaxConfigFileBytes + 1) +
+                        " bytes, more than the limit of " +
+                        std::to_string(kMaxConfigFileBytes)));
 }
 
 TEST(LlamaTest, F16AndBf16FoldersLoadCloseToF32) {

@@ -1,7 +1,9 @@
 #include "model/safetensors.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -206,6 +208,30 @@ TEST(SafetensorsTest, ReadMissingFileIsNotFound) {
   EXPECT_EQ(result.status().code(), StatusCode::kNotFound);
   EXPECT_THAT(result.status().message(),
               HasSubstr("/nonexistent/model.safetensors"));
+}
+
+TEST(SafetensorsTest, FifoOrDirectoryIsRefusedWithoutBlocking) {
+  const std::string dir =
+      ::testing::TempDir() + "/fedpeft_st_fifo_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string fifo = dir + "/model.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // A writer end, so that even a blocking open returns.
+  const int writer = ::open(fifo.c_str(), O_RDWR | O_NONBLOCK);
+  ASSERT_GE(writer, 0);
+  auto result = ReadSafetensors(fifo);
+  ::close(writer);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument)
+      << result.status().ToString();
+  EXPECT_THAT(result.status().message(), HasSubstr(fifo));
+  EXPECT_THAT(result.status().message(), HasSubstr("not a regular file"));
+
+  auto on_dir = MappedFile::Open(dir);
+  ASSERT_FALSE(on_dir.ok());
+  EXPECT_EQ(on_dir.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(on_dir.status().message(), HasSubstr("is a directory"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(SafetensorsTest, ShippedModelHasExpectedTensors) {

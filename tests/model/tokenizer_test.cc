@@ -312,6 +312,73 @@ TEST(TokenizerTest, RejectsCorruptLlama2c) {
   EXPECT_NE(unknown.status().message().find("vocab.txt"), std::string::npos);
 }
 
+// A file of `size` bytes starting with `head`, the rest a hole (zeros that
+// take no disk).
+void WriteSparse(const std::string& path, const std::string& head,
+                 uint64_t size) {
+  WriteBytes(path, head);
+  fs::resize_file(path, size);
+}
+
+TEST(TokenizerTest, RefusesOversizeFileUnread) {
+  TempDir dir;
+  for (const char* name : {"huge.model", "huge.bin"}) {
+    const std::string path = dir.File(name);
+    WriteSparse(path, std::string("\x01\0\0\0", 4), kMaxTokenizerFileBytes + 1);
+    auto tok = LoadTokenizer(path, 512);
+    ASSERT_FALSE(tok.ok()) << path;
+    EXPECT_EQ(tok.status().code(), StatusCode::kInvalidArgument)
+        << tok.status().ToString();
+    const std::string& message = tok.status().message();
+    EXPECT_NE(message.find("tokenizer: file '" + path + "' is " +
+                           std::to_string(kMaxTokenizerFileBytes + 1) +
+                           " bytes, more than the limit of " +
+                           std::to_string(kMaxTokenizerFileBytes)),
+              std::string::npos)
+        << message;
+  }
+}
+
+TEST(TokenizerTest, RefusesMorePiecesThanTheLimit) {
+  TempDir dir;
+  // SentencePiece: kMaxTokenizerPieces + 1 empty pieces, 2 bytes each
+  // (field 1, length 0), ~100 bytes each in memory.
+  std::string sp;
+  for (int64_t i = 0; i <= kMaxTokenizerPieces; ++i) {
+    sp.push_back('\x0A');
+    sp.push_back('\0');
+  }
+  const std::string model = dir.File("many.model");
+  WriteBytes(model, sp);
+  auto tok = LoadTokenizer(model);
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), StatusCode::kCorruption)
+      << tok.status().ToString();
+  EXPECT_NE(tok.status().message().find(model), std::string::npos);
+  EXPECT_NE(tok.status().message().find("more than the limit of " +
+                                        std::to_string(kMaxTokenizerPieces) +
+                                        " pieces"),
+            std::string::npos)
+      << tok.status().ToString();
+
+  // llama2.c: max_token_length 1, then kMaxTokenizerPieces + 1 tokens of
+  // score 0 and length 0 (a well-formed file) for a model that claims that
+  // vocabulary.
+  const std::string bin = dir.File("many.bin");
+  WriteSparse(bin, std::string("\x01\0\0\0", 4),
+              4 + 8 * static_cast<uint64_t>(kMaxTokenizerPieces + 1));
+  auto tok2 = LoadTokenizer(bin, kMaxTokenizerPieces + 1);
+  ASSERT_FALSE(tok2.ok());
+  EXPECT_EQ(tok2.status().code(), StatusCode::kCorruption)
+      << tok2.status().ToString();
+  EXPECT_NE(tok2.status().message().find(
+                "vocabulary of " + std::to_string(kMaxTokenizerPieces + 1) +
+                " tokens is more than the limit of " +
+                std::to_string(kMaxTokenizerPieces) + " pieces"),
+            std::string::npos)
+      << tok2.status().ToString();
+}
+
 }  // namespace
 }  // namespace model
 }  // namespace fedpeft

@@ -606,6 +606,58 @@ TEST_F(PeftIoRejectTest, ModuleNotInTargets) {
                                      "list (target_modules: q_proj)"));
 }
 
+TEST_F(PeftIoRejectTest, RankTheFileDoesNotHoldIsRefusedBeforeAllocating) {
+  // The file holds layer 2's q_proj at rank 8 (as rank_pattern says); r
+  // asks every other layer for rank 2^30: [2^30, 64] floats per A, which
+  // PeftModel::Create would allocate before any shape check.
+  config_["r"] = 1 << 30;
+  config_["rank_pattern"] = {{"model.layers.2.self_attn.q_proj", 8}};
+  config_["layers_to_transform"] = nullptr;
+  TensorMap one = {{a_, tensors_.at(a_)}, {b_, tensors_.at(b_)}};
+  WriteTensors(one);
+  WriteText(dir_ + "/adapter_config.json", config_.dump());
+  auto r = LoadPeftModel(base(), dir_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument)
+      << r.status().ToString();
+  // 4 layers * 2^30 * (64 + 64) + 8 * (64 + 64), against the 1024 held.
+  const uint64_t asked = 4ull * (1ull << 30) * 128 + 8 * 128;
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("adapter_config.json asks for " +
+                        std::to_string(asked) + " adapter parameters"));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("adapter_model.safetensors holds 1024"));
+  EXPECT_THAT(r.status().message(), HasSubstr("maybe wrong base model?"));
+
+  // Bottleneck: bottleneck_dim from the config sizes every adapter too.
+  auto m = Make(BottleneckOpts(8));
+  ASSERT_NE(m, nullptr);
+  TensorMap bottleneck = m->AdapterTensors();
+  const std::string bdir = TempDir("bottleneck");
+  PeftOptions one_layer = BottleneckOpts(8);
+  one_layer.bottleneck.layers_to_transform = {0};
+  TensorMap layer0;
+  for (const auto& [key, t] : bottleneck) {
+    if (key.find(".layers.0.") != std::string::npos) layer0[key] = t;
+  }
+  ASSERT_TRUE(SaveAdapter(bdir, one_layer, layer0, "x").ok());
+  nlohmann::json bconfig = ReadJson(bdir + "/adapter_config.json");
+  bconfig["bottleneck_dim"] = 1 << 30;
+  WriteText(bdir + "/adapter_config.json", bconfig.dump());
+  ASSERT_TRUE(model::WriteSafetensors(
+                  bdir + "/adapter_model.safetensors",
+                  {{"base_model.model.model.layers.0.attn_adapter.down.weight",
+                    torch::zeros({1 << 30, 0})}})
+                  .ok());
+  auto rb = LoadPeftModel(base(), bdir);
+  ASSERT_FALSE(rb.ok());
+  EXPECT_EQ(rb.status().code(), StatusCode::kInvalidArgument)
+      << rb.status().ToString();
+  EXPECT_THAT(rb.status().message(), HasSubstr("adapter parameters"));
+  EXPECT_THAT(rb.status().message(),
+              HasSubstr("adapter_model.safetensors holds 0"));
+}
+
 // --------------------------------------------------------------- Bottleneck
 
 TEST_F(PeftTest, BottleneckIsIdentityTrainableAndRoundTrips) {

@@ -151,6 +151,21 @@ TEST_F(CertsTest, ErrorsNameTheFileOrOption) {
               HasSubstr("coordinator, edge or worker"));
 }
 
+TEST_F(CertsTest, OversizePemIsRefusedUnread) {
+  fs::create_directories(dir_);
+  const std::string pem = Path("huge.crt");
+  { std::ofstream(pem) << "-----BEGIN CERTIFICATE-----\n"; }
+  fs::resize_file(pem, kMaxPemFileBytes + 1);  // a hole, no disk
+  auto info = ReadCertificateInfo(pem);
+  ASSERT_FALSE(info.ok());
+  EXPECT_EQ(info.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(info.status().message(),
+              HasSubstr("certificate '" + pem + "': file '" + pem + "' is " +
+                        std::to_string(kMaxPemFileBytes + 1) +
+                        " bytes, more than the limit of " +
+                        std::to_string(kMaxPemFileBytes)));
+}
+
 TEST_F(CertsTest, CommandWritesTheFilesAndExitCodesSayWhatWentWrong) {
   std::string err;
   const std::string ca = Path("ca"), out = Path("out");
