@@ -13,6 +13,8 @@
 #include "model/loader.h"
 #include "model/tokenizer.h"
 #include "peft/peft_io.h"
+#include "security/secagg_fixed_point.h"
+#include "security/secagg_update.h"
 #include "worker/local_trainer.h"
 
 namespace fedpeft {
@@ -82,7 +84,8 @@ std::string EdgePlan::ToJson() const {
                        {{"bits", compression.bits},
                         {"block_size", compression.block_size},
                         {"error_feedback", compression.error_feedback},
-                        {"download_bits", compression.download_bits}}}};
+                        {"download_bits", compression.download_bits}}},
+                      {"secagg", secagg.ToJson()}};
   return j.dump();
 }
 
@@ -101,6 +104,7 @@ StatusOr<EdgePlan> EdgePlan::FromJson(const std::string& text) {
     plan.compression.block_size = c.at("block_size").get<int64_t>();
     plan.compression.error_feedback = c.at("error_feedback").get<bool>();
     plan.compression.download_bits = c.at("download_bits").get<int>();
+    ASSIGN_OR_RETURN(plan.secagg, SecAggOptions::FromJson(j.at("secagg")));
   } catch (const std::exception& e) {
     return Status::InvalidArgument(
         std::string("plan_json from the coordinator: ") + e.what() +
@@ -134,6 +138,7 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::CreateEdge(
   c->config_.dp.enabled = plan.dp;
   c->config_.dp.noise_seed = plan.dp_noise_seed;
   c->config_.compression = plan.compression;
+  c->config_.secagg = plan.secagg;
   RETURN_IF_ERROR(c->Init());
   return c;
 }
@@ -355,6 +360,7 @@ StatusOr<Registration> Coordinator::Register(const WorkerProfile& profile) {
     plan.dp = config_.dp.enabled;
     plan.dp_noise_seed = config_.dp.noise_seed;
     plan.compression = config_.compression;
+    plan.secagg = config_.secagg;
     r.plan_json = plan.ToJson();
   }
   return r;
@@ -431,6 +437,17 @@ StatusOr<TaskInfo> Coordinator::GetTask(const std::string& session_id,
       if (w->profile.edge) {
         task.noise_stddev = round_dp_.edge_share;
         task.count_noise_stddev = round_dp_.edge_count_share;
+      }
+      if (secagg_ && secagg_->index.count(id)) {
+        SecAggTaskInfo sa;
+        sa.session_id = secagg_->params.session_id;
+        sa.num_clients = secagg_->params.num_clients;
+        sa.threshold = secagg_->params.Threshold();
+        sa.index = secagg_->index.at(id);
+        sa.scale = secagg_->scale;
+        sa.vector_length = secagg_->params.vector_length;
+        sa.tensors = secagg_->names;
+        task.secagg = std::move(sa);
       }
       return task;
     }
@@ -515,6 +532,21 @@ StatusOr<UploadExpectation> Coordinator::ExpectedUpload(
     frozen = frozen_;
   }
   UploadExpectation e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (secagg_ && secagg_->index.count(id)) {
+      e.masked = true;
+      e.masked_names = secagg_->names;
+    }
+  }
+  if (e.masked) {
+    // Masked words come at the global adapter's shapes, whatever rank the
+    // worker trained (it zero-pads).
+    e.max_tensors = global->size();
+    e.specs = transport::SpecsOf(*global);
+    e.excluded = frozen;
+    return e;
+  }
   e.max_tensors = global->size();
   if (header.whole_adapter) {
     if (!hetero_ || hetero_->method != aggregation::HeteroMethod::kStack) {
@@ -631,6 +663,13 @@ Status Coordinator::SubmitUpdate(const std::string& session_id,
     std::lock_guard<std::mutex> lock(mu_);
     WorkerEntry* w = FindSession(session_id);
     if (w) worker_id = w->profile.worker_id;
+  }
+  if (CheckUploadAllowed(session_id, header.round).ok()) {
+    auto expected = ExpectedUpload(session_id, header);
+    if (expected.ok() && expected->masked) {
+      return SubmitMasked(session_id, worker_id, header, delta,
+                          expected->masked_names, bytes_received);
+    }
   }
   Status valid = CheckUploadAllowed(session_id, header.round);
   if (valid.ok()) {
@@ -754,6 +793,83 @@ Status Coordinator::SubmitUpdate(const std::string& session_id,
               header.train_loss, FormatBytes(bytes_received),
               header.rank > 0 ? fmt::format(", rank {}", header.rank) : "",
               answered_.size(), selected_.size());
+  cv_.notify_all();
+  return Status::Ok();
+}
+
+Status Coordinator::SubmitMasked(const std::string& session_id,
+                                 const std::string& worker_id,
+                                 const UpdateHeader& header,
+                                 const TensorMap& words,
+                                 const std::vector<std::string>& names,
+                                 uint64_t bytes_received) {
+  const std::string from = "masked update from '" + worker_id + "'";
+  Status valid;
+  if (words.size() != names.size()) {
+    valid = Status::InvalidArgument(
+        from + ": " + std::to_string(words.size()) + " tensors, expected " +
+        std::to_string(names.size()) +
+        " (every tensor of the round's secure aggregation)");
+  }
+  std::vector<uint32_t> flat;
+  for (const std::string& name : names) {
+    if (!valid.ok()) break;
+    auto it = words.find(name);
+    if (it == words.end() || it->second.scalar_type() != torch::kInt32) {
+      valid = Status::InvalidArgument(
+          from + ": tensor '" + name +
+          (it == words.end() ? "' missing" : "' is not CODEC_MASKED"));
+      break;
+    }
+    torch::Tensor t = it->second.contiguous();
+    const auto* p = reinterpret_cast<const uint32_t*>(t.data_ptr<int32_t>());
+    flat.insert(flat.end(), p, p + t.numel());
+  }
+  if (valid.ok() && header.num_samples == 0) {
+    valid = Status::InvalidArgument(from + ": num_samples must be > 0");
+  }
+  if (valid.ok() && !std::isfinite(header.train_loss)) {
+    valid = Status::InvalidArgument(from +
+                                    ": train_loss: expected a finite number");
+  }
+  flat.push_back(header.masked_unclipped);
+  std::unique_lock<std::mutex> lock(mu_);
+  WorkerEntry* w = FindSession(session_id);
+  if (valid.ok() &&
+      (!w || header.round != round_ || phase_ != Phase::kCollect ||
+       answered_.count(worker_id) || !secagg_ || !secagg_->server ||
+       !secagg_->index.count(worker_id))) {
+    valid = Status::FailedPrecondition("late " + from + " for round " +
+                                       std::to_string(header.round) +
+                                       " (round closed)");
+  }
+  if (valid.ok()) {
+    secagg::MaskedInputMsg msg;
+    msg.session_id = secagg_->params.session_id;
+    msg.sender = secagg_->index.at(worker_id);
+    msg.masked = std::move(flat);
+    valid = secagg_->server->ReceiveMaskedInput(msg);
+    if (!valid.ok()) valid = valid.WithContext(from);
+  }
+  if (!valid.ok()) {
+    lock.unlock();
+    RecordRejectedUpload(session_id, header.round, valid.message(),
+                         bytes_received);
+    return valid;
+  }
+  round_bytes_up_ += bytes_received;
+  total_bytes_up_ += bytes_received;
+  answered_.insert(worker_id);
+  round_worker_bytes_[worker_id] += bytes_received;
+  w->rounds_completed++;
+  Pending p{worker_id, header, TensorMap()};
+  pending_.push_back(std::move(p));
+  FP_LOG_INFO("coordinator",
+              "{} {}: masked update from '{}' ({} samples, train loss {:.4f}, "
+              "{}), {}/{} in",
+              edge_mode_ ? "edge round" : "round", header.round, worker_id,
+              header.num_samples, header.train_loss,
+              FormatBytes(bytes_received), answered_.size(), selected_.size());
   cv_.notify_all();
   return Status::Ok();
 }
@@ -915,8 +1031,11 @@ void Coordinator::UpdateRanks(const std::vector<Pending>& answered) {
   const double deadline = round_deadline_s_ > 0
                               ? round_deadline_s_
                               : config_.federation.round_deadline_s;
-  std::map<std::string, const Pending*> by_id;
-  for (const auto& p : answered) by_id[p.worker_id] = &p;
+  std::map<std::string, const UpdateHeader*> by_id;
+  for (const auto& p : answered) {
+    by_id[p.worker_id] = &p.header;
+    for (const auto& [id, h] : p.members) by_id[id] = &h;
+  }
   for (const auto& [id, assigned] : round_ranks_) {
     auto it = workers_.find(id);
     if (it == workers_.end() || it->second.profile.edge || assigned == 0) {
@@ -928,8 +1047,8 @@ void Coordinator::UpdateRanks(const std::vector<Pending>& answered) {
     obs.answered = p != by_id.end();
     obs.missed_deadline = !obs.answered;
     if (obs.answered) {
-      obs.seconds = p->second->header.train_seconds;
-      obs.tokens_per_second = p->second->header.tokens_per_second;
+      obs.seconds = p->second->train_seconds;
+      obs.tokens_per_second = p->second->tokens_per_second;
       if (obs.tokens_per_second > 0) {
         w.profile.tokens_per_second = obs.tokens_per_second;
       }
@@ -939,9 +1058,8 @@ void Coordinator::UpdateRanks(const std::vector<Pending>& answered) {
         peft::DeviceProfile{w.profile.ram_bytes, w.profile.tokens_per_second,
                             w.profile.uplink_bytes_per_second},
         deadline, assigned, obs);
-    if (obs.answered && p->second->header.rank > 0 &&
-        p->second->header.rank < next) {
-      next = p->second->header.rank;  // it pruned itself
+    if (obs.answered && p->second->rank > 0 && p->second->rank < next) {
+      next = p->second->rank;  // it pruned itself
     }
     if (next != assigned) {
       FP_LOG_INFO("coordinator", "'{}': rank {} -> {} ({})", id, assigned, next,
@@ -1029,6 +1147,7 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
     auto deadline = Clock::now() + std::chrono::milliseconds(
                                        static_cast<int64_t>(deadline_s * 1000));
     deadline_unix_ms_ = UnixMillis() + static_cast<uint64_t>(deadline_s * 1000);
+    StartSecAgg(round, deadline_s);
     // broadcast: waiting GetTask calls wake up and take the task
     phase_ = Phase::kCollect;
     m->selected = k;
@@ -1048,6 +1167,7 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
     // collect
     while (!stop_) {
       auto now = Clock::now();
+      AdvanceSecAgg(now);
       bool all_in = true;
       for (const auto& id : selected_) {
         if (answered_.count(id)) continue;
@@ -1074,6 +1194,14 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
     updates = std::move(pending_);
     pending_.clear();
     m->answered = static_cast<int>(updates.size());
+    if (secagg_) {
+      // Masked updates count once their sum is recovered.
+      FinishSecAgg(lock, round, &updates);
+      m->answered = 0;
+      for (const auto& u : updates) {
+        m->answered += u.summed ? static_cast<int>(u.members.size()) : 1;
+      }
+    }
     m->rejected = rejected_;
     m->dropped = m->selected - m->answered;
     for (const auto& id : selected_) {
@@ -1153,7 +1281,11 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
   double loss_sum = 0, sample_sum = 0, eval_sum = 0, eval_tokens = 0;
   last_round_headers_.clear();
   for (auto& p : updates) {
-    last_round_headers_[p.worker_id] = p.header;
+    if (p.summed) {
+      for (const auto& [id, h] : p.members) last_round_headers_[id] = h;
+    } else {
+      last_round_headers_[p.worker_id] = p.header;
+    }
     m->max_train_seconds =
         std::max(m->max_train_seconds, p.header.train_seconds);
     loss_sum += p.header.train_loss * p.header.num_samples;
@@ -1285,6 +1417,347 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
   return Status::Ok();
 }
 
+// ---- secure aggregation -------------------------------------------------
+
+void Coordinator::StartSecAgg(int64_t round, double deadline_s) {
+  secagg_.reset();
+  if (!config_.secagg.enabled) return;
+  std::vector<std::string> members;  // sorted: selected_ is a set
+  for (const auto& id : selected_) {
+    if (!workers_.at(id).profile.edge) members.push_back(id);
+  }
+  if (members.empty()) return;
+  const char* what = edge_mode_ ? "edge round" : "round";
+  auto sa = std::make_unique<SecAggRound>();
+  Status s;
+  if (members.size() < 2) {
+    s = Status::FailedPrecondition(
+        "needs at least 2 workers in a round, 1 selected (its update alone "
+        "would be the sum)");
+  } else if (!round_dp_.enabled || !(round_dp_.clip_norm > 0)) {
+    s = Status::FailedPrecondition("the round has no DP clip norm");
+  }
+  if (s.ok()) {
+    sa->names =
+        secagg::MaskedTensorNames(*template_, frozen_, config_.freezing.ffa);
+    auto length = secagg::MaskedVectorLength(*template_, sa->names);
+    auto scale = secagg::ChooseFixedPointScale(
+        round_dp_.clip_norm, static_cast<uint32_t>(members.size()));
+    uint64_t nonce = 0;
+    s = secagg::SystemRandom().Fill(reinterpret_cast<uint8_t*>(&nonce),
+                                    sizeof(nonce));
+    if (!length.ok()) s = length.status();
+    if (!scale.ok()) s = scale.status();
+    if (s.ok()) {
+      sa->params.num_clients = static_cast<uint32_t>(members.size());
+      sa->params.vector_length = *length;
+      sa->params.session_id = nonce ^ static_cast<uint64_t>(round);
+      sa->scale = *scale;
+      auto server = secagg::Server::Create(sa->params);
+      s = server.status();
+      if (s.ok()) sa->server = std::move(server).value();
+    }
+  }
+  for (size_t i = 0; i < members.size(); ++i) {
+    sa->index[members[i]] = static_cast<uint32_t>(i);
+  }
+  if (!s.ok()) {
+    FP_LOG_ERROR("coordinator",
+                 "{} {}: secure aggregation cannot run: {}; its workers sit "
+                 "this round out",
+                 what, round, s.message());
+    sa->failed = true;
+    sa->stage = SecAggRound::Stage::kDone;
+    for (const auto& id : members) {
+      answered_.insert(id);
+      ++rejected_;
+    }
+    secagg_ = std::move(sa);
+    return;
+  }
+  // Key agreement (two steps) takes at most half of the round.
+  const double setup_s =
+      std::min(config_.secagg.setup_timeout_s, deadline_s / 4);
+  sa->setup_time = std::chrono::milliseconds(
+      static_cast<int64_t>(std::max(0.05, setup_s) * 1000));
+  sa->setup_deadline = Clock::now() + sa->setup_time;
+  FP_LOG_INFO("coordinator",
+              "{} {}: secure aggregation over {} workers (threshold {}, {} "
+              "words, fixed-point unit {:.3g})",
+              what, round, members.size(), sa->params.Threshold(),
+              sa->params.vector_length, sa->scale);
+  secagg_ = std::move(sa);
+}
+
+void Coordinator::AdvanceSecAgg(Clock::time_point now) {
+  if (!secagg_ || secagg_->failed) return;
+  SecAggRound& sa = *secagg_;
+  using Stage = SecAggRound::Stage;
+  const char* what = edge_mode_ ? "edge round" : "round";
+  // Workers that missed a step cannot take part any more: they have
+  // answered this round, for nothing.
+  auto drop_missing = [&](const std::set<uint32_t>& in, const char* why) {
+    for (const auto& [id, index] : sa.index) {
+      if (in.count(index) || answered_.count(id)) continue;
+      answered_.insert(id);
+      ++rejected_;
+      FP_LOG_WARN("coordinator",
+                  "{} {}: '{}' left out of secure aggregation: {}", what,
+                  round_, id, why);
+    }
+  };
+  auto fail = [&](const Status& s) {
+    FP_LOG_ERROR("coordinator", "{} {}: secure aggregation failed: {}", what,
+                 round_, s.message());
+    sa.failed = true;
+    sa.stage = Stage::kDone;
+    drop_missing({}, "the aggregation failed");
+    cv_.notify_all();
+  };
+  if (sa.stage == Stage::kAdvertise &&
+      (sa.advertised.size() == sa.index.size() || now >= sa.setup_deadline)) {
+    auto broadcast = sa.server->CloseAdvertise();
+    if (!broadcast.ok()) return fail(broadcast.status());
+    const std::vector<uint8_t> bytes = broadcast->Serialize();
+    sa.broadcast.assign(bytes.begin(), bytes.end());
+    sa.stage = Stage::kShareKeys;
+    sa.setup_deadline = now + sa.setup_time;
+    drop_missing(sa.advertised, "no keys advertised in time");
+    cv_.notify_all();
+  }
+  if (sa.stage == Stage::kShareKeys &&
+      (sa.shared.size() == sa.advertised.size() || now >= sa.setup_deadline)) {
+    auto routed = sa.server->CloseShareKeys();
+    if (!routed.ok()) return fail(routed.status());
+    std::set<uint32_t> u2;
+    for (const auto& r : *routed) {
+      const std::vector<uint8_t> bytes = r.Serialize();
+      sa.routed[r.recipient].assign(bytes.begin(), bytes.end());
+      u2.insert(r.recipient);
+    }
+    sa.stage = Stage::kMaskedInput;
+    drop_missing(u2, "no key shares sent in time");
+    FP_LOG_INFO("coordinator",
+                "{} {}: secure aggregation keys agreed by {} of {}", what,
+                round_, u2.size(), sa.index.size());
+    cv_.notify_all();
+  }
+}
+
+void Coordinator::FinishSecAgg(std::unique_lock<std::mutex>& lock,
+                               int64_t round, std::vector<Pending>* updates) {
+  if (!secagg_) return;
+  SecAggRound& sa = *secagg_;
+  using Stage = SecAggRound::Stage;
+  const char* what = edge_mode_ ? "edge round" : "round";
+  std::vector<Pending> masked, rest;
+  for (auto& p : *updates) {
+    (sa.index.count(p.worker_id) ? masked : rest).push_back(std::move(p));
+  }
+  *updates = std::move(rest);
+  auto done = [&]() {
+    sa.stage = Stage::kDone;
+    sa.server.reset();
+    cv_.notify_all();
+  };
+  auto fail = [&](const Status& s) {
+    FP_LOG_ERROR("coordinator",
+                 "{} {}: secure aggregation failed: {}; the {} masked updates "
+                 "are lost",
+                 what, round, s.message(), masked.size());
+    sa.failed = true;
+    done();
+  };
+  if (sa.failed || stop_) return done();
+  if (sa.stage != Stage::kMaskedInput) {
+    return fail(Status::FailedPrecondition(
+        "the round closed before the workers agreed on keys"));
+  }
+  auto request = sa.server->CloseMaskedInput();
+  if (!request.ok()) return fail(request.status());
+  const std::vector<uint8_t> bytes = request->Serialize();
+  sa.unmask_request.assign(bytes.begin(), bytes.end());
+  sa.survivors =
+      std::set<uint32_t>(request->survivors.begin(), request->survivors.end());
+  sa.stage = Stage::kUnmask;
+  cv_.notify_all();
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(
+                         config_.secagg.unmask_timeout_s * 1000));
+  while (!stop_ && sa.unmasked.size() < sa.survivors.size() &&
+         Clock::now() < deadline) {
+    cv_.wait_until(lock, deadline);
+  }
+  std::unique_ptr<secagg::Server> server = std::move(sa.server);
+  const std::vector<std::string> names = sa.names;
+  const double scale = sa.scale;
+  const size_t answers = sa.unmasked.size();
+  const size_t dropped = request->dropped.size();
+  done();
+  if (masked.size() != sa.survivors.size()) {
+    return fail(Status::Internal(
+        std::to_string(masked.size()) + " masked uploads but " +
+        std::to_string(sa.survivors.size()) + " survivors"));
+  }
+  // Unmasking runs the survivors' and the dropped workers' PRGs over the
+  // whole vector: not under the lock.
+  lock.unlock();
+  StatusOr<std::vector<uint32_t>> words = server->Finish();
+  server.reset();
+  uint32_t unclipped = 0;
+  StatusOr<TensorMap> sum = words.status();
+  if (words.ok()) {
+    sum = secagg::DecodeSumWords(*words, *template_, names, scale, &unclipped);
+  }
+  lock.lock();
+  if (!sum.ok()) return fail(sum.status());
+  const size_t k = masked.size();
+  if (unclipped > k) {
+    return fail(
+        Status::Corruption("the sum counts " + std::to_string(unclipped) +
+                           " unclipped updates of " + std::to_string(k)));
+  }
+  Pending total;
+  total.worker_id = fmt::format("secure sum of {} workers", k);
+  total.summed = true;
+  UpdateHeader& h = total.header;
+  h.round = round;
+  h.workers = static_cast<uint32_t>(k);
+  h.unclipped = unclipped;
+  double loss = 0, eval = 0;
+  for (const auto& p : masked) {
+    const UpdateHeader& m = p.header;
+    total.members.emplace_back(p.worker_id, m);
+    h.num_samples += m.num_samples;
+    loss += m.train_loss * static_cast<double>(m.num_samples);
+    if (std::isfinite(m.eval_loss) && m.eval_tokens > 0) {
+      eval += m.eval_loss * static_cast<double>(m.eval_tokens);
+      h.eval_tokens += m.eval_tokens;
+    }
+    h.train_seconds = std::max(h.train_seconds, m.train_seconds);
+    h.tokens_per_second += m.tokens_per_second;
+  }
+  h.train_loss =
+      loss / static_cast<double>(std::max<uint64_t>(1, h.num_samples));
+  h.eval_loss = h.eval_tokens > 0 ? eval / static_cast<double>(h.eval_tokens)
+                                  : std::nan("");
+  for (auto& [key, t] : *sum) t.div_(static_cast<double>(k));
+  total.delta = std::move(sum).value();
+  FP_LOG_INFO("coordinator",
+              "{} {}: secure aggregation: sum of {} masked updates recovered "
+              "({} dropped after agreeing keys, {} unmask answers)",
+              what, round, k, dropped, answers);
+  updates->push_back(std::move(total));
+}
+
+StatusOr<SecAggResult> Coordinator::SecAggExchange(
+    const std::string& session_id, int64_t round, SecAggStep step,
+    const std::string& message, std::chrono::milliseconds wait) {
+  using Stage = SecAggRound::Stage;
+  wait = std::min(wait,
+                  std::chrono::milliseconds(config_.federation.task_wait_ms));
+  const auto until = Clock::now() + wait;
+  std::unique_lock<std::mutex> lock(mu_);
+  WorkerEntry* w = FindSession(session_id);
+  if (!w) {
+    return Status::NotFound("unknown session '" + session_id +
+                            "': register again");
+  }
+  w->last_seen = Clock::now();
+  const std::string id = w->profile.worker_id;
+  SecAggRound* const sa = secagg_.get();
+  auto closed = [&](const std::string& why) {
+    return Status::FailedPrecondition("secure aggregation of round " +
+                                      std::to_string(round) + ": '" + id +
+                                      "' " + why);
+  };
+  if (!sa || round != round_ || !sa->index.count(id) ||
+      (phase_ != Phase::kCollect && phase_ != Phase::kAggregate)) {
+    return closed("is not part of it (current round " + std::to_string(round_) +
+                  ")");
+  }
+  const uint32_t me = sa->index.at(id);
+  if (!message.empty()) {
+    if (sa->failed || !sa->server) return closed("came too late");
+    const auto* data = reinterpret_cast<const uint8_t*>(message.data());
+    Status s;
+    switch (step) {
+      case SecAggStep::kAdvertise: {
+        auto msg = secagg::AdvertiseMsg::Parse(data, message.size());
+        s = msg.ok() && msg->sender != me
+                ? Status::InvalidArgument("sender is not the caller's id")
+                : msg.status();
+        if (s.ok()) s = sa->server->ReceiveAdvertise(*msg);
+        if (s.ok()) sa->advertised.insert(me);
+        break;
+      }
+      case SecAggStep::kShareKeys: {
+        auto msg = secagg::ShareKeysMsg::Parse(data, message.size());
+        s = msg.ok() && msg->sender != me
+                ? Status::InvalidArgument("sender is not the caller's id")
+                : msg.status();
+        if (s.ok()) s = sa->server->ReceiveShareKeys(*msg);
+        if (s.ok()) sa->shared.insert(me);
+        break;
+      }
+      case SecAggStep::kUnmask: {
+        auto msg = secagg::UnmaskMsg::Parse(data, message.size());
+        s = msg.ok() && msg->sender != me
+                ? Status::InvalidArgument("sender is not the caller's id")
+                : msg.status();
+        if (s.ok()) s = sa->server->ReceiveUnmask(*msg);
+        if (s.ok()) sa->unmasked.insert(me);
+        break;
+      }
+    }
+    if (!s.ok()) {
+      FP_LOG_WARN("coordinator",
+                  "round {}: secure aggregation message from "
+                  "'{}' refused: {}",
+                  round, id, s.message());
+      return Status::InvalidArgument("secure aggregation message from '" + id +
+                                     "': " + s.message());
+    }
+    cv_.notify_all();
+    if (step == SecAggStep::kUnmask) return SecAggResult{true, ""};
+  }
+  while (true) {
+    if (secagg_.get() != sa || round_ != round) {
+      return closed("is not part of it any more (the round moved on)");
+    }
+    if (sa->failed) return closed("ended: the aggregation failed");
+    switch (step) {
+      case SecAggStep::kAdvertise:
+        if (sa->stage > Stage::kAdvertise) {
+          if (!sa->advertised.count(me)) {
+            return closed("advertised no keys in time");
+          }
+          return SecAggResult{true, sa->broadcast};
+        }
+        break;
+      case SecAggStep::kShareKeys:
+        if (sa->stage > Stage::kShareKeys) {
+          auto it = sa->routed.find(me);
+          if (it == sa->routed.end()) return closed("shared no keys in time");
+          return SecAggResult{true, it->second};
+        }
+        break;
+      case SecAggStep::kUnmask:
+        if (sa->stage == Stage::kUnmask) {
+          if (!sa->survivors.count(me)) {
+            return closed("sent no masked update the sum holds");
+          }
+          return SecAggResult{true, sa->unmask_request};
+        }
+        if (sa->stage == Stage::kDone) return closed("is over");
+        break;
+    }
+    if (cv_.wait_until(lock, until) == std::cv_status::timeout) {
+      return SecAggResult{};
+    }
+  }
+}
+
 // ---- differential privacy -----------------------------------------------
 
 namespace {
@@ -1409,7 +1882,7 @@ double Coordinator::NoisedUnclippedCount(const std::vector<Pending>& updates,
   *users = 0;
   for (const auto& p : updates) {
     count += p.header.unclipped;
-    *users += p.edge ? p.header.workers : 1;
+    *users += p.edge || p.summed ? p.header.workers : 1;
     if (p.edge) added += dp.edge_count_share * dp.edge_count_share;
   }
   double top =
@@ -1488,7 +1961,9 @@ StatusOr<TensorMap> Coordinator::DpMean(const TensorMap& current,
   for (const auto& p : updates) {
     // An edge sends the mean over its workers of their clipped updates
     // (plus its noise share): times its workers, their sum.
-    const double w = p.edge ? static_cast<double>(p.header.workers) : 1.0;
+    // So is a secure sum of workers.
+    const double w =
+        p.edge || p.summed ? static_cast<double>(p.header.workers) : 1.0;
     users += w;
     if (p.edge) added += dp.edge_share * dp.edge_share;
     TensorMap d = p.delta;
@@ -1841,13 +2316,23 @@ StatusOr<EdgeResult> Coordinator::RunEdgeRounds(const TensorMap& cloud_global,
   std::map<std::string, uint64_t> samples;  // worker -> latest num_samples
   double loss_sum = 0, loss_weight = 0, eval_sum = 0;
   auto t0 = Clock::now();
+  auto seconds_left = [&task]() {
+    return (static_cast<double>(task.deadline_unix_ms) -
+            static_cast<double>(UnixMillis())) /
+           1000.0;
+  };
+  // Kept back from the edge rounds for aggregating and the upload to the
+  // cloud, which must arrive before the cloud round's deadline.
+  const double reserve_s =
+      task.deadline_unix_ms > 0
+          ? std::clamp(0.1 * seconds_left(), 0.5, 10.0) +
+                (config_.secagg.enabled ? config_.secagg.unmask_timeout_s : 0)
+          : 0;
   for (int i = 0; i < task.edge_rounds && !stop_; ++i) {
     // Each edge round gets its share of what is left of the cloud round.
     double deadline_s = f.round_deadline_s;
     if (task.deadline_unix_ms > 0) {
-      double left = (static_cast<double>(task.deadline_unix_ms) -
-                     static_cast<double>(UnixMillis())) /
-                    1000.0;
+      const double left = seconds_left() - reserve_s;
       deadline_s = std::min(deadline_s, left / (task.edge_rounds - i));
     }
     if (deadline_s <= 0.05) {

@@ -51,6 +51,7 @@
 #include "proto/tensor_codec.h"
 #include "security/dp.h"
 #include "security/rdp_accountant.h"
+#include "security/secagg.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -85,8 +86,20 @@ struct EdgePlan {
   bool dp = false;             // sum clipped updates with equal weights
   uint64_t dp_noise_seed = 0;  // 0 = std::random_device
   CompressionOptions compression;
+  SecAggOptions secagg;  // run by the edge with its workers
   std::string ToJson() const;
   static StatusOr<EdgePlan> FromJson(const std::string& text);
+};
+
+// A worker's part in the secure aggregation of a round (proto SecAggTask).
+struct SecAggTaskInfo {
+  uint64_t session_id = 0;
+  uint32_t num_clients = 0;
+  uint32_t threshold = 0;
+  uint32_t index = 0;  // this worker's client id
+  double scale = 0;    // fixed-point unit
+  uint64_t vector_length = 0;
+  std::vector<std::string> tensors;  // masked, sorted
 };
 
 struct TaskInfo {
@@ -102,10 +115,18 @@ struct TaskInfo {
   int edge_rounds = 0;              // edges only
   bool train_b_only = false;        // FFA-LoRA
   double prune_threshold = 0;
-  double clip_norm = 0;            // DP: clip updates to this; 0 = off
-  CompressionOptions compression;  // how to upload
-  double noise_stddev = 0;         // edges, dp.placement edges: noise on
-  double count_noise_stddev = 0;   // their sum and unclipped count
+  double clip_norm = 0;                  // DP: clip updates to this; 0 = off
+  CompressionOptions compression;        // how to upload
+  double noise_stddev = 0;               // edges, dp.placement edges: noise on
+  double count_noise_stddev = 0;         // their sum and unclipped count
+  std::optional<SecAggTaskInfo> secagg;  // the round masks its uploads
+};
+
+// The steps of the secure-aggregation exchange (proto SecAggRequest).
+enum class SecAggStep { kAdvertise, kShareKeys, kUnmask };
+struct SecAggResult {
+  bool ready = false;   // false: not yet, ask again
+  std::string message;  // the step's result (secagg_messages.h bytes)
 };
 
 struct UpdateHeader {
@@ -124,6 +145,7 @@ struct UpdateHeader {
   double rank_mean = 0;
   double unclipped = 0;  // DP: 1 if not clipped; edges: the noised count
   uint32_t users_selected = 0, users_alive = 0;  // edges: last round's
+  uint32_t masked_unclipped = 0;  // secure aggregation: the masked bit
 };
 
 // What a participant may upload for a round: the tensor specs when they are
@@ -136,6 +158,10 @@ struct UploadExpectation {
   std::optional<std::map<std::string, transport::TensorSpec>> specs;
   std::set<std::string> excluded;
   size_t max_tensors = 0;
+  // Secure aggregation: the upload is masked (CODEC_MASKED) and must carry
+  // exactly these tensors.
+  bool masked = false;
+  std::vector<std::string> masked_names;
 };
 
 // One cloud task as an edge runs it (Coordinator::RunEdgeRounds).
@@ -274,6 +300,15 @@ class Coordinator {
   // so the round goes on without waiting for it. Used when its certificate
   // name is revoked (security/tls.h). No-op for a name with no session.
   void Revoke(const std::string& worker_id, const std::string& reason);
+  // One step of the secure aggregation of `round` for the worker of
+  // `session_id`: hands over `message` (when not empty) and waits up to
+  // `wait` for the step's result for it. FailedPrecondition when the
+  // worker is not (or no longer) part of the round's aggregation;
+  // InvalidArgument for a message the protocol refuses.
+  StatusOr<SecAggResult> SecAggExchange(const std::string& session_id,
+                                        int64_t round, SecAggStep step,
+                                        const std::string& message,
+                                        std::chrono::milliseconds wait);
   // Counts an upload that failed before SubmitUpdate (e.g. bad encoding).
   void RecordRejectedUpload(const std::string& session_id, int64_t round,
                             const std::string& reason, uint64_t bytes);
@@ -331,6 +366,28 @@ class Coordinator {
     TensorMap delta;
     bool edge = false;
     uint64_t num_samples_profile = 0;
+    // Secure aggregation: the unmasked mean of header.workers users'
+    // updates, whose own headers are `members` (their deltas never seen).
+    bool summed = false;
+    std::vector<std::pair<std::string, UpdateHeader>> members;
+  };
+  // The secure aggregation of the current round (security/secagg.h).
+  struct SecAggRound {
+    enum class Stage { kAdvertise, kShareKeys, kMaskedInput, kUnmask, kDone };
+    Stage stage = Stage::kAdvertise;
+    bool failed = false;  // a step missed its threshold: no sum this round
+    std::unique_ptr<secagg::Server> server;
+    secagg::Params params;
+    double scale = 0;
+    std::vector<std::string> names;          // masked tensors
+    std::map<std::string, uint32_t> index;   // worker -> client id
+    std::string broadcast;                   // round 0's result
+    std::map<uint32_t, std::string> routed;  // round 1's, per client of U2
+    std::string unmask_request;              // round 3's request
+    std::set<uint32_t> advertised, shared, survivors, unmasked;
+    // Each of rounds 0 and 1 may take setup_time from its start.
+    std::chrono::steady_clock::duration setup_time{};
+    std::chrono::steady_clock::time_point setup_deadline;
   };
   enum class Phase { kWaitWorkers, kCollect, kAggregate, kDone };
 
@@ -359,6 +416,21 @@ class Coordinator {
   bool RunRoundAttempt(int64_t round, int attempt, RoundMetrics* metrics);
   Status Aggregate(int64_t round, std::vector<Pending> updates,
                    RoundMetrics* metrics);
+  // Secure aggregation. REQUIRES: mu_ held. StartSecAgg sets up the round's
+  // session over the selected workers that are not edges (none with fewer
+  // than 2); AdvanceSecAgg closes key agreement steps when everyone is in
+  // or the setup time is up; FinishSecAgg (after collect) unmasks and puts
+  // one summed update in place of the masked ones (none on failure).
+  void StartSecAgg(int64_t round, double deadline_s);
+  // SubmitUpdate for a masked upload (not under mu_).
+  Status SubmitMasked(const std::string& session_id,
+                      const std::string& worker_id, const UpdateHeader& header,
+                      const TensorMap& words,
+                      const std::vector<std::string>& names,
+                      uint64_t bytes_received);
+  void AdvanceSecAgg(std::chrono::steady_clock::time_point now);
+  void FinishSecAgg(std::unique_lock<std::mutex>& lock, int64_t round,
+                    std::vector<Pending>* updates);
   // DP-FedAvg: the noised mean of the clipped updates, as one update.
   StatusOr<TensorMap> DpMean(const TensorMap& current,
                              const std::set<std::string>& frozen,
@@ -401,8 +473,9 @@ class Coordinator {
   double dp_count_stddev_ = 0;  // adaptive clipping: noise on the count
   int64_t dp_population_ = 0;
   bool dp_ready_ = false;
-  RoundDp round_dp_;           // GUARDED_BY(mu_)
-  std::mt19937_64 codec_rng_;  // GUARDED_BY(codec_mu_)
+  RoundDp round_dp_;                     // GUARDED_BY(mu_)
+  std::unique_ptr<SecAggRound> secagg_;  // GUARDED_BY(mu_)
+  std::mt19937_64 codec_rng_;            // GUARDED_BY(codec_mu_)
   std::mutex codec_mu_;
   std::shared_ptr<const TensorMap> init_;  // the initial global adapter
   int64_t edge_round_ = 0;                 // edge mode: rounds run so far

@@ -228,6 +228,38 @@ void CompressionOptions::Read(ConfigReader& in) {
                "], got " + ToConfigString(block_size));
 }
 
+void SecAggOptions::Read(ConfigReader& in) {
+  in.Get("enabled", &enabled);
+  in.Get("setup_timeout_s", &setup_timeout_s);
+  in.Get("unmask_timeout_s", &unmask_timeout_s);
+  in.Check(std::isfinite(setup_timeout_s) && setup_timeout_s > 0,
+           "setup_timeout_s",
+           "must be a number > 0, got " + ToConfigString(setup_timeout_s));
+  in.Check(std::isfinite(unmask_timeout_s) && unmask_timeout_s > 0,
+           "unmask_timeout_s",
+           "must be a number > 0, got " + ToConfigString(unmask_timeout_s));
+}
+
+nlohmann::json SecAggOptions::ToJson() const {
+  return {{"enabled", enabled},
+          {"setup_timeout_s", setup_timeout_s},
+          {"unmask_timeout_s", unmask_timeout_s}};
+}
+
+StatusOr<SecAggOptions> SecAggOptions::FromJson(const nlohmann::json& j) {
+  SecAggOptions o;
+  o.enabled = j.at("enabled").get<bool>();
+  o.setup_timeout_s = j.at("setup_timeout_s").get<double>();
+  o.unmask_timeout_s = j.at("unmask_timeout_s").get<double>();
+  if (!(o.setup_timeout_s > 0) || !(o.unmask_timeout_s > 0)) {
+    return Status::InvalidArgument(
+        "plan_json secagg: timeouts must be > 0, got " +
+        std::to_string(o.setup_timeout_s) + " and " +
+        std::to_string(o.unmask_timeout_s));
+  }
+  return o;
+}
+
 void ServerEvalOptions::Read(ConfigReader& in) {
   ConfigReader data_in = in.Section("data");
   // Server-side eval is optional: an absent data.path turns it off, so
@@ -331,6 +363,21 @@ void CoordinatorConfig::Read(ConfigReader& in) {
             "hierarchy.edge_rounds to 1 (edge rounds in between would "
             "release un-noised sums to the edge's workers), got " +
                 ToConfigString(hierarchy.edge_rounds));
+  }
+  ConfigReader sa = in.Section("secagg");
+  secagg.Read(sa);
+  if (secagg.enabled) {
+    sa.Check(dp.enabled, "enabled",
+             "secure aggregation needs dp.enabled: true (the DP clip norm "
+             "bounds every coordinate, which sizes the fixed-point words "
+             "the masks are added to; dp.noise_multiplier 0 clips without "
+             "noise)");
+    sa.Check(!heterogeneity.enabled || heterogeneity.method == "zero_pad",
+             "enabled",
+             "secure aggregation sums one vector layout per round: workers "
+             "zero-pad their ranks to it, which is the zero_pad merge; got "
+             "heterogeneity.method '" +
+                 heterogeneity.method + "'");
   }
   ConfigReader e = in.Section("eval");
   eval.Read(e);

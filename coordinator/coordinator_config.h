@@ -166,6 +166,22 @@ struct CompressionOptions {
   void Read(ConfigReader& in);
 };
 
+// Secure aggregation (security/secagg.h, Bonawitz et al. 2017): the server
+// that collects a round's worker uploads (an edge, or the coordinator for
+// its direct workers) learns only their sum. Workers agree on keys before
+// training (within setup_timeout_s); after the uploads the server asks the
+// survivors to unmask (within unmask_timeout_s). Up to a third of the
+// selected workers may drop out anywhere. Needs dp.enabled: the clip norm
+// bounds every coordinate, which sizes the fixed-point encoding.
+struct SecAggOptions {
+  bool enabled = false;
+  double setup_timeout_s = 10;   // each key agreement step (<= round / 4)
+  double unmask_timeout_s = 10;  // unmasking, after the round's uploads
+  void Read(ConfigReader& in);
+  nlohmann::json ToJson() const;
+  static StatusOr<SecAggOptions> FromJson(const nlohmann::json& j);
+};
+
 struct ServerEvalOptions {
   data::DataOptions data;  // empty data.path = no server-side eval
   int batch_size = 16;
@@ -200,6 +216,7 @@ struct CoordinatorConfig {
   HierarchyOptions hierarchy;
   DpOptions dp;
   CompressionOptions compression;
+  SecAggOptions secagg;
   ServerEvalOptions eval;
   CheckpointOptions checkpoint;
   CoordinatorLogging logging;

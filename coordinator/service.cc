@@ -24,6 +24,20 @@ grpc::Status InternalError(const char* where, const std::exception& e) {
                       std::string(where) + ": " + e.what());
 }
 
+// A long poll's budget: what the client asks, but never past its own
+// deadline (less a margin for the reply).
+std::chrono::milliseconds LongPollBudget(const grpc::ServerContext& ctx,
+                                         uint32_t wait_ms) {
+  auto wait = std::chrono::milliseconds(wait_ms);
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      ctx.deadline() - std::chrono::system_clock::now());
+  if (left - std::chrono::milliseconds(200) < wait) {
+    wait = std::max(std::chrono::milliseconds(0),
+                    left - std::chrono::milliseconds(200));
+  }
+  return wait;
+}
+
 }  // namespace
 
 FederationService::FederationService(
@@ -150,15 +164,8 @@ grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
     grpc::Status auth =
         Authenticate(*ctx, "GetTask", &req->session_id(), &peer);
     if (!auth.ok()) return auth;
-    auto wait = std::chrono::milliseconds(req->wait_ms());
-    // Never hold the call past the client's own deadline.
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        ctx->deadline() - std::chrono::system_clock::now());
-    if (left - std::chrono::milliseconds(200) < wait) {
-      wait = std::max(std::chrono::milliseconds(0),
-                      left - std::chrono::milliseconds(200));
-    }
-    auto task = coordinator_.GetTask(req->session_id(), wait);
+    auto task = coordinator_.GetTask(req->session_id(),
+                                     LongPollBudget(*ctx, req->wait_ms()));
     if (!task.ok()) return Grpc(task.status());
     switch (task->kind) {
       case TaskInfo::Kind::kWait:
@@ -193,6 +200,17 @@ grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
     reply->set_rank(static_cast<uint32_t>(task->rank));
     for (const auto& key : task->frozen) reply->add_frozen(key);
     reply->set_edge_rounds(static_cast<uint32_t>(task->edge_rounds));
+    if (task->secagg) {
+      const SecAggTaskInfo& sa = *task->secagg;
+      proto::SecAggTask* out = reply->mutable_secagg();
+      out->set_session_id(sa.session_id);
+      out->set_num_clients(sa.num_clients);
+      out->set_threshold(sa.threshold);
+      out->set_index(sa.index);
+      out->set_scale(sa.scale);
+      out->set_vector_length(sa.vector_length);
+      for (const auto& name : sa.tensors) out->add_tensors(name);
+    }
     return grpc::Status::OK;
   } catch (const std::exception& e) {
     return InternalError("GetTask", e);
@@ -262,6 +280,7 @@ grpc::Status FederationService::UploadUpdate(
     header.unclipped = h.unclipped();
     header.users_selected = h.users_selected();
     header.users_alive = h.users_alive();
+    header.masked_unclipped = h.masked_unclipped();
     if (h.kind() != proto::UpdateHeader::DELTA &&
         h.kind() != proto::UpdateHeader::ADAPTER) {
       Status bad = Status::InvalidArgument(
@@ -288,6 +307,7 @@ grpc::Status FederationService::UploadUpdate(
     limits.expected = expect->specs;
     limits.require_all_expected = false;    // untrained tensors stay home
     limits.output_dtype = torch::kFloat32;  // F16 and quantized uploads
+    limits.masked = expect->masked;         // secure aggregation's words
     transport::TensorDecoder decoder(limits);
     Status s;
     while (reader->Read(&msg)) {
@@ -355,6 +375,47 @@ grpc::Status FederationService::GetStatus(grpc::ServerContext* ctx,
     ws->set_last_seen_ms_ago(w.last_seen_ms_ago);
   }
   return grpc::Status::OK;
+}
+
+grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx,
+                                       const proto::SecAggRequest* req,
+                                       proto::SecAggReply* reply) {
+  try {
+    std::string peer;
+    grpc::Status auth = Authenticate(*ctx, "SecAgg", &req->session_id(), &peer);
+    if (!auth.ok()) return auth;
+    SecAggStep step;
+    switch (req->step()) {
+      case proto::SecAggRequest::ADVERTISE:
+        step = SecAggStep::kAdvertise;
+        break;
+      case proto::SecAggRequest::SHARE_KEYS:
+        step = SecAggStep::kShareKeys;
+        break;
+      case proto::SecAggRequest::UNMASK:
+        step = SecAggStep::kUnmask;
+        break;
+      default:
+        return Grpc(Status::InvalidArgument(
+            "SecAgg: step " + std::to_string(static_cast<int>(req->step())) +
+            " (expected ADVERTISE=1, SHARE_KEYS=2 or UNMASK=3)"));
+    }
+    if (req->message().size() > max_message_bytes_) {
+      return Grpc(Status::InvalidArgument(
+          "SecAgg: message of " + std::to_string(req->message().size()) +
+          " bytes, more than the server's limit " +
+          std::to_string(max_message_bytes_)));
+    }
+    StatusOr<SecAggResult> r = coordinator_.SecAggExchange(
+        req->session_id(), static_cast<int64_t>(req->round()), step,
+        req->message(), LongPollBudget(*ctx, req->wait_ms()));
+    if (!r.ok()) return Grpc(r.status());
+    reply->set_ready(r->ready);
+    reply->set_message(std::move(r->message));
+    return grpc::Status::OK;
+  } catch (const std::exception& e) {
+    return InternalError("SecAgg", e);
+  }
 }
 
 StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(

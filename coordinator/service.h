@@ -61,6 +61,8 @@ class FederationService final : public proto::Federation::Service {
   grpc::Status GetStatus(grpc::ServerContext* ctx,
                          const proto::StatusRequest* req,
                          proto::StatusReply* reply) override;
+  grpc::Status SecAgg(grpc::ServerContext* ctx, const proto::SecAggRequest* req,
+                      proto::SecAggReply* reply) override;
 
  private:
   // With TLS: sets *name to the caller's certificate name and checks it

@@ -40,6 +40,17 @@ int FuzzDecodeTensor(const uint8_t* data, size_t size) {
              "decoded shape differs from the header's");
   FUZZ_CHECK(!quantized || t.scalar_type() == torch::kFloat32,
              "CODEC_QUANTIZED decoded to a non-F32 tensor");
+  if (h.codec() == proto::CODEC_MASKED) {
+    // Words, not values: they round-trip bit-exactly and nothing else.
+    FUZZ_CHECK(t.scalar_type() == torch::kInt32,
+               "CODEC_MASKED decoded to a non-int32 tensor");
+    const transport::WireTensor again = transport::EncodeMaskedWords(
+        t.sizes().vec(), reinterpret_cast<const uint32_t*>(t.data_ptr()),
+        static_cast<size_t>(t.numel()));
+    FUZZ_CHECK(again.payload == wire.payload,
+               "masked round trip changed bytes");
+    return 0;
+  }
   FUZZ_CHECK(quantized || transport::ToProtoDType(t.scalar_type()) ==
                               static_cast<proto::DType>(h.dtype()),
              "CODEC_RAW decoded to another dtype than the header's");

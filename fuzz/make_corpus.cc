@@ -88,6 +88,31 @@ void TensorStreamSeeds(const std::string& dir) {
   partial.insert(*adapter.begin());
   partial["extra.weight"] = torch::ones({2, 2});
   Write(dir, "f32_unexpected_names", UploadStream(0, partial, 32, false));
+  // A secure-aggregation upload: every tensor as masked words, by index.
+  std::string masked(1, static_cast<char>(1 | 2 | 4));
+  proto::UploadMessage msg;
+  msg.mutable_header()->set_session_id("fuzz-session");
+  msg.mutable_header()->set_round(1);
+  msg.mutable_header()->set_num_tensors(static_cast<uint32_t>(adapter.size()));
+  msg.mutable_header()->set_masked_unclipped(0x9e3779b9u);
+  AppendFrame(msg.SerializeAsString(), &masked);
+  transport::WireTensors wire;
+  std::mt19937 words(3);
+  for (const auto& [name, t] : adapter) {
+    std::vector<uint32_t> w(static_cast<size_t>(t.numel()));
+    for (auto& x : w) x = words();
+    wire[name] =
+        transport::EncodeMaskedWords(t.sizes().vec(), w.data(), w.size());
+  }
+  const transport::Schema names = transport::Schema::OfKeys(FuzzAdapterSpecs());
+  Check(transport::WriteTensors(wire, 100, &names,
+                                [&](const proto::TensorChunk& chunk) {
+                                  proto::UploadMessage m;
+                                  *m.mutable_chunk() = chunk;
+                                  AppendFrame(m.SerializeAsString(), &masked);
+                                  return true;
+                                }));
+  Write(dir, "masked_by_index_all", masked);
 }
 
 // A header frame then the payload.
@@ -121,6 +146,13 @@ void DecodeTensorSeeds(const std::string& dir) {
   bf16.header.set_encoded_bytes(static_cast<uint64_t>(b.numel()) * 2);
   bf16.payload.assign(static_cast<const char*>(b.data_ptr()), b.numel() * 2);
   Write(dir, "bf16_raw", TensorInput(bf16));
+  // Secure aggregation's masked words.
+  const std::vector<uint32_t> words = {0u,  1u,  0xffffffffu, 0x80000000u, 7u,
+                                       9u,  10u, 11u,         12u,         13u,
+                                       14u, 15u, 16u,         17u,         18u};
+  Write(dir, "masked",
+        TensorInput(
+            transport::EncodeMaskedWords({3, 5}, words.data(), words.size())));
   // A scalar and an empty tensor.
   transport::CodecOptions q4{4, 256};
   Write(dir, "scalar_q4",

@@ -4,7 +4,8 @@
 // Input: one mode byte, then frames (fuzz_util.h: 3-byte little-endian
 // length, then the bytes) each a serialized proto::UploadMessage; the input's
 // end ends the stream. Mode bit 0: the decoder expects FuzzAdapterSpecs()
-// (names, shapes, and tensors by index); bit 1: require_all_expected.
+// (names, shapes, and tensors by index); bit 1: require_all_expected;
+// bit 2: a secure-aggregation upload (only CODEC_MASKED, int32 words).
 #include "fuzz/fuzz_targets.h"
 #include "fuzz/fuzz_util.h"
 #include "proto/fedpeft.pb.h"
@@ -24,6 +25,7 @@ int FuzzTensorStream(const uint8_t* data, size_t size) {
   if (mode & 1) limits.expected = FuzzAdapterSpecs();
   limits.require_all_expected = (mode & 2) != 0;
   limits.output_dtype = torch::kFloat32;
+  limits.masked = (mode & 4) != 0;
 
   proto::UploadMessage msg;
   std::string_view frame = in.Frame();
@@ -75,8 +77,9 @@ int FuzzTensorStream(const uint8_t* data, size_t size) {
   for (const auto& [name, t] : tensors) {
     FUZZ_CHECK(t.defined(), name + " undefined");
     FUZZ_CHECK(t.device().is_cpu(), name + " not on the CPU");
-    FUZZ_CHECK(t.scalar_type() == torch::kFloat32,
-               name + " is " + std::string(c10::toString(t.scalar_type())));
+    FUZZ_CHECK(
+        t.scalar_type() == (limits.masked ? torch::kInt32 : torch::kFloat32),
+        name + " is " + std::string(c10::toString(t.scalar_type())));
     FUZZ_CHECK(t.dim() <= transport::kMaxTensorDims, name + " too many dims");
     FUZZ_CHECK(t.numel() <= limits.max_elements_per_tensor,
                name + " too many elements");

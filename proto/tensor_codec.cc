@@ -118,13 +118,14 @@ struct Layout {
   int64_t numel = 0;
   torch::Dtype dtype = torch::kFloat32;  // the header's wire dtype
   bool quantized = false;
+  bool masked = false;     // CODEC_MASKED: int32 words
   int bits = 0;            // CODEC_QUANTIZED
   int64_t block_size = 0;  // CODEC_QUANTIZED
   uint64_t bytes = 0;      // the exact payload length
 
   // The dtype DecodeTensor returns (before any output_dtype).
   torch::Dtype decoded_dtype() const {
-    return quantized ? torch::kFloat32 : dtype;
+    return masked ? torch::kInt32 : quantized ? torch::kFloat32 : dtype;
   }
 };
 
@@ -168,11 +169,22 @@ Status CheckLayout(const proto::TensorHeader& header,
       layout->bits = static_cast<int>(header.bits());
       layout->block_size = header.block_size();
       break;
+    case proto::CODEC_MASKED:
+      if (header.bits() != 0 || header.block_size() != 0 ||
+          *dtype != torch::kFloat32) {
+        return Status::InvalidArgument(
+            subject + ": CODEC_MASKED with dtype " + DTypeName(header.dtype()) +
+            ", bits " + std::to_string(header.bits()) + " and block_size " +
+            std::to_string(header.block_size()) +
+            " (expected F32 words, 0 and 0)");
+      }
+      layout->masked = true;
+      break;
     default:
       return Status::InvalidArgument(
           subject + ": codec " + std::to_string(header.codec()) +
-          " (expected CODEC_RAW=0 or CODEC_QUANTIZED=1; this build decodes "
-          "no other)");
+          " (expected CODEC_RAW=0, CODEC_QUANTIZED=1 or CODEC_MASKED=2; "
+          "this build decodes no other)");
   }
   if (header.shape_size() > kMaxTensorDims) {
     return Status::InvalidArgument(
@@ -736,6 +748,18 @@ StatusOr<WireTensor> EncodeTensor(const torch::Tensor& tensor,
   return wire;
 }
 
+WireTensor EncodeMaskedWords(const std::vector<int64_t>& shape,
+                             const uint32_t* words, size_t count) {
+  WireTensor wire;
+  wire.header.set_dtype(proto::DTYPE_F32);
+  for (int64_t d : shape) wire.header.add_shape(d);
+  wire.header.set_codec(proto::CODEC_MASKED);
+  wire.header.set_encoded_bytes(count * sizeof(uint32_t));
+  wire.payload.assign(reinterpret_cast<const char*>(words),
+                      count * sizeof(uint32_t));
+  return wire;
+}
+
 StatusOr<torch::Tensor> DecodeTensor(const WireTensor& wire,
                                      const std::string& name) {
   const std::string subject = "tensor '" + name + "'";
@@ -927,7 +951,7 @@ Status TensorDecoder::CloseOpenTensor() {
   } else {
     t = std::move(open_tensor_);
   }
-  if (limits_.output_dtype) {
+  if (limits_.output_dtype && open_header_.codec() != proto::CODEC_MASKED) {
     StatusOr<torch::Tensor> converted =
         ConvertTo(std::move(t), *limits_.output_dtype, subject);
     if (!converted.ok()) return Fail(converted.status());
@@ -1026,6 +1050,15 @@ Status TensorDecoder::AddHeader(const proto::TensorHeader& header) {
   Status s =
       CheckLayout(header, subject, limits_.max_elements_per_tensor, &layout);
   if (!s.ok()) return Fail(s);
+  if (layout.masked != limits_.masked) {
+    return Fail(Status::InvalidArgument(
+        subject +
+        (limits_.masked
+             ? ": codec " + std::to_string(header.codec()) +
+                   " in a secure-aggregation upload (expected CODEC_MASKED=2)"
+             : std::string(": CODEC_MASKED outside a secure-aggregation "
+                           "upload (expected values)"))));
+  }
   const uint64_t nbytes = layout.bytes;
   if (nbytes > limits_.max_total_bytes -
                    std::min(declared_bytes_, limits_.max_total_bytes)) {
@@ -1053,7 +1086,7 @@ Status TensorDecoder::AddHeader(const proto::TensorHeader& header) {
           ShapeString(spec.shape) +
           " (maybe a different LoRA rank or base model?)"));
     }
-    if (spec.dtype) {
+    if (spec.dtype && !layout.masked) {
       if (limits_.output_dtype) {
         if (*spec.dtype != *limits_.output_dtype) {
           return Fail(Status::InvalidArgument(
@@ -1084,8 +1117,8 @@ Status TensorDecoder::AddHeader(const proto::TensorHeader& header) {
       open_payload_.clear();
       open_payload_.reserve(nbytes);
     } else {
-      open_tensor_ = torch::empty(layout.shape,
-                                  torch::TensorOptions().dtype(layout.dtype));
+      open_tensor_ = torch::empty(
+          layout.shape, torch::TensorOptions().dtype(layout.decoded_dtype()));
     }
   } catch (const std::exception& e) {  // c10::Error, std::bad_alloc
     return Fail(Status::Internal(subject + ": allocating " +

@@ -122,6 +122,12 @@ StatusOr<WireTensor> EncodeTensor(const torch::Tensor& tensor,
 StatusOr<torch::Tensor> DecodeTensor(const WireTensor& wire,
                                      const std::string& name);
 
+// Secure aggregation's masked words (security/secagg.h) for a tensor of
+// `shape`: CODEC_MASKED, dtype F32, the words little-endian.
+// REQUIRES: words.size() == product of shape.
+WireTensor EncodeMaskedWords(const std::vector<int64_t>& shape,
+                             const uint32_t* words, size_t count);
+
 // The names both ends of a stream agree on, to send tensors by index
 // (TensorHeader.index) instead of by name.
 struct Schema {
@@ -201,6 +207,10 @@ struct DecoderLimits {
   // an update that may arrive as F16 or quantized). The expected specs'
   // dtypes are then checked against it, not against the wire dtype.
   std::optional<torch::Dtype> output_dtype;
+  // A secure-aggregation upload: every tensor must be CODEC_MASKED, and
+  // decodes to its int32 words (never converted to output_dtype). Unset,
+  // CODEC_MASKED is rejected.
+  bool masked = false;
   //
   // Headers may name tensors by index (1-based) into the sorted names of
   // `expected` (Schema::OfKeys(*expected)), whose fingerprint the stream's

@@ -1,6 +1,7 @@
 // The messages of secure aggregation (security/secagg.h), one plain struct per
 // message, each with Serialize() to bytes and Parse() from bytes. The
-// transport (gRPC `bytes` fields, later) only moves these bytes; Client and
+// transport (the SecAgg RPC's `bytes`; a MaskedInputMsg travels as
+// UploadUpdate's CODEC_MASKED tensors) only moves these bytes; Client and
 // Server check the meaning of a parsed message (ids in range, the session,
 // the phase). Flow, for the clients of one edge and the edge as server:
 //

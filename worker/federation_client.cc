@@ -222,6 +222,40 @@ StatusOr<proto::Task> FederationClient::GetTask() {
   return task;
 }
 
+StatusOr<std::string> FederationClient::SecAgg(int64_t round,
+                                               proto::SecAggRequest::Step step,
+                                               const std::string& message,
+                                               Clock::time_point until) {
+  const std::string what = "SecAgg " + proto::SecAggRequest::Step_Name(step);
+  bool sent = message.empty();
+  while (!stop_) {
+    const auto left =
+        std::chrono::duration_cast<milliseconds>(until - Clock::now());
+    if (left.count() <= 0) {
+      return Status::DeadlineExceeded(what + ": no result from " +
+                                      options_.address + " in time");
+    }
+    const auto wait =
+        std::min<milliseconds>(left, milliseconds(options_.task_wait_ms));
+    proto::SecAggReply reply;
+    Status s = WithRetry(what, /*idempotent=*/sent, [&]() {
+      proto::SecAggRequest req;
+      req.set_session_id(session());
+      req.set_round(static_cast<uint64_t>(round));
+      req.set_step(step);
+      if (!sent) req.set_message(message);
+      req.set_wait_ms(static_cast<uint32_t>(wait.count()));
+      grpc::ClientContext ctx;
+      transport::SetTimeout(&ctx, wait + milliseconds(5000));
+      return stub_->SecAgg(&ctx, req, &reply);
+    });
+    RETURN_IF_ERROR(s);
+    sent = true;
+    if (reply.ready()) return std::move(*reply.mutable_message());
+  }
+  return Status::Unavailable("stopped");
+}
+
 StatusOr<TensorMap> FederationClient::Download(
     int64_t round, uint64_t cached_round,
     const std::map<std::string, transport::TensorSpec>& expected,

@@ -89,6 +89,14 @@ class FederationClient {
                 const transport::WireTensors& tensors,
                 const transport::Schema* schema, uint64_t* bytes);
 
+  // One step of the secure aggregation of `round` (proto SecAggRequest):
+  // hands `message` over (when not empty), then long-polls until the step's
+  // result is ready and returns it. DeadlineExceeded past `until`;
+  // FailedPrecondition when the server has left this worker out.
+  StatusOr<std::string> SecAgg(int64_t round, proto::SecAggRequest::Step step,
+                               const std::string& message,
+                               std::chrono::steady_clock::time_point until);
+
   void Stop();
   bool stopped() const { return stop_; }
   // Sleeps unless stopped; false when stopped meanwhile.

@@ -2,9 +2,11 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "aggregation/hetero_rank.h"
@@ -16,6 +18,8 @@
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
 #include "security/dp.h"
+#include "security/secagg.h"
+#include "security/secagg_update.h"
 #include "worker/federation_client.h"
 #include "worker/local_trainer.h"
 
@@ -92,6 +96,28 @@ class WorkerClient::Impl {
   // Rebuilds the adapter at `rank` (0 = the registered config's rank).
   Status UseRank(int64_t rank);
   Status TrainRound(const proto::Task& task);
+  // Secure aggregation (task.secagg): checks the task against the adapter,
+  // then agrees on keys with the round's other workers through the server
+  // (rounds 0 and 1), before training.
+  struct SecAggSession {
+    std::unique_ptr<secagg::Client> client;
+    secagg::RoutedShares routed;
+    std::vector<std::string> names;
+    double scale = 0;
+    // Heterogeneous ranks: the worker's update is zero-padded to the
+    // global rank (what the zero_pad merge does), so every worker masks
+    // one layout; 0 = no padding.
+    int64_t pad_rank = 0;
+    TensorMap shapes;  // of the masked layout
+  };
+  StatusOr<SecAggSession> SecAggSetup(const proto::Task& task);
+  // Masks `update` (the decoded, clipped update) into the upload's tensors
+  // and the header's masked word (round 2).
+  Status SecAggMask(SecAggSession& session, const TensorMap& update,
+                    bool unclipped, transport::WireTensors* wire,
+                    proto::UpdateHeader* header);
+  // Answers the server's unmask request (round 3) once it comes.
+  Status SecAggUnmask(SecAggSession& session, const proto::Task& task);
   // The adapter of `round` at the current rank, from the server and, for
   // tensors it left out as unchanged, the cache of the last round.
   StatusOr<TensorMap> FetchAdapter(int64_t round, uint64_t* bytes);
@@ -273,6 +299,10 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   const int64_t round = static_cast<int64_t>(task.round());
   const proto::TrainSpec& spec = task.train();
   RETURN_IF_ERROR(UseRank(task.rank()));
+  std::optional<SecAggSession> secure;
+  if (task.has_secagg()) {
+    ASSIGN_OR_RETURN(secure, SecAggSetup(task));
+  }
   uint64_t down_bytes = 0;
   auto fetched = FetchAdapter(round, &down_bytes);
   if (!fetched.ok() && !cache_.empty() &&
@@ -388,6 +418,11 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   } else {
     residual_.clear();
   }
+  proto::UpdateHeader header;
+  if (secure) {
+    RETURN_IF_ERROR(SecAggMask(*secure, encoded.decoded, unclipped,
+                               &encoded.wire, &header));
+  }
   if (config_.simulation.emulate_uplink && config_.worker.uplink_mbps > 0) {
     uint64_t payload = 0;
     for (const auto& kv : encoded.wire) payload += kv.second.payload.size();
@@ -397,7 +432,6 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
         1000.0 * bytes / (config_.worker.uplink_mbps * 1e6 / 8))));
     seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   }
-  proto::UpdateHeader header;
   header.set_round(static_cast<uint64_t>(round));
   header.set_num_samples(train_.size());
   header.set_train_loss(r.mean_loss);
@@ -405,10 +439,10 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   header.set_eval_tokens(static_cast<uint64_t>(ev.tokens));
   header.set_train_seconds(seconds);
   header.set_tokens_per_second(seconds > 0 ? r.tokens / seconds : 0);
-  header.set_num_tensors(static_cast<uint32_t>(delta.size()));
-  header.set_rank(static_cast<uint32_t>(upload_rank));
+  header.set_num_tensors(static_cast<uint32_t>(encoded.wire.size()));
+  if (!secure) header.set_rank(static_cast<uint32_t>(upload_rank));
   header.set_kind(proto::UpdateHeader::DELTA);
-  header.set_unclipped(unclipped ? 1.0 : 0.0);
+  if (!secure) header.set_unclipped(unclipped ? 1.0 : 0.0);
   if (r.tokens > 0 && seconds > 0) tokens_per_second_ = r.tokens / seconds;
   if (task.deadline_unix_ms() > 0 && NowUnixMs() > task.deadline_unix_ms()) {
     FP_LOG_WARN("worker",
@@ -419,14 +453,15 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   uint64_t up_bytes = 0;
   const transport::Schema schema =
       transport::Schema::OfKeys(peft_->AdapterTensors());
-  // Quantized tensors travel by index (a name costs more than a small
-  // tensor's 4-bit payload).
-  Status up = client_->Upload(header, encoded.wire,
-                              codec.bits < 16 ? &schema : nullptr, &up_bytes);
-  std::lock_guard<std::mutex> lock(mu_);
+  // Quantized and masked tensors travel by index (a name costs more than a
+  // small tensor's 4-bit payload).
+  Status up =
+      client_->Upload(header, encoded.wire,
+                      codec.bits < 16 || secure ? &schema : nullptr, &up_bytes);
+  std::unique_lock<std::mutex> lock(mu_);
   stats_.bytes_down += down_bytes;
   stats_.bytes_up += up_bytes;
-  stats_.tensors_uploaded += static_cast<int64_t>(delta.size());
+  stats_.tensors_uploaded += static_cast<int64_t>(encoded.wire.size());
   if (!up.ok()) {
     stats_.rounds_rejected++;
     FP_LOG_WARN("worker", "'{}' round {}: upload rejected: {}",
@@ -434,18 +469,163 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
     return Status::Ok();  // the server decided; go on with the next task
   }
   stats_.rounds_trained++;
-  FP_LOG_INFO(
-      "worker",
-      "'{}' round {}: rank {}, {} steps, {} of {} tensors trained, "
-      "train loss {:.4f}, local eval loss {:.4f}, {:.1f}s, up {} B{}, "
-      "down {} B{}",
-      config_.worker.id, round, rank_, r.steps, delta.size(), local.size(),
-      r.mean_loss, ev.loss, seconds, up_bytes,
-      codec.bits < 32 ? fmt::format(" ({}-bit)", codec.bits) : std::string(),
-      down_bytes,
-      clip > 0 ? fmt::format(", update norm {:.4g}{} (clip {:.4g})", norm,
-                             unclipped ? "" : " clipped", clip)
-               : std::string());
+  FP_LOG_INFO("worker",
+              "'{}' round {}: rank {}, {} steps, {} of {} tensors trained, "
+              "train loss {:.4f}, local eval loss {:.4f}, {:.1f}s, up {} B{}, "
+              "down {} B{}",
+              config_.worker.id, round, rank_, r.steps, delta.size(),
+              local.size(), r.mean_loss, ev.loss, seconds, up_bytes,
+              secure            ? std::string(" (masked)")
+              : codec.bits < 32 ? fmt::format(" ({}-bit)", codec.bits)
+                                : std::string(),
+              down_bytes,
+              clip > 0 ? fmt::format(", update norm {:.4g}{} (clip {:.4g})",
+                                     norm, unclipped ? "" : " clipped", clip)
+                       : std::string());
+  if (secure) {
+    lock.unlock();  // the unmask request may be a round's deadline away
+    Status unmasked = SecAggUnmask(*secure, task);
+    if (!unmasked.ok()) {
+      FP_LOG_WARN("worker", "'{}' round {}: secure aggregation: {}",
+                  config_.worker.id, round, unmasked.message());
+    }
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+// The steady-clock time of a task's deadline plus `slack`; a task without
+// a deadline gets five minutes.
+Clock::time_point TaskDeadline(const proto::Task& task,
+                               std::chrono::seconds slack) {
+  if (task.deadline_unix_ms() == 0) {
+    return Clock::now() + std::chrono::minutes(5) + slack;
+  }
+  const int64_t left = static_cast<int64_t>(task.deadline_unix_ms()) -
+                       static_cast<int64_t>(NowUnixMs());
+  return Clock::now() + milliseconds(std::max<int64_t>(0, left)) + slack;
+}
+
+}  // namespace
+
+StatusOr<WorkerClient::Impl::SecAggSession> WorkerClient::Impl::SecAggSetup(
+    const proto::Task& task) {
+  const proto::SecAggTask& t = task.secagg();
+  const int64_t round = static_cast<int64_t>(task.round());
+  SecAggSession session;
+  session.names.assign(t.tensors().begin(), t.tensors().end());
+  session.scale = t.scale();
+  // The layout must be the one the server will decode: the global
+  // adapter's shapes.
+  for (const auto& kv : peft_->AdapterTensors()) {
+    session.shapes[kv.first] = kv.second.detach();
+  }
+  if (task.rank() > 0) {
+    session.pad_rank = registered_.lora.r;
+    session.shapes = aggregation::ZeroPadRank(session.shapes, session.pad_rank);
+  }
+  if (!std::is_sorted(session.names.begin(), session.names.end())) {
+    return Status::InvalidArgument("secagg task: tensors are not sorted");
+  }
+  ASSIGN_OR_RETURN(uint64_t length,
+                   secagg::MaskedVectorLength(session.shapes, session.names));
+  if (length != t.vector_length()) {
+    return Status::InvalidArgument(
+        "secagg task: " + std::to_string(t.vector_length()) +
+        " words announced, this adapter makes " + std::to_string(length));
+  }
+  if (!(std::isfinite(t.scale()) && t.scale() > 0)) {
+    return Status::InvalidArgument("secagg task: scale " +
+                                   std::to_string(t.scale()) +
+                                   " (expected a number > 0)");
+  }
+  secagg::Params params;
+  params.num_clients = t.num_clients();
+  params.threshold = t.threshold();
+  params.vector_length = t.vector_length();
+  params.session_id = t.session_id();
+  ASSIGN_OR_RETURN(session.client, secagg::Client::Create(t.index(), params));
+  const Clock::time_point until = TaskDeadline(task, std::chrono::seconds(0));
+
+  ASSIGN_OR_RETURN(secagg::AdvertiseMsg adv, session.client->Advertise());
+  std::vector<uint8_t> bytes = adv.Serialize();
+  ASSIGN_OR_RETURN(
+      std::string reply,
+      client_->SecAgg(round, proto::SecAggRequest::ADVERTISE,
+                      std::string(bytes.begin(), bytes.end()), until));
+  ASSIGN_OR_RETURN(
+      secagg::AdvertiseBroadcast u1,
+      secagg::AdvertiseBroadcast::Parse(
+          reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+  ASSIGN_OR_RETURN(secagg::ShareKeysMsg shares, session.client->ShareKeys(u1));
+  bytes = shares.Serialize();
+  ASSIGN_OR_RETURN(
+      reply, client_->SecAgg(round, proto::SecAggRequest::SHARE_KEYS,
+                             std::string(bytes.begin(), bytes.end()), until));
+  ASSIGN_OR_RETURN(
+      session.routed,
+      secagg::RoutedShares::Parse(
+          reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+  FP_LOG_INFO("worker",
+              "'{}' round {}: secure aggregation keys agreed with {} of {} "
+              "workers",
+              config_.worker.id, round, session.routed.shares.size(),
+              t.num_clients() - 1);
+  return session;
+}
+
+Status WorkerClient::Impl::SecAggMask(SecAggSession& session,
+                                      const TensorMap& update, bool unclipped,
+                                      transport::WireTensors* wire,
+                                      proto::UpdateHeader* header) {
+  const TensorMap& shapes = session.shapes;
+  const TensorMap padded =
+      session.pad_rank > 0 ? aggregation::ZeroPadRank(update, session.pad_rank)
+                           : update;
+  ASSIGN_OR_RETURN(std::vector<uint32_t> words,
+                   secagg::EncodeUpdateWords(padded, shapes, session.names,
+                                             session.scale, unclipped, rng_));
+  ASSIGN_OR_RETURN(secagg::MaskedInputMsg masked,
+                   session.client->MaskedInput(words, session.routed));
+  wire->clear();
+  size_t offset = 0;
+  for (const std::string& name : session.names) {
+    const torch::Tensor& like = shapes.at(name);
+    const size_t n = static_cast<size_t>(like.numel());
+    (*wire)[name] = transport::EncodeMaskedWords(
+        like.sizes().vec(), masked.masked.data() + offset, n);
+    offset += n;
+  }
+  header->set_masked_unclipped(masked.masked.back());
+  header->set_rank(0);  // the global adapter's shapes
+  return Status::Ok();
+}
+
+Status WorkerClient::Impl::SecAggUnmask(SecAggSession& session,
+                                        const proto::Task& task) {
+  const int64_t round = static_cast<int64_t>(task.round());
+  // The request comes once the round's uploads are in (at its deadline at
+  // the latest); the server waits a while for the answers.
+  const Clock::time_point until = TaskDeadline(task, std::chrono::seconds(60));
+  ASSIGN_OR_RETURN(
+      std::string reply,
+      client_->SecAgg(round, proto::SecAggRequest::UNMASK, "", until));
+  ASSIGN_OR_RETURN(
+      secagg::UnmaskRequest request,
+      secagg::UnmaskRequest::Parse(
+          reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+  ASSIGN_OR_RETURN(secagg::UnmaskMsg answer, session.client->Unmask(request));
+  const std::vector<uint8_t> bytes = answer.Serialize();
+  RETURN_IF_ERROR(client_
+                      ->SecAgg(round, proto::SecAggRequest::UNMASK,
+                               std::string(bytes.begin(), bytes.end()), until)
+                      .status());
+  FP_LOG_INFO("worker",
+              "'{}' round {}: secure aggregation: unmasked ({} survivors, {} "
+              "dropped)",
+              config_.worker.id, round, request.survivors.size(),
+              request.dropped.size());
   return Status::Ok();
 }
 

@@ -50,8 +50,9 @@ void SimulationProfile::Read(ConfigReader& in) {
   in.Get("emulate_uplink", &emulate_uplink);
   in.Check(slowdown >= 1.0, "slowdown",
            "must be >= 1, got " + ToConfigString(slowdown));
-  in.Check(dropout_prob >= 0 && dropout_prob < 1, "dropout_prob",
-           "must be in [0, 1), got " + ToConfigString(dropout_prob));
+  in.Check(dropout_prob >= 0 && dropout_prob <= 1, "dropout_prob",
+           "must be in [0, 1] (1: drops every round after training), got " +
+               ToConfigString(dropout_prob));
 }
 
 void WorkerConfig::Read(ConfigReader& in) {

@@ -17,6 +17,7 @@
 #include "security/dp.h"
 #include "security/rdp_accountant.h"
 #include "security/tls.h"
+#include "tests/coordinator/service_fixture.h"
 #include "worker/federation_client.h"
 #include "worker/train_config.h"
 #include "worker/worker_config.h"
@@ -28,168 +29,9 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-const std::string kSource = FEDPEFT_SOURCE_DIR;
-
-class ServiceTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("fedpeft_svc_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (coordinator_) coordinator_->Stop();
-    if (loop_.joinable()) loop_.join();
-    server_.reset();
-    coordinator_.reset();
-    fs::remove_all(dir_);
-  }
-
-  CoordinatorConfig Config(std::vector<std::string> overrides = {}) {
-    std::vector<std::string> base = {
-        "server.address=127.0.0.1:0",
-        "server.max_message_mb=1",
-        "server.chunk_kb=64",
-        "federation.rounds=1",
-        "federation.min_available=2",
-        "federation.min_workers=2",
-        "federation.quorum=0.5",
-        "federation.round_deadline_s=20",
-        "federation.heartbeat_interval_ms=500",
-        "federation.worker_timeout_s=30",
-        "federation.task_wait_ms=500",
-        "federation.shutdown_grace_s=0",
-        "model.path=" + kSource + "/assets/stories260K",
-        "peft.lora.r=2",
-        "peft.lora.target_modules=[q_proj, v_proj]",
-        "checkpoint.dir=" + (dir_ / "ckpt").string(),
-        "logging.metrics_file=" + (dir_ / "metrics.jsonl").string(),
-        "limits.max_update_mb=1",
-        "tls.insecure=true",
-    };
-    base.insert(base.end(), overrides.begin(), overrides.end());
-    auto cfg = LoadCoordinatorConfig("", base);
-    EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
-    return *cfg;
-  }
-
-  void Start(const CoordinatorConfig& cfg) {
-    auto c = Coordinator::Create(cfg);
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
-    coordinator_ = std::move(c).value();
-    auto s = FederationServer::Start(*coordinator_, cfg.server);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    server_ = std::move(s).value();
-    auto channel =
-        transport::MakeChannel("127.0.0.1:" + std::to_string(server_->port()),
-                               transport::ChannelOptions{});
-    ASSERT_TRUE(channel.ok());
-    stub_ = proto::Federation::NewStub(*channel);
-  }
-
-  void RunLoop() {
-    loop_ = std::thread([this] { run_status_ = coordinator_->Run(); });
-  }
-
-  std::string Register(const std::string& id) {
-    proto::RegisterRequest req;
-    req.mutable_profile()->set_worker_id(id);
-    req.mutable_profile()->set_num_samples(10);
-    proto::RegisterReply reply;
-    grpc::ClientContext ctx;
-    transport::SetTimeout(&ctx, std::chrono::seconds(10));
-    grpc::Status s = stub_->Register(&ctx, req, &reply);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    EXPECT_FALSE(reply.adapter_config_json().empty());
-    return reply.session_id();
-  }
-
-  proto::Task GetTask(const std::string& session) {
-    for (int i = 0; i < 40; ++i) {
-      proto::TaskRequest req;
-      req.set_session_id(session);
-      req.set_wait_ms(500);
-      proto::Task task;
-      grpc::ClientContext ctx;
-      transport::SetTimeout(&ctx, std::chrono::seconds(5));
-      grpc::Status s = stub_->GetTask(&ctx, req, &task);
-      EXPECT_TRUE(s.ok()) << s.error_message();
-      if (task.kind() != proto::Task::WAIT) return task;
-    }
-    ADD_FAILURE() << "no task";
-    return proto::Task();
-  }
-
-  TensorMap Download(const std::string& session, uint64_t round) {
-    proto::DownloadRequest req;
-    req.set_session_id(session);
-    req.set_round(round);
-    grpc::ClientContext ctx;
-    transport::SetTimeout(&ctx, std::chrono::seconds(10));
-    auto reader = stub_->DownloadAdapter(&ctx, req);
-    transport::TensorDecoder decoder;
-    proto::TensorChunk chunk;
-    while (reader->Read(&chunk)) EXPECT_TRUE(decoder.Add(chunk).ok());
-    EXPECT_TRUE(reader->Finish().ok());
-    auto t = decoder.Finish();
-    EXPECT_TRUE(t.ok());
-    return *t;
-  }
-
-  // Sends an upload: header fields, then `tensors` (or raw `chunks`).
-  grpc::Status Upload(const std::string& session, uint64_t round,
-                      const TensorMap& tensors,
-                      std::vector<proto::TensorChunk> raw = {},
-                      int num_tensors = -1, double loss = 1.0) {
-    grpc::ClientContext ctx;
-    transport::SetTimeout(&ctx, std::chrono::seconds(10));
-    proto::UploadReply reply;
-    auto writer = stub_->UploadUpdate(&ctx, &reply);
-    proto::UploadMessage m;
-    m.mutable_header()->set_session_id(session);
-    m.mutable_header()->set_round(round);
-    m.mutable_header()->set_num_samples(10);
-    m.mutable_header()->set_train_loss(loss);
-    m.mutable_header()->set_num_tensors(
-        num_tensors >= 0 ? num_tensors : static_cast<int>(tensors.size()));
-    writer->Write(m);
-    if (raw.empty()) {
-      Status s = transport::EncodeTensors(tensors, 32 << 10,
-                                          [&](const proto::TensorChunk& c) {
-                                            proto::UploadMessage u;
-                                            *u.mutable_chunk() = c;
-                                            return writer->Write(u);
-                                          });
-      EXPECT_TRUE(s.ok() || s.code() == StatusCode::kUnavailable);
-    } else {
-      for (const auto& c : raw) {
-        proto::UploadMessage u;
-        *u.mutable_chunk() = c;
-        writer->Write(u);
-      }
-    }
-    writer->WritesDone();
-    return writer->Finish();
-  }
-
-  friend int AnswerEveryRound(ServiceTest* t,
-                              const std::vector<std::string>& sessions);
-
-  fs::path dir_;
-  std::unique_ptr<Coordinator> coordinator_;
-  std::unique_ptr<FederationServer> server_;
-  std::unique_ptr<proto::Federation::Stub> stub_;
-  std::thread loop_;
-  Status run_status_;
-};
-
-TensorMap Zeros(const TensorMap& like) {
-  TensorMap out;
-  for (const auto& kv : like) out[kv.first] = torch::zeros_like(kv.second);
-  return out;
-}
+using testing_util::kSource;
+using testing_util::ServiceTest;
+using testing_util::Zeros;
 
 // The workers of `sessions` answer every round with small (unclipped)
 // updates until the coordinator says SHUTDOWN; returns the rounds trained.

@@ -527,33 +527,36 @@ class HierarchyTest : public FederationTest {
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
-  pid_t StartEdge(int cloud_port, int e, int port) {
-    return Spawn({"edge",
-                  "--config",
-                  "configs/hier/edge.yaml",
-                  "--set",
-                  "edge.id=edge-" + std::to_string(e),
-                  "--set",
-                  "upstream.address=127.0.0.1:" + std::to_string(cloud_port),
-                  "--set",
-                  "upstream.task_wait_ms=1000",
-                  "--set",
-                  "upstream.backoff_max_ms=1000",
-                  "--set",
-                  "server.address=127.0.0.1:" + std::to_string(port),
-                  "--set",
-                  "federation.min_available=3",
-                  "--set",
-                  "federation.heartbeat_interval_ms=300",
-                  "--set",
-                  "federation.worker_timeout_s=3",
-                  "--set",
-                  "federation.task_wait_ms=1000",
-                  "--set",
-                  "federation.shutdown_grace_s=3",
-                  "--set",
-                  "model.threads=1"},
-                 Path("edge-" + std::to_string(e) + ".log"));
+  pid_t StartEdge(int cloud_port, int e, int port,
+                  std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {
+        "edge",
+        "--config",
+        "configs/hier/edge.yaml",
+        "--set",
+        "edge.id=edge-" + std::to_string(e),
+        "--set",
+        "upstream.address=127.0.0.1:" + std::to_string(cloud_port),
+        "--set",
+        "upstream.task_wait_ms=1000",
+        "--set",
+        "upstream.backoff_max_ms=1000",
+        "--set",
+        "server.address=127.0.0.1:" + std::to_string(port),
+        "--set",
+        "federation.min_available=3",
+        "--set",
+        "federation.heartbeat_interval_ms=300",
+        "--set",
+        "federation.worker_timeout_s=3",
+        "--set",
+        "federation.task_wait_ms=1000",
+        "--set",
+        "federation.shutdown_grace_s=3",
+        "--set",
+        "model.threads=1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Spawn(args, Path("edge-" + std::to_string(e) + ".log"));
   }
   // Six workers, three per edge; worker 0 has a slow uplink.
   std::vector<pid_t> StartWorkers(const std::vector<int>& edge_ports) {
@@ -763,24 +766,35 @@ TEST_F(FederationTest, DpWithFourBitUploads) {
   EXPECT_THAT(w0, HasSubstr("(clip 0.05)"));
 }
 
-// Distributed DP: each of two edges adds its share of the noise to the sum of
-// its workers' clipped, 8-bit updates; the cloud adds none, and accounts for
-// the round with the edges' sampling. The global adapter travels in 8 bits
-// too, cloud to edges and edges to workers.
-TEST_F(HierarchyTest, DpNoiseSharesAtTheEdges) {
+// Distributed DP after secure aggregation: each of two edges sums its
+// workers' masked updates (it sees only the sum), then adds its share of
+// the noise; the cloud adds none, and accounts for the round with the
+// edges' sampling. Worker 5 drops out after key agreement every round, so
+// edge 1 recovers the sum of 2 of its 3 workers. The global adapter travels
+// in 8 bits, cloud to edges and edges to workers.
+TEST_F(HierarchyTest, DpNoiseSharesAtTheEdgesAfterSecureAggregation) {
   int cloud = FreePort();
   std::vector<int> edge_ports = {FreePort(), FreePort()};
   pid_t coord = Spawn(
-      CloudArgs(cloud, 2, 1,
-                {"--set", "dp.enabled=true", "--set", "dp.placement=edges",
-                 "--set", "dp.clip_norm=0.05", "--set",
-                 "dp.noise_multiplier=1.0", "--set", "dp.population=6", "--set",
-                 "compression.bits=8", "--set", "compression.download_bits=8",
-                 "--set", "freezing.apf.enabled=false"}),
+      CloudArgs(
+          cloud, 2, 1,
+          {"--set", "dp.enabled=true", "--set", "dp.placement=edges", "--set",
+           "dp.clip_norm=0.05", "--set", "dp.noise_multiplier=1.0", "--set",
+           "dp.population=6", "--set", "compression.bits=8", "--set",
+           "compression.download_bits=8", "--set", "freezing.apf.enabled=false",
+           "--set", "secagg.enabled=true"}),
       Path("coordinator.log"));
-  std::vector<pid_t> edges = {StartEdge(cloud, 0, edge_ports[0]),
-                              StartEdge(cloud, 1, edge_ports[1])};
-  std::vector<pid_t> workers = StartWorkers(edge_ports);
+  // The dropped worker holds its edge's rounds until their deadline.
+  const std::vector<std::string> deadline = {"--set",
+                                             "federation.round_deadline_s=30"};
+  std::vector<pid_t> edges = {StartEdge(cloud, 0, edge_ports[0], deadline),
+                              StartEdge(cloud, 1, edge_ports[1], deadline)};
+  std::vector<pid_t> workers;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<std::string> extra;
+    if (i == 5) extra = {"--set", "simulation.dropout_prob=1"};
+    workers.push_back(StartWorker(edge_ports[i / 3], i, 6, extra));
+  }
   ASSERT_EQ(Wait(coord, std::chrono::seconds(400)), 0) << Logs();
   for (pid_t e : edges) EXPECT_EQ(Wait(e, std::chrono::seconds(30)), 0);
   for (pid_t w : workers) {
@@ -798,15 +812,21 @@ TEST_F(HierarchyTest, DpNoiseSharesAtTheEdges) {
     EXPECT_NEAR(row["epsilon"].get<double>(), want.epsilon,
                 1e-9 * want.epsilon);
   }
-  // Each edge adds N(0, (zC)^2 / 2): stddev 0.05 / sqrt(2) = 0.03536; the
-  // cloud adds nothing on top.
-  for (int e = 0; e < 2; ++e) {
-    std::string log = Slurp(Path("edge-" + std::to_string(e) + ".log"));
-    EXPECT_THAT(log, HasSubstr("dp: sum of 3 users' updates clipped to 0.05, "
-                               "noise stddev 0.03536 added here"))
-        << log;
-    EXPECT_THAT(log, HasSubstr(", 8-bit)"));
-  }
+  // Each edge adds N(0, (zC)^2 / 2): stddev 0.05 / sqrt(2) = 0.03536, after
+  // unmasking; the cloud adds nothing on top.
+  std::string e0 = Slurp(Path("edge-0.log"));
+  EXPECT_THAT(e0, HasSubstr("secure aggregation: sum of 3 masked updates "
+                            "recovered (0 dropped"));
+  EXPECT_THAT(e0, HasSubstr("dp: sum of 3 users' updates clipped to 0.05, "
+                            "noise stddev 0.03536 added here"));
+  std::string e1 = Slurp(Path("edge-1.log"));
+  EXPECT_THAT(e1, HasSubstr("secure aggregation: sum of 2 masked updates "
+                            "recovered (1 dropped after agreeing keys"));
+  EXPECT_THAT(e1, HasSubstr("dp: sum of 2 users' updates clipped to 0.05, "
+                            "noise stddev 0.03536 added here"));
+  std::string w0 = Slurp(Path("worker-0.log"));
+  EXPECT_THAT(w0, HasSubstr("(masked)"));
+  EXPECT_THAT(w0, HasSubstr("secure aggregation: unmasked (3 survivors"));
   EXPECT_THAT(Slurp(Path("coordinator.log")),
               HasSubstr("noise stddev 0 added here (0.05 at the edges)"));
 }

@@ -91,6 +91,57 @@ Status Feed(const std::vector<proto::TensorChunk>& chunks,
 
 // ---- codec round trips ----------------------------------------------------
 
+// Secure aggregation's words travel bit-exactly, decode to int32 (never
+// converted to output_dtype), and only where the decoder expects them.
+TEST(TensorCodecTest, MaskedWordsOnlyWhereExpected) {
+  const std::vector<uint32_t> words = {0u,          1u,         0xffffffffu,
+                                       0x80000000u, 123456789u, 42u};
+  WireTensors wire;
+  wire["w"] = EncodeMaskedWords({2, 3}, words.data(), words.size());
+  EXPECT_EQ(wire["w"].header.codec(), proto::CODEC_MASKED);
+  auto stream = [&](const WireTensors& w) {
+    std::vector<proto::TensorChunk> chunks;
+    EXPECT_TRUE(WriteTensors(w, 5, nullptr, [&](const proto::TensorChunk& c) {
+                  chunks.push_back(c);
+                  return true;
+                }).ok());
+    return chunks;
+  };
+  DecoderLimits masked;
+  masked.masked = true;
+  masked.output_dtype = torch::kFloat32;
+  auto decoded = DecodeAll(stream(wire), masked);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  const torch::Tensor& t = decoded->at("w");
+  ASSERT_EQ(t.scalar_type(), torch::kInt32);
+  EXPECT_EQ(t.sizes().vec(), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(std::memcmp(t.data_ptr(), words.data(), words.size() * 4), 0);
+
+  // Outside a secure-aggregation upload: refused, named.
+  Status s = Feed(stream(wire));
+  EXPECT_THAT(s.message(), HasSubstr("CODEC_MASKED outside"));
+  // Values inside one: refused.
+  TensorMap values;
+  values["w"] = torch::ones({2, 3});
+  s = Feed(EncodeAll(values, 64), masked);
+  EXPECT_THAT(s.message(), HasSubstr("expected CODEC_MASKED"));
+  // Masked words claim F32 and no quantization parameters.
+  WireTensor bad = wire["w"];
+  bad.header.set_bits(4);
+  EXPECT_THAT(DecodeTensor(bad, "w").status().message(),
+              HasSubstr("expected F32 words, 0 and 0"));
+  bad = wire["w"];
+  bad.header.set_dtype(proto::DTYPE_F16);
+  bad.header.set_encoded_bytes(12);
+  bad.payload.resize(12);
+  EXPECT_THAT(DecodeTensor(bad, "w").status().message(),
+              HasSubstr("expected F32 words"));
+  // The single-tensor decoder agrees.
+  auto one = DecodeTensor(wire["w"], "w");
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->scalar_type(), torch::kInt32);
+}
+
 TEST(TensorCodecTest, RoundTripEveryDtypeAndChunkSize) {
   const TensorMap tensors = SmallAdapter();
   // 8 bytes: smaller than every tensor; 528: exactly the F32 lora_A (4*33*4)
@@ -889,10 +940,10 @@ TEST(QuantizedDecodeTest, RejectsBadBitsAndBlockSize) {
   EXPECT_THAT(DecodeStatus(raw).message(), HasSubstr("block_size 64 with "
                                                      "CODEC_RAW"));
   raw.header.set_block_size(0);
-  raw.header.set_codec(static_cast<proto::TensorCodec>(2));
+  raw.header.set_codec(static_cast<proto::TensorCodec>(3));
   EXPECT_THAT(DecodeStatus(raw).message(),
-              HasSubstr("tensor 'q': codec 2 (expected CODEC_RAW=0 or "
-                        "CODEC_QUANTIZED=1"));
+              HasSubstr("tensor 'q': codec 3 (expected CODEC_RAW=0, "
+                        "CODEC_QUANTIZED=1 or CODEC_MASKED=2"));
 }
 
 TEST(QuantizedDecodeTest, RejectsNonzeroPaddingBits) {

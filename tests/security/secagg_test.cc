@@ -21,7 +21,9 @@
 #include <vector>
 
 #include "security/secagg_crypto.h"
+#include "security/secagg_fixed_point.h"
 #include "security/secagg_messages.h"
+#include "security/secagg_update.h"
 
 namespace fedpeft {
 namespace secagg {
@@ -286,6 +288,73 @@ TEST(SecAggTest, TooManyDropoutsIsAnErrorNotAWrongSum) {
   Outcome out = RunSession(small);
   EXPECT_EQ(out.status.code(), StatusCode::kFailedPrecondition)
       << out.status.ToString();
+}
+
+// An adapter update as words and back: the masked tensors exclude frozen
+// ones and FFA's lora_A, left-out tensors count as zeros, and the sum of
+// several encodings decodes to the sum of the updates (within one unit an
+// element per update) with the unclipped bits counted.
+TEST(SecAggUpdateTest, WordsOfUpdatesSumToTheSumOfUpdates) {
+  TensorMap adapter;
+  adapter["m.0.lora_A.weight"] = torch::zeros({2, 3});
+  adapter["m.0.lora_B.weight"] = torch::zeros({3, 2});
+  adapter["m.1.lora_A.weight"] = torch::zeros({2, 3});
+  adapter["m.1.lora_B.weight"] = torch::zeros({3, 2});
+  const std::vector<std::string> names =
+      MaskedTensorNames(adapter, {"m.1.lora_B.weight"}, /*ffa=*/true);
+  ASSERT_EQ(names, std::vector<std::string>{"m.0.lora_B.weight"});
+  const std::vector<std::string> all = MaskedTensorNames(adapter, {}, false);
+  ASSERT_EQ(all.size(), 4u);
+  auto length = MaskedVectorLength(adapter, all);
+  ASSERT_TRUE(length.ok());
+  EXPECT_EQ(*length, 4u * 6 + 1);
+
+  const double clip = 1.0;
+  const uint32_t n = 3;
+  auto scale = ChooseFixedPointScale(clip, n);
+  ASSERT_TRUE(scale.ok());
+  std::mt19937_64 rng(5);
+  torch::manual_seed(3);
+  std::vector<uint32_t> sum(*length, 0);
+  TensorMap want;
+  for (const auto& name : all) want[name] = torch::zeros({1});
+  for (uint32_t u = 0; u < n; ++u) {
+    TensorMap update;
+    // Worker u leaves out m.1.lora_A (not trained): zeros.
+    for (const auto& name : all) {
+      if (name == "m.1.lora_A.weight") continue;
+      update[name] = 0.2 * torch::rand(adapter.at(name).sizes()) - 0.1;
+      want[name] = want[name] + update[name];
+    }
+    auto words = EncodeUpdateWords(update, adapter, all, *scale,
+                                   /*unclipped=*/u != 1, rng);
+    ASSERT_TRUE(words.ok()) << words.status().ToString();
+    ASSERT_EQ(words->size(), *length);
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += (*words)[i];
+  }
+  uint32_t unclipped = 0;
+  auto decoded = DecodeSumWords(sum, adapter, all, *scale, &unclipped);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(unclipped, 2u);
+  for (const auto& name : all) {
+    const torch::Tensor expected =
+        want.at(name).expand(adapter.at(name).sizes());
+    EXPECT_LE((decoded->at(name) - expected).abs().max().item<double>(),
+              n * *scale + 5e-8)  // + float32 rounding of ~0.3
+        << name;
+  }
+
+  // What the layout cannot hold is refused, named.
+  TensorMap stray;
+  stray["m.9.lora_B.weight"] = torch::zeros({3, 2});
+  EXPECT_FALSE(EncodeUpdateWords(stray, adapter, all, *scale, true, rng).ok());
+  TensorMap wrong;
+  wrong["m.0.lora_B.weight"] = torch::zeros({2, 2});
+  EXPECT_FALSE(EncodeUpdateWords(wrong, adapter, all, *scale, true, rng).ok());
+  TensorMap huge;
+  huge["m.0.lora_B.weight"] = torch::full({3, 2}, 1e30);
+  EXPECT_FALSE(EncodeUpdateWords(huge, adapter, all, *scale, true, rng).ok());
+  EXPECT_FALSE(DecodeSumWords({1, 2}, adapter, all, *scale, &unclipped).ok());
 }
 
 TEST(SecAggTest, ParamsValidation) {
