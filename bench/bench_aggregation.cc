@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "aggregation/strategy.h"
+#include "bench/bench_util.h"
 
 namespace fedpeft {
 namespace bench {
@@ -126,20 +127,6 @@ bool ParseArgs(int argc, char** argv, Args* args) {
     if (c < 1) return false;
   }
   return args->repeats >= 1 && args->threads >= 1;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-template <typename F>
-double Seconds(F&& f) {
-  const auto start = std::chrono::steady_clock::now();
-  f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-      .count();
 }
 
 struct Row {
@@ -286,15 +273,7 @@ int Run(const Args& args) {
 }  // namespace fedpeft
 
 int main(int argc, char** argv) {
-  fedpeft::bench::Args args;
-  if (!fedpeft::bench::ParseArgs(argc, argv, &args)) {
-    fedpeft::bench::Usage();
-    return 2;
-  }
-  try {
-    return fedpeft::bench::Run(args);
-  } catch (const std::exception& e) {
-    std::cerr << "fedpeft_bench_aggregation: " << e.what() << "\n";
-    return 1;
-  }
+  namespace b = fedpeft::bench;
+  return b::BenchMain<b::Args>(argc, argv, "fedpeft_bench_aggregation",
+                               b::ParseArgs, b::Usage, b::Run);
 }

@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "proto/tensor_codec.h"
 
 namespace fedpeft {
@@ -156,30 +157,13 @@ bool ParseArgs(int argc, char** argv, Args* args) {
   return args->repeats >= 1;
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // Median over `repeats` of the seconds one call of `f` takes; each repeat
 // loops `f` until 20 ms have passed (small adapters take microseconds).
 template <typename F>
 double MedianSeconds(int repeats, F&& f) {
-  using Clock = std::chrono::steady_clock;
   f();  // warm-up
   std::vector<double> runs;
-  for (int r = 0; r < repeats; ++r) {
-    const auto start = Clock::now();
-    int calls = 0;
-    double elapsed = 0;
-    do {
-      f();
-      ++calls;
-      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-    } while (elapsed < 0.02);
-    runs.push_back(elapsed / calls);
-  }
+  for (int r = 0; r < repeats; ++r) runs.push_back(SecondsPerCall(f));
   return Median(runs);
 }
 
@@ -376,15 +360,7 @@ int Run(const Args& args) {
 }  // namespace fedpeft
 
 int main(int argc, char** argv) {
-  fedpeft::bench::Args args;
-  if (!fedpeft::bench::ParseArgs(argc, argv, &args)) {
-    fedpeft::bench::Usage();
-    return 2;
-  }
-  try {
-    return fedpeft::bench::Run(args);
-  } catch (const std::exception& e) {
-    std::cerr << "fedpeft_bench_codec: " << e.what() << "\n";
-    return 1;
-  }
+  namespace b = fedpeft::bench;
+  return b::BenchMain<b::Args>(argc, argv, "fedpeft_bench_codec", b::ParseArgs,
+                               b::Usage, b::Run);
 }

@@ -260,8 +260,7 @@ Status Run(const Args& args) {
             << peft->TrainableParameters().size() << " tensors ("
             << trained_params << " in " << trainer.trained_keys().size()
             << " trained, trainable_layers " << args.trainable_layers
-            << "), threads "
-            << torch::get_num_threads() << "\n";
+            << "), threads " << torch::get_num_threads() << "\n";
 
   std::vector<double> times;
   double first_loss = 0.0;

@@ -194,7 +194,8 @@ class Server {
   // words). FailedPrecondition ("too many dropouts") while fewer than t
   // clients of U3 have answered — call again if more answers arrive;
   // Corruption if the shares are inconsistent (a rebuilt masking key does
-  // not match its advertised public key, or spare shares disagree).
+  // not match its advertised public key, or the spare share of the t + 1 used
+  // disagrees).
   StatusOr<std::vector<uint32_t>> Finish();
 
   // U3, known after CloseMaskedInput: whose inputs the sum contains.

@@ -245,6 +245,12 @@ StatusOr<std::vector<uint32_t>> Server::Finish() {
         }
       }
     }
+    // t shares rebuild the secret and one spare checks them: a corrupted
+    // share among those used is caught, and shares beyond are not used at
+    // all, so they cannot change the sum. Checking every spare would cost a
+    // full interpolation over GF(2^521 - 1) each (fedpeft_bench_secagg:
+    // 236 ms instead of 49 ms to unmask n = 30 with nobody dropped).
+    if (out.size() > threshold_ + 1) out.resize(threshold_ + 1);
     return out;
   };
   std::vector<uint32_t> sum(params_.vector_length, 0);
