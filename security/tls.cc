@@ -47,10 +47,11 @@ StatusOr<Pem> LoadPem(const TlsOptions& o, const std::string& component) {
                                       "' has expired; issue a new one");
   }
   FP_LOG_INFO(component,
-              "mutual TLS: certificate '{}' (issued by '{}', {} days left), "
-              "peers verified against '{}'",
+              "mutual TLS: certificate '{}' (issued by '{}', valid for "
+              "{:.1f} more days), peers verified against '{}'",
               info->common_name, info->issuer_common_name,
-              (info->not_after_unix - now) / 86400, ca->common_name);
+              static_cast<double>(info->not_after_unix - now) / 86400,
+              ca->common_name);
   return pem;
 }
 
