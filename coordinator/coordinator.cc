@@ -1198,8 +1198,10 @@ bool Coordinator::RunRoundAttempt(int64_t round, int attempt, RoundMetrics* m) {
       // Masked updates count once their sum is recovered.
       FinishSecAgg(lock, round, &updates);
       m->answered = 0;
+      m->secagg_workers = 0;
       for (const auto& u : updates) {
         m->answered += u.summed ? static_cast<int>(u.members.size()) : 1;
+        if (u.summed) m->secagg_workers = static_cast<int>(u.members.size());
       }
     }
     m->rejected = rejected_;
@@ -2118,6 +2120,9 @@ void Coordinator::LogRound(const RoundMetrics& m) {
                          m.rank_mean);
   }
   if (apf_) shape += fmt::format(" | frozen {:.0f}%", 100 * m.frozen_fraction);
+  if (m.secagg_workers >= 0) {
+    shape += fmt::format(" | secure sum of {}", m.secagg_workers);
+  }
   if (std::isfinite(m.epsilon)) {
     shape += fmt::format(
         " | epsilon {:.3f} (delta {:.2g}, q {:.3g}, z {:.3f}, "
@@ -2170,6 +2175,7 @@ void Coordinator::LogRound(const RoundMetrics& m) {
       {"noise_multiplier", m.noise_multiplier},
       {"unclipped_fraction", NumberOrNull(m.unclipped_fraction)},
       {"sampling_rate", m.sampling_rate},
+      {"secagg_workers", m.secagg_workers},
       {"bytes_up_workers", m.worker_bytes_up},
       {"bytes_up_total", total_up},
       {"bytes_down_total", total_down},

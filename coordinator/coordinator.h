@@ -227,6 +227,9 @@ struct RoundMetrics {
   double unclipped_fraction = std::nan("");
   double unclipped_count = std::nan("");  // noised
   double sampling_rate = 0;               // q accounted for this round
+  // Secure aggregation: the masked updates whose sum was recovered (0 when
+  // it failed); -1 when the round ran none.
+  int secagg_workers = -1;
   std::map<std::string, uint64_t> worker_bytes_up;  // accepted uploads
 };
 

@@ -244,6 +244,7 @@ TEST_F(SecAggServiceTest, MeanOfMaskedUpdatesIsExactWithADropout) {
   EXPECT_TRUE(history[0].aggregated);
   EXPECT_EQ(history[0].answered, 3);
   EXPECT_EQ(history[0].rejected, 1);
+  EXPECT_EQ(history[0].secagg_workers, 3);
   auto ckpt = LoadLatestCheckpoint((dir_ / "ckpt").string());
   ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
   const double unit = ps[0].task.secagg().scale();
@@ -300,6 +301,7 @@ TEST_F(SecAggServiceTest, AWorkerThatMissesKeyAgreementIsLeftOut) {
   ASSERT_EQ(history.size(), 1u);
   EXPECT_TRUE(history[0].aggregated);
   EXPECT_EQ(history[0].answered, 2);
+  EXPECT_EQ(history[0].secagg_workers, 2);
 }
 
 // Secure aggregation needs DP's clip norm and one vector layout (ranks
