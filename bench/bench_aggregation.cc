@@ -27,7 +27,6 @@
 #include <iostream>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -78,16 +77,6 @@ struct Args {
   int repeats = 5;
   int threads = 1;
 };
-
-std::vector<std::string> SplitCommas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
 
 void Usage() {
   std::cerr << "usage: fedpeft_bench_aggregation [--clients 8,32] "

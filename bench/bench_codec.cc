@@ -34,7 +34,6 @@
 #include <iostream>
 #include <map>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -114,16 +113,6 @@ struct Args {
   int repeats = 5;
   int64_t big_elements = 40'000'000;  // 0 = skip the one-tensor section
 };
-
-std::vector<std::string> SplitCommas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
 
 void Usage() {
   std::cerr << "usage: fedpeft_bench_codec "

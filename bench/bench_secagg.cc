@@ -166,7 +166,7 @@ template <typename M>
 M Wire(const M& m, size_t* bytes = nullptr) {
   const std::vector<uint8_t> serialized = m.Serialize();
   if (bytes) *bytes = serialized.size();
-  return Take(M::Parse(serialized), "parse");
+  return Take(secagg::FromBytes<M>(serialized), "parse");
 }
 
 double SecondsSince(Clock::time_point start) {
@@ -219,7 +219,8 @@ Session RunSession(const std::vector<std::vector<uint32_t>>& inputs,
     const std::vector<uint8_t> bytes = adv.Serialize();
     setup[id] += SecondsSince(start);
     out.advertise = bytes.size();
-    Check(server->ReceiveAdvertise(Take(AdvertiseMsg::Parse(bytes), "parse")),
+    Check(server->ReceiveAdvertise(
+              Take(secagg::FromBytes<AdvertiseMsg>(bytes), "parse")),
           "ReceiveAdvertise");
   }
   const std::vector<uint8_t> u1 =
@@ -228,12 +229,13 @@ Session RunSession(const std::vector<std::vector<uint32_t>>& inputs,
   for (uint32_t id = 0; id < n; ++id) {
     const auto start = Clock::now();
     const AdvertiseBroadcast broadcast =
-        Take(AdvertiseBroadcast::Parse(u1), "parse");
+        Take(secagg::FromBytes<AdvertiseBroadcast>(u1), "parse");
     const std::vector<uint8_t> bytes =
         Take(clients[id]->ShareKeys(broadcast), "ShareKeys").Serialize();
     setup[id] += SecondsSince(start);
     out.share_keys = bytes.size();
-    Check(server->ReceiveShareKeys(Take(ShareKeysMsg::Parse(bytes), "parse")),
+    Check(server->ReceiveShareKeys(
+              Take(secagg::FromBytes<ShareKeysMsg>(bytes), "parse")),
           "ReceiveShareKeys");
   }
   for (double s : setup) out.client_setup += s / n;

@@ -12,11 +12,10 @@
 namespace fedpeft {
 namespace fs = std::filesystem;
 
-StatusOr<std::string> ReadFileToString(const std::string& path,
-                                       uint64_t max_bytes) {
+StatusOr<int> OpenRegularFile(const std::string& path, uint64_t* size) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
   // below); regular files ignore the flag.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT || errno == ENOTDIR) {
       return Status::NotFound("file '" + path + "' does not exist");
@@ -24,26 +23,34 @@ StatusOr<std::string> ReadFileToString(const std::string& path,
     return Status::IoError("cannot open '" + path +
                            "': " + std::strerror(errno));
   }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const std::string err = std::strerror(errno);
+    ::close(fd);
+    return Status::IoError("cannot stat '" + path + "': " + err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::InvalidArgument(
+        "'" + path + "' is " +
+        (S_ISDIR(st.st_mode)
+             ? "a directory"
+             : "not a regular file (a FIFO, socket or device)") +
+        ", expected a file");
+  }
+  *size = static_cast<uint64_t>(st.st_size);
+  return fd;
+}
+
+StatusOr<std::string> ReadFileToString(const std::string& path,
+                                       uint64_t max_bytes) {
+  uint64_t size = 0;
+  ASSIGN_OR_RETURN(const int fd, OpenRegularFile(path, &size));
   // Everything below reads the file that was opened, not the path again.
   struct Closer {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    return Status::IoError("cannot stat '" + path +
-                           "': " + std::strerror(errno));
-  }
-  if (S_ISDIR(st.st_mode)) {
-    return Status::InvalidArgument("'" + path +
-                                   "' is a directory, expected a file");
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return Status::InvalidArgument(
-        "'" + path + "' is not a regular file (a FIFO, socket or device), " +
-        "expected a file");
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size > max_bytes) {
     return Status::InvalidArgument(
         "file '" + path + "' is " + std::to_string(size) +

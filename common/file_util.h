@@ -17,6 +17,11 @@ namespace fedpeft {
 // hold in memory (model weights) are mapped, not read (model::MappedFile).
 inline constexpr uint64_t kDefaultMaxFileBytes = 1ull << 30;  // 1 GiB
 
+// Opens a regular file for reading (close-on-exec) and sets *size. Never
+// blocks on a FIFO. NotFound/IoError naming `path`; InvalidArgument for a
+// directory, a FIFO, a socket or a device. The caller closes the descriptor.
+StatusOr<int> OpenRegularFile(const std::string& path, uint64_t* size);
+
 // Reads a whole regular file. Fails with NotFound/IoError naming `path`;
 // InvalidArgument for a directory, a FIFO or a device (never blocks on a
 // FIFO), and for a file larger than `max_bytes` -- naming the path, its size

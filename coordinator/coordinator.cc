@@ -664,18 +664,17 @@ Status Coordinator::SubmitUpdate(const std::string& session_id,
     WorkerEntry* w = FindSession(session_id);
     if (w) worker_id = w->profile.worker_id;
   }
-  if (CheckUploadAllowed(session_id, header.round).ok()) {
-    auto expected = ExpectedUpload(session_id, header);
-    if (expected.ok() && expected->masked) {
-      return SubmitMasked(session_id, worker_id, header, delta,
-                          expected->masked_names, bytes_received);
-    }
-  }
   Status valid = CheckUploadAllowed(session_id, header.round);
+  StatusOr<UploadExpectation> expected =
+      valid.ok() ? ExpectedUpload(session_id, header)
+                 : StatusOr<UploadExpectation>(valid);
+  if (expected.ok() && expected->masked) {
+    return SubmitMasked(session_id, worker_id, header, delta,
+                        expected->masked_names, bytes_received);
+  }
   if (valid.ok()) {
     // Names and shapes (the service's decoder checked them already; direct
     // callers did not), then values.
-    auto expected = ExpectedUpload(session_id, header);
     valid = expected.status();
     if (valid.ok() && expected->specs) {
       for (const auto& [key, t] : delta) {
@@ -1421,6 +1420,23 @@ Status Coordinator::Aggregate(int64_t round, std::vector<Pending> updates,
 
 // ---- secure aggregation -------------------------------------------------
 
+namespace {
+
+// Parses `bytes` as a message of type M from client `sender` (refused when
+// it claims another sender) and hands it to `receive`.
+template <typename M, typename Receive>
+Status ReceiveFrom(uint32_t sender, const std::string& bytes, Receive receive) {
+  ASSIGN_OR_RETURN(M msg, secagg::FromBytes<M>(bytes));
+  if (msg.sender != sender) {
+    return Status::InvalidArgument("sender " + std::to_string(msg.sender) +
+                                   " is not the caller's id " +
+                                   std::to_string(sender));
+  }
+  return receive(msg);
+}
+
+}  // namespace
+
 void Coordinator::StartSecAgg(int64_t round, double deadline_s) {
   secagg_.reset();
   if (!config_.secagg.enabled) return;
@@ -1520,8 +1536,7 @@ void Coordinator::AdvanceSecAgg(Clock::time_point now) {
       (sa.advertised.size() == sa.index.size() || now >= sa.setup_deadline)) {
     auto broadcast = sa.server->CloseAdvertise();
     if (!broadcast.ok()) return fail(broadcast.status());
-    const std::vector<uint8_t> bytes = broadcast->Serialize();
-    sa.broadcast.assign(bytes.begin(), bytes.end());
+    sa.broadcast = secagg::ToBytes(*broadcast);
     sa.stage = Stage::kShareKeys;
     sa.setup_deadline = now + sa.setup_time;
     drop_missing(sa.advertised, "no keys advertised in time");
@@ -1533,8 +1548,7 @@ void Coordinator::AdvanceSecAgg(Clock::time_point now) {
     if (!routed.ok()) return fail(routed.status());
     std::set<uint32_t> u2;
     for (const auto& r : *routed) {
-      const std::vector<uint8_t> bytes = r.Serialize();
-      sa.routed[r.recipient].assign(bytes.begin(), bytes.end());
+      sa.routed[r.recipient] = secagg::ToBytes(r);
       u2.insert(r.recipient);
     }
     sa.stage = Stage::kMaskedInput;
@@ -1577,8 +1591,7 @@ void Coordinator::FinishSecAgg(std::unique_lock<std::mutex>& lock,
   }
   auto request = sa.server->CloseMaskedInput();
   if (!request.ok()) return fail(request.status());
-  const std::vector<uint8_t> bytes = request->Serialize();
-  sa.unmask_request.assign(bytes.begin(), bytes.end());
+  sa.unmask_request = secagg::ToBytes(*request);
   sa.survivors =
       std::set<uint32_t>(request->survivors.begin(), request->survivors.end());
   sa.stage = Stage::kUnmask;
@@ -1681,37 +1694,30 @@ StatusOr<SecAggResult> Coordinator::SecAggExchange(
   const uint32_t me = sa->index.at(id);
   if (!message.empty()) {
     if (sa->failed || !sa->server) return closed("came too late");
-    const auto* data = reinterpret_cast<const uint8_t*>(message.data());
+    secagg::Server& server = *sa->server;
     Status s;
+    std::set<uint32_t>* done = nullptr;  // who completed the step
     switch (step) {
-      case SecAggStep::kAdvertise: {
-        auto msg = secagg::AdvertiseMsg::Parse(data, message.size());
-        s = msg.ok() && msg->sender != me
-                ? Status::InvalidArgument("sender is not the caller's id")
-                : msg.status();
-        if (s.ok()) s = sa->server->ReceiveAdvertise(*msg);
-        if (s.ok()) sa->advertised.insert(me);
+      case SecAggStep::kAdvertise:
+        s = ReceiveFrom<secagg::AdvertiseMsg>(me, message, [&](const auto& m) {
+          return server.ReceiveAdvertise(m);
+        });
+        done = &sa->advertised;
         break;
-      }
-      case SecAggStep::kShareKeys: {
-        auto msg = secagg::ShareKeysMsg::Parse(data, message.size());
-        s = msg.ok() && msg->sender != me
-                ? Status::InvalidArgument("sender is not the caller's id")
-                : msg.status();
-        if (s.ok()) s = sa->server->ReceiveShareKeys(*msg);
-        if (s.ok()) sa->shared.insert(me);
+      case SecAggStep::kShareKeys:
+        s = ReceiveFrom<secagg::ShareKeysMsg>(me, message, [&](const auto& m) {
+          return server.ReceiveShareKeys(m);
+        });
+        done = &sa->shared;
         break;
-      }
-      case SecAggStep::kUnmask: {
-        auto msg = secagg::UnmaskMsg::Parse(data, message.size());
-        s = msg.ok() && msg->sender != me
-                ? Status::InvalidArgument("sender is not the caller's id")
-                : msg.status();
-        if (s.ok()) s = sa->server->ReceiveUnmask(*msg);
-        if (s.ok()) sa->unmasked.insert(me);
+      case SecAggStep::kUnmask:
+        s = ReceiveFrom<secagg::UnmaskMsg>(me, message, [&](const auto& m) {
+          return server.ReceiveUnmask(m);
+        });
+        done = &sa->unmasked;
         break;
-      }
     }
+    if (s.ok()) done->insert(me);
     if (!s.ok()) {
       FP_LOG_WARN("coordinator",
                   "round {}: secure aggregation message from "

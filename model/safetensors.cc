@@ -1,8 +1,6 @@
 #include "model/safetensors.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -402,32 +400,9 @@ Status WriteSafetensors(const std::string& path, const TensorMap& tensors,
 
 StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
     const std::string& path) {
-  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
-  // below); regular files ignore the flag.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    if (errno == ENOENT || errno == ENOTDIR) {
-      return Status::NotFound("file '" + path + "' does not exist");
-    }
-    return Status::IoError("cannot open '" + path +
-                           "': " + std::strerror(errno));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    std::string err = std::strerror(errno);
-    ::close(fd);
-    return Status::IoError("cannot stat '" + path + "': " + err);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return Status::InvalidArgument(
-        "'" + path + "' is " +
-        (S_ISDIR(st.st_mode)
-             ? "a directory"
-             : "not a regular file (a FIFO, socket or device)") +
-        ", expected a file");
-  }
-  size_t size = static_cast<size_t>(st.st_size);
+  uint64_t file_size = 0;
+  ASSIGN_OR_RETURN(const int fd, OpenRegularFile(path, &file_size));
+  const size_t size = static_cast<size_t>(file_size);
   void* data = nullptr;
   if (size > 0) {
     data = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);

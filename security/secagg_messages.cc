@@ -35,6 +35,10 @@ const char* TypeName(MessageType type) {
   return "unknown";
 }
 
+std::string Indexed(const char* list, size_t i) {
+  return std::string(list) + "[" + std::to_string(i) + "]";
+}
+
 class Writer {
  public:
   Writer(MessageType type, uint64_t session_id) {
@@ -55,11 +59,22 @@ class Writer {
   void Bytes(const uint8_t* data, size_t size) {
     out_.insert(out_.end(), data, data + size);
   }
-  void EncryptedShareEntry(const EncryptedShare& s) {
-    U32(s.sender);
-    U32(s.recipient);
-    U32(static_cast<uint32_t>(s.ciphertext.size()));
-    Bytes(s.ciphertext.data(), s.ciphertext.size());
+  void AdvertiseEntry(const AdvertiseMsg& a) {
+    U32(a.sender);
+    Bytes(a.encryption_key.data(), a.encryption_key.size());
+    Bytes(a.masking_key.data(), a.masking_key.size());
+  }
+  // An owner id, then its list of shares (ShareKeys: the sender's;
+  // RoutedShares: the recipient's).
+  void ShareList(uint32_t owner, const std::vector<EncryptedShare>& shares) {
+    U32(owner);
+    U32(static_cast<uint32_t>(shares.size()));
+    for (const EncryptedShare& s : shares) {
+      U32(s.sender);
+      U32(s.recipient);
+      U32(static_cast<uint32_t>(s.ciphertext.size()));
+      Bytes(s.ciphertext.data(), s.ciphertext.size());
+    }
   }
   std::vector<uint8_t> Take() { return std::move(out_); }
 
@@ -156,6 +171,35 @@ class Reader {
     }
     return Status::Ok();
   }
+  // Fields `prefix`.sender, .encryption_key, .masking_key.
+  Status AdvertiseEntry(const std::string& prefix, AdvertiseMsg* a) {
+    RETURN_IF_ERROR(Id(prefix + "sender", &a->sender));
+    RETURN_IF_ERROR(
+        Bytes(prefix + "encryption_key", a->encryption_key.data(), kKeyBytes));
+    return Bytes(prefix + "masking_key", a->masking_key.data(), kKeyBytes);
+  }
+  // The inverse of Writer::ShareList: the owner id (field `owner_field`),
+  // then the shares, each of whose `member` (sender or recipient) must be
+  // that owner.
+  Status ShareList(const char* owner_field, uint32_t EncryptedShare::*member,
+                   uint32_t* owner, std::vector<EncryptedShare>* shares) {
+    RETURN_IF_ERROR(Id(owner_field, owner));
+    uint32_t n = 0;
+    RETURN_IF_ERROR(Count("shares", kEncryptedShareBytes, &n));
+    shares->resize(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      const std::string f = Indexed("shares", i);
+      EncryptedShare& s = (*shares)[i];
+      RETURN_IF_ERROR(EncryptedShareEntry(f, &s));
+      if (s.*member != *owner) {
+        return Error(f + "." + owner_field, "got " + std::to_string(s.*member) +
+                                                ", expected the message's " +
+                                                owner_field + " " +
+                                                std::to_string(*owner));
+      }
+    }
+    return Status::Ok();
+  }
   Status EncryptedShareEntry(const std::string& field, EncryptedShare* s) {
     RETURN_IF_ERROR(Id(field + ".sender", &s->sender));
     RETURN_IF_ERROR(Id(field + ".recipient", &s->recipient));
@@ -197,19 +241,13 @@ class Reader {
   MessageType type_;
 };
 
-std::string Indexed(const char* list, size_t i) {
-  return std::string(list) + "[" + std::to_string(i) + "]";
-}
-
 }  // namespace
 
 // ---- AdvertiseMsg -----------------------------------------------------------
 
 std::vector<uint8_t> AdvertiseMsg::Serialize() const {
   Writer w(MessageType::kAdvertise, session_id);
-  w.U32(sender);
-  w.Bytes(encryption_key.data(), encryption_key.size());
-  w.Bytes(masking_key.data(), masking_key.size());
+  w.AdvertiseEntry(*this);
   return w.Take();
 }
 
@@ -217,10 +255,7 @@ StatusOr<AdvertiseMsg> AdvertiseMsg::Parse(const uint8_t* data, size_t size) {
   Reader r(data, size, MessageType::kAdvertise);
   AdvertiseMsg m;
   RETURN_IF_ERROR(r.Header(&m.session_id));
-  RETURN_IF_ERROR(r.Id("sender", &m.sender));
-  RETURN_IF_ERROR(
-      r.Bytes("encryption_key", m.encryption_key.data(), kKeyBytes));
-  RETURN_IF_ERROR(r.Bytes("masking_key", m.masking_key.data(), kKeyBytes));
+  RETURN_IF_ERROR(r.AdvertiseEntry("", &m));
   RETURN_IF_ERROR(r.Done());
   return m;
 }
@@ -230,11 +265,7 @@ StatusOr<AdvertiseMsg> AdvertiseMsg::Parse(const uint8_t* data, size_t size) {
 std::vector<uint8_t> AdvertiseBroadcast::Serialize() const {
   Writer w(MessageType::kAdvertiseBroadcast, session_id);
   w.U32(static_cast<uint32_t>(clients.size()));
-  for (const AdvertiseMsg& c : clients) {
-    w.U32(c.sender);
-    w.Bytes(c.encryption_key.data(), c.encryption_key.size());
-    w.Bytes(c.masking_key.data(), c.masking_key.size());
-  }
+  for (const AdvertiseMsg& c : clients) w.AdvertiseEntry(c);
   return w.Take();
 }
 
@@ -247,14 +278,9 @@ StatusOr<AdvertiseBroadcast> AdvertiseBroadcast::Parse(const uint8_t* data,
   RETURN_IF_ERROR(r.Count("clients", kAdvertiseEntryBytes, &n));
   m.clients.resize(n);
   for (uint32_t i = 0; i < n; ++i) {
-    AdvertiseMsg& c = m.clients[i];
-    const std::string f = Indexed("clients", i);
-    c.session_id = m.session_id;
-    RETURN_IF_ERROR(r.Id(f + ".sender", &c.sender));
+    m.clients[i].session_id = m.session_id;
     RETURN_IF_ERROR(
-        r.Bytes(f + ".encryption_key", c.encryption_key.data(), kKeyBytes));
-    RETURN_IF_ERROR(
-        r.Bytes(f + ".masking_key", c.masking_key.data(), kKeyBytes));
+        r.AdvertiseEntry(Indexed("clients", i) + ".", &m.clients[i]));
   }
   RETURN_IF_ERROR(r.Done());
   return m;
@@ -264,9 +290,7 @@ StatusOr<AdvertiseBroadcast> AdvertiseBroadcast::Parse(const uint8_t* data,
 
 std::vector<uint8_t> ShareKeysMsg::Serialize() const {
   Writer w(MessageType::kShareKeys, session_id);
-  w.U32(sender);
-  w.U32(static_cast<uint32_t>(shares.size()));
-  for (const EncryptedShare& s : shares) w.EncryptedShareEntry(s);
+  w.ShareList(sender, shares);
   return w.Take();
 }
 
@@ -274,20 +298,8 @@ StatusOr<ShareKeysMsg> ShareKeysMsg::Parse(const uint8_t* data, size_t size) {
   Reader r(data, size, MessageType::kShareKeys);
   ShareKeysMsg m;
   RETURN_IF_ERROR(r.Header(&m.session_id));
-  RETURN_IF_ERROR(r.Id("sender", &m.sender));
-  uint32_t n = 0;
-  RETURN_IF_ERROR(r.Count("shares", kEncryptedShareBytes, &n));
-  m.shares.resize(n);
-  for (uint32_t i = 0; i < n; ++i) {
-    const std::string f = Indexed("shares", i);
-    RETURN_IF_ERROR(r.EncryptedShareEntry(f, &m.shares[i]));
-    if (m.shares[i].sender != m.sender) {
-      return r.Error(f + ".sender", "got " +
-                                        std::to_string(m.shares[i].sender) +
-                                        ", expected the message's sender " +
-                                        std::to_string(m.sender));
-    }
-  }
+  RETURN_IF_ERROR(
+      r.ShareList("sender", &EncryptedShare::sender, &m.sender, &m.shares));
   RETURN_IF_ERROR(r.Done());
   return m;
 }
@@ -296,9 +308,7 @@ StatusOr<ShareKeysMsg> ShareKeysMsg::Parse(const uint8_t* data, size_t size) {
 
 std::vector<uint8_t> RoutedShares::Serialize() const {
   Writer w(MessageType::kRoutedShares, session_id);
-  w.U32(recipient);
-  w.U32(static_cast<uint32_t>(shares.size()));
-  for (const EncryptedShare& s : shares) w.EncryptedShareEntry(s);
+  w.ShareList(recipient, shares);
   return w.Take();
 }
 
@@ -306,20 +316,8 @@ StatusOr<RoutedShares> RoutedShares::Parse(const uint8_t* data, size_t size) {
   Reader r(data, size, MessageType::kRoutedShares);
   RoutedShares m;
   RETURN_IF_ERROR(r.Header(&m.session_id));
-  RETURN_IF_ERROR(r.Id("recipient", &m.recipient));
-  uint32_t n = 0;
-  RETURN_IF_ERROR(r.Count("shares", kEncryptedShareBytes, &n));
-  m.shares.resize(n);
-  for (uint32_t i = 0; i < n; ++i) {
-    const std::string f = Indexed("shares", i);
-    RETURN_IF_ERROR(r.EncryptedShareEntry(f, &m.shares[i]));
-    if (m.shares[i].recipient != m.recipient) {
-      return r.Error(f + ".recipient",
-                     "got " + std::to_string(m.shares[i].recipient) +
-                         ", expected the message's recipient " +
-                         std::to_string(m.recipient));
-    }
-  }
+  RETURN_IF_ERROR(r.ShareList("recipient", &EncryptedShare::recipient,
+                              &m.recipient, &m.shares));
   RETURN_IF_ERROR(r.Done());
   return m;
 }

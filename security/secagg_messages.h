@@ -28,6 +28,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -70,9 +71,6 @@ struct AdvertiseMsg {
 
   std::vector<uint8_t> Serialize() const;
   static StatusOr<AdvertiseMsg> Parse(const uint8_t* data, size_t size);
-  static StatusOr<AdvertiseMsg> Parse(const std::vector<uint8_t>& bytes) {
-    return Parse(bytes.data(), bytes.size());
-  }
 };
 
 // The server's broadcast closing round 0: every advertisement it accepted
@@ -84,9 +82,6 @@ struct AdvertiseBroadcast {
 
   std::vector<uint8_t> Serialize() const;
   static StatusOr<AdvertiseBroadcast> Parse(const uint8_t* data, size_t size);
-  static StatusOr<AdvertiseBroadcast> Parse(const std::vector<uint8_t>& b) {
-    return Parse(b.data(), b.size());
-  }
 };
 
 // The shares `sender` made for `recipient`, encrypted for the recipient
@@ -107,9 +102,6 @@ struct ShareKeysMsg {
 
   std::vector<uint8_t> Serialize() const;
   static StatusOr<ShareKeysMsg> Parse(const uint8_t* data, size_t size);
-  static StatusOr<ShareKeysMsg> Parse(const std::vector<uint8_t>& bytes) {
-    return Parse(bytes.data(), bytes.size());
-  }
 };
 
 // The server's routing closing round 1, one per client of U2: the
@@ -123,9 +115,6 @@ struct RoutedShares {
 
   std::vector<uint8_t> Serialize() const;
   static StatusOr<RoutedShares> Parse(const uint8_t* data, size_t size);
-  static StatusOr<RoutedShares> Parse(const std::vector<uint8_t>& bytes) {
-    return Parse(bytes.data(), bytes.size());
-  }
 };
 
 // Round 2: the masked input y_u in Z_2^32.
@@ -137,9 +126,6 @@ struct MaskedInputMsg {
 
   std::vector<uint8_t> Serialize() const;
   static StatusOr<MaskedInputMsg> Parse(const uint8_t* data, size_t size);
-  static StatusOr<MaskedInputMsg> Parse(const std::vector<uint8_t>& bytes) {
-    return Parse(bytes.data(), bytes.size());
-  }
 };
 
 // Round 3 request, the same for every client of U3: the survivors U3 (sent a
@@ -153,9 +139,6 @@ struct UnmaskRequest {
 
   std::vector<uint8_t> Serialize() const;
   static StatusOr<UnmaskRequest> Parse(const uint8_t* data, size_t size);
-  static StatusOr<UnmaskRequest> Parse(const std::vector<uint8_t>& bytes) {
-    return Parse(bytes.data(), bytes.size());
-  }
 };
 
 enum class ShareKind : uint8_t {
@@ -181,10 +164,23 @@ struct UnmaskMsg {
 
   std::vector<uint8_t> Serialize() const;
   static StatusOr<UnmaskMsg> Parse(const uint8_t* data, size_t size);
-  static StatusOr<UnmaskMsg> Parse(const std::vector<uint8_t>& bytes) {
-    return Parse(bytes.data(), bytes.size());
-  }
 };
+
+// A message as the string a protobuf `bytes` field holds, and back (also
+// from the vector Serialize() returns).
+template <typename M>
+std::string ToBytes(const M& message) {
+  const std::vector<uint8_t> bytes = message.Serialize();
+  return std::string(bytes.begin(), bytes.end());
+}
+template <typename M>
+StatusOr<M> FromBytes(const std::string& bytes) {
+  return M::Parse(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+template <typename M>
+StatusOr<M> FromBytes(const std::vector<uint8_t>& bytes) {
+  return M::Parse(bytes.data(), bytes.size());
+}
 
 }  // namespace secagg
 }  // namespace fedpeft

@@ -549,24 +549,17 @@ StatusOr<WorkerClient::Impl::SecAggSession> WorkerClient::Impl::SecAggSetup(
   const Clock::time_point until = TaskDeadline(task, std::chrono::seconds(0));
 
   ASSIGN_OR_RETURN(secagg::AdvertiseMsg adv, session.client->Advertise());
-  std::vector<uint8_t> bytes = adv.Serialize();
-  ASSIGN_OR_RETURN(
-      std::string reply,
-      client_->SecAgg(round, proto::SecAggRequest::ADVERTISE,
-                      std::string(bytes.begin(), bytes.end()), until));
-  ASSIGN_OR_RETURN(
-      secagg::AdvertiseBroadcast u1,
-      secagg::AdvertiseBroadcast::Parse(
-          reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+  ASSIGN_OR_RETURN(std::string reply,
+                   client_->SecAgg(round, proto::SecAggRequest::ADVERTISE,
+                                   secagg::ToBytes(adv), until));
+  ASSIGN_OR_RETURN(auto u1,
+                   secagg::FromBytes<secagg::AdvertiseBroadcast>(reply));
   ASSIGN_OR_RETURN(secagg::ShareKeysMsg shares, session.client->ShareKeys(u1));
-  bytes = shares.Serialize();
-  ASSIGN_OR_RETURN(
-      reply, client_->SecAgg(round, proto::SecAggRequest::SHARE_KEYS,
-                             std::string(bytes.begin(), bytes.end()), until));
-  ASSIGN_OR_RETURN(
-      session.routed,
-      secagg::RoutedShares::Parse(
-          reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+  ASSIGN_OR_RETURN(reply,
+                   client_->SecAgg(round, proto::SecAggRequest::SHARE_KEYS,
+                                   secagg::ToBytes(shares), until));
+  ASSIGN_OR_RETURN(session.routed,
+                   secagg::FromBytes<secagg::RoutedShares>(reply));
   FP_LOG_INFO("worker",
               "'{}' round {}: secure aggregation keys agreed with {} of {} "
               "workers",
@@ -611,15 +604,12 @@ Status WorkerClient::Impl::SecAggUnmask(SecAggSession& session,
   ASSIGN_OR_RETURN(
       std::string reply,
       client_->SecAgg(round, proto::SecAggRequest::UNMASK, "", until));
-  ASSIGN_OR_RETURN(
-      secagg::UnmaskRequest request,
-      secagg::UnmaskRequest::Parse(
-          reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+  ASSIGN_OR_RETURN(auto request,
+                   secagg::FromBytes<secagg::UnmaskRequest>(reply));
   ASSIGN_OR_RETURN(secagg::UnmaskMsg answer, session.client->Unmask(request));
-  const std::vector<uint8_t> bytes = answer.Serialize();
   RETURN_IF_ERROR(client_
                       ->SecAgg(round, proto::SecAggRequest::UNMASK,
-                               std::string(bytes.begin(), bytes.end()), until)
+                               secagg::ToBytes(answer), until)
                       .status());
   FP_LOG_INFO("worker",
               "'{}' round {}: secure aggregation: unmasked ({} survivors, {} "

@@ -89,16 +89,14 @@ class SecAggServiceTest : public ServiceTest {
         Exchange(p->session, p->task.round(), proto::SecAggRequest::ADVERTISE,
                  adv->Serialize(), &reply);
     ASSERT_TRUE(s.ok()) << s.error_message();
-    auto u1 = secagg::AdvertiseBroadcast::Parse(
-        reinterpret_cast<const uint8_t*>(reply.data()), reply.size());
+    auto u1 = secagg::FromBytes<secagg::AdvertiseBroadcast>(reply);
     ASSERT_TRUE(u1.ok());
     auto shares = p->client->ShareKeys(*u1);
     ASSERT_TRUE(shares.ok()) << shares.status().ToString();
     s = Exchange(p->session, p->task.round(), proto::SecAggRequest::SHARE_KEYS,
                  shares->Serialize(), &reply);
     ASSERT_TRUE(s.ok()) << s.error_message();
-    auto routed = secagg::RoutedShares::Parse(
-        reinterpret_cast<const uint8_t*>(reply.data()), reply.size());
+    auto routed = secagg::FromBytes<secagg::RoutedShares>(reply);
     ASSERT_TRUE(routed.ok());
     p->routed = *routed;
   }
@@ -154,8 +152,7 @@ class SecAggServiceTest : public ServiceTest {
     grpc::Status s = Exchange(p->session, p->task.round(),
                               proto::SecAggRequest::UNMASK, {}, &reply);
     ASSERT_TRUE(s.ok()) << s.error_message();
-    auto request = secagg::UnmaskRequest::Parse(
-        reinterpret_cast<const uint8_t*>(reply.data()), reply.size());
+    auto request = secagg::FromBytes<secagg::UnmaskRequest>(reply);
     ASSERT_TRUE(request.ok());
     auto answer = p->client->Unmask(*request);
     ASSERT_TRUE(answer.ok()) << answer.status().ToString();

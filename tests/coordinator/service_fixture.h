@@ -63,13 +63,17 @@ class ServiceTest : public ::testing::Test {
         "checkpoint.dir=" + (dir_ / "ckpt").string(),
         "logging.metrics_file=" + (dir_ / "metrics.jsonl").string(),
         "limits.max_update_mb=1",
-        "tls.insecure=true",
     };
+    const std::vector<std::string> transport = Transport();
+    base.insert(base.end(), transport.begin(), transport.end());
     base.insert(base.end(), overrides.begin(), overrides.end());
     auto cfg = LoadCoordinatorConfig("", base);
     EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
     return *cfg;
   }
+
+  // The `tls` keys of Config(): plaintext here.
+  virtual std::vector<std::string> Transport() { return {"tls.insecure=true"}; }
 
   void Start(const CoordinatorConfig& cfg) {
     auto c = Coordinator::Create(cfg);

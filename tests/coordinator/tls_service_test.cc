@@ -18,6 +18,7 @@
 #include "proto/tensor_codec.h"
 #include "security/certs.h"
 #include "security/tls.h"
+#include "tests/coordinator/service_fixture.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -26,16 +27,10 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-const std::string kSource = FEDPEFT_SOURCE_DIR;
-
-class TlsServiceTest : public ::testing::Test {
+class TlsServiceTest : public testing_util::ServiceTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("fedpeft_tls_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    ServiceTest::SetUp();
     certs_ = (dir_ / "certs").string();
     ASSERT_TRUE(security::CreateCa(certs_, {}).ok());
     Issue(certs_, "coordinator", security::CertRole::kCoordinator);
@@ -48,13 +43,6 @@ class TlsServiceTest : public ::testing::Test {
                         "allowed_names: [worker-0, worker-1, worker-2]\n")
             .ok());
   }
-  void TearDown() override {
-    if (coordinator_) coordinator_->Stop();
-    if (loop_.joinable()) loop_.join();
-    server_.reset();
-    coordinator_.reset();
-    fs::remove_all(dir_);
-  }
 
   static void Issue(const std::string& ca, const std::string& name,
                     security::CertRole role) {
@@ -65,38 +53,19 @@ class TlsServiceTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.ToString();
   }
 
+  std::vector<std::string> Transport() override {
+    return {"tls.enabled=true", "tls.ca=" + security::CaCertPath(certs_),
+            "tls.cert=" + security::CertPath(certs_, "coordinator"),
+            "tls.key=" + security::KeyPath(certs_, "coordinator"),
+            "tls.allowlist_file=" + allowlist_};
+  }
+
   void Start(std::vector<std::string> overrides = {}) {
-    std::vector<std::string> base = {
-        "server.address=127.0.0.1:0",
-        "federation.rounds=1",
-        "federation.min_available=3",
-        "federation.min_workers=3",
-        "federation.quorum=0.5",
-        "federation.round_deadline_s=60",
-        "federation.heartbeat_interval_ms=500",
-        "federation.worker_timeout_s=30",
-        "federation.task_wait_ms=500",
-        "federation.shutdown_grace_s=0",
-        "model.path=" + kSource + "/assets/stories260K",
-        "peft.lora.r=2",
-        "peft.lora.target_modules=[q_proj, v_proj]",
-        "checkpoint.dir=" + (dir_ / "ckpt").string(),
-        "logging.metrics_file=" + (dir_ / "metrics.jsonl").string(),
-        "tls.enabled=true",
-        "tls.ca=" + security::CaCertPath(certs_),
-        "tls.cert=" + security::CertPath(certs_, "coordinator"),
-        "tls.key=" + security::KeyPath(certs_, "coordinator"),
-        "tls.allowlist_file=" + allowlist_,
-    };
-    base.insert(base.end(), overrides.begin(), overrides.end());
-    auto cfg = LoadCoordinatorConfig("", base);
-    ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
-    auto c = Coordinator::Create(*cfg);
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
-    coordinator_ = std::move(c).value();
-    auto s = FederationServer::Start(*coordinator_, cfg->server);
-    ASSERT_TRUE(s.ok()) << s.status().ToString();
-    server_ = std::move(s).value();
+    std::vector<std::string> o = {"federation.min_available=3",
+                                  "federation.min_workers=3",
+                                  "federation.round_deadline_s=60"};
+    o.insert(o.end(), overrides.begin(), overrides.end());
+    ServiceTest::Start(Config(o));
   }
 
   // A stub whose channel presents `name`'s certificate from `ca_dir` (none
@@ -197,13 +166,8 @@ class TlsServiceTest : public ::testing::Test {
     return writer->Finish();
   }
 
-  fs::path dir_;
   std::string certs_;
   std::string allowlist_;
-  std::unique_ptr<Coordinator> coordinator_;
-  std::unique_ptr<FederationServer> server_;
-  std::thread loop_;
-  Status run_status_;
 };
 
 TEST_F(TlsServiceTest, TheCertificateNameIsTheWorkerId) {
@@ -277,7 +241,7 @@ TEST_F(TlsServiceTest, ARevokedWorkerIsRefusedAndTheRoundGoesOn) {
         Register(*stubs[i], "worker-" + std::to_string(i), &sessions[i]);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
-  loop_ = std::thread([this] { run_status_ = coordinator_->Run(); });
+  RunLoop();
   std::vector<proto::Task> tasks(3);
   for (int i = 0; i < 3; ++i) {
     grpc::Status s = GetTask(*stubs[i], sessions[i], &tasks[i]);

@@ -119,67 +119,57 @@ class FederationTest : public ::testing::Test {
     return ready();
   }
 
+  // `command`, then "--set" before each of `sets`, then `extra`.
+  static std::vector<std::string> Command(
+      std::vector<std::string> command, const std::vector<std::string>& sets,
+      const std::vector<std::string>& extra = {}) {
+    for (const std::string& kv : sets) {
+      command.push_back("--set");
+      command.push_back(kv);
+    }
+    command.insert(command.end(), extra.begin(), extra.end());
+    return command;
+  }
+
+  // Quick liveness and long polls for a server's `federation` section.
+  static std::vector<std::string> FastFederation(
+      std::vector<std::string> sets) {
+    for (const char* kv :
+         {"federation.heartbeat_interval_ms=300",
+          "federation.worker_timeout_s=3", "federation.task_wait_ms=1000"}) {
+      sets.push_back(kv);
+    }
+    return sets;
+  }
+
   std::vector<std::string> CoordinatorArgs(
       int port, int rounds, int min_available,
       std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {
-        "coordinator",
-        "--config",
-        coordinator_config_,
-        "--set",
-        "server.address=127.0.0.1:" + std::to_string(port),
-        "--set",
-        "federation.rounds=" + std::to_string(rounds),
-        "--set",
-        "federation.min_available=" + std::to_string(min_available),
-        "--set",
-        "federation.heartbeat_interval_ms=300",
-        "--set",
-        "federation.worker_timeout_s=3",
-        "--set",
-        "federation.task_wait_ms=1000",
-        "--set",
-        "federation.shutdown_grace_s=3",
-        "--set",
-        "federation.round_deadline_s=120",
-        "--set",
-        "train.local_steps=4",
-        "--set",
-        "eval.data.max_records=600",
-        "--set",
-        "eval.data.max_seq_len=64",
-        "--set",
-        "checkpoint.dir=" + Path("ckpt"),
-        "--set",
-        "logging.metrics_file=" + Path("metrics.jsonl"),
-        "--set",
-        "model.threads=1"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return args;
+    return Command(
+        {"coordinator", "--config", coordinator_config_},
+        FastFederation(
+            {"server.address=127.0.0.1:" + std::to_string(port),
+             "federation.rounds=" + std::to_string(rounds),
+             "federation.min_available=" + std::to_string(min_available),
+             "federation.shutdown_grace_s=3", "federation.round_deadline_s=120",
+             "train.local_steps=4", "eval.data.max_records=600",
+             "eval.data.max_seq_len=64", "checkpoint.dir=" + Path("ckpt"),
+             "logging.metrics_file=" + Path("metrics.jsonl"),
+             "model.threads=1"}),
+        extra);
   }
 
   pid_t StartWorker(int port, int i, int n,
                     std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {
-        "worker",
-        "--config",
-        worker_config_,
-        "--set",
-        "worker.id=worker-" + std::to_string(i),
-        "--set",
-        "data.shard=" + std::to_string(i) + "/" + std::to_string(n),
-        "--set",
-        "data.max_records=600",
-        "--set",
-        "data.max_seq_len=64",
-        "--set",
-        "server.address=127.0.0.1:" + std::to_string(port),
-        "--set",
-        "server.task_wait_ms=1000",
-        "--set",
-        "server.backoff_max_ms=1000"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return Spawn(args, Path("worker-" + std::to_string(i) + ".log"));
+    return Spawn(
+        Command({"worker", "--config", worker_config_},
+                {"worker.id=worker-" + std::to_string(i),
+                 "data.shard=" + std::to_string(i) + "/" + std::to_string(n),
+                 "data.max_records=600", "data.max_seq_len=64",
+                 "server.address=127.0.0.1:" + std::to_string(port),
+                 "server.task_wait_ms=1000", "server.backoff_max_ms=1000"},
+                extra),
+        Path("worker-" + std::to_string(i) + ".log"));
   }
 
   std::vector<nlohmann::json> Metrics() {
@@ -490,73 +480,34 @@ class HierarchyTest : public FederationTest {
  protected:
   std::vector<std::string> CloudArgs(int port, int rounds, int edge_rounds,
                                      std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {
-        "coordinator",
-        "--config",
-        "configs/hier/coordinator.yaml",
-        "--set",
-        "server.address=127.0.0.1:" + std::to_string(port),
-        "--set",
-        "federation.rounds=" + std::to_string(rounds),
-        "--set",
-        "federation.min_available=2",
-        "--set",
-        "federation.heartbeat_interval_ms=300",
-        "--set",
-        "federation.worker_timeout_s=3",
-        "--set",
-        "federation.task_wait_ms=1000",
-        "--set",
-        "federation.shutdown_grace_s=4",
-        "--set",
-        "federation.round_deadline_s=200",
-        "--set",
-        "hierarchy.edge_rounds=" + std::to_string(edge_rounds),
-        "--set",
-        "train.local_steps=3",
-        "--set",
-        "eval.data.max_records=600",
-        "--set",
-        "eval.data.max_seq_len=64",
-        "--set",
-        "checkpoint.dir=" + Path("ckpt"),
-        "--set",
-        "logging.metrics_file=" + Path("metrics.jsonl"),
-        "--set",
-        "model.threads=1"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return args;
+    return Command(
+        {"coordinator", "--config", "configs/hier/coordinator.yaml"},
+        FastFederation(
+            {"server.address=127.0.0.1:" + std::to_string(port),
+             "federation.rounds=" + std::to_string(rounds),
+             "federation.min_available=2", "federation.shutdown_grace_s=4",
+             "federation.round_deadline_s=200",
+             "hierarchy.edge_rounds=" + std::to_string(edge_rounds),
+             "train.local_steps=3", "eval.data.max_records=600",
+             "eval.data.max_seq_len=64", "checkpoint.dir=" + Path("ckpt"),
+             "logging.metrics_file=" + Path("metrics.jsonl"),
+             "model.threads=1"}),
+        extra);
   }
   pid_t StartEdge(int cloud_port, int e, int port,
                   std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {
-        "edge",
-        "--config",
-        "configs/hier/edge.yaml",
-        "--set",
-        "edge.id=edge-" + std::to_string(e),
-        "--set",
-        "upstream.address=127.0.0.1:" + std::to_string(cloud_port),
-        "--set",
-        "upstream.task_wait_ms=1000",
-        "--set",
-        "upstream.backoff_max_ms=1000",
-        "--set",
-        "server.address=127.0.0.1:" + std::to_string(port),
-        "--set",
-        "federation.min_available=3",
-        "--set",
-        "federation.heartbeat_interval_ms=300",
-        "--set",
-        "federation.worker_timeout_s=3",
-        "--set",
-        "federation.task_wait_ms=1000",
-        "--set",
-        "federation.shutdown_grace_s=3",
-        "--set",
-        "model.threads=1"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    return Spawn(args, Path("edge-" + std::to_string(e) + ".log"));
+    return Spawn(
+        Command(
+            {"edge", "--config", "configs/hier/edge.yaml"},
+            FastFederation(
+                {"edge.id=edge-" + std::to_string(e),
+                 "upstream.address=127.0.0.1:" + std::to_string(cloud_port),
+                 "upstream.task_wait_ms=1000", "upstream.backoff_max_ms=1000",
+                 "server.address=127.0.0.1:" + std::to_string(port),
+                 "federation.min_available=3", "federation.shutdown_grace_s=3",
+                 "model.threads=1"}),
+            extra),
+        Path("edge-" + std::to_string(e) + ".log"));
   }
   // Six workers, three per edge; worker 0 has a slow uplink.
   std::vector<pid_t> StartWorkers(const std::vector<int>& edge_ports) {

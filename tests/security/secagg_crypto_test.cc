@@ -16,23 +16,11 @@
 #include <vector>
 
 #include "security/secagg_fixed_point.h"
+#include "tests/security/seeded_random.h"
 
 namespace fedpeft {
 namespace secagg {
 namespace {
-
-// Deterministic randomness for reproducible tests (never for production).
-class SeededRandom : public RandomSource {
- public:
-  explicit SeededRandom(uint64_t seed) : rng_(seed) {}
-  Status Fill(uint8_t* out, size_t size) override {
-    for (size_t i = 0; i < size; ++i) out[i] = static_cast<uint8_t>(rng_());
-    return Status::Ok();
-  }
-
- private:
-  std::mt19937_64 rng_;
-};
 
 std::vector<uint8_t> FromHex(const std::string& hex) {
   std::vector<uint8_t> out;

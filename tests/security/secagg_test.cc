@@ -24,28 +24,16 @@
 #include "security/secagg_fixed_point.h"
 #include "security/secagg_messages.h"
 #include "security/secagg_update.h"
+#include "tests/security/seeded_random.h"
 
 namespace fedpeft {
 namespace secagg {
 namespace {
 
-// Deterministic randomness for reproducible tests (never for production).
-class SeededRandom : public RandomSource {
- public:
-  explicit SeededRandom(uint64_t seed) : rng_(seed) {}
-  Status Fill(uint8_t* out, size_t size) override {
-    for (size_t i = 0; i < size; ++i) out[i] = static_cast<uint8_t>(rng_());
-    return Status::Ok();
-  }
-
- private:
-  std::mt19937_64 rng_;
-};
-
 // The message as the receiver gets it: serialized and parsed again.
 template <typename M>
 M Wire(const M& m) {
-  StatusOr<M> parsed = M::Parse(m.Serialize());
+  StatusOr<M> parsed = FromBytes<M>(m.Serialize());
   EXPECT_TRUE(parsed.ok()) << parsed.status().ToString();
   return parsed.ok() ? *parsed : M{};
 }
@@ -316,15 +304,17 @@ TEST(SecAggUpdateTest, WordsOfUpdatesSumToTheSumOfUpdates) {
   std::mt19937_64 rng(5);
   torch::manual_seed(3);
   std::vector<uint32_t> sum(*length, 0);
-  TensorMap want;
-  for (const auto& name : all) want[name] = torch::zeros({1});
+  TensorMap want;  // in double: the reference must not round
+  for (const auto& name : all) {
+    want[name] = torch::zeros(adapter.at(name).sizes(), torch::kFloat64);
+  }
   for (uint32_t u = 0; u < n; ++u) {
     TensorMap update;
     // Worker u leaves out m.1.lora_A (not trained): zeros.
     for (const auto& name : all) {
       if (name == "m.1.lora_A.weight") continue;
       update[name] = 0.2 * torch::rand(adapter.at(name).sizes()) - 0.1;
-      want[name] = want[name] + update[name];
+      want[name] += update[name].to(torch::kFloat64);
     }
     auto words = EncodeUpdateWords(update, adapter, all, *scale,
                                    /*unclipped=*/u != 1, rng);
@@ -337,10 +327,13 @@ TEST(SecAggUpdateTest, WordsOfUpdatesSumToTheSumOfUpdates) {
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
   EXPECT_EQ(unclipped, 2u);
   for (const auto& name : all) {
-    const torch::Tensor expected =
-        want.at(name).expand(adapter.at(name).sizes());
-    EXPECT_LE((decoded->at(name) - expected).abs().max().item<double>(),
-              n * *scale + 5e-8)  // + float32 rounding of ~0.3
+    // Under one unit per update, plus the float32 rounding of the decoded
+    // sum (|sum| < 0.5: half an ulp is 2^-26).
+    EXPECT_LE((decoded->at(name).to(torch::kFloat64) - want.at(name))
+                  .abs()
+                  .max()
+                  .item<double>(),
+              n * *scale + std::ldexp(1.0, -26))
         << name;
   }
 
@@ -688,7 +681,7 @@ std::map<MessageType, std::vector<uint8_t>> SessionMessages() {
 
 template <typename M>
 void CheckWireFormat(const std::vector<uint8_t>& bytes) {
-  StatusOr<M> m = M::Parse(bytes);
+  StatusOr<M> m = FromBytes<M>(bytes);
   ASSERT_TRUE(m.ok()) << m.status().ToString();
   EXPECT_EQ(m->Serialize(), bytes);
   for (size_t len = 0; len < bytes.size(); ++len) {
@@ -698,7 +691,7 @@ void CheckWireFormat(const std::vector<uint8_t>& bytes) {
   }
   std::vector<uint8_t> longer = bytes;
   longer.push_back(0);
-  StatusOr<M> t = M::Parse(longer);
+  StatusOr<M> t = FromBytes<M>(longer);
   ASSERT_FALSE(t.ok());
   // (MaskedInput's length field catches the extra byte first.)
   EXPECT_TRUE(Contains(t.status(), "1 trailing bytes") ||
@@ -706,15 +699,15 @@ void CheckWireFormat(const std::vector<uint8_t>& bytes) {
       << t.status().ToString();
   std::vector<uint8_t> magic = bytes;
   magic[0] = 'X';
-  t = M::Parse(magic);
+  t = FromBytes<M>(magic);
   ASSERT_FALSE(t.ok());
   EXPECT_TRUE(Contains(t.status(), "not a secagg message"));
   std::vector<uint8_t> version = bytes;
   version[4] = 9;
-  EXPECT_TRUE(Contains(M::Parse(version).status(), "this build reads 1"));
+  EXPECT_TRUE(Contains(FromBytes<M>(version).status(), "this build reads 1"));
   std::vector<uint8_t> type = bytes;
   type[5] = type[5] == 1 ? 2 : 1;
-  t = M::Parse(type);
+  t = FromBytes<M>(type);
   ASSERT_FALSE(t.ok());
   EXPECT_TRUE(Contains(t.status(), "field type")) << t.status().ToString();
 }
@@ -742,46 +735,46 @@ TEST(SecAggMessageTest, RejectsOversizedAndGarbledFields) {
   const std::vector<uint8_t>& sk = msgs[MessageType::kShareKeys];
   std::vector<uint8_t> b = sk;
   PutU32(&b, 18, 0xffffffffu);
-  Status s = ShareKeysMsg::Parse(b).status();
+  Status s = FromBytes<ShareKeysMsg>(b).status();
   EXPECT_TRUE(Contains(s, "exceeds")) << s.ToString();
   b = sk;
   PutU32(&b, 18, 3);  // two entries follow
-  s = ShareKeysMsg::Parse(b).status();
+  s = FromBytes<ShareKeysMsg>(b).status();
   EXPECT_TRUE(Contains(s, "truncated")) << s.ToString();
   b = sk;
   PutU32(&b, 30, 147);
-  s = ShareKeysMsg::Parse(b).status();
+  s = FromBytes<ShareKeysMsg>(b).status();
   EXPECT_TRUE(Contains(s, "shares[0].size")) << s.ToString();
   b = sk;
   PutU32(&b, 22, 1);  // entry from another sender
-  s = ShareKeysMsg::Parse(b).status();
+  s = FromBytes<ShareKeysMsg>(b).status();
   EXPECT_TRUE(Contains(s, "shares[0].sender")) << s.ToString();
   b = sk;
   PutU32(&b, 14, kMaxClients);
-  s = ShareKeysMsg::Parse(b).status();
+  s = FromBytes<ShareKeysMsg>(b).status();
   EXPECT_TRUE(Contains(s, "out of range")) << s.ToString();
 
   // MaskedInput: sender 14, length u64 at 18.
   b = msgs[MessageType::kMaskedInput];
   PutU32(&b, 18, 0);
   PutU32(&b, 22, 0x100);  // 2^40 words
-  s = MaskedInputMsg::Parse(b).status();
+  s = FromBytes<MaskedInputMsg>(b).status();
   EXPECT_TRUE(Contains(s, "at most")) << s.ToString();
   b = msgs[MessageType::kMaskedInput];
   PutU32(&b, 18, 5);  // 4 words follow
-  s = MaskedInputMsg::Parse(b).status();
+  s = FromBytes<MaskedInputMsg>(b).status();
   EXPECT_TRUE(Contains(s, "16 bytes follow")) << s.ToString();
 
   // Unmask: sender 14, count 18, owner 22, kind 26.
   b = msgs[MessageType::kUnmask];
   b[26] = 2;
-  s = UnmaskMsg::Parse(b).status();
+  s = FromBytes<UnmaskMsg>(b).status();
   EXPECT_TRUE(Contains(s, "shares[0].kind")) << s.ToString();
 
   // UnmaskRequest: survivor count 14.
   b = msgs[MessageType::kUnmaskRequest];
   PutU32(&b, 14, 1000);
-  s = UnmaskRequest::Parse(b).status();
+  s = FromBytes<UnmaskRequest>(b).status();
   EXPECT_TRUE(Contains(s, "truncated")) << s.ToString();
   EXPECT_FALSE(AdvertiseMsg::Parse(nullptr, 0).ok());
 }
