@@ -21,6 +21,9 @@
 // whose message names the tensor, the value got and the value expected —
 // never a crash or an allocation it chose.
 //
+// Implemented in proto/codec_*.cc, tensor_stream_writer.cc and
+// tensor_decoder.cc; proto/codec_internal.h says which file holds what.
+//
 // Thread-safety: EncodeTensors is reentrant. A TensorDecoder is used by one
 // thread at a time (typically the gRPC handler thread reading one stream).
 #ifndef FEDPEFT_PROTO_TENSOR_CODEC_H_

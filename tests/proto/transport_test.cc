@@ -1,7 +1,8 @@
 // Tests of the transport layer over real gRPC: adapters streamed through an
 // in-process server under a 4 MiB message limit (and refused as one message),
 // the Status <-> grpc::Status table, retryability, Backoff, channel and
-// address helpers. The codec itself is tested in tensor_codec_test.cc.
+// address helpers. The codec itself is tested in codec_*_test.cc,
+// tensor_stream_test.cc and tensor_decoder_test.cc.
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
