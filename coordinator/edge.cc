@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "common/logging.h"
-#include "coordinator/coordinator.h"
+#include "coordinator/edge_rounds.h"
 #include "coordinator/service.h"
 #include "peft/peft_io.h"
 #include "worker/federation_client.h"
@@ -62,8 +62,8 @@ class Edge::Impl {
   void Stop() {
     stop_ = true;
     if (uplink_) uplink_->Stop();
-    std::shared_ptr<Coordinator> c = std::atomic_load(&coordinator_);
-    if (c) c->Stop();
+    std::shared_ptr<EdgeRounds> r = std::atomic_load(&rounds_);
+    if (r) r->Stop();
   }
 
  private:
@@ -74,7 +74,7 @@ class Edge::Impl {
   const EdgeConfig config_;
   std::atomic<bool> stop_{false};
   std::unique_ptr<worker::FederationClient> uplink_;
-  std::shared_ptr<Coordinator> coordinator_;
+  std::shared_ptr<EdgeRounds> rounds_;
   std::unique_ptr<FederationServer> server_;
   std::string federation_id_;
   std::string adapter_config_json_;
@@ -102,7 +102,7 @@ Status Edge::Impl::OnRegistered(const proto::RegisterReply& reply) {
   // nothing cached from before is trusted.
   cache_.clear();
   cache_round_ = 0;
-  if (!coordinator_) {
+  if (!rounds_) {
     federation_id_ = reply.federation_id();
     adapter_config_json_ = reply.adapter_config_json();
     plan_json_ = reply.plan_json();
@@ -122,7 +122,7 @@ Status Edge::Impl::Serve(const proto::Task& task) {
   // The cloud adapter: the tensors that changed since our copy, if any.
   std::map<std::string, transport::TensorSpec> expected;
   if (!whole_adapter_)
-    expected = transport::SpecsOf(coordinator_->AdapterTemplate());
+    expected = transport::SpecsOf(rounds_->engine().AdapterTemplate());
   uint64_t down = 0;
   auto got = uplink_->Download(round, cache_.empty() ? 0 : cache_round_,
                                expected, &down);
@@ -167,7 +167,7 @@ Status Edge::Impl::Serve(const proto::Task& task) {
   }
   FP_LOG_INFO("edge", "'{}': cloud round {}: {} edge rounds ({} down)",
               config_.id, round, et.edge_rounds, down);
-  ASSIGN_OR_RETURN(EdgeResult r, coordinator_->RunEdgeRounds(cloud, et));
+  ASSIGN_OR_RETURN(EdgeResult r, rounds_->Run(cloud, et));
 
   TensorMap up;
   if (whole_adapter_) {
@@ -207,7 +207,7 @@ Status Edge::Impl::Serve(const proto::Task& task) {
       worker::EncodeUpdate(up, {et.compression.bits, et.compression.block_size},
                            0, &rng_));
   const transport::Schema schema =
-      transport::Schema::OfKeys(coordinator_->AdapterTemplate());
+      transport::Schema::OfKeys(rounds_->engine().AdapterTemplate());
   uint64_t bytes = 0;
   Status s = uplink_->Upload(
       h, encoded.wire,
@@ -249,13 +249,14 @@ Status Edge::Impl::Run() {
                                                "the cloud's adapter config"));
   cfg.logging = config_.logging;
   cfg.max_update_mb = config_.max_update_mb;
-  ASSIGN_OR_RETURN(std::unique_ptr<Coordinator> c,
-                   Coordinator::CreateEdge(cfg, plan));
-  std::atomic_store(&coordinator_, std::shared_ptr<Coordinator>(std::move(c)));
+  ASSIGN_OR_RETURN(std::unique_ptr<EdgeRounds> r,
+                   EdgeRounds::Create(cfg, plan));
+  std::atomic_store(&rounds_, std::shared_ptr<EdgeRounds>(std::move(r)));
   whole_adapter_ =
       plan.heterogeneity.enabled && plan.heterogeneity.method == "stack";
-  ASSIGN_OR_RETURN(server_, FederationServer::Start(*coordinator_, cfg.server));
-  if (stop_) coordinator_->Stop();
+  ASSIGN_OR_RETURN(server_,
+                   FederationServer::Start(rounds_->engine(), cfg.server));
+  if (stop_) rounds_->Stop();
   FP_LOG_INFO("edge",
               "'{}': serving workers for federation '{}' (cloud {}); merge {}",
               config_.id, federation_id_, config_.upstream.address,
@@ -282,7 +283,7 @@ Status Edge::Impl::Run() {
                   s.message());
     }
   }
-  coordinator_->Finish();
+  rounds_->Finish();
   uplink_->Stop();
   server_->Shutdown();
   return result;

@@ -8,9 +8,10 @@
 // aggregates every edge round (FedAvg by samples, or the federation's
 // heterogeneous-rank merge), and the cloud aggregates the edges every κ edge
 // rounds. The edge holds its own deadlines and quorum; each edge round gets
-// its share of what is left of the cloud round's deadline. Its round engine
-// is the coordinator's (coordinator/coordinator.h, CreateEdge) behind the
-// same gRPC service, so workers cannot tell an edge from the cloud.
+// its share of what is left of the cloud round's deadline. It is a
+// composition: a client of the cloud (worker/federation_client.h) plus the
+// same round engine the cloud runs (edge_rounds.h, round_engine.h) behind
+// the same gRPC service, so workers cannot tell an edge from the cloud.
 //
 // A restarted edge registers again under its id and rejoins the cloud
 // round in progress if that is still open to it; its workers re-register on

@@ -41,9 +41,9 @@ std::chrono::milliseconds LongPollBudget(const grpc::ServerContext& ctx,
 }  // namespace
 
 FederationService::FederationService(
-    Coordinator& coordinator, size_t chunk_bytes, size_t max_message_bytes,
+    RoundEngine& engine, size_t chunk_bytes, size_t max_message_bytes,
     std::unique_ptr<security::Allowlist> allowlist)
-    : coordinator_(coordinator),
+    : engine_(engine),
       chunk_bytes_(chunk_bytes),
       max_message_bytes_(max_message_bytes),
       allowlist_(std::move(allowlist)) {}
@@ -64,13 +64,13 @@ grpc::Status FederationService::Authenticate(const grpc::ServerContext& ctx,
   if (!allowlist_->Allows(*name)) {
     FP_LOG_WARN("service", "{} from '{}' refused: not in the TLS allowlist",
                 call, *name);
-    coordinator_.Revoke(*name, "certificate name not in the TLS allowlist");
+    engine_.Revoke(*name, "certificate name not in the TLS allowlist");
     return Denied(std::string(call) + ": certificate name '" + *name +
                   "' is not allowed (tls.allowed_names / "
                   "tls.allowlist_file); it may have been revoked");
   }
   if (session != nullptr) {
-    StatusOr<std::string> owner = coordinator_.SessionOwner(*session);
+    StatusOr<std::string> owner = engine_.SessionOwner(*session);
     // An unknown session is the handler's to answer (NOT_FOUND: register).
     if (owner.ok() && *owner != *name) {
       FP_LOG_WARN("service",
@@ -127,7 +127,7 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx,
           "profile: tokens_per_second and uplink_bytes_per_second must be "
           "finite and >= 0"));
     }
-    auto r = coordinator_.Register(profile);
+    auto r = engine_.Register(profile);
     if (!r.ok()) return Grpc(r.status());
     reply->set_session_id(r->session_id);
     reply->set_federation_id(r->federation_id);
@@ -150,7 +150,7 @@ grpc::Status FederationService::Heartbeat(grpc::ServerContext* ctx,
   grpc::Status auth =
       Authenticate(*ctx, "Heartbeat", &req->session_id(), &peer);
   if (!auth.ok()) return auth;
-  auto round = coordinator_.Heartbeat(req->session_id());
+  auto round = engine_.Heartbeat(req->session_id());
   if (!round.ok()) return Grpc(round.status());
   reply->set_round(static_cast<uint64_t>(*round));
   return grpc::Status::OK;
@@ -164,8 +164,8 @@ grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
     grpc::Status auth =
         Authenticate(*ctx, "GetTask", &req->session_id(), &peer);
     if (!auth.ok()) return auth;
-    auto task = coordinator_.GetTask(req->session_id(),
-                                     LongPollBudget(*ctx, req->wait_ms()));
+    auto task = engine_.GetTask(req->session_id(),
+                                LongPollBudget(*ctx, req->wait_ms()));
     if (!task.ok()) return Grpc(task.status());
     switch (task->kind) {
       case TaskInfo::Kind::kWait:
@@ -225,20 +225,20 @@ grpc::Status FederationService::DownloadAdapter(
     grpc::Status auth =
         Authenticate(*ctx, "DownloadAdapter", &req->session_id(), &peer);
     if (!auth.ok()) return auth;
-    auto global = coordinator_.GlobalAdapter(req->session_id(),
-                                             static_cast<int64_t>(req->round()),
-                                             req->cached_round());
+    auto global = engine_.GlobalAdapter(req->session_id(),
+                                        static_cast<int64_t>(req->round()),
+                                        req->cached_round());
     if (!global.ok()) return Grpc(global.status());
     uint64_t bytes = 0;
-    std::mt19937_64 rng(coordinator_.NextCodecSeed());
+    std::mt19937_64 rng(engine_.NextCodecSeed());
     Status s = transport::EncodeTensors(
         **global, chunk_bytes_,
         [&](const proto::TensorChunk& chunk) {
           bytes += chunk.ByteSizeLong();
           return writer->Write(chunk);
         },
-        coordinator_.DownloadCodec(), &rng, coordinator_.AdapterSchema());
-    coordinator_.AddBytesDown(bytes);
+        engine_.DownloadCodec(), &rng, engine_.AdapterSchema());
+    engine_.AddBytesDown(bytes);
     return Grpc(s);
   } catch (const std::exception& e) {
     return InternalError("DownloadAdapter", e);
@@ -286,23 +286,23 @@ grpc::Status FederationService::UploadUpdate(
       Status bad = Status::InvalidArgument(
           "upload: kind " + std::to_string(static_cast<int>(h.kind())) +
           ", expected DELTA (0) or ADAPTER (1)");
-      coordinator_.RecordRejectedUpload(session, round, bad.message(), bytes);
+      engine_.RecordRejectedUpload(session, round, bad.message(), bytes);
       return Grpc(bad);
     }
     // Refuse early: a stale, duplicate or unselected upload, or one of a
     // rank the worker was not given, is not read.
-    Status allowed = coordinator_.CheckUploadAllowed(session, round);
+    Status allowed = engine_.CheckUploadAllowed(session, round);
     StatusOr<UploadExpectation> expect =
-        allowed.ok() ? coordinator_.ExpectedUpload(session, header)
+        allowed.ok() ? engine_.ExpectedUpload(session, header)
                      : StatusOr<UploadExpectation>(allowed);
     if (!expect.ok()) {
-      coordinator_.RecordRejectedUpload(session, round,
-                                        expect.status().message(), bytes);
+      engine_.RecordRejectedUpload(session, round, expect.status().message(),
+                                   bytes);
       return Grpc(expect.status());
     }
 
     transport::DecoderLimits limits;
-    limits.max_total_bytes = coordinator_.max_update_bytes();
+    limits.max_total_bytes = engine_.max_update_bytes();
     limits.max_tensors = expect->max_tensors;
     limits.expected = expect->specs;
     limits.require_all_expected = false;    // untrained tensors stay home
@@ -336,10 +336,10 @@ grpc::Status FederationService::UploadUpdate(
           " tensors, the stream carried " + std::to_string(delta.size()));
     }
     if (!s.ok()) {
-      coordinator_.RecordRejectedUpload(session, round, s.message(), bytes);
+      engine_.RecordRejectedUpload(session, round, s.message(), bytes);
       return Grpc(s);
     }
-    s = coordinator_.SubmitUpdate(session, header, std::move(delta), bytes);
+    s = engine_.SubmitUpdate(session, header, std::move(delta), bytes);
     if (!s.ok()) return Grpc(s);
     reply->set_accepted(true);
     return grpc::Status::OK;
@@ -354,7 +354,7 @@ grpc::Status FederationService::GetStatus(grpc::ServerContext* ctx,
   std::string peer;
   grpc::Status auth = Authenticate(*ctx, "GetStatus", nullptr, &peer);
   if (!auth.ok()) return auth;
-  CoordinatorStatus s = coordinator_.GetStatus();
+  CoordinatorStatus s = engine_.GetStatus();
   reply->set_federation_id(s.federation_id);
   reply->set_state(s.state);
   reply->set_round(static_cast<uint64_t>(s.round));
@@ -406,7 +406,7 @@ grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx,
           " bytes, more than the server's limit " +
           std::to_string(max_message_bytes_)));
     }
-    StatusOr<SecAggResult> r = coordinator_.SecAggExchange(
+    StatusOr<SecAggResult> r = engine_.SecAggExchange(
         req->session_id(), static_cast<int64_t>(req->round()), step,
         req->message(), LongPollBudget(*ctx, req->wait_ms()));
     if (!r.ok()) return Grpc(r.status());
@@ -419,7 +419,7 @@ grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx,
 }
 
 StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
-    Coordinator& coordinator, const ServerOptions& options) {
+    RoundEngine& engine, const ServerOptions& options) {
   const size_t max_message = static_cast<size_t>(options.max_message_mb) << 20;
   size_t chunk = std::min(static_cast<size_t>(options.chunk_kb) << 10,
                           transport::ChunkBytesForMessageLimit(max_message));
@@ -434,7 +434,7 @@ StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
   }
   std::unique_ptr<FederationServer> server(new FederationServer());
   server->service_ = std::make_unique<FederationService>(
-      coordinator, chunk, max_message, std::move(allowlist));
+      engine, chunk, max_message, std::move(allowlist));
   grpc::ServerBuilder builder;
   transport::ServerBuilderDefaults(&builder, max_message);
   // Long polls hold a thread each: allow one per worker and then some.

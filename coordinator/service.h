@@ -1,8 +1,9 @@
 // The gRPC face of the coordinator: the Federation service (see
-// proto/fedpeft.proto) over a Coordinator, and the server that hosts it.
+// proto/fedpeft.proto) over a round engine (the cloud's or an edge's), and
+// the server that hosts it.
 //
 // Handlers only move bytes: they decode and validate messages, call the
-// Coordinator's thread-safe methods and encode the reply. An upload is
+// engine's thread-safe handlers and encode the reply. An upload is
 // checked against the round before its tensors are read, decoded against
 // the global adapter's names and shapes with size limits, then handed over.
 // No exception leaves a handler; every failure is a gRPC status whose
@@ -37,10 +38,10 @@ namespace coordinator {
 
 class FederationService final : public proto::Federation::Service {
  public:
-  // REQUIRES: `coordinator` outlives the service. `allowlist`: null on a
+  // REQUIRES: `engine` outlives the service. `allowlist`: null on a
   // plaintext server (no identities to check); with TLS, the names that may
   // call.
-  FederationService(Coordinator& coordinator, size_t chunk_bytes,
+  FederationService(RoundEngine& engine, size_t chunk_bytes,
                     size_t max_message_bytes,
                     std::unique_ptr<security::Allowlist> allowlist = nullptr);
 
@@ -71,7 +72,7 @@ class FederationService final : public proto::Federation::Service {
   grpc::Status Authenticate(const grpc::ServerContext& ctx, const char* call,
                             const std::string* session, std::string* name);
 
-  Coordinator& coordinator_;
+  RoundEngine& engine_;
   const size_t chunk_bytes_;
   const size_t max_message_bytes_;
   const std::unique_ptr<security::Allowlist> allowlist_;
@@ -85,7 +86,12 @@ class FederationServer {
   // options.port_file when set. Errors name the tls.* key of a certificate
   // or key that cannot be read.
   static StatusOr<std::unique_ptr<FederationServer>> Start(
-      Coordinator& coordinator, const ServerOptions& options);
+      RoundEngine& engine, const ServerOptions& options);
+  // The cloud coordinator's engine.
+  static StatusOr<std::unique_ptr<FederationServer>> Start(
+      Coordinator& coordinator, const ServerOptions& options) {
+    return Start(coordinator.engine(), options);
+  }
   ~FederationServer();  // shuts down
 
   int port() const { return port_; }

@@ -228,7 +228,7 @@ TEST_F(TlsServiceTest, ClientsWithoutACertificateOfTheCaCannotConnect) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
   // A client that trusts another CA does not accept this server either.
   // (The same CA signs both ends in fedpeft; this is the client's check.)
-  EXPECT_EQ(coordinator_->GetStatus().workers.size(), 0u);
+  EXPECT_EQ(coordinator_->engine().GetStatus().workers.size(), 0u);
 }
 
 TEST_F(TlsServiceTest, ARevokedWorkerIsRefusedAndTheRoundGoesOn) {

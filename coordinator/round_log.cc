@@ -1,0 +1,129 @@
+#include "coordinator/round_log.h"
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+
+namespace fedpeft {
+namespace coordinator {
+namespace {
+
+nlohmann::json NumberOrNull(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
+std::string FormatBytes(uint64_t b) {
+  char buf[32];
+  if (b >= (1ull << 20)) {
+    std::snprintf(buf, sizeof(buf), "%.2f MiB", b / 1048576.0);
+  } else if (b >= 1024) {
+    std::snprintf(buf, sizeof(buf), "%.1f KiB", b / 1024.0);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%llu B",
+                  static_cast<unsigned long long>(b));
+  }
+  return buf;
+}
+
+StatusOr<std::unique_ptr<RoundLog>> RoundLog::Open(RoundLogOptions options) {
+  std::unique_ptr<RoundLog> log(new RoundLog(std::move(options)));
+  const std::string& path = log->options_.metrics_file;
+  if (path.empty()) return log;
+  const std::string parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) {
+    RETURN_IF_ERROR(
+        EnsureDirectory(parent).WithContext("logging.metrics_file"));
+  }
+  log->metrics_.open(path, std::ios::app);
+  if (!log->metrics_) {
+    return Status::IoError("logging.metrics_file: cannot open '" + path +
+                           "' for appending");
+  }
+  return log;
+}
+
+void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
+                     uint64_t total_down) {
+  std::string eval = std::isfinite(m.eval_loss)
+                         ? fmt::format("{:.4f}", m.eval_loss)
+                         : std::string("n/a");
+  if (std::isfinite(m.server_eval_loss)) {
+    eval += fmt::format(" (server {:.4f})", m.server_eval_loss);
+  }
+  std::string shape;
+  if (m.edges_answered > 0) shape += fmt::format(" edges {}", m.edges_answered);
+  if (options_.ranks && m.rank_max > 0) {
+    shape += fmt::format(" | rank {}..{} (mean {:.1f})", m.rank_min, m.rank_max,
+                         m.rank_mean);
+  }
+  if (options_.frozen) {
+    shape += fmt::format(" | frozen {:.0f}%", 100 * m.frozen_fraction);
+  }
+  if (m.secagg_workers >= 0) {
+    shape += fmt::format(" | secure sum of {}", m.secagg_workers);
+  }
+  if (std::isfinite(m.epsilon)) {
+    shape += fmt::format(
+        " | epsilon {:.3f} (delta {:.2g}, q {:.3g}, z {:.3f}, "
+        "C {:.4g})",
+        m.epsilon, m.delta, m.sampling_rate, m.noise_multiplier, m.clip_norm);
+  } else if (m.clip_norm > 0) {
+    shape +=
+        fmt::format(" | dp C {:.4g} z {:.3f}", m.clip_norm, m.noise_multiplier);
+  }
+  FP_LOG_INFO("coordinator",
+              "{} {} {}: selected {} answered {} dropped {}{} | train "
+              "loss {:.4f} eval loss {} | up {} down {} | {:.1f}s",
+              options_.label,
+              options_.total_rounds > 0
+                  ? std::to_string(m.round) + "/" +
+                        std::to_string(options_.total_rounds)
+                  : std::to_string(m.round),
+              m.aggregated ? "done" : "skipped", m.selected, m.answered,
+              m.dropped, shape, m.train_loss, eval, FormatBytes(m.bytes_up),
+              FormatBytes(m.bytes_down), m.seconds);
+  if (!metrics_.is_open()) return;
+  nlohmann::json j = {
+      {"round", m.round},
+      {"attempt", m.attempt},
+      {"aggregated", m.aggregated},
+      {"selected", m.selected},
+      {"answered", m.answered},
+      {"dropped", m.dropped},
+      {"rejected", m.rejected},
+      {"train_loss", NumberOrNull(m.train_loss)},
+      {"eval_loss", NumberOrNull(m.eval_loss)},
+      {"server_eval_loss", NumberOrNull(m.server_eval_loss)},
+      {"bytes_up", m.bytes_up},
+      {"bytes_down", m.bytes_down},
+      {"seconds", m.seconds},
+      {"worker_seconds_max", m.max_train_seconds},
+      {"edges_answered", m.edges_answered},
+      {"rank_min", m.rank_min},
+      {"rank_mean", m.rank_mean},
+      {"rank_max", m.rank_max},
+      {"frozen_fraction", m.frozen_fraction},
+      {"epsilon", NumberOrNull(m.epsilon)},
+      {"delta", NumberOrNull(m.delta)},
+      {"clip_norm", m.clip_norm},
+      {"noise_multiplier", m.noise_multiplier},
+      {"unclipped_fraction", NumberOrNull(m.unclipped_fraction)},
+      {"sampling_rate", m.sampling_rate},
+      {"secagg_workers", m.secagg_workers},
+      {"bytes_up_workers", m.worker_bytes_up},
+      {"bytes_up_total", total_up},
+      {"bytes_down_total", total_down},
+      {"strategy", options_.strategy},
+      {"unix_ms", UnixMillis()},
+  };
+  metrics_ << j.dump() << "\n";
+  metrics_.flush();
+}
+
+}  // namespace coordinator
+}  // namespace fedpeft

@@ -1,0 +1,412 @@
+#include "coordinator/stages/privacy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+
+#include "aggregation/mean.h"
+#include "common/logging.h"
+
+namespace fedpeft {
+namespace coordinator {
+namespace {
+
+bool IsLoraA(const std::string& key) {
+  return key.find(".lora_A.") != std::string::npos;
+}
+
+}  // namespace
+
+PrivacyStage::PrivacyStage(const CoordinatorConfig& config, bool cloud)
+    : options_(config.dp), federation_(config.federation), cloud_(cloud) {
+  if (!options_.enabled) return;
+  uint64_t seed = options_.noise_seed;
+  if (seed != 0 && !cloud_) {
+    seed ^= Mix(std::hash<std::string>()(federation_.id));
+  }
+  noise_ = std::make_unique<privacy::GaussianNoise>(seed);
+  clip_norm_ = options_.clip_norm;
+  if (cloud_) accountant_ = std::make_unique<privacy::RdpAccountant>();
+}
+
+PrivacyStage::RoundDp PrivacyStage::Current() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return round_;
+}
+
+bool PrivacyStage::enabled() const { return Current().enabled; }
+
+Status PrivacyStage::Init(const Registry::Counts& alive, double q) {
+  if (!accountant_ || ready_) return Status::Ok();  // or resumed
+  const DpOptions& d = options_;
+  if (d.population > 0) {
+    population_ = d.population;
+  } else if (alive.edges > 0) {
+    return Status::FailedPrecondition(
+        "dp.population: the users behind edges cannot be counted by the "
+        "cloud; set dp.population (the users who may take part)");
+  } else {
+    population_ = alive.direct;
+  }
+  delta_ = d.delta > 0 ? d.delta
+                       : 1.0 / std::pow(static_cast<double>(
+                                            std::max<int64_t>(2, population_)),
+                                        1.1);
+  z_ = d.noise_multiplier;
+  if (d.target_epsilon > 0 && d.budget == "calibrate") {
+    auto z = privacy::NoiseMultiplierFor(d.target_epsilon, q,
+                                         federation_.rounds, delta_);
+    if (!z.ok()) {
+      return z.status().WithContext("dp.target_epsilon " +
+                                    ToConfigString(d.target_epsilon));
+    }
+    z_ = *z;
+    FP_LOG_INFO("coordinator",
+                "dp: noise multiplier {:.4f} calibrated for epsilon {:.3g} at "
+                "delta {:.3g} over {} rounds (q {:.3g})",
+                z_, d.target_epsilon, delta_, federation_.rounds, q);
+  }
+  if (d.adaptive_clipping) {
+    const double m = std::max(1.0, q * static_cast<double>(population_));
+    count_stddev_ = d.count_stddev > 0 ? d.count_stddev : m / 20.0;
+    auto z = privacy::UpdateNoiseMultiplier(z_, count_stddev_);
+    if (!z.ok()) {
+      return z.status().WithContext(fmt::format(
+          "dp.adaptive_clipping with about {:.0f} users a round (the count "
+          "noise defaults to users / 20): set dp.count_stddev above {:.3g} "
+          "or raise dp.noise_multiplier",
+          m, z_ / 2));
+    }
+  }
+  if (z_ == 0) {
+    FP_LOG_WARN("coordinator",
+                "dp: noise_multiplier 0: updates are clipped but not noised, "
+                "so there is no privacy guarantee (epsilon is infinite)");
+  }
+  FP_LOG_INFO("coordinator",
+              "dp: user-level DP-FedAvg, clip norm {:.4g}{}, noise "
+              "multiplier {:.4f} ({} placement), delta {:.3g} (population "
+              "{}), expected sampling rate {:.3g}{}",
+              clip_norm_, d.adaptive_clipping ? " (adaptive)" : "", z_,
+              d.placement, delta_, population_, q,
+              d.target_epsilon > 0 ? fmt::format(", budget epsilon {:.3g} ({})",
+                                                 d.target_epsilon, d.budget)
+                                   : std::string());
+  ready_ = true;
+  return Status::Ok();
+}
+
+bool PrivacyStage::WouldOverspend(double q, double* epsilon) const {
+  if (!accountant_ || !(options_.target_epsilon > 0)) return false;
+  // With calibration, only a sampling rate above the expected one gets
+  // here.
+  privacy::RdpAccountant next = *accountant_;
+  next.Compose(q, z_);
+  *epsilon = next.Spent(delta_).epsilon;
+  return *epsilon > options_.target_epsilon * (1 + 1e-6);
+}
+
+void PrivacyStage::OnOpen(RoundContext& round, RoundMetrics* m) {
+  if (accountant_) {
+    RoundDp dp;
+    dp.enabled = true;
+    dp.clip_norm = clip_norm_;
+    dp.z_update = z_;
+    Status s = Status::Ok();
+    if (options_.adaptive_clipping) {
+      auto z = privacy::UpdateNoiseMultiplier(z_, count_stddev_);
+      if (z.ok()) {
+        dp.z_update = *z;
+        dp.count_stddev = count_stddev_;
+      } else {
+        s = z.status();
+      }
+    }
+    if (s.ok()) {
+      dp.sum_stddev = dp.z_update * dp.clip_norm;
+      const int edges_selected = round.SelectedCounts().edges;
+      if (options_.placement == "edges" && edges_selected > 0) {
+        const double share =
+            1.0 / std::sqrt(static_cast<double>(edges_selected));
+        dp.edge_share = dp.sum_stddev * share;
+        dp.edge_count_share = dp.count_stddev * share;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      round_ = dp;
+    } else {
+      FP_LOG_ERROR("coordinator", "round {}: dp: {}", round.round,
+                   s.ToString());
+    }
+  }
+  const RoundDp dp = Current();
+  round.clip_norm = dp.enabled ? dp.clip_norm : 0;
+  m->clip_norm = dp.enabled ? dp.clip_norm : 0;
+  m->noise_multiplier = dp.enabled ? dp.z_update : 0;
+}
+
+void PrivacyStage::FillTask(const RoundContext& round, const Participant& p,
+                            TaskInfo* task) const {
+  const RoundDp dp = Current();
+  task->clip_norm = dp.enabled ? dp.clip_norm : 0;
+  if (p.profile.edge) {
+    task->noise_stddev = dp.edge_share;
+    task->count_noise_stddev = dp.edge_count_share;
+  }
+}
+
+Status PrivacyStage::CheckUpdate(const UpdateCheck& u) const {
+  const RoundDp dp = Current();
+  if (!dp.enabled) return Status::Ok();
+  const UpdateHeader& header = u.header;
+  if (header.whole_adapter) {
+    return Status::InvalidArgument("update from '" + u.worker_id +
+                                   "': a whole adapter under DP (expected "
+                                   "a clipped delta)");
+  }
+  if (!u.edge) {
+    // The clip bound is what the noise is calibrated to: an update over
+    // it (a faulty or hostile worker) is refused, not rescaled.
+    const double norm = privacy::GlobalNorm(u.delta);
+    if (!(norm <= dp.clip_norm * (1 + 1e-5))) {
+      return Status::InvalidArgument(fmt::format(
+          "update from '{}': L2 norm {:.6g} exceeds the round's clip norm "
+          "{:.6g} (dp.clip_norm)",
+          u.worker_id, norm, dp.clip_norm));
+    }
+    if (header.unclipped != 0 && header.unclipped != 1) {
+      return Status::InvalidArgument(
+          fmt::format("update from '{}': unclipped {} (expected 0 or 1)",
+                      u.worker_id, header.unclipped));
+    }
+    return Status::Ok();
+  }
+  if (header.workers == 0 || !std::isfinite(header.unclipped) ||
+      header.users_selected < header.workers ||
+      header.users_alive < header.users_selected) {
+    return Status::InvalidArgument(fmt::format(
+        "update from edge '{}': workers {}, users selected {} of {} "
+        "alive, unclipped {} (expected 1 <= workers <= selected <= "
+        "alive and a finite count)",
+        u.worker_id, header.workers, header.users_selected, header.users_alive,
+        header.unclipped));
+  }
+  return Status::Ok();
+}
+
+void PrivacyStage::OnClose(RoundContext& round,
+                           std::unique_lock<std::mutex>& lock,
+                           std::vector<Update>* updates, RoundMetrics* m) {
+  int answered = 0;
+  for (const auto& u : *updates) answered += AnswersIn(u);
+  if (!accountant_ || answered == 0) return;
+  // Spent whether or not the round aggregates: with noise at the edges,
+  // the cloud has seen their releases.
+  int edges_alive = 0, edges_selected = 0, direct_alive = 0,
+      direct_selected = 0;
+  auto now = Clock::now();
+  for (const auto& [id, w] : round.registry->all()) {
+    const bool selected = round.selected.count(id) > 0;
+    if (!round.registry->IsAlive(w, now) && !selected) continue;
+    (w.profile.edge ? edges_alive : direct_alive) += 1;
+    if (selected) (w.profile.edge ? edges_selected : direct_selected) += 1;
+  }
+  Account(*updates, round.round, direct_selected, direct_alive, edges_selected,
+          edges_alive, m);
+}
+
+double PrivacyStage::NoisedUnclippedCount(const std::vector<Update>& updates,
+                                          double* users) {
+  const RoundDp dp = Current();
+  double count = 0, added = 0;
+  *users = 0;
+  for (const auto& p : updates) {
+    count += p.header.unclipped;
+    *users += p.edge || p.summed ? p.header.workers : 1;
+    if (p.edge) added += dp.edge_count_share * dp.edge_count_share;
+  }
+  double top =
+      std::sqrt(std::max(0.0, dp.count_stddev * dp.count_stddev - added));
+  if (top < 1e-6 * dp.count_stddev) top = 0;
+  if (noise_ && top > 0) count += noise_->Sample(top);
+  return count;
+}
+
+void PrivacyStage::Account(const std::vector<Update>& updates, int64_t round,
+                           int direct_selected, int direct_alive,
+                           int edges_selected, int edges_alive,
+                           RoundMetrics* m) {
+  // q: the largest chance any one user had of taking part. Behind an edge
+  // it is the edge's chance times the share of its users it selected (1
+  // when unknown: a selected edge that did not answer).
+  double q = 0;
+  if (direct_alive > 0) {
+    q = static_cast<double>(direct_selected) / direct_alive;
+  }
+  if (edges_selected > 0) {
+    double inner = 0;
+    int answered = 0;
+    for (const auto& p : updates) {
+      if (!p.edge || p.header.users_alive == 0) continue;
+      inner = std::max(inner, static_cast<double>(p.header.users_selected) /
+                                  p.header.users_alive);
+      ++answered;
+    }
+    if (answered < edges_selected) inner = 1.0;
+    q = std::max(q, inner * edges_selected / std::max(1, edges_alive));
+  }
+  q = std::min(1.0, std::max(q, 1e-12));
+  accountant_->Compose(q, z_);
+  privacy::PrivacySpent spent = accountant_->Spent(delta_);
+  m->epsilon = spent.epsilon;
+  m->delta = delta_;
+  m->sampling_rate = q;
+  if (options_.adaptive_clipping) {
+    double users = 0;
+    const double count = NoisedUnclippedCount(updates, &users);
+    m->unclipped_count = count;
+    m->unclipped_fraction = users > 0 ? count / users : std::nan("");
+    if (std::isfinite(m->unclipped_fraction)) {
+      const double next = privacy::NextClipNorm(
+          clip_norm_, m->unclipped_fraction, options_.target_quantile,
+          options_.clip_learning_rate);
+      FP_LOG_INFO("coordinator",
+                  "round {}: dp: {:.2f} of updates unclipped (noised; target "
+                  "{:.2f}): clip norm {:.4g} -> {:.4g}",
+                  round, m->unclipped_fraction, options_.target_quantile,
+                  clip_norm_, next);
+      clip_norm_ = next;
+    }
+  }
+}
+
+Status PrivacyStage::BeginUpstreamTask(const EdgeTask& task) {
+  RoundDp dp;
+  if (options_.enabled) {
+    if (!(task.clip_norm > 0)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      round_ = RoundDp{};
+      return Status::InvalidArgument(
+          "cloud round " + std::to_string(task.cloud_round) +
+          ": the plan says DP but the task has no clip norm");
+    }
+    dp.enabled = true;
+    dp.clip_norm = task.clip_norm;
+    dp.sum_stddev = task.noise_stddev;
+    dp.count_stddev = task.count_noise_stddev;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  round_ = dp;
+  return Status::Ok();
+}
+
+StatusOr<TensorMap> PrivacyStage::Mean(const TensorMap& current,
+                                       const std::set<std::string>& frozen,
+                                       bool ffa, bool hetero,
+                                       const std::vector<Update>& updates,
+                                       const char* label, RoundMetrics* m) {
+  const RoundDp dp = Current();
+  // The released coordinates: all but the frozen tensors and FFA-LoRA's
+  // fixed A (nobody may change those, so they carry no one's data).
+  TensorMap sum;
+  for (const auto& [key, t] : current) {
+    if (frozen.count(key) || (ffa && IsLoraA(key))) continue;
+    sum[key] = torch::zeros_like(t);
+  }
+  double users = 0;
+  double added = 0;
+  for (const auto& p : updates) {
+    // An edge sends the mean over its workers of their clipped updates
+    // (plus its noise share): times its workers, their sum.
+    // So is a secure sum of workers.
+    const double w =
+        p.edge || p.summed ? static_cast<double>(p.header.workers) : 1.0;
+    users += w;
+    if (p.edge) added += dp.edge_share * dp.edge_share;
+    TensorMap d = p.delta;
+    if (hetero && p.header.rank > 0) {
+      int64_t r_global = 0;
+      for (const auto& [module, r] : aggregation::ModuleRanks(current)) {
+        r_global = std::max(r_global, r);
+      }
+      d = aggregation::ZeroPadRank(d, r_global);
+    }
+    for (const auto& [key, t] : d) {
+      auto it = sum.find(key);
+      if (it == sum.end()) continue;
+      if (!it->second.sizes().equals(t.sizes())) {
+        return Status::InvalidArgument(
+            "dp: update from '" + p.worker_id + "': tensor '" + key +
+            "' has shape " + aggregation::ShapeString(t.sizes()) +
+            ", expected " + aggregation::ShapeString(it->second.sizes()));
+      }
+      it->second.add_(t, w);
+    }
+  }
+  if (users <= 0) return Status::FailedPrecondition("dp: no users");
+  // The noise of the round: what the edges added plus this level's part.
+  double top = std::sqrt(std::max(0.0, dp.sum_stddev * dp.sum_stddev - added));
+  if (top < 1e-6 * dp.sum_stddev) top = 0;  // the edges' shares add up
+  noise_->AddTo(&sum, top);
+  FP_LOG_INFO("coordinator",
+              "{} {}: dp: sum of {} users' updates clipped to {:.4g}, noise "
+              "stddev {:.4g} added here{}",
+              label, m->round, users, dp.clip_norm, top,
+              added > 0
+                  ? fmt::format(" ({:.4g} at the edges)", std::sqrt(added))
+                  : std::string());
+  for (auto& kv : sum) kv.second.div_(users);
+  if (!cloud_) {
+    double n = 0;
+    m->unclipped_count = NoisedUnclippedCount(updates, &n);
+    m->unclipped_fraction = n > 0 ? m->unclipped_count / n : std::nan("");
+  }
+  TensorMap mean;
+  for (const auto& [key, t] : current) {
+    auto it = sum.find(key);
+    mean[key] = it != sum.end() ? it->second : torch::zeros_like(t);
+  }
+  return mean;
+}
+
+void PrivacyStage::SaveState(nlohmann::json* extra) const {
+  if (!accountant_ || !ready_) return;
+  (*extra)["dp"] = {{"clip_norm", clip_norm_},
+                    {"noise_multiplier", z_},
+                    {"delta", delta_},
+                    {"population", population_},
+                    {"count_stddev", count_stddev_},
+                    {"rdp", accountant_->rdp()}};
+}
+
+Status PrivacyStage::LoadState(const SavedState& saved) {
+  if (!accountant_) return Status::Ok();
+  if (!saved.extra.contains("dp")) {
+    if (saved.rounds_done == 0) return Status::Ok();
+    return Status::FailedPrecondition(
+        saved.where +
+        " was written without DP, this config enables dp: the privacy "
+        "spent so far is unknown (start a new federation)");
+  }
+  const nlohmann::json& d = saved.extra["dp"];
+  try {
+    clip_norm_ = d.at("clip_norm").get<double>();
+    z_ = d.at("noise_multiplier").get<double>();
+    delta_ = d.at("delta").get<double>();
+    population_ = d.at("population").get<int64_t>();
+    count_stddev_ = d.at("count_stddev").get<double>();
+    std::vector<double> rdp;
+    for (const auto& v : d.at("rdp")) {  // JSON has no infinity: null
+      rdp.push_back(v.is_null() ? std::numeric_limits<double>::infinity()
+                                : v.get<double>());
+    }
+    RETURN_IF_ERROR(accountant_->SetRdp(rdp));
+    ready_ = true;
+  } catch (const std::exception& e) {
+    return Status::Corruption(saved.where + ": extra.dp: " + e.what());
+  }
+  return Status::Ok();
+}
+
+}  // namespace coordinator
+}  // namespace fedpeft
