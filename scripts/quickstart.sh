@@ -6,9 +6,11 @@
 # greedy sample from the base model and from base + the merged adapter.
 # Everything lands in out/quickstart/ (override with $1): logs/,
 # metrics.jsonl, checkpoints/, adapter/ (Hugging Face PEFT format).
+# Builds only build/fedpeft (not the tests and benchmarks: scripts/test.sh
+# adds those).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+FEDPEFT_SETUP=cli scripts/setup.sh
 OUT="${1:-out/quickstart}"
 BUILD_DIR="${FEDPEFT_BUILD_DIR:-build}"
 "$BUILD_DIR/fedpeft" simulate --config configs/quickstart.yaml --out "$OUT"

@@ -2,6 +2,10 @@
 # Installs every Debian package fedpeft needs (non-interactive, idempotent)
 # and builds the project into build/ (Ninja and ccache when present).
 #   scripts/setup.sh            install if anything is missing, then build
+#                               everything (library, CLI, tests, benches)
+#   FEDPEFT_SETUP=cli ...       only what `build/fedpeft` needs: no test or
+#                               fuzz packages, only the fedpeft target (the
+#                               quickstart; a later full set-up adds the rest)
 #   FEDPEFT_SKIP_BUILD=1 ...    install only
 #   FEDPEFT_BUILD_DIR=DIR ...   build elsewhere (default: build)
 set -euo pipefail
@@ -19,9 +23,12 @@ PACKAGES=(
   # LibTorch's, see docs/design.md)
   libyaml-cpp-dev libboost-program-options-dev nlohmann-json3-dev
   libspdlog-dev
-  # tests, and the libFuzzer targets of fuzz/ (scripts/fuzz.sh)
-  libgtest-dev libgmock-dev clang libclang-rt-14-dev
 )
+SETUP="${FEDPEFT_SETUP:-all}"
+if [[ "$SETUP" != cli ]]; then
+  # tests, and the libFuzzer targets of fuzz/ (scripts/fuzz.sh)
+  PACKAGES+=(libgtest-dev libgmock-dev clang libclang-rt-14-dev)
+fi
 if [[ "${FEDPEFT_WITH_BENCH:-0}" == 1 ]]; then
   PACKAGES+=(python3-torch python3-numpy)  # the PyTorch eager baseline
 fi
@@ -47,8 +54,19 @@ fi
 BUILD_DIR="${FEDPEFT_BUILD_DIR:-build}"
 GENERATOR=()
 command -v ninja >/dev/null && GENERATOR=(-G Ninja)
+TESTS=ON
+[[ "$SETUP" == cli ]] && TESTS=OFF
 # (ccache's settings for precompiled headers live in CMakeLists.txt.)
 if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
-  cmake -S . -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  cmake -S . -B "$BUILD_DIR" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DFEDPEFT_BUILD_TESTS="$TESTS"
+elif [[ "$TESTS" == ON ]] &&
+     grep -q '^FEDPEFT_BUILD_TESTS:BOOL=OFF' "$BUILD_DIR/CMakeCache.txt"; then
+  # Set up for the quickstart before: add the tests now.
+  cmake -S . -B "$BUILD_DIR" -DFEDPEFT_BUILD_TESTS=ON
 fi
-cmake --build "$BUILD_DIR" -j "$(nproc)"
+if [[ "$SETUP" == cli ]]; then
+  cmake --build "$BUILD_DIR" -j "$(nproc)" --target fedpeft
+else
+  cmake --build "$BUILD_DIR" -j "$(nproc)"
+fi
