@@ -2,7 +2,7 @@
 // (security/certs.h does the work).
 //
 //   fedpeft certs init  --out DIR [--name CA_NAME] [--days N] [--force]
-//   fedpeft certs issue --role coordinator|edge|worker --name NAME
+//   fedpeft certs issue --role coordinator|edge|worker|operator --name NAME
 //                       --ca DIR --out DIR [--san HOST_OR_IP ...] [--days N]
 //                       [--force]
 #include <boost/program_options.hpp>
@@ -22,15 +22,19 @@ namespace po = boost::program_options;
 constexpr const char* kCertsUsage =
     "usage: fedpeft certs init  --out DIR [--name CA_NAME] [--days N] "
     "[--force]\n"
-    "       fedpeft certs issue --role coordinator|edge|worker --name NAME\n"
-    "                           --ca CA_DIR --out DIR [--san DNS_OR_IP ...]\n"
+    "       fedpeft certs issue --role coordinator|edge|worker|operator\n"
+    "                           --name NAME --ca CA_DIR --out DIR\n"
+    "                           [--san DNS_OR_IP ...]\n"
     "                           [--days N] [--force]\n"
     "\n"
     "init   creates a CA: DIR/ca.crt and DIR/ca.key (EC P-256, key 0600)\n"
     "issue  a key and certificate signed by the CA in CA_DIR:\n"
     "       DIR/NAME.crt, DIR/NAME.key; CN = NAME (the participant id),\n"
     "       SANs = --san (default localhost, 127.0.0.1); EKU by role:\n"
-    "       coordinator serverAuth, worker clientAuth, edge both\n";
+    "       coordinator serverAuth, worker and operator clientAuth, edge\n"
+    "       both. The role is signed into the subject (OU): a server admits\n"
+    "       a participant only in that role, and `status` only from an\n"
+    "       operator (which cannot register)\n";
 
 int Usage(const std::string& message) {
   std::cerr << "fedpeft certs: " << message << "\n" << kCertsUsage;

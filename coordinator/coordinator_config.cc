@@ -29,6 +29,9 @@ void FederationOptions::Read(ConfigReader& in) {
   in.Get("rounds", &rounds);
   in.Get("min_available", &min_available);
   in.Get("fraction", &fraction);
+  in.Get("sampling", &sampling);
+  in.Check(sampling == "fixed" || sampling == "poisson", "sampling",
+           "expected fixed or poisson, got '" + sampling + "'");
   in.Get("min_workers", &min_workers);
   in.Get("max_workers", &max_workers);
   in.Get("quorum", &quorum);
@@ -178,6 +181,12 @@ void DpOptions::Read(ConfigReader& in) {
   in.Get("delta", &delta);
   in.Get("population", &population);
   in.Get("noise_seed", &noise_seed);
+  in.Get("report_worker_metrics", &report_worker_metrics);
+  in.Get("max_users_per_edge", &max_users_per_edge);
+  in.Get("trust_edge_sampling", &trust_edge_sampling);
+  in.Check(max_users_per_edge >= 0, "max_users_per_edge",
+           "must be >= 0 (0 = dp.population), got " +
+               ToConfigString(max_users_per_edge));
   in.Check(std::isfinite(clip_norm) && clip_norm > 0, "clip_norm",
            "must be a number > 0, got " + ToConfigString(clip_norm));
   in.Check(std::isfinite(noise_multiplier) && noise_multiplier >= 0,

@@ -61,10 +61,15 @@ struct ServerOptions {
 };
 
 struct FederationOptions {
-  std::string id;                 // names the run; default "fedpeft-<seed>"
-  int rounds = 5;                 // cloud rounds to run
-  int min_available = 2;          // alive workers needed before round 1
-  double fraction = 1.0;          // share of alive workers selected per round
+  std::string id;         // names the run; default "fedpeft-<seed>"
+  int rounds = 5;         // cloud rounds to run
+  int min_available = 2;  // alive workers needed before round 1
+  double fraction = 1.0;  // share of alive workers selected per round
+  // fixed: ceil(fraction * alive) chosen at random (within min/max_workers);
+  // poisson: each alive participant independently with probability
+  // `fraction` (the sampling the DP accountant assumes; the number varies,
+  // min/max_workers do not apply, and a round may select nobody).
+  std::string sampling = "fixed";
   int min_workers = 1;            // select at least this many
   int max_workers = 0;            // and at most this many (0 = no cap)
   double quorum = 0.5;            // share of the selected whose answers close a
@@ -151,7 +156,23 @@ struct DpOptions {
   double delta = 0;                  // 0 = 1 / population^1.1
   int64_t population = 0;            // users who may take part; 0 = the workers
                                      // registered when round 1 starts
-  uint64_t noise_seed = 0;  // 0 = std::random_device (set for experiments)
+  // 0 (the default): noise from OpenSSL's DRBG, unpredictable. Any other
+  // value makes the cloud's noise reproducible for experiments only (a
+  // warning at start): it is derived per round and attempt, never repeats
+  // across a resume, and is never sent to edges, which always draw theirs
+  // from the DRBG.
+  uint64_t noise_seed = 0;
+  // What a worker reports besides its update under DP. false (default):
+  // nothing about its data (no losses, sample counts or timings: the server
+  // logs "withheld"); true: they travel and are logged in the clear, which
+  // leaks information about each user's data to the server and its logs.
+  bool report_worker_metrics = false;
+  // Edges: the largest user count an edge may declare for its update (its
+  // weight in the noised sum); 0 = dp.population. An edge's own sampling
+  // rate cannot be checked by the cloud, so the accountant counts every
+  // user behind a selected edge as selected unless trust_edge_sampling.
+  int64_t max_users_per_edge = 0;
+  bool trust_edge_sampling = false;
 
   void Read(ConfigReader& in);
 };

@@ -175,7 +175,11 @@ Status Edge::Impl::Serve(const proto::Task& task) {
   } else {
     const std::set<std::string> frozen(et.frozen.begin(), et.frozen.end());
     for (const auto& [key, t] : r.adapter) {
-      if (frozen.count(key)) continue;
+      // Frozen tensors, and FFA-LoRA's A, are not the edge's to change.
+      if (frozen.count(key) ||
+          (et.train_b_only && key.find(".lora_A.") != std::string::npos)) {
+        continue;
+      }
       auto c = cloud.find(key);
       if (c == cloud.end()) continue;
       up[key] = (t - c->second).contiguous();
@@ -200,6 +204,7 @@ Status Edge::Impl::Serve(const proto::Task& task) {
   h.set_unclipped(r.unclipped);
   h.set_users_selected(static_cast<uint32_t>(r.users_selected));
   h.set_users_alive(static_cast<uint32_t>(r.users_alive));
+  h.set_metrics_withheld(plan_.dp && !plan_.dp_report_worker_metrics);
   // The same codec as the workers' (no error feedback at the edge: its
   // update is a noisy mean that changes every round).
   ASSIGN_OR_RETURN(

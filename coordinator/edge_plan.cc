@@ -12,7 +12,7 @@ std::string EdgePlan::ToJson() const {
                       {"ffa", ffa},
                       {"adapter_seed", adapter_seed},
                       {"dp", dp},
-                      {"dp_noise_seed", dp_noise_seed},
+                      {"dp_report_worker_metrics", dp_report_worker_metrics},
                       {"compression",
                        {{"bits", compression.bits},
                         {"block_size", compression.block_size},
@@ -31,7 +31,8 @@ StatusOr<EdgePlan> EdgePlan::FromJson(const std::string& text) {
     plan.ffa = j.at("ffa").get<bool>();
     plan.adapter_seed = j.at("adapter_seed").get<uint64_t>();
     plan.dp = j.at("dp").get<bool>();
-    plan.dp_noise_seed = j.at("dp_noise_seed").get<uint64_t>();
+    plan.dp_report_worker_metrics =
+        j.at("dp_report_worker_metrics").get<bool>();
     const nlohmann::json& c = j.at("compression");
     plan.compression.bits = c.at("bits").get<int>();
     plan.compression.block_size = c.at("block_size").get<int64_t>();

@@ -22,8 +22,9 @@ struct EdgePlan {
   HeterogeneityOptions heterogeneity;
   bool ffa = false;
   uint64_t adapter_seed = 42;
-  bool dp = false;             // sum clipped updates with equal weights
-  uint64_t dp_noise_seed = 0;  // 0 = std::random_device
+  bool dp = false;  // sum clipped updates with equal weights
+  bool dp_report_worker_metrics = false;  // else workers withhold them
+  // (No noise seed: an edge's noise always comes from the DRBG.)
   CompressionOptions compression;
   SecAggOptions secagg;  // run by the edge with its workers
   std::string ToJson() const;

@@ -19,7 +19,7 @@ StatusOr<std::unique_ptr<EdgeRounds>> EdgeRounds::Create(
   c.eval.data.path.clear();
   c.dp = DpOptions{};
   c.dp.enabled = plan.dp;
-  c.dp.noise_seed = plan.dp_noise_seed;
+  c.dp.report_worker_metrics = plan.dp_report_worker_metrics;
   c.compression = plan.compression;
   c.secagg = plan.secagg;
   std::unique_ptr<EdgeRounds> e(new EdgeRounds());

@@ -46,7 +46,14 @@ const Participant* Registry::Find(const std::string& id) const {
 }
 
 Participant& Registry::Entry(const std::string& id) {
-  return participants_[id];
+  auto [it, added] = participants_.try_emplace(id);
+  if (added) {
+    // Not alive until it registers (the clock's zero may be recent).
+    it->second.last_seen =
+        Clock::now() - std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(timeout_s_ + 1));
+  }
+  return it->second;
 }
 
 bool Registry::Close(const std::string& id) {

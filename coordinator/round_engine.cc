@@ -70,6 +70,13 @@ Status RoundEngine::Init() {
 
 namespace {
 
+// "12 samples, train loss 1.2345", or that DP withheld them.
+std::string DescribeMetrics(const UpdateHeader& h) {
+  if (h.metrics_withheld) return "metrics withheld under DP";
+  return fmt::format("{} samples, train loss {:.4f}", h.num_samples,
+                     h.train_loss);
+}
+
 Status UnknownSession(const std::string& session_id) {
   return Status::NotFound("unknown session '" + session_id +
                           "': register again");
@@ -108,7 +115,7 @@ StatusOr<Registration> RoundEngine::Register(const WorkerProfile& profile) {
     plan.ffa = config_.freezing.ffa;
     plan.adapter_seed = config_.adapter_seed;
     plan.dp = config_.dp.enabled;
-    plan.dp_noise_seed = config_.dp.noise_seed;
+    plan.dp_report_worker_metrics = config_.dp.report_worker_metrics;
     plan.compression = config_.compression;
     plan.secagg = config_.secagg;
     r.plan_json = plan.ToJson();
@@ -212,6 +219,12 @@ StatusOr<UploadExpectation> RoundEngine::ExpectedUpload(
     rank = pipeline_.planner->RoundRank(*w);
     frozen = round_.frozen;
     masked = pipeline_.secure_sum->MaskedNames(id);
+    if (round_.ffa) {
+      // FFA-LoRA: every lora_A stays at its seeded init; nobody uploads one.
+      for (const auto& [key, t] : *global) {
+        if (key.find(".lora_A.") != std::string::npos) frozen.insert(key);
+      }
+    }
   }
   UploadExpectation e;
   if (masked) {
@@ -293,7 +306,7 @@ void RoundEngine::RecordRejectedUpload(const std::string& session_id,
 }
 
 Status RoundEngine::SubmitUpdate(const std::string& session_id,
-                                 const UpdateHeader& header, TensorMap delta,
+                                 const UpdateHeader& reported, TensorMap delta,
                                  uint64_t bytes_received) {
   std::string worker_id = session_id;
   bool edge = false;
@@ -304,6 +317,12 @@ Status RoundEngine::SubmitUpdate(const std::string& session_id,
       worker_id = w->profile.worker_id;
       edge = w->profile.edge;
     }
+  }
+  // Under DP what a header says about a user's data is neither kept nor
+  // logged, whatever the worker sent.
+  UpdateHeader header = reported;
+  if (pipeline_.privacy->withholds_metrics()) {
+    PrivacyStage::Withhold(edge, &header);
   }
   Status valid = CheckUploadAllowed(session_id, header.round);
   StatusOr<UploadExpectation> expected =
@@ -346,11 +365,9 @@ Status RoundEngine::SubmitUpdate(const std::string& session_id,
   Update p{w->profile.worker_id, header, std::move(delta)};
   p.edge = w->profile.edge;
   pending_.push_back(std::move(p));
-  FP_LOG_INFO("coordinator",
-              "round {}: update from '{}' ({} samples, train loss {:.4f}, "
-              "{}{}), {}/{} in",
-              header.round, w->profile.worker_id, header.num_samples,
-              header.train_loss, FormatBytes(bytes_received),
+  FP_LOG_INFO("coordinator", "round {}: update from '{}' ({}, {}{}), {}/{} in",
+              header.round, w->profile.worker_id, DescribeMetrics(header),
+              FormatBytes(bytes_received),
               header.rank > 0 ? fmt::format(", rank {}", header.rank) : "",
               round_.answered.size(), round_.selected.size());
   cv_.notify_all();
@@ -394,11 +411,10 @@ Status RoundEngine::SubmitMasked(const std::string& session_id,
   w->rounds_completed++;
   pending_.push_back(Update{worker_id, header, TensorMap()});
   FP_LOG_INFO("coordinator",
-              "{} {}: masked update from '{}' ({} samples, train loss {:.4f}, "
-              "{}), {}/{} in",
-              label_, header.round, worker_id, header.num_samples,
-              header.train_loss, FormatBytes(bytes_received),
-              round_.answered.size(), round_.selected.size());
+              "{} {}: masked update from '{}' ({}, {}), {}/{} in", label_,
+              header.round, worker_id, DescribeMetrics(header),
+              FormatBytes(bytes_received), round_.answered.size(),
+              round_.selected.size());
   cv_.notify_all();
   return Status::Ok();
 }

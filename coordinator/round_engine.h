@@ -85,8 +85,11 @@ class RoundEngine {
   Status CheckUploadAllowed(const std::string& session_id, int64_t round);
   // Takes a decoded update; the stages validate it, and it is queued for
   // the round. A rejection is logged with its reason and counted.
-  Status SubmitUpdate(const std::string& session_id, const UpdateHeader& header,
-                      TensorMap delta, uint64_t bytes_received);
+  // Under DP without dp.report_worker_metrics the header's losses, timings
+  // and sample count are dropped first (privacy.h, Withhold).
+  Status SubmitUpdate(const std::string& session_id,
+                      const UpdateHeader& reported, TensorMap delta,
+                      uint64_t bytes_received);
   // The participant id `session_id` was opened for; NotFound when unknown.
   StatusOr<std::string> SessionOwner(const std::string& session_id);
   // Closes the session of `worker_id` (its later calls get NOT_FOUND and it

@@ -69,24 +69,29 @@ void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
   }
   if (std::isfinite(m.epsilon)) {
     shape += fmt::format(
-        " | epsilon {:.3f} (delta {:.2g}, q {:.3g}, z {:.3f}, "
-        "C {:.4g})",
-        m.epsilon, m.delta, m.sampling_rate, m.noise_multiplier, m.clip_norm);
+        " | epsilon {:.3f}, against the cloud {} (delta {:.2g}, q {:.3g}, z "
+        "{:.3f}, C {:.4g})",
+        m.epsilon,
+        std::isfinite(m.epsilon_cloud) ? fmt::format("{:.3f}", m.epsilon_cloud)
+                                       : std::string("unbounded"),
+        m.delta, m.sampling_rate, m.noise_multiplier, m.clip_norm);
   } else if (m.clip_norm > 0) {
     shape +=
         fmt::format(" | dp C {:.4g} z {:.3f}", m.clip_norm, m.noise_multiplier);
   }
-  FP_LOG_INFO("coordinator",
-              "{} {} {}: selected {} answered {} dropped {}{} | train "
-              "loss {:.4f} eval loss {} | up {} down {} | {:.1f}s",
-              options_.label,
-              options_.total_rounds > 0
-                  ? std::to_string(m.round) + "/" +
-                        std::to_string(options_.total_rounds)
-                  : std::to_string(m.round),
-              m.aggregated ? "done" : "skipped", m.selected, m.answered,
-              m.dropped, shape, m.train_loss, eval, FormatBytes(m.bytes_up),
-              FormatBytes(m.bytes_down), m.seconds);
+  FP_LOG_INFO(
+      "coordinator",
+      "{} {} {}: selected {} answered {} dropped {}{} | train "
+      "loss {} eval loss {} | up {} down {} | {:.1f}s",
+      options_.label,
+      options_.total_rounds > 0 ? std::to_string(m.round) + "/" +
+                                      std::to_string(options_.total_rounds)
+                                : std::to_string(m.round),
+      m.aggregated ? "done" : "skipped", m.selected, m.answered, m.dropped,
+      shape,
+      std::isfinite(m.train_loss) ? fmt::format("{:.4f}", m.train_loss)
+                                  : std::string("n/a"),
+      eval, FormatBytes(m.bytes_up), FormatBytes(m.bytes_down), m.seconds);
   if (!metrics_.is_open()) return;
   nlohmann::json j = {
       {"round", m.round},
@@ -109,6 +114,10 @@ void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
       {"rank_max", m.rank_max},
       {"frozen_fraction", m.frozen_fraction},
       {"epsilon", NumberOrNull(m.epsilon)},
+      // "unbounded" with central placement; null without DP
+      {"epsilon_cloud", std::isinf(m.epsilon_cloud)
+                            ? nlohmann::json("unbounded")
+                            : NumberOrNull(m.epsilon_cloud)},
       {"delta", NumberOrNull(m.delta)},
       {"clip_norm", m.clip_norm},
       {"noise_multiplier", m.noise_multiplier},

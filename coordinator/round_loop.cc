@@ -68,6 +68,9 @@ Registry::Counts RoundEngine::AliveCounts() {
 }
 
 double RoundEngine::ExpectedSamplingRate() {
+  if (config_.federation.sampling == "poisson") {
+    return config_.federation.fraction;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   const int n = static_cast<int>(registry_.Alive().size());
   if (n == 0) return 1.0;
@@ -89,11 +92,22 @@ bool RoundEngine::RunRound(int64_t round, int attempt, double deadline_s,
     // select
     std::vector<std::string> alive = registry_.Alive();
     int n = static_cast<int>(alive.size());
-    const int k = SelectedOf(f, n);
-    for (int i = n - 1; i > 0; --i) {  // Fisher-Yates with the checkpointed rng
-      std::swap(alive[i], alive[rng_() % static_cast<uint64_t>(i + 1)]);
+    if (f.sampling == "poisson") {
+      // Each independently with probability `fraction` (what the DP
+      // accountant assumes), from the checkpointed rng.
+      round_.selected.clear();
+      for (const auto& id : alive) {
+        const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+        if (u < f.fraction) round_.selected.insert(id);
+      }
+    } else {
+      const int k = SelectedOf(f, n);
+      for (int i = n - 1; i > 0; --i) {  // Fisher-Yates, the checkpointed rng
+        std::swap(alive[i], alive[rng_() % static_cast<uint64_t>(i + 1)]);
+      }
+      round_.selected = std::set<std::string>(alive.begin(), alive.begin() + k);
     }
-    round_.selected = std::set<std::string>(alive.begin(), alive.begin() + k);
+    const int k = static_cast<int>(round_.selected.size());
     round_.answered.clear();
     round_.rejected = 0;
     round_.round = round;
@@ -209,6 +223,7 @@ Status RoundEngine::Merged(int64_t round, std::vector<Update> updates,
     } else {
       last_round_headers_[p.worker_id] = p.header;
     }
+    if (p.header.metrics_withheld) continue;  // DP: nothing to average
     m->max_train_seconds =
         std::max(m->max_train_seconds, p.header.train_seconds);
     loss_sum += p.header.train_loss * p.header.num_samples;

@@ -69,6 +69,7 @@ struct TaskInfo {
   bool train_b_only = false;        // FFA-LoRA
   double prune_threshold = 0;
   double clip_norm = 0;                  // DP: clip updates to this; 0 = off
+  bool withhold_metrics = false;         // DP: report nothing but the update
   CompressionOptions compression;        // how to upload
   double noise_stddev = 0;               // edges, dp.placement edges: noise on
   double count_noise_stddev = 0;         // their sum and unclipped count
@@ -99,6 +100,8 @@ struct UpdateHeader {
   double unclipped = 0;  // DP: 1 if not clipped; edges: the noised count
   uint32_t users_selected = 0, users_alive = 0;  // edges: last round's
   uint32_t masked_unclipped = 0;  // secure aggregation: the masked bit
+  // DP: no losses, sample count or timings (num_samples 1, the rest 0/NaN).
+  bool metrics_withheld = false;
 };
 
 // What a participant may upload for a round: the tensor specs when they are
@@ -162,6 +165,10 @@ struct RoundMetrics {
   // clip norm and update noise multiplier used, the noised share of
   // updates that were not clipped.
   double epsilon = std::nan("");
+  // The same guarantee against the cloud itself: with placement edges it
+  // sees each edge's release, noised by that edge's share only; infinite
+  // when it sees an update or sum without noise (central placement).
+  double epsilon_cloud = std::nan("");
   double delta = std::nan("");
   double clip_norm = 0;
   double noise_multiplier = 0;

@@ -51,7 +51,8 @@ FederationService::FederationService(
 grpc::Status FederationService::Authenticate(const grpc::ServerContext& ctx,
                                              const char* call,
                                              const std::string* session,
-                                             std::string* name) {
+                                             std::string* name,
+                                             security::CertRole* role) {
   name->clear();
   if (!allowlist_) return grpc::Status::OK;
   *name = security::PeerCertificateName(ctx);
@@ -68,6 +69,16 @@ grpc::Status FederationService::Authenticate(const grpc::ServerContext& ctx,
     return Denied(std::string(call) + ": certificate name '" + *name +
                   "' is not allowed (tls.allowed_names / "
                   "tls.allowlist_file); it may have been revoked");
+  }
+  if (role != nullptr) {
+    StatusOr<security::CertRole> r =
+        security::CertificateRole(security::PeerCertificatePem(ctx));
+    if (!r.ok()) {
+      FP_LOG_WARN("service", "{} from '{}' refused: {}", call, *name,
+                  r.status().message());
+      return Denied(std::string(call) + ": " + r.status().message());
+    }
+    *role = *r;
   }
   if (session != nullptr) {
     StatusOr<std::string> owner = engine_.SessionOwner(*session);
@@ -90,9 +101,29 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx,
                                          proto::RegisterReply* reply) {
   try {
     std::string peer;
-    grpc::Status auth = Authenticate(*ctx, "Register", nullptr, &peer);
+    security::CertRole cert_role = security::CertRole::kWorker;
+    grpc::Status auth =
+        Authenticate(*ctx, "Register", nullptr, &peer, &cert_role);
     if (!auth.ok()) return auth;
     const proto::WorkerProfile& p = req->profile();
+    const security::CertRole wanted = p.role() == proto::ROLE_EDGE
+                                          ? security::CertRole::kEdge
+                                          : security::CertRole::kWorker;
+    if (!peer.empty() && cert_role != wanted) {
+      // Edges are trusted more than workers (their updates are means of
+      // several users); the CA, not the caller, says who is which.
+      FP_LOG_WARN("service",
+                  "Register of '{}' as {} with a certificate of role {}: "
+                  "refused",
+                  peer, security::CertRoleName(wanted),
+                  security::CertRoleName(cert_role));
+      return Denied("Register: '" + peer + "' asks to register as " +
+                    security::CertRoleName(wanted) +
+                    ", but its certificate's role is " +
+                    security::CertRoleName(cert_role) +
+                    " (a participant registers only in the role the CA "
+                    "issued: `fedpeft certs issue --role`)");
+    }
     if (!peer.empty() && p.worker_id() != peer) {
       FP_LOG_WARN("service",
                   "Register as '{}' with the certificate of '{}': refused",
@@ -192,6 +223,7 @@ grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
     spec->set_train_b_only(task->train_b_only);
     spec->set_prune_threshold(task->prune_threshold);
     spec->set_clip_norm(task->clip_norm);
+    spec->set_withhold_metrics(task->withhold_metrics);
     spec->set_upload_bits(static_cast<uint32_t>(task->compression.bits));
     spec->set_block_size(static_cast<uint32_t>(task->compression.block_size));
     spec->set_error_feedback(task->compression.error_feedback);
@@ -281,6 +313,7 @@ grpc::Status FederationService::UploadUpdate(
     header.users_selected = h.users_selected();
     header.users_alive = h.users_alive();
     header.masked_unclipped = h.masked_unclipped();
+    header.metrics_withheld = h.metrics_withheld();
     if (h.kind() != proto::UpdateHeader::DELTA &&
         h.kind() != proto::UpdateHeader::ADAPTER) {
       Status bad = Status::InvalidArgument(
@@ -310,14 +343,16 @@ grpc::Status FederationService::UploadUpdate(
     limits.masked = expect->masked;         // secure aggregation's words
     transport::TensorDecoder decoder(limits);
     Status s;
-    while (reader->Read(&msg)) {
+    // The first error ends the upload: the handler returns, which closes the
+    // stream (the client's next write fails and it reads this status), so
+    // a rejected stream costs no more than the bytes that decided it.
+    while (s.ok() && reader->Read(&msg)) {
       bytes += msg.ByteSizeLong();
-      if (!s.ok()) continue;  // drain, the error is already decided
       if (!msg.has_chunk()) {
         s = Status::InvalidArgument(
             "upload: a second UpdateHeader in the "
             "stream");
-        continue;
+        break;
       }
       s = decoder.Add(msg.chunk());
     }
@@ -352,8 +387,17 @@ grpc::Status FederationService::GetStatus(grpc::ServerContext* ctx,
                                           const proto::StatusRequest* req,
                                           proto::StatusReply* reply) {
   std::string peer;
-  grpc::Status auth = Authenticate(*ctx, "GetStatus", nullptr, &peer);
+  security::CertRole role = security::CertRole::kOperator;
+  grpc::Status auth = Authenticate(*ctx, "GetStatus", nullptr, &peer, &role);
   if (!auth.ok()) return auth;
+  if (!peer.empty() && role != security::CertRole::kOperator) {
+    FP_LOG_WARN("service", "GetStatus from '{}' (role {}): refused", peer,
+                security::CertRoleName(role));
+    return Denied(
+        "GetStatus: needs an operator certificate (`fedpeft certs "
+        "issue --role operator`); '" +
+        peer + "' has role " + security::CertRoleName(role));
+  }
   CoordinatorStatus s = engine_.GetStatus();
   reply->set_federation_id(s.federation_id);
   reply->set_state(s.state);

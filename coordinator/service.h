@@ -13,7 +13,11 @@
 // client certificate the CA signed, whose common name the allowlist admits
 // (else PERMISSION_DENIED, the caller's session is closed and an open round
 // goes on without it). Register takes that name as the participant id: a
-// profile worker_id that differs is PERMISSION_DENIED, naming both. Every
+// profile worker_id that differs is PERMISSION_DENIED, naming both; and the
+// role the certificate carries as the participant's role: a worker
+// certificate registering as an edge (or an operator's registering at all)
+// is PERMISSION_DENIED, naming both roles. GetStatus needs an operator
+// certificate. Every
 // later call on a session must come from the certificate name the session
 // was opened with, so a session id alone is worth nothing. A plaintext
 // server (tls.insecure) trusts the profile's worker_id.
@@ -31,6 +35,7 @@
 #include "common/status.h"
 #include "coordinator/coordinator.h"
 #include "proto/fedpeft.grpc.pb.h"
+#include "security/certs.h"
 #include "security/tls.h"
 
 namespace fedpeft {
@@ -66,11 +71,14 @@ class FederationService final : public proto::Federation::Service {
                       proto::SecAggReply* reply) override;
 
  private:
-  // With TLS: sets *name to the caller's certificate name and checks it
+  // With TLS: sets *name to the caller's certificate name and *role to the
+  // role the CA signed into it (security/certs.h), and checks the name
   // against the allowlist and, when `session` is given, against the name
-  // the session belongs to. OK with an empty name on a plaintext server.
+  // the session belongs to. OK with an empty name on a plaintext server
+  // (*role untouched: a plaintext server trusts what it is told).
   grpc::Status Authenticate(const grpc::ServerContext& ctx, const char* call,
-                            const std::string* session, std::string* name);
+                            const std::string* session, std::string* name,
+                            security::CertRole* role = nullptr);
 
   RoundEngine& engine_;
   const size_t chunk_bytes_;

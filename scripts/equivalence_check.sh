@@ -41,6 +41,12 @@
 #           coordinator.compression.bits=16 (see below): a cloud + 2 edges
 #           x 3 workers, secure aggregation at the edges, DP noise shares
 #           added at the edges.
+#           Since edges stopped receiving dp.noise_seed (their noise is
+#           always OpenSSL's DRBG), binaries after commit "DP noise from
+#           OpenSSL's DRBG" add unseeded noise here: compare two such
+#           binaries with coordinator.dp.noise_multiplier=0 (edit below), or
+#           expect this scenario to differ. Under DP those binaries also
+#           withhold workers' losses (train_loss null in metrics.jsonl).
 # Heterogeneous ranks (heterogeneity.enabled) are off everywhere: ranks are
 # re-sized from measured training speed, so they would make the runs
 # depend on timing. configs/quickstart.yaml's slowdown/dropout_prob are

@@ -221,10 +221,14 @@ std::string Utf8(const ASN1_STRING* s) {
   return r;
 }
 
-std::string CommonName(const X509_NAME* name) {
-  int i = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+std::string NameEntry(const X509_NAME* name, int nid) {
+  int i = X509_NAME_get_index_by_NID(name, nid, -1);
   if (i < 0) return "";
   return Utf8(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)));
+}
+
+std::string CommonName(const X509_NAME* name) {
+  return NameEntry(name, NID_commonName);
 }
 
 }  // namespace
@@ -233,10 +237,10 @@ StatusOr<CertRole> ParseCertRole(const std::string& text) {
   if (text == "coordinator") return CertRole::kCoordinator;
   if (text == "edge") return CertRole::kEdge;
   if (text == "worker") return CertRole::kWorker;
+  if (text == "operator") return CertRole::kOperator;
   return Status::InvalidArgument(
-      "role: expected coordinator, edge or "
-      "worker, got '" +
-      text + "'");
+      "role: expected coordinator, edge, worker or operator, got '" + text +
+      "'");
 }
 
 const char* CertRoleName(CertRole role) {
@@ -247,6 +251,8 @@ const char* CertRoleName(CertRole role) {
       return "edge";
     case CertRole::kWorker:
       return "worker";
+    case CertRole::kOperator:
+      return "operator";
   }
   return "?";
 }
@@ -345,6 +351,14 @@ Status IssueCertificate(const std::string& ca_dir, const std::string& out_dir,
   if (!X509_set_issuer_name(cert.get(), X509_get_subject_name(ca.get()))) {
     return Ssl("certificate issuer name");
   }
+  // The role is signed into the subject: servers admit the participant in
+  // that role only (see certs.h).
+  const std::string role = CertRoleName(options.role);
+  if (!X509_NAME_add_entry_by_txt(
+          X509_get_subject_name(cert.get()), "OU", MBSTRING_UTF8,
+          reinterpret_cast<const unsigned char*>(role.c_str()), -1, -1, 0)) {
+    return Ssl("certificate role");
+  }
   X509V3_CTX ctx;
   X509V3_set_ctx(&ctx, ca.get(), cert.get(), nullptr, nullptr, 0);
   std::string eku;
@@ -353,6 +367,7 @@ Status IssueCertificate(const std::string& ca_dir, const std::string& out_dir,
       eku = "serverAuth";
       break;
     case CertRole::kWorker:
+    case CertRole::kOperator:
       eku = "clientAuth";
       break;
     case CertRole::kEdge:
@@ -379,6 +394,8 @@ StatusOr<CertificateInfo> ReadCertificateInfo(const std::string& path) {
   CertificateInfo info;
   info.common_name = CommonName(X509_get_subject_name(cert.get()));
   info.issuer_common_name = CommonName(X509_get_issuer_name(cert.get()));
+  info.role =
+      NameEntry(X509_get_subject_name(cert.get()), NID_organizationalUnitName);
   std::unique_ptr<GENERAL_NAMES, GeneralNamesFree> names(
       static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(
           cert.get(), NID_subject_alt_name, nullptr, nullptr)));
@@ -410,6 +427,33 @@ StatusOr<CertificateInfo> ReadCertificateInfo(const std::string& path) {
   }
   ERR_clear_error();
   return info;
+}
+
+StatusOr<CertRole> CertificateRole(const std::string& pem) {
+  std::unique_ptr<BIO, BioFree> bio(
+      BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  Cert cert(bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)
+                : nullptr);
+  if (!cert) {
+    ERR_clear_error();
+    return Status::InvalidArgument("peer certificate: not a PEM certificate");
+  }
+  const X509_NAME* subject = X509_get_subject_name(cert.get());
+  const std::string name = CommonName(subject);
+  const std::string role = NameEntry(subject, NID_organizationalUnitName);
+  if (role.empty()) {
+    return Status::FailedPrecondition(
+        "the certificate of '" + name +
+        "' carries no role (issued before roles were bound to "
+        "certificates): issue it again with `fedpeft certs issue --role`");
+  }
+  StatusOr<CertRole> parsed = ParseCertRole(role);
+  if (!parsed.ok()) {
+    return Status::FailedPrecondition("the certificate of '" + name +
+                                      "' has role '" + role +
+                                      "', which fedpeft does not know");
+  }
+  return parsed;
 }
 
 Status VerifyCertificate(const std::string& ca_path,

@@ -8,6 +8,12 @@
 //   worker        clientAuth               it only dials out
 //   edge          serverAuth, clientAuth   it serves workers and dials the
 //                                          cloud, with one certificate
+//   operator      clientAuth               it asks a server for `status`;
+//                                          it can never register
+//
+// The role itself is part of the signed subject (organizationalUnitName =
+// the role's name), so a server admits a participant only in the role the
+// CA gave it: a worker certificate cannot register as an edge.
 //
 // Files: a CA directory holds ca.crt and ca.key; an issued certificate is
 // <out>/<name>.crt with its key <out>/<name>.key. Keys are PEM (PKCS#8),
@@ -34,10 +40,10 @@ namespace security {
 // 1-3 KB, a whole public CA bundle ~220 KB.
 inline constexpr uint64_t kMaxPemFileBytes = 1ull << 20;
 
-enum class CertRole { kCoordinator, kEdge, kWorker };
+enum class CertRole { kCoordinator, kEdge, kWorker, kOperator };
 
-// "coordinator" | "edge" | "worker"; InvalidArgument naming the value
-// otherwise.
+// "coordinator" | "edge" | "worker" | "operator"; InvalidArgument naming
+// the value otherwise.
 StatusOr<CertRole> ParseCertRole(const std::string& text);
 const char* CertRoleName(CertRole role);
 
@@ -86,10 +92,16 @@ struct CertificateInfo {
   bool client_auth = false;  // EKU
   bool is_ca = false;
   int64_t not_after_unix = 0;
+  std::string role;  // organizationalUnitName; empty when there is none
 };
 
 // Parses the first certificate of the PEM file at `path`.
 StatusOr<CertificateInfo> ReadCertificateInfo(const std::string& path);
+
+// The role the CA gave the first certificate of `pem` (PEM text, e.g. a
+// TLS peer's certificate). FailedPrecondition for a certificate without one
+// (issued before roles were bound: issue it again) or with an unknown one.
+StatusOr<CertRole> CertificateRole(const std::string& pem);
 
 // Verifies the certificate at `cert_path` against the CA certificate(s) at
 // `ca_path` (chain, signature, validity period). FailedPrecondition with

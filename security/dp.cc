@@ -1,7 +1,10 @@
 #include "security/dp.h"
 
+#include <openssl/rand.h>
+
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace fedpeft {
@@ -49,12 +52,31 @@ double ClipToNorm(TensorMap* tensors, double clip_norm) {
   return norm;
 }
 
-GaussianNoise::GaussianNoise(uint64_t seed) {
-  if (seed == 0) {
-    std::random_device rd;
-    seed = (static_cast<uint64_t>(rd()) << 32) ^ static_cast<uint64_t>(rd());
+GaussianNoise::GaussianNoise(uint64_t seed) : seeded_(seed != 0) {
+  if (seeded_) rng_.seed(seed);
+}
+
+void GaussianNoise::Reseed(uint64_t seed) {
+  if (seeded_) rng_.seed(seed);
+}
+
+uint64_t GaussianNoise::Next() {
+  if (seeded_) return rng_();
+  if (next_ == buffer_.size()) {
+    buffer_.resize(512);
+    // RAND_bytes fails only when the DRBG cannot be seeded from the OS;
+    // noise that an attacker could predict would void the guarantee, so
+    // there is no fallback.
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(buffer_.data()),
+                   static_cast<int>(buffer_.size() * sizeof(uint64_t))) != 1) {
+      std::fprintf(stderr,
+                   "fedpeft: OpenSSL's RAND_bytes failed: no DP noise can be "
+                   "drawn; stopping\n");
+      std::abort();
+    }
+    next_ = 0;
   }
-  rng_.seed(seed);
+  return buffer_[next_++];
 }
 
 void GaussianNoise::AddTo(TensorMap* tensors, double stddev) {
@@ -63,13 +85,14 @@ void GaussianNoise::AddTo(TensorMap* tensors, double stddev) {
   stddev = std::fabs(stddev);
   if (stddev == 0.0) return;
   std::normal_distribution<double> normal(0.0, stddev);
+  Bits bits{this};
   for (auto& [name, t] : *tensors) {
     if (!t.defined() || t.numel() == 0) continue;
     // Drawn on the CPU from our own generator (not torch's global one) so a
     // seed reproduces the noise exactly, whatever else uses torch's RNG.
     torch::Tensor noise = torch::empty({t.numel()}, torch::kDouble);
     double* data = noise.data_ptr<double>();
-    for (int64_t i = 0; i < t.numel(); ++i) data[i] = normal(rng_);
+    for (int64_t i = 0; i < t.numel(); ++i) data[i] = normal(bits);
     t.add_(noise.view(t.sizes()).to(t.device(), t.scalar_type()));
   }
 }
@@ -78,7 +101,8 @@ double GaussianNoise::Sample(double stddev) {
   stddev = std::fabs(stddev);
   if (stddev == 0.0) return 0.0;
   std::normal_distribution<double> normal(0.0, stddev);
-  return normal(rng_);
+  Bits bits{this};
+  return normal(bits);
 }
 
 double NextClipNorm(double clip_norm, double unclipped_fraction,

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <random>
+#include <vector>
 
 #include "common/status.h"
 #include "model/llama.h"  // TensorMap
@@ -40,12 +41,24 @@ double GlobalNorm(const TensorMap& tensors);
 // REQUIRES: clip_norm > 0.
 double ClipToNorm(TensorMap* tensors, double clip_norm);
 
-// A Gaussian sampler for DP noise. Seed 0 draws the seed from
-// std::random_device (the default in production); any other seed is for
-// reproducible experiments and tests only.
+// A Gaussian sampler for DP noise. Seed 0 (the default, production): every
+// draw comes from OpenSSL's DRBG (RAND_bytes), which an observer cannot
+// predict or replay, so noise cannot be subtracted from a release. Any other
+// seed: a std::mt19937_64, reproducible, for experiments and tests only (its
+// output is predictable from the seed, and from a few hundred draws).
+// Samples are double-precision normals (std::normal_distribution);
+// floating-point attacks on the sampler (Mironov 2012) are not defended
+// against.
+//
+// Thread-safety: not thread-safe; one owner.
 class GaussianNoise {
  public:
   explicit GaussianNoise(uint64_t seed = 0);
+  bool seeded() const { return seeded_; }
+  // Seeded generators only: restarts the generator at `seed` (how the
+  // coordinator derives fresh noise per round and attempt from one
+  // configured seed). No-op for the DRBG.
+  void Reseed(uint64_t seed);
   // Adds N(0, stddev^2) independently to every element of every tensor (in
   // place; float32 tensors). stddev == 0 leaves them unchanged. The draws
   // come from this object's generator in map order, so a fixed seed gives
@@ -55,7 +68,20 @@ class GaussianNoise {
   double Sample(double stddev);
 
  private:
-  std::mt19937_64 rng_;
+  // A UniformRandomBitGenerator over this object's source.
+  struct Bits {
+    using result_type = uint64_t;
+    static constexpr result_type min() { return 0; }
+    static constexpr result_type max() { return ~result_type{0}; }
+    result_type operator()() { return self->Next(); }
+    GaussianNoise* self;
+  };
+  uint64_t Next();
+
+  bool seeded_ = false;
+  std::mt19937_64 rng_;           // seeded_
+  std::vector<uint64_t> buffer_;  // !seeded_: DRBG output not used yet
+  size_t next_ = 0;
 };
 
 // Adaptive clipping's clip-norm update (see above). REQUIRES: clip_norm > 0.

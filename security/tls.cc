@@ -98,6 +98,14 @@ std::string PeerCertificateName(const grpc::ServerContext& context) {
   return std::string(cn.front().data(), cn.front().size());
 }
 
+std::string PeerCertificatePem(const grpc::ServerContext& context) {
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (!auth || !auth->IsPeerAuthenticated()) return "";
+  std::vector<grpc::string_ref> pem = auth->FindPropertyValues("x509_pem_cert");
+  if (pem.empty()) return "";
+  return std::string(pem.front().data(), pem.front().size());
+}
+
 StatusOr<std::set<std::string>> ReadAllowlistFile(const std::string& path) {
   StatusOr<YAML::Node> root = LoadConfigFile(path, {});
   if (!root.ok()) return root.status().WithContext("tls.allowlist_file");

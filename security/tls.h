@@ -65,6 +65,10 @@ StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
 // auth context property "x509_common_name"); empty when the call came
 // without one (plaintext).
 std::string PeerCertificateName(const grpc::ServerContext& context);
+// The verified client certificate of the call as PEM (property
+// "x509_pem_cert"), to read its role (certs.h, CertificateRole); empty on
+// plaintext.
+std::string PeerCertificatePem(const grpc::ServerContext& context);
 
 // Reads an allowlist file: `allowed_names: [names]`, nothing else. Errors
 // name the file.

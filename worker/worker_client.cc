@@ -433,12 +433,21 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
     seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   }
   header.set_round(static_cast<uint64_t>(round));
-  header.set_num_samples(train_.size());
-  header.set_train_loss(r.mean_loss);
-  header.set_eval_loss(ev.tokens > 0 ? ev.loss : std::nan(""));
-  header.set_eval_tokens(static_cast<uint64_t>(ev.tokens));
-  header.set_train_seconds(seconds);
-  header.set_tokens_per_second(seconds > 0 ? r.tokens / seconds : 0);
+  if (spec.withhold_metrics()) {
+    // Under DP nothing about this user's data travels beside the clipped
+    // (and noised, or masked) update; the losses stay in this log.
+    header.set_metrics_withheld(true);
+    header.set_num_samples(1);
+    header.set_train_loss(0);
+    header.set_eval_loss(std::nan(""));
+  } else {
+    header.set_num_samples(train_.size());
+    header.set_train_loss(r.mean_loss);
+    header.set_eval_loss(ev.tokens > 0 ? ev.loss : std::nan(""));
+    header.set_eval_tokens(static_cast<uint64_t>(ev.tokens));
+    header.set_train_seconds(seconds);
+    header.set_tokens_per_second(seconds > 0 ? r.tokens / seconds : 0);
+  }
   header.set_num_tensors(static_cast<uint32_t>(encoded.wire.size()));
   if (!secure) header.set_rank(static_cast<uint32_t>(upload_rank));
   header.set_kind(proto::UpdateHeader::DELTA);

@@ -187,6 +187,9 @@ void AdapterPlanner::UpdateRanks(const std::vector<Update>& answered,
     peft::RoundObservation obs;
     auto p = by_id.find(id);
     obs.answered = p != by_id.end();
+    // Timings withheld under DP: nothing to move an answered worker's rank
+    // by.
+    if (obs.answered && p->second->metrics_withheld) continue;
     obs.missed_deadline = !obs.answered;
     if (obs.answered) {
       obs.seconds = p->second->train_seconds;

@@ -21,13 +21,21 @@ bool IsLoraA(const std::string& key) {
 PrivacyStage::PrivacyStage(const CoordinatorConfig& config, bool cloud)
     : options_(config.dp), federation_(config.federation), cloud_(cloud) {
   if (!options_.enabled) return;
-  uint64_t seed = options_.noise_seed;
-  if (seed != 0 && !cloud_) {
-    seed ^= Mix(std::hash<std::string>()(federation_.id));
-  }
+  // Edges never hold a seed: their noise is the DRBG's (EdgePlan carries
+  // none).
+  const uint64_t seed = cloud_ ? options_.noise_seed : 0;
   noise_ = std::make_unique<privacy::GaussianNoise>(seed);
+  if (seed != 0) {
+    FP_LOG_WARN("coordinator",
+                "dp.noise_seed is set: the noise is predictable from it, so "
+                "the privacy guarantee holds only against whoever does not "
+                "know the seed; for experiments only");
+  }
   clip_norm_ = options_.clip_norm;
-  if (cloud_) accountant_ = std::make_unique<privacy::RdpAccountant>();
+  if (cloud_) {
+    accountant_ = std::make_unique<privacy::RdpAccountant>();
+    cloud_accountant_ = std::make_unique<privacy::RdpAccountant>();
+  }
 }
 
 PrivacyStage::RoundDp PrivacyStage::Current() const {
@@ -108,7 +116,29 @@ bool PrivacyStage::WouldOverspend(double q, double* epsilon) const {
 }
 
 void PrivacyStage::OnOpen(RoundContext& round, RoundMetrics* m) {
+  if (noise_ && noise_->seeded()) {
+    // A fixed seed still gives fresh noise every round and attempt, and the
+    // same after a resume as in an uninterrupted run (never a repeat).
+    noise_->Reseed(
+        Mix(options_.noise_seed ^ Mix(static_cast<uint64_t>(round.round) * 131 +
+                                      static_cast<uint64_t>(round.attempt))));
+  }
   if (accountant_) {
+    // q is taken from the population when the round selects: participants
+    // that join while it runs did not have a chance to be selected.
+    selection_ = Selection{};
+    auto now = Clock::now();
+    for (const auto& [id, w] : round.registry->all()) {
+      if (!round.registry->IsAlive(w, now)) continue;
+      const bool selected = round.selected.count(id) > 0;
+      if (w.profile.edge) {
+        selection_.edges_alive++;
+        selection_.edges_selected += selected ? 1 : 0;
+      } else {
+        selection_.direct_alive++;
+        selection_.direct_selected += selected ? 1 : 0;
+      }
+    }
     RoundDp dp;
     dp.enabled = true;
     dp.clip_norm = clip_norm_;
@@ -132,6 +162,9 @@ void PrivacyStage::OnOpen(RoundContext& round, RoundMetrics* m) {
         dp.edge_share = dp.sum_stddev * share;
         dp.edge_count_share = dp.count_stddev * share;
       }
+      dp.edge_user_cap = options_.max_users_per_edge > 0
+                             ? options_.max_users_per_edge
+                             : population_;
       std::lock_guard<std::mutex> lock(mu_);
       round_ = dp;
     } else {
@@ -149,10 +182,21 @@ void PrivacyStage::FillTask(const RoundContext& round, const Participant& p,
                             TaskInfo* task) const {
   const RoundDp dp = Current();
   task->clip_norm = dp.enabled ? dp.clip_norm : 0;
+  task->withhold_metrics = dp.enabled && withholds_metrics();
   if (p.profile.edge) {
     task->noise_stddev = dp.edge_share;
     task->count_noise_stddev = dp.edge_count_share;
   }
+}
+
+void PrivacyStage::Withhold(bool edge, UpdateHeader* h) {
+  h->metrics_withheld = true;
+  if (!edge) h->num_samples = 1;  // an edge's is its worker count
+  h->train_loss = 0;
+  h->eval_loss = std::nan("");
+  h->eval_tokens = 0;
+  h->train_seconds = 0;
+  h->tokens_per_second = 0;
 }
 
 Status PrivacyStage::CheckUpdate(const UpdateCheck& u) const {
@@ -181,6 +225,14 @@ Status PrivacyStage::CheckUpdate(const UpdateCheck& u) const {
     }
     return Status::Ok();
   }
+  if (dp.edge_user_cap > 0 && header.users_alive > dp.edge_user_cap) {
+    // Its weight in the noised sum: an edge cannot make one user count
+    // more than the cap allows.
+    return Status::InvalidArgument(fmt::format(
+        "update from edge '{}': {} users alive behind it, more than "
+        "dp.max_users_per_edge {} (or dp.population)",
+        u.worker_id, header.users_alive, dp.edge_user_cap));
+  }
   if (header.workers == 0 || !std::isfinite(header.unclipped) ||
       header.users_selected < header.workers ||
       header.users_alive < header.users_selected) {
@@ -202,17 +254,7 @@ void PrivacyStage::OnClose(RoundContext& round,
   if (!accountant_ || answered == 0) return;
   // Spent whether or not the round aggregates: with noise at the edges,
   // the cloud has seen their releases.
-  int edges_alive = 0, edges_selected = 0, direct_alive = 0,
-      direct_selected = 0;
-  auto now = Clock::now();
-  for (const auto& [id, w] : round.registry->all()) {
-    const bool selected = round.selected.count(id) > 0;
-    if (!round.registry->IsAlive(w, now) && !selected) continue;
-    (w.profile.edge ? edges_alive : direct_alive) += 1;
-    if (selected) (w.profile.edge ? edges_selected : direct_selected) += 1;
-  }
-  Account(*updates, round.round, direct_selected, direct_alive, edges_selected,
-          edges_alive, m);
+  Account(*updates, round.round, m);
 }
 
 double PrivacyStage::NoisedUnclippedCount(const std::vector<Update>& updates,
@@ -232,19 +274,23 @@ double PrivacyStage::NoisedUnclippedCount(const std::vector<Update>& updates,
   return count;
 }
 
-void PrivacyStage::Account(const std::vector<Update>& updates, int64_t round,
-                           int direct_selected, int direct_alive,
-                           int edges_selected, int edges_alive,
-                           RoundMetrics* m) {
-  // q: the largest chance any one user had of taking part. Behind an edge
-  // it is the edge's chance times the share of its users it selected (1
-  // when unknown: a selected edge that did not answer).
+double PrivacyStage::SamplingRate(const std::vector<Update>& updates) const {
+  // q: the largest chance any one user had of taking part, counted over
+  // the population when the round selected. With Poisson sampling it is the
+  // rate itself; with fixed-size selection, selected / alive (accounted as
+  // Poisson sampling at that rate, as Opacus and TF Privacy do). Behind an
+  // edge it is the edge's chance times the share of its users it selected,
+  // which the cloud cannot check: 1 unless dp.trust_edge_sampling (and 1
+  // for a selected edge that did not answer).
+  const Selection& s = selection_;
+  const bool poisson = federation_.sampling == "poisson";
   double q = 0;
-  if (direct_alive > 0) {
-    q = static_cast<double>(direct_selected) / direct_alive;
+  if (s.direct_alive > 0) {
+    q = poisson ? federation_.fraction
+                : static_cast<double>(s.direct_selected) / s.direct_alive;
   }
-  if (edges_selected > 0) {
-    double inner = 0;
+  if (s.edges_selected > 0) {
+    double inner = options_.trust_edge_sampling ? 0.0 : 1.0;
     int answered = 0;
     for (const auto& p : updates) {
       if (!p.edge || p.header.users_alive == 0) continue;
@@ -252,15 +298,38 @@ void PrivacyStage::Account(const std::vector<Update>& updates, int64_t round,
                                   p.header.users_alive);
       ++answered;
     }
-    if (answered < edges_selected) inner = 1.0;
-    q = std::max(q, inner * edges_selected / std::max(1, edges_alive));
+    if (answered < s.edges_selected) inner = 1.0;
+    const double edge_q = poisson ? federation_.fraction
+                                  : static_cast<double>(s.edges_selected) /
+                                        std::max(1, s.edges_alive);
+    q = std::max(q, inner * edge_q);
   }
-  q = std::min(1.0, std::max(q, 1e-12));
+  return std::min(1.0, std::max(q, 1e-12));
+}
+
+void PrivacyStage::Account(const std::vector<Update>& updates, int64_t round,
+                           RoundMetrics* m) {
+  const double q = SamplingRate(updates);
   accountant_->Compose(q, z_);
   privacy::PrivacySpent spent = accountant_->Spent(delta_);
   m->epsilon = spent.epsilon;
   m->delta = delta_;
   m->sampling_rate = q;
+  // Against the cloud: an edge's release carries only its share of the
+  // noise, z / sqrt(E) (the count's share too, so the pair's multiplier
+  // scales the same way); a direct worker's update, an un-noised edge sum
+  // (central placement) or a zero noise share protects nobody from it.
+  const Selection& s = selection_;
+  if (options_.placement == "edges" && s.edges_selected > 0 &&
+      s.direct_selected == 0 && z_ > 0) {
+    cloud_accountant_->Compose(
+        q, z_ / std::sqrt(static_cast<double>(s.edges_selected)));
+  } else {
+    cloud_unbounded_ = true;
+  }
+  m->epsilon_cloud = cloud_unbounded_
+                         ? std::numeric_limits<double>::infinity()
+                         : cloud_accountant_->Spent(delta_).epsilon;
   if (options_.adaptive_clipping) {
     double users = 0;
     const double count = NoisedUnclippedCount(updates, &users);
@@ -376,7 +445,9 @@ void PrivacyStage::SaveState(nlohmann::json* extra) const {
                     {"delta", delta_},
                     {"population", population_},
                     {"count_stddev", count_stddev_},
-                    {"rdp", accountant_->rdp()}};
+                    {"rdp", accountant_->rdp()},
+                    {"rdp_cloud", cloud_accountant_->rdp()},
+                    {"cloud_unbounded", cloud_unbounded_}};
 }
 
 Status PrivacyStage::LoadState(const SavedState& saved) {
@@ -395,12 +466,21 @@ Status PrivacyStage::LoadState(const SavedState& saved) {
     delta_ = d.at("delta").get<double>();
     population_ = d.at("population").get<int64_t>();
     count_stddev_ = d.at("count_stddev").get<double>();
-    std::vector<double> rdp;
-    for (const auto& v : d.at("rdp")) {  // JSON has no infinity: null
-      rdp.push_back(v.is_null() ? std::numeric_limits<double>::infinity()
-                                : v.get<double>());
+    auto read = [&](const char* key) {
+      std::vector<double> rdp;
+      for (const auto& v : d.at(key)) {  // JSON has no infinity: null
+        rdp.push_back(v.is_null() ? std::numeric_limits<double>::infinity()
+                                  : v.get<double>());
+      }
+      return rdp;
+    };
+    RETURN_IF_ERROR(accountant_->SetRdp(read("rdp")));
+    if (d.contains("rdp_cloud")) {
+      RETURN_IF_ERROR(cloud_accountant_->SetRdp(read("rdp_cloud")));
+      cloud_unbounded_ = d.at("cloud_unbounded").get<bool>();
+    } else {
+      cloud_unbounded_ = true;  // written before it was tracked
     }
-    RETURN_IF_ERROR(accountant_->SetRdp(rdp));
     ready_ = true;
   } catch (const std::exception& e) {
     return Status::Corruption(saved.where + ": extra.dp: " + e.what());

@@ -36,8 +36,9 @@ class PrivacyStage : public RoundStage {
  public:
   // `cloud`: the accountant, calibration and adaptive clipping live here;
   // otherwise (an edge) each round's parameters come from the cloud's task.
-  // A fixed dp.noise_seed differs at each edge (mixed with its federation
-  // id), so edges never add the same noise.
+  // Noise comes from OpenSSL's DRBG unless the cloud has a dp.noise_seed
+  // (experiments), which it derives per round and attempt; edges never get
+  // a seed.
   PrivacyStage(const CoordinatorConfig& config, bool cloud);
 
   const char* name() const override { return "privacy"; }
@@ -52,6 +53,15 @@ class PrivacyStage : public RoundStage {
 
   // Whether this round releases a DP mean.
   bool enabled() const;
+  // Whether workers report nothing but their update (DP without
+  // dp.report_worker_metrics): tasks say so, and the engine drops whatever
+  // an upload's header says about the data anyway (Withhold).
+  bool withholds_metrics() const {
+    return options_.enabled && !options_.report_worker_metrics;
+  }
+  // Clears what `header` says about a user's data (losses, timings; a
+  // worker's sample count becomes 1) and marks it withheld.
+  static void Withhold(bool edge, UpdateHeader* header);
   // Cloud, before round 1 (no-op once done or resumed): δ from the
   // population, z calibrated to the budget, the count noise of adaptive
   // clipping. `alive`: who is registered; `q`: the expected sampling rate.
@@ -79,21 +89,37 @@ class PrivacyStage : public RoundStage {
     double count_stddev = 0;      // total noise on the unclipped count
     double edge_share = 0;        // what each selected edge adds (placement
     double edge_count_share = 0;  // edges); the cloud adds the rest
+    int64_t edge_user_cap = 0;    // most users an edge may declare; 0 = any
   };
   RoundDp Current() const;
   // After a round (cloud): the accountant, adaptive clipping, the metrics.
   void Account(const std::vector<Update>& updates, int64_t round,
-               int direct_selected, int direct_alive, int edges_selected,
-               int edges_alive, RoundMetrics* m);
+               RoundMetrics* m);
   // The noised count of unclipped updates among `updates` (the edges'
   // noise shares plus what this level adds) and the users behind them.
   double NoisedUnclippedCount(const std::vector<Update>& updates,
                               double* users);
+  // The sampling rate q of a round: the largest chance any one user had of
+  // taking part, from the population at selection (see Account).
+  double SamplingRate(const std::vector<Update>& updates) const;
+
+  // Who could take part, and who was selected, when the round selected.
+  struct Selection {
+    int direct_alive = 0, direct_selected = 0;
+    int edges_alive = 0, edges_selected = 0;
+  };
 
   const DpOptions options_;
   const FederationOptions federation_;
   const bool cloud_;
   std::unique_ptr<privacy::RdpAccountant> accountant_;  // cloud with DP
+  // Against the cloud itself (placement edges): each edge's release is
+  // noised by its share only, z/sqrt(E); with central placement, or when
+  // the cloud sees a worker's update or an edge's un-noised sum, it is
+  // unbounded.
+  std::unique_ptr<privacy::RdpAccountant> cloud_accountant_;
+  bool cloud_unbounded_ = false;
+  Selection selection_;  // the round's, set in OnOpen
   std::unique_ptr<privacy::GaussianNoise> noise_;
   double clip_norm_ = 0;  // adaptive
   double z_ = 0;          // total noise multiplier (calibrated)

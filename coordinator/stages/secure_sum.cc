@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/logging.h"
+#include "security/dp.h"
 #include "security/secagg_fixed_point.h"
 #include "security/secagg_messages.h"
 #include "security/secagg_update.h"
@@ -275,6 +276,22 @@ void SecureSumStage::Finish(RoundContext& round,
         Status::Corruption("the sum counts " + std::to_string(unclipped) +
                            " unclipped updates of " + std::to_string(k)));
   }
+  // No server can check a masked input's norm, and one client's words can
+  // move the sum anywhere in the fixed-point range. What it cannot hide is
+  // the sum's norm: k updates clipped to C sum to at most k·C (plus the
+  // encoding's rounding, at most one unit per word and client). A larger
+  // sum means out-of-range words: the round refuses it whole.
+  const double bound =
+      static_cast<double>(k) *
+      (round.clip_norm +
+       scale * std::sqrt(static_cast<double>(sa.params.vector_length)));
+  const double norm = privacy::GlobalNorm(*sum);
+  if (!(norm <= bound)) {
+    return fail(Status::InvalidArgument(fmt::format(
+        "the unmasked sum has norm {:.6g}, more than {} updates clipped to "
+        "{:.6g} can reach ({:.6g}): a client sent out-of-range words",
+        norm, k, round.clip_norm, bound)));
+  }
   Update total;
   total.worker_id = fmt::format("secure sum of {} workers", k);
   total.summed = true;
@@ -297,6 +314,9 @@ void SecureSumStage::Finish(RoundContext& round,
   }
   h.train_loss =
       loss / static_cast<double>(std::max<uint64_t>(1, h.num_samples));
+  h.metrics_withheld =
+      std::all_of(masked.begin(), masked.end(),
+                  [](const Update& p) { return p.header.metrics_withheld; });
   h.eval_loss = h.eval_tokens > 0 ? eval / static_cast<double>(h.eval_tokens)
                                   : std::nan("");
   for (auto& [key, t] : *sum) t.div_(static_cast<double>(k));

@@ -29,7 +29,8 @@ Status UpdateValidation::CheckUpdate(const UpdateCheck& u) const {
     }
   }
   if (u.header.whole_adapter) {
-    RETURN_IF_ERROR(aggregation::LoraPairs(u.delta).status());
+    RETURN_IF_ERROR(aggregation::LoraPairs(u.delta).status().WithContext(
+        "update from '" + worker_id + "'"));
   }
   if (u.header.num_samples == 0) {
     return Status::InvalidArgument("update from '" + worker_id +
@@ -47,7 +48,8 @@ Status UpdateValidation::CheckUpdate(const UpdateCheck& u) const {
     }
   }
   if (!std::isfinite(u.header.train_loss)) {
-    return Status::InvalidArgument("train_loss: expected a finite number");
+    return Status::InvalidArgument("update from '" + worker_id +
+                                   "': train_loss: expected a finite number");
   }
   return Status::Ok();
 }

@@ -45,8 +45,17 @@ int AnswerEveryRound(ServiceTest* t, const std::vector<std::string>& sessions) {
     for (size_t i = 0; i < sessions.size(); ++i) {
       EXPECT_EQ(tasks[i].kind(), proto::Task::TRAIN);
       TensorMap d = Zeros(global);
-      for (auto& [key, v] : d) {
-        if (key.find("lora_B") != std::string::npos) v.fill_(1e-4);
+      for (auto it = d.begin(); it != d.end();) {
+        // FFA-LoRA (DP's default): lora_A is fixed, so it is not sent.
+        if (tasks[i].train().train_b_only() &&
+            it->first.find("lora_A") != std::string::npos) {
+          it = d.erase(it);
+          continue;
+        }
+        if (it->first.find("lora_B") != std::string::npos) {
+          it->second.fill_(1e-4);
+        }
+        ++it;
       }
       grpc::Status st = t->Upload(sessions[i], tasks[i].round(), d);
       EXPECT_TRUE(st.ok()) << st.error_message();
@@ -195,13 +204,23 @@ TEST_F(ServiceTest, DpRefusesUpdatesOverTheClipNorm) {
   }
   ASSERT_FALSE(key_b.empty());
 
-  TensorMap big = Zeros(global);
+  // FFA-LoRA (DP's default) fixes lora_A: uploads carry only lora_B.
+  auto only_b = [&global]() {
+    TensorMap d;
+    for (const auto& [key, t] : global) {
+      if (key.find("lora_B") != std::string::npos) {
+        d[key] = torch::zeros_like(t);
+      }
+    }
+    return d;
+  };
+  TensorMap big = only_b();
   big[key_b].fill_(1.0);  // norm sqrt(numel) >> 0.5
   grpc::Status s = Upload(over, round, big);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("exceeds the round's clip norm"));
 
-  TensorMap small = Zeros(global);
+  TensorMap small = only_b();
   small[key_b].fill_(0.01);
   s = Upload(good, round, small);
   EXPECT_TRUE(s.ok()) << s.error_message();
@@ -516,5 +535,78 @@ TEST(CheckpointTest, SaveLoadIsBitIdenticalAndKeepsN) {
 }
 
 }  // namespace
+}  // namespace coordinator
+}  // namespace fedpeft
+
+namespace fedpeft {
+namespace coordinator {
+namespace testing_util {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A rejected upload stream is closed at the first error, not drained: the
+// server stops reading (and counting) after the chunk that decided it, however
+// much the client goes on sending, and the client reads the reason.
+TEST_F(ServiceTest, ARejectedUploadStreamIsClosedNotDrained) {
+  Start(Config({"limits.max_update_mb=256", "server.max_message_mb=4"}));
+  std::string a = Register("a");
+  Register("b");
+  RunLoop();
+  proto::Task task = GetTask(a);
+  ASSERT_EQ(task.kind(), proto::Task::TRAIN);
+  grpc::ClientContext ctx;
+  transport::SetTimeout(&ctx, std::chrono::seconds(120));
+  proto::UploadReply reply;
+  auto writer = stub_->UploadUpdate(&ctx, &reply);
+  proto::UploadMessage m;
+  m.mutable_header()->set_session_id(a);
+  m.mutable_header()->set_round(task.round());
+  m.mutable_header()->set_num_samples(10);
+  m.mutable_header()->set_num_tensors(1);
+  ASSERT_TRUE(writer->Write(m));
+  // Data before any tensor header: the decoder's first error. Then 16 MiB
+  // more that the old server read to the end.
+  proto::UploadMessage bad;
+  bad.mutable_chunk()->mutable_data()->set_data(std::string(64 << 10, 'x'));
+  for (int i = 0; i < 256; ++i) {
+    if (!writer->Write(bad)) break;
+  }
+  writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("before any tensor header"));
+  // What the server read: the header and the one chunk.
+  EXPECT_LT(coordinator_->engine().GetStatus().bytes_up, 1u << 20);
+}
+
+// FFA-LoRA keeps every lora_A at its seeded init: an upload that carries
+// one is refused by name (a single worker would otherwise set the global A,
+// the mean of each tensor being taken over those who sent it).
+TEST_F(ServiceTest, AnUploadOfFfaFixedLoraAIsRefused) {
+  Start(Config({"freezing.ffa=true"}));
+  std::string a = Register("a");
+  Register("b");
+  RunLoop();
+  proto::Task task = GetTask(a);
+  ASSERT_EQ(task.kind(), proto::Task::TRAIN);
+  EXPECT_TRUE(task.train().train_b_only());
+  TensorMap global = Download(a, task.round());
+  TensorMap evil;
+  for (const auto& [key, t] : global) {
+    if (key.find(".lora_A.") != std::string::npos) {
+      evil[key] = torch::full_like(t, 0.25);
+      break;
+    }
+  }
+  ASSERT_EQ(evil.size(), 1u);
+  grpc::Status s = Upload(a, task.round(), evil);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr(evil.begin()->first));
+}
+
+}  // namespace
+}  // namespace testing_util
 }  // namespace coordinator
 }  // namespace fedpeft

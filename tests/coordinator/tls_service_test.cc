@@ -37,11 +37,13 @@ class TlsServiceTest : public testing_util::ServiceTest {
     for (const char* w : {"worker-0", "worker-1", "worker-2"}) {
       Issue(certs_, w, security::CertRole::kWorker);
     }
+    Issue(certs_, "edge-0", security::CertRole::kEdge);
+    Issue(certs_, "operator", security::CertRole::kOperator);
     allowlist_ = (dir_ / "allowlist.yaml").string();
-    ASSERT_TRUE(
-        WriteFileAtomic(allowlist_,
-                        "allowed_names: [worker-0, worker-1, worker-2]\n")
-            .ok());
+    ASSERT_TRUE(WriteFileAtomic(allowlist_,
+                                "allowed_names: [worker-0, worker-1, "
+                                "worker-2, edge-0, operator]\n")
+                    .ok());
   }
 
   static void Issue(const std::string& ca, const std::string& name,
@@ -88,9 +90,11 @@ class TlsServiceTest : public testing_util::ServiceTest {
   }
 
   static grpc::Status Register(proto::Federation::Stub& stub,
-                               const std::string& id, std::string* session) {
+                               const std::string& id, std::string* session,
+                               proto::Role role = proto::ROLE_WORKER) {
     proto::RegisterRequest req;
     req.mutable_profile()->set_worker_id(id);
+    req.mutable_profile()->set_role(role);
     req.mutable_profile()->set_num_samples(10);
     proto::RegisterReply reply;
     grpc::ClientContext ctx;
@@ -196,14 +200,66 @@ TEST_F(TlsServiceTest, TheCertificateNameIsTheWorkerId) {
   s = Heartbeat(*w0, session);
   EXPECT_TRUE(s.ok()) << s.error_message();
 
-  // The status lists the certificate names.
+  // The status lists the certificate names; only an operator may ask.
   proto::StatusRequest req;
   proto::StatusReply reply;
+  {
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, std::chrono::seconds(5));
+    s = w0->GetStatus(&ctx, req, &reply);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_THAT(s.error_message(), HasSubstr("needs an operator certificate"));
+  }
+  auto op = Stub("operator");
   grpc::ClientContext ctx;
   transport::SetTimeout(&ctx, std::chrono::seconds(5));
-  ASSERT_TRUE(w0->GetStatus(&ctx, req, &reply).ok());
+  ASSERT_TRUE(op->GetStatus(&ctx, req, &reply).ok());
   ASSERT_EQ(reply.workers_size(), 1);
   EXPECT_EQ(reply.workers(0).worker_id(), "worker-0");
+}
+
+// The role is the CA's to give: a worker certificate cannot register as an
+// edge (edges are trusted with more), an operator's cannot register at all,
+// and the refusals leave the federation serving the others.
+TEST_F(TlsServiceTest, ARegistrationTakesTheRoleOfItsCertificate) {
+  Start();
+  auto w0 = Stub("worker-0");
+  grpc::Status s = Register(*w0, "worker-0", nullptr, proto::ROLE_EDGE);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("asks to register as edge, but its certificate's "
+                        "role is worker"));
+  auto op = Stub("operator");
+  s = Register(*op, "operator", nullptr, proto::ROLE_WORKER);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("certificate's role is operator"));
+  auto edge = Stub("edge-0");
+  s = Register(*edge, "edge-0", nullptr, proto::ROLE_WORKER);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("certificate's role is edge"));
+  // Each in its own role is admitted.
+  std::string session;
+  s = Register(*edge, "edge-0", &session, proto::ROLE_EDGE);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  s = Register(*w0, "worker-0", &session, proto::ROLE_WORKER);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  const CoordinatorStatus st = coordinator_->engine().GetStatus();
+  std::vector<std::string> ids;
+  for (const auto& w : st.workers) ids.push_back(w.worker_id);
+  EXPECT_THAT(ids, ::testing::UnorderedElementsAre("edge-0", "worker-0"));
+}
+
+// The role is read from the signed subject; a certificate without one (the
+// CA's own here, or one issued before roles existed) is refused with a hint.
+TEST_F(TlsServiceTest, TheRoleIsReadFromTheCertificate) {
+  StatusOr<security::CertRole> r = security::CertificateRole(
+      *ReadFileToString(security::CaCertPath(certs_)));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("carries no role"));
+  r = security::CertificateRole(
+      *ReadFileToString(security::CertPath(certs_, "edge-0")));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, security::CertRole::kEdge);
 }
 
 TEST_F(TlsServiceTest, ClientsWithoutACertificateOfTheCaCannotConnect) {
@@ -253,11 +309,21 @@ TEST_F(TlsServiceTest, ARevokedWorkerIsRefusedAndTheRoundGoesOn) {
   ASSERT_TRUE(global.ok()) << global.status().ToString();
 
   // The operator revokes worker-2 by rewriting the allowlist file; the
-  // server looks at it at most once a second.
+  // server looks at it at most once a second. worker-2's heartbeats go
+  // through until it has looked, and are refused from then on.
   ASSERT_TRUE(
       WriteFileAtomic(allowlist_, "allowed_names: [worker-0, worker-1]\n")
           .ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  grpc::Status beat;
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  do {
+    beat = Heartbeat(*stubs[2], sessions[2]);
+    if (beat.error_code() == grpc::StatusCode::PERMISSION_DENIED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < until);
+  ASSERT_EQ(beat.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << "the revocation was not seen within 10 s: " << beat.error_message();
   TensorMap zeros;
   for (const auto& [key, t] : *global) zeros[key] = torch::zeros_like(t);
   grpc::Status s = Upload(*stubs[2], sessions[2], round, zeros);

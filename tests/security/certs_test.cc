@@ -106,6 +106,11 @@ TEST_F(CertsTest, IssuedCertificatesVerifyAndCarryTheirRole) {
   auto e = ReadCertificateInfo(CertPath(out, "edge-0"));
   ASSERT_TRUE(e.ok());
   EXPECT_TRUE(e->server_auth && e->client_auth);
+  // The role is signed into the subject (what a server admits it as).
+  EXPECT_EQ(w->role, "worker");
+  EXPECT_EQ(c->role, "coordinator");
+  EXPECT_EQ(e->role, "edge");
+  EXPECT_TRUE(ca_info->role.empty());
   EXPECT_THAT(e->dns_names, ElementsAre("edge0.example.org"));
   EXPECT_THAT(e->ip_addresses, ElementsAre("10.1.2.3", "::1"));
   // About a year from now (the default --days 365).
@@ -148,7 +153,7 @@ TEST_F(CertsTest, ErrorsNameTheFileOrOption) {
   s = IssueCertificate(Path("ca"), Path("out"), bad_san);
   EXPECT_THAT(s.message(), HasSubstr("san: expected"));
   EXPECT_THAT(ParseCertRole("king").status().message(),
-              HasSubstr("coordinator, edge or worker"));
+              HasSubstr("coordinator, edge, worker or operator"));
 }
 
 TEST_F(CertsTest, OversizePemIsRefusedUnread) {

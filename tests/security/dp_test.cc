@@ -115,6 +115,34 @@ TEST(DpTest, GaussianNoiseIsReproducibleWithASeed) {
   EXPECT_EQ(GaussianNoise(9).Sample(2.0), GaussianNoise(9).Sample(2.0));
 }
 
+// Seed 0 is OpenSSL's DRBG: two samplers never agree, yet the draws have
+// the requested moments; a seeded one restarts exactly on Reseed.
+TEST(DpTest, DefaultNoiseIsTheDrbgAndSeededNoiseReseeds) {
+  GaussianNoise a, b;
+  EXPECT_FALSE(a.seeded());
+  TensorMap x = {{"t", torch::zeros({4096})}};
+  TensorMap y = {{"t", torch::zeros({4096})}};
+  a.AddTo(&x, 2.0);
+  b.AddTo(&y, 2.0);
+  EXPECT_FALSE(torch::equal(x["t"], y["t"]));
+  const double n = 4096;
+  const double mean = x["t"].to(torch::kDouble).mean().item<double>();
+  const double sd = x["t"].to(torch::kDouble).std().item<double>();
+  EXPECT_NEAR(mean, 0.0, 5 * 2.0 / std::sqrt(n));
+  EXPECT_NEAR(sd, 2.0, 5 * 2.0 / std::sqrt(2 * (n - 1)));
+  a.Reseed(7);  // no-op for the DRBG
+  EXPECT_FALSE(a.seeded());
+
+  GaussianNoise s(11);
+  EXPECT_TRUE(s.seeded());
+  const double first = s.Sample(1.0);
+  s.Sample(1.0);
+  s.Reseed(11);
+  EXPECT_EQ(s.Sample(1.0), first);
+  s.Reseed(12);
+  EXPECT_NE(s.Sample(1.0), first);
+}
+
 TEST(DpTest, GaussianNoiseWithZeroStddevChangesNothing) {
   TensorMap m = TwoTensors();
   GaussianNoise noise(3);
