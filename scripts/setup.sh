@@ -26,8 +26,11 @@ PACKAGES=(
 )
 SETUP="${FEDPEFT_SETUP:-all}"
 if [[ "$SETUP" != cli ]]; then
-  # tests, and the libFuzzer targets of fuzz/ (scripts/fuzz.sh)
-  PACKAGES+=(libgtest-dev libgmock-dev clang libclang-rt-14-dev)
+  # tests, and the libFuzzer targets of fuzz/ (scripts/fuzz.sh); Python
+  # gRPC for tests/integration/hostile_client.py, a client that is not
+  # fedpeft (its stubs are generated from proto/fedpeft.proto at run time)
+  PACKAGES+=(libgtest-dev libgmock-dev clang libclang-rt-14-dev
+             python3-grpcio python3-protobuf python3-grpc-tools)
 fi
 if [[ "${FEDPEFT_WITH_BENCH:-0}" == 1 ]]; then
   PACKAGES+=(python3-torch python3-numpy)  # the PyTorch eager baseline

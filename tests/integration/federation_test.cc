@@ -3,13 +3,13 @@
 // a worker killed mid-round, the coordinator killed and restarted; the
 // hierarchy (two edges of three workers, κ = 2, an edge killed and
 // restarted), heterogeneous ranks from worker profiles, and freezing.
-#include <arpa/inet.h>
+// Every server binds port 0 and writes the port it got to its
+// server.port_file; the test waits for that file and hands the port to the
+// clients (no port picked here for another process to bind).
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,20 +41,6 @@ std::string Slurp(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  int port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
 }
 
 class FederationTest : public ::testing::Test {
@@ -119,6 +105,33 @@ class FederationTest : public ::testing::Test {
     return ready();
   }
 
+  // Whether `pid` has exited, without reaping it (Wait() still gets its
+  // exit code).
+  static bool Exited(pid_t pid) {
+    siginfo_t info{};
+    return waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+           info.si_pid == pid;
+  }
+
+  // The port server `pid` listens on, once it has written it to
+  // `port_file` (server.port_file: the port and a newline, written after
+  // it listens); -1 when `pid` exits first or `timeout` passes.
+  int WaitForPort(pid_t pid, const std::string& port_file,
+                  std::chrono::seconds timeout = std::chrono::seconds(120)) {
+    int port = -1;
+    WaitFor(
+        [&] {
+          const std::string text = Slurp(port_file);
+          if (!text.empty() && text.back() == '\n') {
+            port = std::stoi(text);
+            return true;
+          }
+          return Exited(pid);
+        },
+        timeout);
+    return port;
+  }
+
   // `command`, then "--set" before each of `sets`, then `extra`.
   static std::vector<std::string> Command(
       std::vector<std::string> command, const std::vector<std::string>& sets,
@@ -142,6 +155,7 @@ class FederationTest : public ::testing::Test {
     return sets;
   }
 
+  // `port` 0: a free port, written to coordinator.port (WaitForPort).
   std::vector<std::string> CoordinatorArgs(
       int port, int rounds, int min_available,
       std::vector<std::string> extra = {}) {
@@ -149,6 +163,7 @@ class FederationTest : public ::testing::Test {
         {"coordinator", "--config", coordinator_config_},
         FastFederation(
             {"server.address=127.0.0.1:" + std::to_string(port),
+             "server.port_file=" + Path("coordinator.port"),
              "federation.rounds=" + std::to_string(rounds),
              "federation.min_available=" + std::to_string(min_available),
              "federation.shutdown_grace_s=3", "federation.round_deadline_s=120",
@@ -201,8 +216,9 @@ class FederationTest : public ::testing::Test {
 };
 
 TEST_F(FederationTest, ThreeWorkersTwoRoundsThenExport) {
-  int port = FreePort();
-  pid_t coord = Spawn(CoordinatorArgs(port, 2, 3), Path("coordinator.log"));
+  pid_t coord = Spawn(CoordinatorArgs(0, 2, 3), Path("coordinator.log"));
+  int port = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(port, 0) << Logs();
   std::vector<pid_t> workers;
   for (int i = 0; i < 3; ++i) workers.push_back(StartWorker(port, i, 3));
   ASSERT_EQ(Wait(coord, std::chrono::seconds(300)), 0) << Logs();
@@ -245,8 +261,9 @@ TEST_F(FederationTest, ThreeWorkersTwoRoundsThenExport) {
 }
 
 TEST_F(FederationTest, WorkerKilledMidRoundDoesNotStopTheRound) {
-  int port = FreePort();
-  pid_t coord = Spawn(CoordinatorArgs(port, 2, 3), Path("coordinator.log"));
+  pid_t coord = Spawn(CoordinatorArgs(0, 2, 3), Path("coordinator.log"));
+  int port = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(port, 0) << Logs();
   std::vector<pid_t> workers;
   workers.push_back(StartWorker(port, 0, 3));
   workers.push_back(StartWorker(port, 1, 3));
@@ -280,8 +297,9 @@ TEST_F(FederationTest, WorkerKilledMidRoundDoesNotStopTheRound) {
 }
 
 TEST_F(FederationTest, CoordinatorRestartResumesWithTheSameAdapter) {
-  int port = FreePort();
-  pid_t coord = Spawn(CoordinatorArgs(port, 3, 2), Path("coordinator.log"));
+  pid_t coord = Spawn(CoordinatorArgs(0, 3, 2), Path("coordinator.log"));
+  int port = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(port, 0) << Logs();
   std::vector<pid_t> workers;
   for (int i = 0; i < 2; ++i) {
     workers.push_back(
@@ -301,8 +319,9 @@ TEST_F(FederationTest, CoordinatorRestartResumesWithTheSameAdapter) {
   ASSERT_TRUE(round1.ok()) << round1.status().ToString();
   const std::string digest = coordinator::TensorDigest(round1->global);
 
-  // Same config, same address: it resumes at round 2 and the workers, which
-  // kept retrying, rejoin on their own.
+  // Same config, same address (the port the first one bound, free again
+  // since it died): it resumes at round 2 and the workers, which kept
+  // retrying, rejoin on their own.
   pid_t again = Spawn(CoordinatorArgs(port, 3, 2), Path("coordinator2.log"));
   ASSERT_EQ(Wait(again, std::chrono::seconds(300)), 0) << Logs();
   std::string log2 = Slurp(Path("coordinator2.log"));
@@ -398,7 +417,7 @@ TEST_F(FederationTest, MutualTlsWithCertsCommands) {
            {"coordinator", "coordinator"},
            {"worker", "worker-0"},
            {"worker", "worker-1"},
-           {"worker", "operator"}}) {
+           {"operator", "operator"}}) {
     pid_t p = Spawn({"certs", "issue", "--role", role, "--name", name, "--ca",
                      certs, "--out", certs},
                     Path("certs.txt"));
@@ -416,12 +435,12 @@ TEST_F(FederationTest, MutualTlsWithCertsCommands) {
   };
   coordinator_config_ = "configs/tls/coordinator.yaml";
   worker_config_ = "configs/tls/worker.yaml";
-  int port = FreePort();
   std::vector<std::string> extra = tls("coordinator");
   extra.insert(extra.end(),
                {"--set", "tls.allowlist_file=" + Path("allowlist.yaml")});
-  pid_t coord =
-      Spawn(CoordinatorArgs(port, 2, 2, extra), Path("coordinator.log"));
+  pid_t coord = Spawn(CoordinatorArgs(0, 2, 2, extra), Path("coordinator.log"));
+  int port = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(port, 0) << Logs();
   // worker-1's id with worker-0's certificate: refused before it dials.
   std::vector<std::string> wrong = tls("worker-0");
   pid_t impostor =
@@ -478,12 +497,14 @@ TEST_F(FederationTest, MutualTlsWithCertsCommands) {
 
 class HierarchyTest : public FederationTest {
  protected:
+  // `port` 0: a free port, written to coordinator.port (WaitForPort).
   std::vector<std::string> CloudArgs(int port, int rounds, int edge_rounds,
                                      std::vector<std::string> extra = {}) {
     return Command(
         {"coordinator", "--config", "configs/hier/coordinator.yaml"},
         FastFederation(
             {"server.address=127.0.0.1:" + std::to_string(port),
+             "server.port_file=" + Path("coordinator.port"),
              "federation.rounds=" + std::to_string(rounds),
              "federation.min_available=2", "federation.shutdown_grace_s=4",
              "federation.round_deadline_s=200",
@@ -494,6 +515,8 @@ class HierarchyTest : public FederationTest {
              "model.threads=1"}),
         extra);
   }
+  // `port` 0: a free port, written to edge-<e>.port once the edge has
+  // registered with the cloud and listens (EdgePorts).
   pid_t StartEdge(int cloud_port, int e, int port,
                   std::vector<std::string> extra = {}) {
     return Spawn(
@@ -504,10 +527,23 @@ class HierarchyTest : public FederationTest {
                  "upstream.address=127.0.0.1:" + std::to_string(cloud_port),
                  "upstream.task_wait_ms=1000", "upstream.backoff_max_ms=1000",
                  "server.address=127.0.0.1:" + std::to_string(port),
+                 "server.port_file=" + EdgePortFile(e),
                  "federation.min_available=3", "federation.shutdown_grace_s=3",
                  "model.threads=1"}),
             extra),
         Path("edge-" + std::to_string(e) + ".log"));
+  }
+  std::string EdgePortFile(int e) {
+    return Path("edge-" + std::to_string(e) + ".port");
+  }
+  // The ports edges[e] (started with port 0) listen on; -1 for one that
+  // exited or did not listen in time.
+  std::vector<int> EdgePorts(const std::vector<pid_t>& edges) {
+    std::vector<int> ports;
+    for (size_t e = 0; e < edges.size(); ++e) {
+      ports.push_back(WaitForPort(edges[e], EdgePortFile(static_cast<int>(e))));
+    }
+    return ports;
   }
   // Six workers, three per edge; worker 0 has a slow uplink.
   std::vector<pid_t> StartWorkers(const std::vector<int>& edge_ports) {
@@ -522,11 +558,12 @@ class HierarchyTest : public FederationTest {
 };
 
 TEST_F(HierarchyTest, TwoEdgesOfThreeWorkersWithKappaTwo) {
-  int cloud = FreePort();
-  std::vector<int> edge_ports = {FreePort(), FreePort()};
-  pid_t coord = Spawn(CloudArgs(cloud, 2, 2), Path("coordinator.log"));
-  std::vector<pid_t> edges = {StartEdge(cloud, 0, edge_ports[0]),
-                              StartEdge(cloud, 1, edge_ports[1])};
+  pid_t coord = Spawn(CloudArgs(0, 2, 2), Path("coordinator.log"));
+  int cloud = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(cloud, 0) << Logs();
+  std::vector<pid_t> edges = {StartEdge(cloud, 0, 0), StartEdge(cloud, 1, 0)};
+  std::vector<int> edge_ports = EdgePorts(edges);
+  ASSERT_THAT(edge_ports, ::testing::Each(::testing::Gt(0))) << Logs();
   std::vector<pid_t> workers = StartWorkers(edge_ports);
   ASSERT_EQ(Wait(coord, std::chrono::seconds(400)), 0) << Logs();
   for (pid_t e : edges) EXPECT_EQ(Wait(e, std::chrono::seconds(30)), 0);
@@ -573,13 +610,14 @@ TEST_F(HierarchyTest, TwoEdgesOfThreeWorkersWithKappaTwo) {
 }
 
 TEST_F(HierarchyTest, EdgeKilledAndRestartedRejoins) {
-  int cloud = FreePort();
-  std::vector<int> edge_ports = {FreePort(), FreePort()};
-  pid_t coord =
-      Spawn(CloudArgs(cloud, 6, 1, {"--set", "federation.quorum=0.5"}),
-            Path("coordinator.log"));
-  pid_t edge0 = StartEdge(cloud, 0, edge_ports[0]);
-  pid_t edge1 = StartEdge(cloud, 1, edge_ports[1]);
+  pid_t coord = Spawn(CloudArgs(0, 6, 1, {"--set", "federation.quorum=0.5"}),
+                      Path("coordinator.log"));
+  int cloud = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(cloud, 0) << Logs();
+  pid_t edge0 = StartEdge(cloud, 0, 0);
+  pid_t edge1 = StartEdge(cloud, 1, 0);
+  std::vector<int> edge_ports = EdgePorts({edge0, edge1});
+  ASSERT_THAT(edge_ports, ::testing::Each(::testing::Gt(0))) << Logs();
   std::vector<pid_t> workers = StartWorkers(edge_ports);
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -599,7 +637,8 @@ TEST_F(HierarchyTest, EdgeKilledAndRestartedRejoins) {
       },
       std::chrono::seconds(300)))
       << Logs();
-  // ... and the restarted edge registers again; its workers rejoin it.
+  // ... and the restarted edge registers again, on the port it had (free
+  // again since it died); its workers rejoin it.
   pid_t again = StartEdge(cloud, 1, edge_ports[1]);
   ASSERT_EQ(Wait(coord, std::chrono::seconds(400)), 0) << Logs();
   EXPECT_EQ(Wait(edge0, std::chrono::seconds(30)), 0) << Logs();
@@ -624,13 +663,14 @@ TEST_F(HierarchyTest, EdgeKilledAndRestartedRejoins) {
 // FFA-LoRA and adaptive freezing: what is not trained is not uploaded, and
 // the server (which would reject a frozen tensor) takes every upload.
 TEST_F(FederationTest, FrozenTensorsStayHome) {
-  int port = FreePort();
-  pid_t coord = Spawn(CoordinatorArgs(port, 5, 2,
+  pid_t coord = Spawn(CoordinatorArgs(0, 5, 2,
                                       {"--set", "freezing.ffa=true", "--set",
                                        "freezing.apf.enabled=true", "--set",
                                        "freezing.apf.threshold=0.99", "--set",
                                        "freezing.apf.warmup_rounds=1"}),
                       Path("coordinator.log"));
+  int port = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(port, 0) << Logs();
   std::vector<pid_t> workers = {StartWorker(port, 0, 2),
                                 StartWorker(port, 1, 2)};
   ASSERT_EQ(Wait(coord, std::chrono::seconds(300)), 0) << Logs();
@@ -669,14 +709,15 @@ constexpr uint64_t kLoraBF32Bytes =
 // uploads are the size 4 bits allow, and epsilon is what the accountant
 // says for q = 1, the configured z and delta = 1/3^1.1 after each round.
 TEST_F(FederationTest, DpWithFourBitUploads) {
-  int port = FreePort();
   pid_t coord = Spawn(
       CoordinatorArgs(
-          port, 2, 3,
+          0, 2, 3,
           {"--set", "dp.enabled=true", "--set", "dp.clip_norm=0.05", "--set",
            "dp.noise_multiplier=0.8", "--set", "dp.noise_seed=7", "--set",
            "compression.bits=4", "--set", "compression.error_feedback=true"}),
       Path("coordinator.log"));
+  int port = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(port, 0) << Logs();
   std::vector<pid_t> workers;
   for (int i = 0; i < 3; ++i) workers.push_back(StartWorker(port, i, 3));
   ASSERT_EQ(Wait(coord, std::chrono::seconds(300)), 0) << Logs();
@@ -724,22 +765,24 @@ TEST_F(FederationTest, DpWithFourBitUploads) {
 // edge 1 recovers the sum of 2 of its 3 workers. The global adapter travels
 // in 8 bits, cloud to edges and edges to workers.
 TEST_F(HierarchyTest, DpNoiseSharesAtTheEdgesAfterSecureAggregation) {
-  int cloud = FreePort();
-  std::vector<int> edge_ports = {FreePort(), FreePort()};
   pid_t coord = Spawn(
       CloudArgs(
-          cloud, 2, 1,
+          0, 2, 1,
           {"--set", "dp.enabled=true", "--set", "dp.placement=edges", "--set",
            "dp.clip_norm=0.05", "--set", "dp.noise_multiplier=1.0", "--set",
            "dp.population=6", "--set", "compression.bits=8", "--set",
            "compression.download_bits=8", "--set", "freezing.apf.enabled=false",
            "--set", "secagg.enabled=true"}),
       Path("coordinator.log"));
+  int cloud = WaitForPort(coord, Path("coordinator.port"));
+  ASSERT_GT(cloud, 0) << Logs();
   // The dropped worker holds its edge's rounds until their deadline.
   const std::vector<std::string> deadline = {"--set",
                                              "federation.round_deadline_s=30"};
-  std::vector<pid_t> edges = {StartEdge(cloud, 0, edge_ports[0], deadline),
-                              StartEdge(cloud, 1, edge_ports[1], deadline)};
+  std::vector<pid_t> edges = {StartEdge(cloud, 0, 0, deadline),
+                              StartEdge(cloud, 1, 0, deadline)};
+  std::vector<int> edge_ports = EdgePorts(edges);
+  ASSERT_THAT(edge_ports, ::testing::Each(::testing::Gt(0))) << Logs();
   std::vector<pid_t> workers;
   for (int i = 0; i < 6; ++i) {
     std::vector<std::string> extra;
