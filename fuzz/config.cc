@@ -2,8 +2,7 @@
 // LoadConfigFile), --set overrides, and a ConfigReader binding a struct that
 // uses every type ConfigReader::Get supports.
 //
-// Input: YAML text; a line that is exactly kSetMarker ends it, and each
-// non-empty line after it is one --set override (at most kMaxOverrides).
+// Input: YAML text, then --set overrides (fuzz_util.h, SplitConfigInput).
 #include "common/config.h"
 
 #include <map>
@@ -16,9 +15,6 @@
 namespace fedpeft {
 namespace fuzz {
 namespace {
-
-constexpr char kSetMarker[] = "#--set";
-constexpr size_t kMaxOverrides = 8;
 
 // Keys as the shipped configs spell them, so the seed corpus binds.
 struct Lora {
@@ -73,24 +69,12 @@ struct Root {
 }  // namespace
 
 int FuzzConfig(const uint8_t* data, size_t size) {
-  const std::string input(reinterpret_cast<const char*>(data), size);
-  std::string yaml = input;
-  std::vector<std::string> overrides;
-  const std::string marker = std::string("\n") + kSetMarker + "\n";
-  const size_t at = input.find(marker);
-  if (at != std::string::npos) {
-    yaml = input.substr(0, at + 1);
-    size_t start = at + marker.size();
-    while (start < input.size() && overrides.size() < kMaxOverrides) {
-      size_t end = input.find('\n', start);
-      if (end == std::string::npos) end = input.size();
-      if (end > start) overrides.push_back(input.substr(start, end - start));
-      start = end + 1;
-    }
-  }
+  const ConfigInput input = SplitConfigInput(
+      std::string_view(reinterpret_cast<const char*>(data), size));
 
   // No try: an exception escaping the loader or the reader is a bug.
-  StatusOr<YAML::Node> root = LoadConfigText(yaml, "fuzz.yaml", overrides);
+  StatusOr<YAML::Node> root =
+      LoadConfigText(input.yaml, "fuzz.yaml", input.overrides);
   if (!root.ok()) {
     FUZZ_CHECK(root.status().code() == StatusCode::kInvalidArgument,
                root.status().ToString());

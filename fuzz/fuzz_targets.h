@@ -8,8 +8,8 @@
 //     every file of fuzz/corpus/<name>/ and fuzz/regressions/<name>/.
 // See fuzz/README.md for the input format of each target.
 //
-// Thread-safety: a target may be run by one thread at a time (the tokenizer
-// target writes one temp file per process).
+// Thread-safety: a target may be run by one thread at a time (the tokenizer,
+// llama2c and app_config targets each write one temp file per process).
 #ifndef FEDPEFT_FUZZ_FUZZ_TARGETS_H_
 #define FEDPEFT_FUZZ_FUZZ_TARGETS_H_
 
@@ -29,6 +29,16 @@ int FuzzSafetensors(const uint8_t* data, size_t size);
 int FuzzConfig(const uint8_t* data, size_t size);
 // model::LoadTokenizer on a SentencePiece .model or a llama2.c .bin.
 int FuzzTokenizer(const uint8_t* data, size_t size);
+// Every secagg message type's Parse, a byte-exact round trip of what parses.
+int FuzzSecaggMessages(const uint8_t* data, size_t size);
+// model::ParseHfConfig (config.json text), a ToHfJson round trip.
+int FuzzHfConfig(const uint8_t* data, size_t size);
+// peft::AdapterConfigFromJson, an AdapterConfigToJson round trip.
+int FuzzAdapterConfig(const uint8_t* data, size_t size);
+// model::LoadLlama2cModel on a llama2.c checkpoint .bin.
+int FuzzLlama2c(const uint8_t* data, size_t size);
+// The coordinator, worker and train-job YAML loaders with --set overrides.
+int FuzzAppConfig(const uint8_t* data, size_t size);
 
 }  // namespace fuzz
 }  // namespace fedpeft

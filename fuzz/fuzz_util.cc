@@ -43,6 +43,27 @@ void AppendFrame(std::string_view bytes, std::string* out) {
   out->append(bytes);
 }
 
+ConfigInput SplitConfigInput(std::string_view input) {
+  constexpr std::string_view kMarker = "\n#--set\n";
+  ConfigInput out;
+  const size_t at = input.find(kMarker);
+  if (at == std::string_view::npos) {
+    out.yaml = std::string(input);
+    return out;
+  }
+  out.yaml = std::string(input.substr(0, at + 1));
+  size_t start = at + kMarker.size();
+  while (start < input.size() && out.overrides.size() < kMaxConfigOverrides) {
+    size_t end = input.find('\n', start);
+    if (end == std::string_view::npos) end = input.size();
+    if (end > start) {
+      out.overrides.emplace_back(input.substr(start, end - start));
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
 std::map<std::string, transport::TensorSpec> FuzzAdapterSpecs() {
   constexpr int64_t kRank = 4;
   constexpr int64_t kWidth = 16;

@@ -61,6 +61,16 @@ class InputReader {
 // Appends `bytes` as one frame. REQUIRES: bytes.size() < 2^24.
 void AppendFrame(std::string_view bytes, std::string* out);
 
+// The input of the config targets: YAML text; a line that is exactly
+// "#--set" ends it, and each non-empty line after that is one --set
+// override (at most kMaxConfigOverrides; the rest are ignored).
+inline constexpr size_t kMaxConfigOverrides = 8;
+struct ConfigInput {
+  std::string yaml;
+  std::vector<std::string> overrides;
+};
+ConfigInput SplitConfigInput(std::string_view input);
+
 // The adapter the tensor_stream target expects: a rank-4 LoRA on q_proj and
 // v_proj of a 2-layer model of width 16, F32, PEFT key names.
 std::map<std::string, transport::TensorSpec> FuzzAdapterSpecs();

@@ -1,20 +1,28 @@
 // Writes the seed corpora of fuzz/corpus/ from real artifacts: upload
 // streams and tensors encoded by the real encoder, safetensors files written
-// by the real writer, the shipped configs and tokenizers.
+// by the real writer, the shipped configs and tokenizers, the messages of a
+// real secure-aggregation session, model and adapter configs as the loaders
+// and writers see them, tiny llama2.c checkpoints.
 //
 //   build-fuzz/fuzz/fuzz_make_corpus <source dir> <out dir>
 //
 // writes <out dir>/<target>/<seed>. Deterministic (fixed seeds), so
 // regenerating only changes what the code changed.
+#include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "common/file_util.h"
 #include "fuzz/fuzz_util.h"
+#include "model/llama.h"
+#include "model/loader.h"
 #include "model/safetensors.h"
+#include "peft/peft_io.h"
 #include "proto/fedpeft.pb.h"
 #include "proto/tensor_codec.h"
+#include "security/secagg.h"
 
 namespace fedpeft {
 namespace fuzz {
@@ -214,6 +222,275 @@ void TokenizerSeeds(const std::string& source, const std::string& dir) {
                   JoinPath(source, "assets/stories260K-llama2c/tok512.bin")));
 }
 
+// Deterministic randomness for the secure-aggregation session (keys,
+// seeds, nonces): the seeds must not change between regenerations.
+class SeededRandom : public secagg::RandomSource {
+ public:
+  explicit SeededRandom(uint64_t seed) : rng_(seed) {}
+  Status Fill(uint8_t* out, size_t size) override {
+    for (size_t i = 0; i < size; ++i) out[i] = static_cast<uint8_t>(rng_());
+    return Status::Ok();
+  }
+
+ private:
+  std::mt19937_64 rng_;
+};
+
+template <typename T>
+T ValueOrDie(StatusOr<T> v) {
+  Check(v.status());
+  return std::move(v).value();
+}
+
+// One message of every type from a real session of 3 clients, threshold
+// 2, vectors of 4 words, in which client 2 drops out after sharing keys (so
+// the unmask request and answers name a dropped client).
+void SecaggMessagesSeeds(const std::string& dir) {
+  namespace sa = secagg;
+  sa::Params params;
+  params.num_clients = 3;
+  params.threshold = 2;
+  params.vector_length = 4;
+  params.session_id = 0x5eca99a7e0000001ull;
+  std::unique_ptr<sa::Server> server = ValueOrDie(sa::Server::Create(params));
+  std::vector<std::unique_ptr<SeededRandom>> rngs;
+  std::vector<std::unique_ptr<sa::Client>> clients;
+  for (uint32_t id = 0; id < params.num_clients; ++id) {
+    rngs.push_back(std::make_unique<SeededRandom>(100 + id));
+    clients.push_back(
+        ValueOrDie(sa::Client::Create(id, params, rngs.back().get())));
+  }
+  auto write = [&dir](const std::string& name, const auto& message) {
+    Write(dir, name, sa::ToBytes(message));
+  };
+  for (auto& c : clients) {
+    const sa::AdvertiseMsg a = ValueOrDie(c->Advertise());
+    if (c->id() == 0) write("advertise", a);
+    Check(server->ReceiveAdvertise(a));
+  }
+  const sa::AdvertiseBroadcast u1 = ValueOrDie(server->CloseAdvertise());
+  write("advertise_broadcast", u1);
+  for (auto& c : clients) {
+    const sa::ShareKeysMsg k = ValueOrDie(c->ShareKeys(u1));
+    if (c->id() == 0) write("share_keys", k);
+    Check(server->ReceiveShareKeys(k));
+  }
+  const std::vector<sa::RoutedShares> routed =
+      ValueOrDie(server->CloseShareKeys());
+  write("routed_shares", routed[0]);
+  for (uint32_t id = 0; id < 2; ++id) {  // client 2 drops out
+    const std::vector<uint32_t> input = {id, 1u, 0x7fffffffu, 0xfffffff0u};
+    const sa::MaskedInputMsg m =
+        ValueOrDie(clients[id]->MaskedInput(input, routed[id]));
+    if (id == 0) write("masked_input", m);
+    Check(server->ReceiveMaskedInput(m));
+  }
+  const sa::UnmaskRequest request = ValueOrDie(server->CloseMaskedInput());
+  write("unmask_request", request);
+  for (uint32_t id = 0; id < 2; ++id) {
+    const sa::UnmaskMsg u = ValueOrDie(clients[id]->Unmask(request));
+    if (id == 0) write("unmask", u);
+    Check(server->ReceiveUnmask(u));
+  }
+  (void)ValueOrDie(server->Finish());  // the session was a real one
+}
+
+// The stories260K config.json, what `fedpeft export` writes, and the other
+// architectures and spellings the loader takes (GQA, sliding windows, token
+// id lists and nulls, an explicit head_dim).
+void HfConfigSeeds(const std::string& source, const std::string& dir) {
+  const std::string text =
+      ReadOrDie(JoinPath(source, "assets/stories260K/config.json"));
+  Write(dir, "stories260K", text);
+  const model::LlamaConfig config =
+      ValueOrDie(model::ParseHfConfig(text, "stories260K"));
+  Write(dir, "exported", config.ToHfJson().dump(2) + "\n");
+
+  nlohmann::json mistral = nlohmann::json::parse(text);
+  mistral["architectures"] = {"MistralForCausalLM"};
+  mistral["model_type"] = "mistral";
+  mistral["num_key_value_heads"] = 2;
+  mistral["sliding_window"] = 256;
+  mistral["head_dim"] = 8;
+  mistral["rope_scaling"] = nullptr;
+  mistral["attention_bias"] = false;
+  mistral["eos_token_id"] = {2, 3};
+  Write(dir, "mistral_window", mistral.dump(2) + "\n");
+
+  nlohmann::json qwen = nlohmann::json::parse(text);
+  qwen["architectures"] = {"Qwen2ForCausalLM"};
+  qwen["model_type"] = "qwen2";
+  qwen["use_sliding_window"] = true;
+  qwen["sliding_window"] = 128;
+  qwen["max_window_layers"] = 4;
+  qwen["bos_token_id"] = nullptr;
+  qwen["rms_norm_eps"] = 1e-6;
+  qwen["rope_theta"] = 1000000.0;
+  qwen["tie_word_embeddings"] = false;
+  Write(dir, "qwen2_sliding", qwen.dump() + "\n");
+}
+
+// adapter_config.json as SaveAdapter and the coordinator write it (LoRA
+// with every option, bottleneck), and as Python PEFT writes it (its extra
+// keys, "all-linear", an integer layers_to_transform).
+void AdapterConfigSeeds(const std::string& dir) {
+  peft::PeftOptions lora;
+  Write(dir, "lora_default",
+        peft::AdapterConfigToJson(lora, "stories260K").dump(2) + "\n");
+  lora.lora.r = 8;
+  lora.lora.alpha = 16.5;
+  lora.lora.dropout = 0.05;
+  lora.lora.target_modules = model::ProjectionNames();
+  lora.lora.layers_to_transform = {0, 2};
+  lora.lora.rank_pattern = {{"q_proj", 4},
+                            {"model.layers.2.self_attn.v_proj", 2}};
+  lora.lora.alpha_pattern = {{"v_proj", 3.5}};
+  lora.lora.use_rslora = true;
+  Write(dir, "lora_patterns",
+        peft::AdapterConfigToJson(lora, "assets/stories260K").dump(2) + "\n");
+  peft::PeftOptions bottleneck;
+  bottleneck.method = "bottleneck";
+  bottleneck.bottleneck.bottleneck_dim = 8;
+  bottleneck.bottleneck.places = {"mlp"};
+  bottleneck.bottleneck.activation = "gelu";
+  bottleneck.bottleneck.layers_to_transform = {1, 3};
+  Write(dir, "bottleneck",
+        peft::AdapterConfigToJson(bottleneck, "base").dump(2) + "\n");
+  Write(dir, "python_peft", R"({
+  "alpha_pattern": {},
+  "auto_mapping": null,
+  "base_model_name_or_path": "HuggingFaceTB/SmolLM-135M",
+  "bias": "none",
+  "fan_in_fan_out": false,
+  "inference_mode": true,
+  "init_lora_weights": true,
+  "layer_replication": null,
+  "layers_pattern": null,
+  "layers_to_transform": 3,
+  "loftq_config": {},
+  "lora_alpha": 32,
+  "lora_dropout": 0.1,
+  "megatron_config": null,
+  "megatron_core": "megatron.core",
+  "modules_to_save": null,
+  "peft_type": "LORA",
+  "r": 16,
+  "rank_pattern": {},
+  "revision": null,
+  "target_modules": "all-linear",
+  "task_type": "CAUSAL_LM",
+  "use_dora": false,
+  "use_rslora": false
+}
+)");
+}
+
+// A llama2.c checkpoint of `config` (tied when config.tie_embeddings):
+// the 7-field header, then the weights in llama2.c's order and rotary
+// layout, random as RandomLlamaWeights makes them.
+std::string Llama2cCheckpoint(const model::LlamaConfig& config) {
+  const std::shared_ptr<model::LlamaWeights> w =
+      model::RandomLlamaWeights(config, /*seed=*/3);
+  const int32_t vocab = static_cast<int32_t>(config.vocab_size);
+  const int32_t header[7] = {static_cast<int32_t>(config.dim),
+                             static_cast<int32_t>(config.hidden_dim),
+                             static_cast<int32_t>(config.n_layers),
+                             static_cast<int32_t>(config.n_heads),
+                             static_cast<int32_t>(config.n_kv_heads),
+                             config.tie_embeddings ? vocab : -vocab,
+                             static_cast<int32_t>(config.max_seq_len)};
+  std::string out(reinterpret_cast<const char*>(header), sizeof(header));
+  auto append = [&out](const torch::Tensor& t) {
+    const torch::Tensor c = t.to(torch::kFloat32).contiguous();
+    out.append(static_cast<const char*>(c.data_ptr()), c.nbytes());
+  };
+  auto layers = [&](const std::string& rest, int64_t permute_heads = 0) {
+    for (int64_t l = 0; l < config.n_layers; ++l) {
+      const torch::Tensor& t =
+          w->Get("model.layers." + std::to_string(l) + "." + rest);
+      append(permute_heads > 0
+                 ? model::PermuteHalvesToInterleaved(t, permute_heads)
+                 : t);
+    }
+  };
+  append(w->Get("model.embed_tokens.weight"));
+  layers("input_layernorm.weight");
+  layers("self_attn.q_proj.weight", config.n_heads);
+  layers("self_attn.k_proj.weight", config.n_kv_heads);
+  layers("self_attn.v_proj.weight");
+  layers("self_attn.o_proj.weight");
+  layers("post_attention_layernorm.weight");
+  layers("mlp.gate_proj.weight");
+  layers("mlp.down_proj.weight");
+  layers("mlp.up_proj.weight");
+  append(w->Get("model.norm.weight"));
+  append(torch::zeros({config.max_seq_len, config.head_dim()}));  // freq_cis
+  if (!config.tie_embeddings) append(w->Get("lm_head.weight"));
+  return out;
+}
+
+void Llama2cSeeds(const std::string& source, const std::string& dir) {
+  model::LlamaConfig c;
+  c.dim = 8;
+  c.hidden_dim = 12;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.vocab_size = 16;
+  c.max_seq_len = 4;
+  c.tie_embeddings = true;
+  Write(dir, "tiny_tied_gqa", Llama2cCheckpoint(c));
+  c.n_layers = 1;
+  c.n_kv_heads = 2;
+  c.tie_embeddings = false;
+  Write(dir, "tiny_untied", Llama2cCheckpoint(c));
+  // The real stories260K header alone: a size the file does not have.
+  Write(
+      dir, "stories260K_header",
+      ReadOrDie(JoinPath(source, "assets/stories260K-llama2c/stories260K.bin"))
+          .substr(0, 7 * sizeof(int32_t)));
+}
+
+// The shipped configs, each behind the byte that picks its loader, and one
+// with --set overrides per loader.
+void AppConfigSeeds(const std::string& source, const std::string& dir) {
+  const std::string configs = JoinPath(source, "configs");
+  for (const auto& entry : fs::recursive_directory_iterator(configs)) {
+    if (entry.path().extension() != ".yaml") continue;
+    const std::string file = entry.path().filename().string();
+    char loader = 0;
+    if (file == "coordinator.yaml") {
+      loader = '0';
+    } else if (file == "worker.yaml") {
+      loader = '1';
+    } else if (file.size() > 11 &&
+               file.compare(file.size() - 11, 11, "_train.yaml") == 0) {
+      loader = '2';
+    } else if (file == "allowlist.yaml") {
+      loader = '3';
+    } else {
+      continue;  // simulate and edge configs: no loader in the fuzz build
+    }
+    std::string name = fs::relative(entry.path(), configs).string();
+    for (char& ch : name) ch = ch == '/' ? '_' : ch;
+    Write(dir, name,
+          std::string(1, loader) + "\n" + ReadOrDie(entry.path().string()));
+  }
+  Write(dir, "coordinator_overrides",
+        "0\n" + ReadOrDie(JoinPath(configs, "flat/coordinator.yaml")) +
+            "#--set\nfederation.rounds=3\ndp.enabled=true\n"
+            "dp.noise_multiplier=0\nsecagg.enabled=true\n"
+            "compression.bits=4\npeft.lora.rank_pattern={q_proj: 2}\n");
+  Write(dir, "worker_overrides",
+        "1\n" + ReadOrDie(JoinPath(configs, "flat/worker.yaml")) +
+            "#--set\nworker.id=worker-7\ndata.shard=2/4\n"
+            "simulation.slowdown=2.5\n");
+  Write(dir, "instruct_train_overrides",
+        "2\n" + ReadOrDie(JoinPath(configs, "instruct_train.yaml")) +
+            "#--set\ndata.path=assets/data/tinyshakespeare/input.txt\n"
+            "train.max_steps=5\n");
+}
+
 }  // namespace
 }  // namespace fuzz
 }  // namespace fedpeft
@@ -231,5 +508,10 @@ int main(int argc, char** argv) {
   SafetensorsSeeds(fedpeft::JoinPath(out, "safetensors"));
   ConfigSeeds(source, fedpeft::JoinPath(out, "config"));
   TokenizerSeeds(source, fedpeft::JoinPath(out, "tokenizer"));
+  SecaggMessagesSeeds(fedpeft::JoinPath(out, "secagg_messages"));
+  HfConfigSeeds(source, fedpeft::JoinPath(out, "hf_config"));
+  AdapterConfigSeeds(fedpeft::JoinPath(out, "adapter_config"));
+  Llama2cSeeds(source, fedpeft::JoinPath(out, "llama2c"));
+  AppConfigSeeds(source, fedpeft::JoinPath(out, "app_config"));
   return 0;
 }

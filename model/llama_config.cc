@@ -3,8 +3,10 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <array>
+#include <limits>
 #include <optional>
 
+#include "common/json_util.h"
 #include "common/logging.h"
 #include "model/llama.h"
 #include "model/llama_internal.h"
@@ -76,14 +78,23 @@ Status RequireKey(const nlohmann::json& j, const std::string& key,
   return Status::Ok();
 }
 
+// An integer that fits int64_t: nlohmann also stores 2^63 .. 2^64 - 1 as
+// integers, which get<int64_t>() would wrap to negative values.
+bool IsInt64(const nlohmann::json& v) {
+  return v.is_number_integer() &&
+         (!v.is_number_unsigned() ||
+          v.get<uint64_t>() <=
+              static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+}
+
 // Reads an integer key; absent/null keeps `*out`.
 Status ReadInt(const nlohmann::json& j, const std::string& key,
                const std::string& source, int64_t* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return Status::Ok();
-  if (!it->is_number_integer()) {
+  if (!IsInt64(*it)) {
     return Status::InvalidArgument(source + ": key '" + key + "' is " +
-                                   it->dump() + ", expected an integer");
+                                   JsonBrief(*it) + ", expected an integer");
   }
   *out = it->get<int64_t>();
   return Status::Ok();
@@ -95,7 +106,7 @@ Status ReadDouble(const nlohmann::json& j, const std::string& key,
   if (it == j.end() || it->is_null()) return Status::Ok();
   if (!it->is_number()) {
     return Status::InvalidArgument(source + ": key '" + key + "' is " +
-                                   it->dump() + ", expected a number");
+                                   JsonBrief(*it) + ", expected a number");
   }
   *out = it->get<double>();
   return Status::Ok();
@@ -107,7 +118,7 @@ Status ReadBool(const nlohmann::json& j, const std::string& key,
   if (it == j.end() || it->is_null()) return Status::Ok();
   if (!it->is_boolean()) {
     return Status::InvalidArgument(source + ": key '" + key + "' is " +
-                                   it->dump() + ", expected true or false");
+                                   JsonBrief(*it) + ", expected true or false");
   }
   *out = it->get<bool>();
   return Status::Ok();
@@ -125,9 +136,9 @@ Status ReadTokenId(const nlohmann::json& j, const std::string& key,
   }
   const nlohmann::json* v = &*it;
   if (v->is_array() && !v->empty()) v = &(*v)[0];
-  if (!v->is_number_integer()) {
+  if (!IsInt64(*v)) {
     return Status::InvalidArgument(source + ": key '" + key + "' is " +
-                                   it->dump() +
+                                   JsonBrief(*it) +
                                    ", expected a token id or a list of them");
   }
   *out = v->get<int64_t>();
@@ -211,7 +222,7 @@ StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const nlohmann::json& j,
   RETURN_IF_ERROR(RequireKey(j, "model_type", source));
   if (!j.at("model_type").is_string()) {
     return Status::InvalidArgument(source + ": key 'model_type' is " +
-                                   j.at("model_type").dump() +
+                                   JsonBrief(j.at("model_type")) +
                                    ", expected a string");
   }
   const std::string model_type = j.at("model_type").get<std::string>();
@@ -224,13 +235,13 @@ StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const nlohmann::json& j,
   }
   if (j.contains("hidden_act") && j.at("hidden_act") != "silu") {
     return Status::Unimplemented(source + ": key 'hidden_act' is " +
-                                 j.at("hidden_act").dump() +
+                                 JsonBrief(j.at("hidden_act")) +
                                  ", expected \"silu\" (only SwiGLU MLPs are "
                                  "supported)");
   }
   if (j.contains("rope_scaling") && !j.at("rope_scaling").is_null()) {
     return Status::Unimplemented(
-        source + ": key 'rope_scaling' is " + j.at("rope_scaling").dump() +
+        source + ": key 'rope_scaling' is " + JsonBrief(j.at("rope_scaling")) +
         ", expected null (scaled rotary embeddings are not supported)");
   }
   for (const char* key : {"attention_bias", "mlp_bias"}) {

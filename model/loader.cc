@@ -3,11 +3,13 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "common/config.h"
 #include "common/file_util.h"
+#include "common/json_util.h"
 #include "common/logging.h"
 #include "model/llama_internal.h"
 #include "model/safetensors.h"
@@ -58,15 +60,22 @@ std::string JoinErrors(const std::vector<std::string>& errors,
   return msg;
 }
 
+// `text` as JSON; `source` names it in the error.
+StatusOr<nlohmann::json> ParseJson(std::string_view text,
+                                   const std::string& source) {
+  nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(),
+                                           /*cb=*/nullptr,
+                                           /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    return Status::InvalidArgument(source + ": not valid JSON");
+  }
+  return j;
+}
+
 StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text,
                    ReadFileToString(path, kMaxConfigFileBytes));
-  nlohmann::json j = nlohmann::json::parse(text, /*cb=*/nullptr,
-                                           /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
-    return Status::InvalidArgument(path + ": not valid JSON");
-  }
-  return j;
+  return ParseJson(text, path);
 }
 
 // The shard files of a HF folder: model.safetensors, or the files named by
@@ -98,7 +107,7 @@ Status FindShards(const std::string& dir, std::vector<std::string>* shards,
     if (!file.is_string() || file.get<std::string>().empty() ||
         file.get<std::string>().find('/') != std::string::npos) {
       return Status::InvalidArgument(index_path + ": weight_map['" + name +
-                                     "'] is " + file.dump() +
+                                     "'] is " + JsonBrief(file) +
                                      ", expected a file name in " + dir);
     }
     const std::string shard = JoinPath(dir, file.get<std::string>());
@@ -171,6 +180,12 @@ torch::Tensor PermuteHalvesToInterleaved(const torch::Tensor& w,
       .reshape(w.sizes());
 }
 
+StatusOr<LlamaConfig> ParseHfConfig(std::string_view text,
+                                    const std::string& source) {
+  ASSIGN_OR_RETURN(nlohmann::json j, ParseJson(text, source));
+  return LlamaConfig::FromHfJson(j, source);
+}
+
 StatusOr<std::shared_ptr<const LlamaWeights>> LoadModel(
     const std::string& path, const LoadOptions& options) {
   if (IsDirectory(path)) return LoadHfModel(path, options);
@@ -198,9 +213,9 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
     return Status::NotFound("model folder '" + dir + "' does not exist");
   }
   const std::string config_path = JoinPath(dir, kConfigFile);
-  ASSIGN_OR_RETURN(nlohmann::json config_json, ReadJsonFile(config_path));
-  ASSIGN_OR_RETURN(LlamaConfig config,
-                   LlamaConfig::FromHfJson(config_json, config_path));
+  ASSIGN_OR_RETURN(std::string config_text,
+                   ReadFileToString(config_path, kMaxConfigFileBytes));
+  ASSIGN_OR_RETURN(LlamaConfig config, ParseHfConfig(config_text, config_path));
 
   std::vector<std::string> shard_paths;
   std::map<std::string, std::string> weight_map;

@@ -25,6 +25,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "common/status.h"
 #include "model/llama.h"
@@ -45,6 +46,15 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadModel(
 
 StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
     const std::string& dir, const LoadOptions& options = {});
+
+// The text of a Hugging Face config.json (LoadHfModel reads the file, at
+// most kMaxConfigFileBytes, and parses it here); `source` names it in
+// errors. InvalidArgument for text that is not JSON or a config out of
+// range, Unimplemented for an architecture or feature not supported (see
+// LlamaConfig::FromHfJson).
+StatusOr<LlamaConfig> ParseHfConfig(std::string_view text,
+                                    const std::string& source);
+
 StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlama2cModel(
     const std::string& path, const LoadOptions& options = {});
 

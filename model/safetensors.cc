@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "common/file_util.h"
+#include "common/json_util.h"
 
 namespace fedpeft {
 namespace model {
@@ -76,26 +77,6 @@ void AppendLe64(uint64_t v, std::string* out) {
   }
 }
 
-// A JSON value as error messages show it: a scalar, or an array or object
-// of scalars, as written (cut at 64 characters); anything nested by its type
-// and size. Never a full dump(): it recurses once per nesting level, and a
-// hostile header nested a million deep would overflow the stack.
-std::string Brief(const nlohmann::json& j) {
-  bool flat = true;
-  if (j.is_structured()) {
-    for (const nlohmann::json& e : j) flat = flat && e.is_primitive();
-  }
-  std::string out;
-  if (flat) {
-    out = j.dump();
-  } else {
-    out = std::string(j.is_array() ? "an array" : "an object") + " of " +
-          std::to_string(j.size()) + " nested entries";
-  }
-  if (out.size() > 64) out = out.substr(0, 61) + "...";
-  return out;
-}
-
 // Parses one non-metadata header entry; `prefix` is "<source>: tensor 'x'".
 Status ParseEntry(const std::string& name, const nlohmann::json& j,
                   const std::string& prefix, uint64_t buffer_size,
@@ -129,13 +110,13 @@ Status ParseEntry(const std::string& name, const nlohmann::json& j,
   entry->shape.clear();
   for (const nlohmann::json& d : *shape_it) {
     if (!d.is_number_unsigned()) {  // negative, fractional, not a number
-      return Status::Corruption(prefix + ": shape " + Brief(*shape_it) +
-                                " has an entry " + Brief(d) +
+      return Status::Corruption(prefix + ": shape " + JsonBrief(*shape_it) +
+                                " has an entry " + JsonBrief(d) +
                                 ", expected non-negative integers");
     }
     uint64_t dim = d.get<uint64_t>();
     if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return Status::Corruption(prefix + ": shape entry " + Brief(d) +
+      return Status::Corruption(prefix + ": shape entry " + JsonBrief(d) +
                                 " is too large");
     }
     entry->shape.push_back(static_cast<int64_t>(dim));
@@ -151,7 +132,7 @@ Status ParseEntry(const std::string& name, const nlohmann::json& j,
       !(*off_it)[1].is_number_unsigned()) {
     return Status::Corruption(
         prefix + ": 'data_offsets' is " +
-        (off_it == j.end() ? std::string("missing") : Brief(*off_it)) +
+        (off_it == j.end() ? std::string("missing") : JsonBrief(*off_it)) +
         ", expected [begin, end] of non-negative integers");
   }
   entry->begin = (*off_it)[0].get<uint64_t>();
@@ -224,7 +205,8 @@ StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view bytes,
       for (const auto& [key, v] : value.items()) {
         if (!v.is_string()) {
           return Status::Corruption(source + ": __metadata__ key '" + key +
-                                    "' is " + Brief(v) + ", expected a string");
+                                    "' is " + JsonBrief(v) +
+                                    ", expected a string");
         }
         header.metadata[key] = v.get<std::string>();
       }

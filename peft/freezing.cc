@@ -274,7 +274,9 @@ Status ApfController::LoadState(const nlohmann::json& state) {
       if (!j.contains(field)) return bad(field, "missing");
     }
     if (j.size() != std::size(kFields)) {
-      for (const auto& [field, value] : j.items()) {
+      for (const auto& item : j.items()) {
+        // Not a structured binding: C++17 lambdas cannot capture one.
+        const std::string& field = item.key();
         if (std::find_if(std::begin(kFields), std::end(kFields),
                          [&](const char* f) { return field == f; }) ==
             std::end(kFields)) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
@@ -9,6 +10,7 @@
 
 #include "common/config.h"
 #include "common/file_util.h"
+#include "common/json_util.h"
 #include "model/safetensors.h"
 #include "peft/bottleneck.h"
 
@@ -277,6 +279,40 @@ Status CheckModulesDeclared(const PeftOptions& options,
   return Status::Ok();
 }
 
+// Whether `v` holds a T as written, so that get<T>() neither truncates nor
+// wraps: nlohmann's get<int>() takes any number and a boolean, truncates a
+// float (undefined behavior beyond the int's range) and wraps a large
+// integer.
+bool Holds(const Json& v, const int*) {
+  if (v.is_number_unsigned()) {
+    return v.get<uint64_t>() <=
+           static_cast<uint64_t>(std::numeric_limits<int>::max());
+  }
+  if (!v.is_number_integer()) return false;
+  const int64_t x = v.get<int64_t>();
+  return x >= std::numeric_limits<int>::min() &&
+         x <= std::numeric_limits<int>::max();
+}
+bool Holds(const Json& v, const double*) { return v.is_number(); }
+bool Holds(const Json& v, const bool*) { return v.is_boolean(); }
+bool Holds(const Json& v, const std::string*) { return v.is_string(); }
+template <typename T>
+bool Holds(const Json& v, const std::vector<T>*) {
+  if (!v.is_array()) return false;
+  for (const Json& e : v) {
+    if (!Holds(e, static_cast<const T*>(nullptr))) return false;
+  }
+  return true;
+}
+template <typename T>
+bool Holds(const Json& v, const std::map<std::string, T>*) {
+  if (!v.is_object()) return false;
+  for (const Json& e : v) {
+    if (!Holds(e, static_cast<const T*>(nullptr))) return false;
+  }
+  return true;
+}
+
 // Reads the JSON field `key` of the config in `file` into `out`.
 template <typename T>
 Status Field(const Json& j, const std::string& key, const std::string& file,
@@ -287,12 +323,11 @@ Status Field(const Json& j, const std::string& key, const std::string& file,
     return Status::InvalidArgument(file + ": missing field '" + key +
                                    "' (expected " + expected + ")");
   }
-  try {
-    *out = it->get<T>();
-  } catch (const Json::exception&) {
+  if (!Holds(*it, out)) {
     return Status::InvalidArgument(file + ": field '" + key + "': expected " +
-                                   expected + ", got " + it->dump());
+                                   expected + ", got " + JsonBrief(*it));
   }
+  *out = it->get<T>();
   return Status::Ok();
 }
 
@@ -301,12 +336,16 @@ Status LayersField(const Json& j, const std::string& file,
                    std::vector<int>* out) {
   auto it = j.find("layers_to_transform");
   if (it == j.end() || it->is_null()) return Status::Ok();
-  if (it->is_number_integer()) {
-    *out = {it->get<int>()};
+  int layer = 0;
+  if (it->is_number()) {
+    RETURN_IF_ERROR(Field(j, "layers_to_transform", file,
+                          "null, an integer or a list of integers", &layer,
+                          false));
+    *out = {layer};
     return Status::Ok();
   }
-  return Field(j, "layers_to_transform", file, "null or a list of integers",
-               out, false);
+  return Field(j, "layers_to_transform", file,
+               "null, an integer or a list of integers", out, false);
 }
 
 StatusOr<PeftOptions> LoraOptionsFromJson(const Json& j,

@@ -4,6 +4,9 @@
 #   scripts/fuzz.sh                      every target, 300 s each
 #   scripts/fuzz.sh --seconds 10         the short run of scripts/test.sh
 #   scripts/fuzz.sh config tokenizer     some targets
+#   scripts/fuzz.sh --runs 10000000 ...  a number of executions instead of
+#                                        a time (the long runs of
+#                                        docs/design.md)
 #   FEDPEFT_FUZZ_BUILD_DIR=DIR ...       build elsewhere (default: build-fuzz)
 # On a crash, timeout or OOM the input is copied to
 # fuzz/regressions/<target>/ (replayed from then on by fuzz_regression_test)
@@ -15,21 +18,27 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 SECONDS_PER_TARGET=300
+RUNS=0
 TARGETS=()
 while (($#)); do
   case "$1" in
     --seconds) SECONDS_PER_TARGET="$2"; shift 2 ;;
     --seconds=*) SECONDS_PER_TARGET="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --runs) RUNS="$2"; shift 2 ;;
+    --runs=*) RUNS="${1#*=}"; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
     *) TARGETS+=("$1"); shift ;;
   esac
 done
-ALL_TARGETS=(tensor_stream decode_tensor safetensors config tokenizer)
+ALL_TARGETS=(tensor_stream decode_tensor safetensors config tokenizer
+             secagg_messages hf_config adapter_config llama2c app_config)
 ((${#TARGETS[@]})) || TARGETS=("${ALL_TARGETS[@]}")
 
 # Longest input libFuzzer makes, per target: room for a small adapter's
-# upload stream, a tensor, a safetensors file, a config, a tokenizer.
+# upload stream, a tensor, a safetensors file, a config, a tokenizer, a
+# session of a few secure-aggregation clients, a model or adapter config, a
+# tiny llama2.c checkpoint, a shipped YAML config.
 max_len() {
   case "$1" in
     tensor_stream) echo 16384 ;;
@@ -37,6 +46,11 @@ max_len() {
     safetensors) echo 8192 ;;
     config) echo 4096 ;;
     tokenizer) echo 16384 ;;
+    secagg_messages) echo 4096 ;;
+    hf_config) echo 4096 ;;
+    adapter_config) echo 4096 ;;
+    llama2c) echo 8192 ;;
+    app_config) echo 8192 ;;
     *) echo "fuzz.sh: unknown target '$1' (known: ${ALL_TARGETS[*]})" >&2
        exit 2 ;;
   esac
@@ -70,16 +84,22 @@ for t in "${TARGETS[@]}"; do
   # first corpus directory.
   cp -n "fuzz/corpus/$t"/* "$work"/ 2>/dev/null || true
   rm -f "$artifacts"/*
-  echo "fuzz.sh: $t for ${SECONDS_PER_TARGET}s"
+  if ((RUNS > 0)); then
+    limit=(-runs="$RUNS")
+    echo "fuzz.sh: $t for $RUNS executions"
+  else
+    limit=(-max_total_time="$SECONDS_PER_TARGET")
+    echo "fuzz.sh: $t for ${SECONDS_PER_TARGET}s"
+  fi
   log="$BUILD_DIR/fuzz-$t.log"
   set +e
   "$BUILD_DIR/fuzz/fuzz_$t" "$work" \
-    -max_total_time="$SECONDS_PER_TARGET" -max_len="$(max_len "$t")" \
+    "${limit[@]}" -max_len="$(max_len "$t")" \
     -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$artifacts/" >"$log" 2>&1
   rc=$?
   set -e
-  grep -E '^stat::(number_of_executed_units|peak_rss_mb)|^#[0-9]+.*DONE' \
+  grep -E '^stat::(number_of_executed_units|peak_rss_mb)|^#[0-9]+.*DONE|^Done [0-9]+ runs' \
     "$log" | sed "s/^/fuzz.sh: $t: /" || true
   found=("$artifacts"/*)
   if ((rc != 0)) || [[ -e "${found[0]}" ]]; then

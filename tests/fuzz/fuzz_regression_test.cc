@@ -78,11 +78,33 @@ TEST(FuzzRegressionTest, Tokenizer) {
   EXPECT_GT(Replay("tokenizer", &FuzzTokenizer), 0u);
 }
 
+TEST(FuzzRegressionTest, SecaggMessages) {
+  EXPECT_GT(Replay("secagg_messages", &FuzzSecaggMessages), 0u);
+}
+
+TEST(FuzzRegressionTest, HfConfig) {
+  EXPECT_GT(Replay("hf_config", &FuzzHfConfig), 0u);
+}
+
+TEST(FuzzRegressionTest, AdapterConfig) {
+  EXPECT_GT(Replay("adapter_config", &FuzzAdapterConfig), 0u);
+}
+
+TEST(FuzzRegressionTest, Llama2c) {
+  EXPECT_GT(Replay("llama2c", &FuzzLlama2c), 0u);
+}
+
+TEST(FuzzRegressionTest, AppConfig) {
+  EXPECT_GT(Replay("app_config", &FuzzAppConfig), 0u);
+}
+
 // The targets take empty and one-byte inputs (libFuzzer starts with them).
 TEST(FuzzRegressionTest, TinyInputs) {
   const uint8_t bytes[2] = {0xff, 0x01};
-  for (Target target : {&FuzzTensorStream, &FuzzDecodeTensor, &FuzzSafetensors,
-                        &FuzzConfig, &FuzzTokenizer}) {
+  for (Target target :
+       {&FuzzTensorStream, &FuzzDecodeTensor, &FuzzSafetensors, &FuzzConfig,
+        &FuzzTokenizer, &FuzzSecaggMessages, &FuzzHfConfig, &FuzzAdapterConfig,
+        &FuzzLlama2c, &FuzzAppConfig}) {
     EXPECT_EQ(target(bytes, 0), 0);
     EXPECT_EQ(target(bytes, 1), 0);
     EXPECT_EQ(target(bytes, 2), 0);

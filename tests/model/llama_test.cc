@@ -423,6 +423,33 @@ std::string ShippedConfigWith(const std::string& key,
   return j.dump();
 }
 
+TEST(LlamaTest, ParseHfConfigReadsTheTextLoadHfModelReads) {
+  auto text = ReadFileToString(kHfDir + "/config.json");
+  ASSERT_TRUE(text.ok());
+  auto config = ParseHfConfig(*text, "my/config.json");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->dim, 64);
+  EXPECT_EQ(config->n_kv_heads, 4);
+
+  auto bad = ParseHfConfig("{\"model_type\": ", "my/config.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("my/config.json: not valid"));
+  // 2^64 - 1 is an integer to nlohmann; as an int64 it would wrap to -1,
+  // "no token".
+  bad = ParseHfConfig(ShippedConfigWith("bos_token_id", ~uint64_t{0}), "c");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(),
+              HasSubstr("'bos_token_id' is 18446744073709551615, expected"));
+  // A nested value is described, not dumped: dump() recurses once per level.
+  std::string deep = ShippedConfigWith("hidden_size", "deep");
+  deep.replace(deep.find("\"deep\""), 6,
+               std::string(100000, '[') + std::string(100000, ']'));
+  bad = ParseHfConfig(deep, "c");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(),
+              HasSubstr("'hidden_size' is an array of 1 nested entries"));
+}
+
 TEST(LlamaTest, HfLayerCountTheWeightsCannotHoldIsRefusedBeforeSizing) {
   // Every per-layer name and shape would be built from this count first.
   TempDir dir;

@@ -546,6 +546,34 @@ TEST_F(PeftIoRejectTest, BadRankAndTaskType) {
   EXPECT_THAT(LoadError(), HasSubstr("expected \"CAUSAL_LM\", got 'SEQ_CLS'"));
 }
 
+TEST_F(PeftIoRejectTest, NumbersThatAreNotIntsAreRefusedNotConverted) {
+  // nlohmann would truncate 8.5, take true as 1, wrap 2^32 + 1 to 1, and a
+  // float beyond the int's range is undefined behavior.
+  for (const nlohmann::json& r :
+       {nlohmann::json(1e10), nlohmann::json(8.5), nlohmann::json(true),
+        nlohmann::json(uint64_t{4294967297})}) {
+    SCOPED_TRACE(r.dump());
+    config_["r"] = r;
+    WriteText(dir_ + "/adapter_config.json", config_.dump());
+    EXPECT_THAT(LoadError(),
+                HasSubstr("field 'r': expected an integer, got " + r.dump()));
+  }
+  config_["r"] = 8;
+  config_["layers_to_transform"] = {2, 1.5};
+  WriteText(dir_ + "/adapter_config.json", config_.dump());
+  EXPECT_THAT(LoadError(), HasSubstr("field 'layers_to_transform'"));
+}
+
+TEST_F(PeftIoRejectTest, NestedValueIsQuotedBriefly) {
+  // dump() of the value would recurse once per level and overflow the stack.
+  config_["r"] = "deep";
+  std::string text = config_.dump();
+  text.replace(text.find("\"deep\""), 6,
+               std::string(100000, '[') + std::string(100000, ']'));
+  WriteText(dir_ + "/adapter_config.json", text);
+  EXPECT_THAT(LoadError(), HasSubstr("got an array of 1 nested entries"));
+}
+
 TEST_F(PeftIoRejectTest, RankDisagreesWithConfig) {
   config_["r"] = 4;
   WriteText(dir_ + "/adapter_config.json", config_.dump());
