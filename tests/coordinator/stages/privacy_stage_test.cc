@@ -260,10 +260,10 @@ TEST_F(PrivacyStageTest, CloseSpendsPrivacyAtSelectedOverAlive) {
 // edge counts as selected (the cloud cannot check an edge's sampling), and
 // an edge may not declare more users than the cap.
 TEST_F(PrivacyStageTest, EpsilonAgainstTheCloudUsesTheEdgesShare) {
-  auto stage = Cloud(0.5, 1.2,
-                     {"dp.placement=edges", "dp.population=100",
-                      "dp.max_users_per_edge=50"},
-                     /*direct=*/0, /*edges=*/3, /*q=*/1.0);
+  auto stage = Cloud(
+      0.5, 1.2,
+      {"dp.placement=edges", "dp.population=100", "dp.max_users_per_edge=50"},
+      /*direct=*/0, /*edges=*/3, /*q=*/1.0);
   for (const char* e : {"e1", "e2", "e3", "e4"}) {
     Join(&registry_, e, /*edge=*/true);
   }
