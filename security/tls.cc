@@ -98,12 +98,21 @@ std::string PeerCertificateName(const grpc::ServerContext& context) {
   return std::string(cn.front().data(), cn.front().size());
 }
 
-std::string PeerCertificatePem(const grpc::ServerContext& context) {
-  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+namespace {
+std::string PemOf(const std::shared_ptr<const grpc::AuthContext>& auth) {
   if (!auth || !auth->IsPeerAuthenticated()) return "";
   std::vector<grpc::string_ref> pem = auth->FindPropertyValues("x509_pem_cert");
   if (pem.empty()) return "";
   return std::string(pem.front().data(), pem.front().size());
+}
+}  // namespace
+
+std::string PeerCertificatePem(const grpc::ServerContext& context) {
+  return PemOf(context.auth_context());
+}
+
+std::string PeerCertificatePem(const grpc::ClientContext& context) {
+  return PemOf(context.auth_context());
 }
 
 StatusOr<std::set<std::string>> ReadAllowlistFile(const std::string& path) {

@@ -69,6 +69,9 @@ std::string PeerCertificateName(const grpc::ServerContext& context);
 // "x509_pem_cert"), to read its role (certs.h, CertificateRole); empty on
 // plaintext.
 std::string PeerCertificatePem(const grpc::ServerContext& context);
+// The verified server certificate of a finished client call as PEM; empty on
+// plaintext or before the call has connected.
+std::string PeerCertificatePem(const grpc::ClientContext& context);
 
 // Reads an allowlist file: `allowed_names: [names]`, nothing else. Errors
 // name the file.

@@ -127,6 +127,38 @@ Status FederationClient::WithRetry(const std::string& what, bool idempotent,
   return Status::Unavailable("stopped");
 }
 
+// The CA signs every participant's certificate, so a verified chain alone
+// does not make a server. A worker's or operator's certificate cannot serve
+// TLS (extended key usage clientAuth only, security/certs.cc), but an
+// edge's can: the role the CA bound into the server's certificate must be
+// one that serves this client, the coordinator or an edge for a worker, the
+// coordinator for an edge (else one edge could pose as the coordinator to
+// the others). Checked on the first reply, before anything of it is used.
+Status FederationClient::CheckServerRole(const grpc::ClientContext& ctx,
+                                         proto::Role my_role) const {
+  if (!options_.tls.enabled) return Status::Ok();
+  const std::string pem = security::PeerCertificatePem(ctx);
+  if (pem.empty()) {
+    return Status::FailedPrecondition("server " + options_.address +
+                                      " presented no verified certificate");
+  }
+  StatusOr<security::CertRole> role = security::CertificateRole(pem);
+  if (!role.ok()) {
+    return role.status().WithContext("the certificate of server " +
+                                     options_.address);
+  }
+  const bool edge_client = my_role == proto::ROLE_EDGE;
+  const bool ok = *role == security::CertRole::kCoordinator ||
+                  (!edge_client && *role == security::CertRole::kEdge);
+  if (ok) return Status::Ok();
+  return Status::FailedPrecondition(
+      "server " + options_.address + " presented a certificate with role '" +
+      security::CertRoleName(*role) + "', expected " +
+      (edge_client ? "'coordinator'" : "'coordinator' or 'edge'") +
+      ": not a server of this federation (was it issued with the right "
+      "`fedpeft certs issue --role`?)");
+}
+
 Status FederationClient::RegisterOnce() {
   proto::RegisterRequest req;
   *req.mutable_profile() = profile_();
@@ -136,6 +168,7 @@ Status FederationClient::RegisterOnce() {
       &ctx, milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
   grpc::Status s = stub_->Register(&ctx, req, &reply);
   if (!s.ok()) return transport::FromGrpcStatus(s, "Register");
+  RETURN_IF_ERROR(CheckServerRole(ctx, req.profile().role()));
   RETURN_IF_ERROR(on_registered_(reply));
   std::lock_guard<std::mutex> lock(mu_);
   session_ = reply.session_id();

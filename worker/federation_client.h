@@ -64,7 +64,10 @@ class FederationClient {
   // Opens the channel (no network traffic yet).
   Status Connect();
   // Registers, retrying while the server is unreachable (up to
-  // give_up_after_s); other errors (a config mismatch) return at once.
+  // give_up_after_s); other errors (a config mismatch) return at once. With
+  // TLS, a server whose certificate's role does not serve this client (a
+  // worker's or operator's certificate; an edge's, for an edge) is refused
+  // with FailedPrecondition before its reply is used.
   Status Register();
   // Starts the heartbeat thread (stopped by Stop() or the destructor).
   void StartHeartbeat();
@@ -115,6 +118,10 @@ class FederationClient {
   template <typename Call>
   Status WithRetry(const std::string& what, bool idempotent, Call call);
   Status RegisterOnce();
+  // FailedPrecondition unless the server's certificate carries a role that
+  // serves a client of `my_role` (a no-op without TLS).
+  Status CheckServerRole(const grpc::ClientContext& ctx,
+                         proto::Role my_role) const;
   void HeartbeatLoop();
   std::string session();
 

@@ -19,6 +19,7 @@
 #include "security/certs.h"
 #include "security/tls.h"
 #include "tests/coordinator/service_fixture.h"
+#include "worker/federation_client.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -57,8 +58,8 @@ class TlsServiceTest : public testing_util::ServiceTest {
 
   std::vector<std::string> Transport() override {
     return {"tls.enabled=true", "tls.ca=" + security::CaCertPath(certs_),
-            "tls.cert=" + security::CertPath(certs_, "coordinator"),
-            "tls.key=" + security::KeyPath(certs_, "coordinator"),
+            "tls.cert=" + security::CertPath(certs_, server_cert_),
+            "tls.key=" + security::KeyPath(certs_, server_cert_),
             "tls.allowlist_file=" + allowlist_};
   }
 
@@ -170,9 +171,58 @@ class TlsServiceTest : public testing_util::ServiceTest {
     return writer->Finish();
   }
 
+  // A worker::FederationClient as `name` (its certificate), registering
+  // in `role` with the server.
+  Status ClientRegister(const std::string& name, proto::Role role) {
+    worker::ConnectionOptions o;
+    o.address = "127.0.0.1:" + std::to_string(server_->port());
+    o.rpc_timeout_s = 10;
+    o.tls.enabled = true;
+    o.tls.ca = security::CaCertPath(certs_);
+    o.tls.cert = security::CertPath(certs_, name);
+    o.tls.key = security::KeyPath(certs_, name);
+    o.tls.server_name = "localhost";
+    worker::FederationClient client(
+        name, o,
+        [&] {
+          proto::WorkerProfile p;
+          p.set_worker_id(name);
+          p.set_role(role);
+          p.set_num_samples(10);
+          return p;
+        },
+        [](const proto::RegisterReply&) { return Status::Ok(); });
+    RETURN_IF_ERROR(client.Connect());
+    return client.Register();
+  }
+
   std::string certs_;
   std::string allowlist_;
+  std::string server_cert_ = "coordinator";  // the server's certificate
 };
+
+// Clients check the server's role too. A worker's or operator's certificate
+// cannot serve at all (extended key usage clientAuth only), but an edge's
+// can: without the check, one edge could pose as the coordinator to the
+// other edges.
+TEST_F(TlsServiceTest, AnEdgeServesWorkersButNotEdges) {
+  Issue(certs_, "edge-9", security::CertRole::kEdge);
+  server_cert_ = "edge-9";
+  Start();
+  Status s = ClientRegister("worker-0", proto::ROLE_WORKER);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  s = ClientRegister("edge-0", proto::ROLE_EDGE);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr("role 'edge', expected 'coordinator'"));
+}
+
+TEST_F(TlsServiceTest, ClientsAcceptTheCoordinator) {
+  Start();
+  Status s = ClientRegister("worker-0", proto::ROLE_WORKER);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  s = ClientRegister("edge-0", proto::ROLE_EDGE);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+}
 
 TEST_F(TlsServiceTest, TheCertificateNameIsTheWorkerId) {
   Start();
