@@ -415,6 +415,42 @@ TEST_F(ChatTemplateTest, BadMessagesNameTheLineAndField) {
       << alpaca.status().ToString();
 }
 
+// A tokenizer whose tokens are two bytes each (byte values as ids, pairs
+// as 256 * first + second), so a token can straddle a segment boundary.
+class PairTokenizer : public model::Tokenizer {
+ public:
+  std::vector<int64_t> Encode(const std::string& text, bool,
+                              bool) const override {
+    std::vector<int64_t> ids;
+    for (size_t i = 0; i < text.size(); i += 2) {
+      ids.push_back(i + 1 < text.size() ? 256 * text[i] + text[i + 1]
+                                        : text[i]);
+    }
+    return ids;
+  }
+  std::string Decode(const std::vector<int64_t>&) const override { return ""; }
+  int64_t vocab_size() const override { return 65536; }
+  int64_t bos_id() const override { return 1; }
+  int64_t eos_id() const override { return 2; }
+};
+
+// The run "abcdef" is one encoding ("ab" "cd" "ef"); the boundary after
+// "abc" only decides the mask, and "cd", which straddles it, is trained.
+TEST_F(ChatTemplateTest, StraddlingTokenGoesToTheLaterSegment) {
+  PairTokenizer tok;
+  std::vector<int64_t> ids;
+  std::vector<bool> trains;
+  EncodeSegments(ChatFamily::kPhi3, {{"abc", false}, {"def", true}}, tok, &ids,
+                 &trains);
+  EXPECT_EQ(ids, tok.Encode("abcdef", false, false));
+  EXPECT_EQ(trains, (std::vector<bool>{false, true, true}));
+  ids.clear();
+  trains.clear();
+  EncodeSegments(ChatFamily::kPhi3, {{"ab", false}, {"cdef", true}}, tok, &ids,
+                 &trains);
+  EXPECT_EQ(trains, (std::vector<bool>{false, true, true}));
+}
+
 // Llama-3.1's template always writes its dated system header (no fixture:
 // no npm package ships that template).
 TEST_F(ChatTemplateTest, Llama31WritesItsSystemHeader) {
