@@ -145,15 +145,19 @@ int RunTrain(const Args& args) {
   auto device = model::ParseDevice(cfg.model.device);
   if (!device.ok()) return Fail(cmd, device.status());
 
-  auto records = data::LoadRecords(cfg.data);
+  data::DataOptions data_options = cfg.data;
+  Status chat = data::ResolveChatTemplate(cfg.model.path, cfg.model.tokenizer,
+                                          *base->tokenizer, &data_options);
+  if (!chat.ok()) return Fail(cmd, chat);
+  auto records = data::LoadRecords(data_options);
   if (!records.ok()) return Fail(cmd, records.status());
   std::vector<data::Record> train_records, eval_records;
   data::SplitTrainEval(*records, cfg.data.eval_fraction, cfg.data.seed,
                        &train_records, &eval_records);
   std::vector<data::Example> train_examples =
-      data::Tokenize(train_records, *base->tokenizer, cfg.data);
+      data::Tokenize(train_records, *base->tokenizer, data_options);
   std::vector<data::Example> eval_examples =
-      data::Tokenize(eval_records, *base->tokenizer, cfg.data);
+      data::Tokenize(eval_records, *base->tokenizer, data_options);
   if (train_examples.empty()) {
     return Fail(cmd, Status::InvalidArgument(
                          "data '" + cfg.data.path +
@@ -312,7 +316,7 @@ int RunEval(const Args& args) {
   job.Read(in);
   Status st = in.Finish();
   if (!st.ok()) return Fail(cmd, st);
-  const data::DataOptions& data_options = job.data;
+  data::DataOptions data_options = job.data;
   if (model_path.empty() && adapter_dir.empty() && !config_path.empty()) {
     model_path = job.model.path;
   }
@@ -321,6 +325,9 @@ int RunEval(const Args& args) {
       LoadReadyModel(model_path, adapter_dir, tokenizer_path, device_name);
   if (!ready.ok()) return Fail(cmd, ready.status());
   const LoadedBase* base = &ready->base;
+  Status chat = data::ResolveChatTemplate(model_path, tokenizer_path,
+                                          *base->tokenizer, &data_options);
+  if (!chat.ok()) return Fail(cmd, chat);
   auto records = data::LoadRecords(data_options);
   if (!records.ok()) return Fail(cmd, records.status());
   std::vector<data::Record> chosen = *records;

@@ -22,11 +22,14 @@ StatusOr<std::unique_ptr<ServerEval>> ServerEval::Create(
   }
   ASSIGN_OR_RETURN(auto tok,
                    model::LoadTokenizer(tok_path, base->config.vocab_size));
-  ASSIGN_OR_RETURN(auto records, data::LoadRecords(config.eval.data));
+  data::DataOptions data_options = config.eval.data;
+  RETURN_IF_ERROR(data::ResolveChatTemplate(config.model.path, tok_path, *tok,
+                                            &data_options));
+  ASSIGN_OR_RETURN(auto records, data::LoadRecords(data_options));
   std::vector<data::Record> train_records, eval_records;
-  data::SplitTrainEval(records, config.eval.data.eval_fraction,
-                       config.eval.data.seed, &train_records, &eval_records);
-  e->examples_ = data::Tokenize(eval_records, *tok, config.eval.data);
+  data::SplitTrainEval(records, data_options.eval_fraction, data_options.seed,
+                       &train_records, &eval_records);
+  e->examples_ = data::Tokenize(eval_records, *tok, data_options);
   ASSIGN_OR_RETURN(e->model_, peft::PeftModel::Create(base, config.peft,
                                                       config.adapter_seed));
   return e;

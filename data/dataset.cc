@@ -101,6 +101,14 @@ std::string InstructionPrompt(const std::string& instruction,
 
 const char* JsonTypeName(const Json& v) { return v.type_name(); }
 
+std::string ChatNameList() {
+  std::string out;
+  for (const std::string& n : ChatTemplateNames()) {
+    out += (out.empty() ? "" : ", ") + n;
+  }
+  return out;
+}
+
 // Reads an optional string member; `where` prefixes errors.
 Status GetString(const Json& obj, const char* key, const std::string& where,
                  std::string* out, bool* present) {
@@ -117,10 +125,45 @@ Status GetString(const Json& obj, const char* key, const std::string& where,
   return Status::Ok();
 }
 
+// A "messages" list -> ChatMessages; errors name the element and field.
+Status MessagesFromJson(const Json& list, const std::string& where,
+                        std::vector<ChatMessage>* out) {
+  if (!list.is_array()) {
+    return Status::InvalidArgument(
+        where + ": field 'messages' must be a list of {role, content}, got " +
+        JsonTypeName(list));
+  }
+  for (size_t i = 0; i < list.size(); ++i) {
+    const Json& m = list[i];
+    const std::string field = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) {
+      return Status::InvalidArgument(where + ": field '" + field +
+                                     "' must be an object {role, content}, "
+                                     "got " +
+                                     JsonTypeName(m));
+    }
+    ChatMessage message;
+    for (const char* key : {"role", "content"}) {
+      auto it = m.find(key);
+      if (it == m.end() || !it->is_string()) {
+        return Status::InvalidArgument(
+            where + ": field '" + field + "." + key +
+            "' must be a string, got " +
+            (it == m.end() ? std::string("nothing") : JsonTypeName(*it)));
+      }
+      (std::string(key) == "role" ? message.role : message.content) =
+          it->get<std::string>();
+    }
+    out->push_back(std::move(message));
+  }
+  return Status::Ok();
+}
+
 // One JSON object -> Record. `where` is "data file 'x' line 17" or
-// "data file 'x' element 17".
+// "data file 'x' element 17". Instruction, question and messages records are
+// laid out in `family`'s template (prompt/response for kAlpaca).
 Status RecordFromJson(const Json& obj, const std::string& where,
-                      Record* record) {
+                      ChatFamily family, Record* record) {
   if (!obj.is_object()) {
     return Status::InvalidArgument(where +
                                    ": expected a JSON object with 'text' or "
@@ -141,13 +184,26 @@ Status RecordFromJson(const Json& obj, const std::string& where,
   RETURN_IF_ERROR(GetString(obj, "question", where, &question, &has_question));
   RETURN_IF_ERROR(GetString(obj, "answer", where, &answer, &has_answer));
 
-  if (has_instruction && (has_output || has_response)) {
-    record->prompt =
-        InstructionPrompt(instruction, has_input ? input : context);
-    record->response = has_output ? output : response;
+  std::vector<ChatMessage> messages;
+  if (obj.contains("messages")) {
+    RETURN_IF_ERROR(MessagesFromJson(obj["messages"], where, &messages));
+  } else if (has_instruction && (has_output || has_response)) {
+    const std::string& in = has_input ? input : context;
+    if (family == ChatFamily::kAlpaca) {
+      record->prompt = InstructionPrompt(instruction, in);
+      record->response = has_output ? output : response;
+    } else {
+      messages = {
+          {"user", in.empty() ? instruction : instruction + "\n\n" + in},
+          {"assistant", has_output ? output : response}};
+    }
   } else if (has_question && has_answer) {
-    record->prompt = InstructionPrompt(question, "");
-    record->response = answer;
+    if (family == ChatFamily::kAlpaca) {
+      record->prompt = InstructionPrompt(question, "");
+      record->response = answer;
+    } else {
+      messages = {{"user", question}, {"assistant", answer}};
+    }
   } else if (has_text) {
     record->response = text;
   } else {
@@ -158,12 +214,22 @@ Status RecordFromJson(const Json& obj, const std::string& where,
     return Status::InvalidArgument(
         where +
         ": expected a JSON object with 'text' or 'instruction'/'output' "
-        "(or 'instruction'/'response', 'question'/'answer'), got keys [" +
+        "(or 'instruction'/'response', 'question'/'answer', 'messages'), "
+        "got keys [" +
         keys + "]");
+  }
+  if (!messages.empty() || obj.contains("messages")) {
+    StatusOr<std::vector<Segment>> segments = RenderChat(family, messages);
+    if (!segments.ok()) {
+      return segments.status().WithContext(where + " (chat template " +
+                                           ChatTemplateName(family) + ")");
+    }
+    record->segments = std::move(segments).value();
+    record->chat = family;
   }
   static const char* const kUsed[] = {"text",     "instruction", "input",
                                       "context",  "output",      "response",
-                                      "question", "answer"};
+                                      "question", "answer",      "messages"};
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     if (std::find(std::begin(kUsed), std::end(kUsed), it.key()) !=
         std::end(kUsed)) {
@@ -183,7 +249,8 @@ bool CapReached(const std::vector<Record>& records, int64_t max_records) {
 }
 
 Status ParseJsonl(const std::string& path, const std::string& content,
-                  int64_t max_records, std::vector<Record>* records) {
+                  int64_t max_records, ChatFamily family,
+                  std::vector<Record>* records) {
   const std::vector<std::string> lines = SplitLines(content);
   for (size_t i = 0; i < lines.size() && !CapReached(*records, max_records);
        ++i) {
@@ -201,14 +268,15 @@ Status ParseJsonl(const std::string& path, const std::string& content,
           e.what() + ")");
     }
     Record record;
-    RETURN_IF_ERROR(RecordFromJson(obj, where, &record));
+    RETURN_IF_ERROR(RecordFromJson(obj, where, family, &record));
     records->push_back(std::move(record));
   }
   return Status::Ok();
 }
 
 Status ParseJsonArray(const std::string& path, const std::string& content,
-                      int64_t max_records, std::vector<Record>* records) {
+                      int64_t max_records, ChatFamily family,
+                      std::vector<Record>* records) {
   Json array;
   try {
     array = Json::parse(content);
@@ -233,7 +301,7 @@ Status ParseJsonArray(const std::string& path, const std::string& content,
     Record record;
     RETURN_IF_ERROR(RecordFromJson(
         array[i], "data file '" + path + "' element " + std::to_string(i),
-        &record));
+        family, &record));
     records->push_back(std::move(record));
   }
   return Status::Ok();
@@ -297,10 +365,15 @@ std::string ResolveFormat(const DataOptions& options,
   return "text";
 }
 
-// One record as BOS, prompt, response, EOS; `loss[j]` says whether
+// One record as BOS, prompt, response, EOS (or its chat segments, which
+// hold their own BOS and end-of-turn tokens); `loss[j]` says whether
 // `ids[j]` is a target (response tokens and EOS).
 void EncodeRecord(const Record& record, const model::Tokenizer& tokenizer,
                   std::vector<int64_t>* ids, std::vector<bool>* loss) {
+  if (!record.segments.empty()) {
+    EncodeSegments(record.chat, record.segments, tokenizer, ids, loss);
+    return;
+  }
   std::vector<int64_t> body;
   size_t prompt_len = 0;
   if (record.prompt.empty()) {
@@ -362,6 +435,7 @@ void DataOptions::Read(ConfigReader& in) {
   in.Get("partition", &partition);
   in.Get("partition_field", &partition_field);
   in.Get("dirichlet_alpha", &dirichlet_alpha);
+  in.Get("chat_template", &chat_template);
   in.Check(
       IsOneOf(format, {"auto", "text", "shakespeare", "jsonl", "json"}),
       "format",
@@ -380,6 +454,10 @@ void DataOptions::Read(ConfigReader& in) {
   in.Check(partition == "iid" || !partition_field.empty(), "partition_field",
            "must name a record field (e.g. speaker) for partition '" +
                partition + "', got ''");
+  in.Check(chat_template == "auto" || ParseChatTemplateName(chat_template).ok(),
+           "chat_template",
+           "expected auto or one of " + ChatNameList() + ", got '" +
+               chat_template + "'");
   in.Check(std::isfinite(dirichlet_alpha) && dirichlet_alpha > 0,
            "dirichlet_alpha",
            "must be > 0 (small = skewed shards), got " +
@@ -429,6 +507,39 @@ void ParseText(const std::string& content, int64_t max_records,
   }
 }
 
+Status ResolveChatTemplate(const std::string& model_path,
+                           const std::string& tokenizer_path,
+                           const model::Tokenizer& tokenizer,
+                           DataOptions* options) {
+  namespace fs = std::filesystem;
+  if (options->chat_template == "auto") {
+    std::error_code ec;
+    fs::path dir;
+    if (!tokenizer_path.empty()) {
+      dir = fs::is_directory(tokenizer_path, ec)
+                ? fs::path(tokenizer_path)
+                : fs::path(tokenizer_path).parent_path();
+    } else if (!model_path.empty()) {
+      dir = fs::is_directory(model_path, ec)
+                ? fs::path(model_path)
+                : fs::path(model_path).parent_path();
+    }
+    const fs::path config = dir / "tokenizer_config.json";
+    ChatFamily family = ChatFamily::kAlpaca;
+    if (!dir.empty() && fs::is_regular_file(config, ec)) {
+      StatusOr<ChatFamily> found = DetectChatTemplateFile(config.string());
+      if (!found.ok()) return found.status().WithContext("data.chat_template");
+      family = *found;
+    }
+    options->chat_template = ChatTemplateName(family);
+    FP_LOG_DEBUG("data", "chat template: {} (from {})", options->chat_template,
+                 config.string());
+  }
+  ASSIGN_OR_RETURN(ChatFamily family,
+                   ParseChatTemplateName(options->chat_template));
+  return CheckChatTokenizer(family, tokenizer);
+}
+
 StatusOr<std::vector<Record>> LoadRecords(const DataOptions& options) {
   if (options.path.empty()) {
     return Status::InvalidArgument(
@@ -459,14 +570,20 @@ StatusOr<std::vector<Record>> LoadRecords(const DataOptions& options) {
   if (!read.ok()) return read.status().WithContext("data.path");
   const std::string& content = *read;
   const std::string format = ResolveFormat(options, content);
+  // "auto" unresolved (no tokenizer known here): the tokenizer has no
+  // template as far as this call can tell.
+  ChatFamily family = ChatFamily::kAlpaca;
+  if (options.chat_template != "auto") {
+    ASSIGN_OR_RETURN(family, ParseChatTemplateName(options.chat_template));
+  }
   std::vector<Record> records;
   try {
     if (format == "jsonl") {
-      RETURN_IF_ERROR(
-          ParseJsonl(options.path, content, options.max_records, &records));
+      RETURN_IF_ERROR(ParseJsonl(options.path, content, options.max_records,
+                                 family, &records));
     } else if (format == "json") {
-      RETURN_IF_ERROR(
-          ParseJsonArray(options.path, content, options.max_records, &records));
+      RETURN_IF_ERROR(ParseJsonArray(options.path, content, options.max_records,
+                                     family, &records));
     } else if (format == "shakespeare") {
       RETURN_IF_ERROR(ParseShakespeare(options.path, content,
                                        options.max_records, &records));

@@ -9,16 +9,29 @@
 //               to a blank line), each a record with field "speaker"
 //   jsonl       one JSON object per line: {"text": ...} or instruction
 //               records {"instruction","input","output"},
-//               {"instruction","context","response"}, {"question","answer"}
+//               {"instruction","context","response"}, {"question","answer"},
+//               or a conversation {"messages": [{"role","content"}, ...]}
+//               (roles system, user, assistant; multi-turn)
 //   json        a JSON array of such objects (alpaca)
-// Instruction records render as a prompt and a response; the loss counts
-// only response tokens (targets of prompt tokens are -100). The prompt is
-// Alpaca's template without its preamble:
+// Instruction, question and messages records are laid out by
+// DataOptions::chat_template (data/chat_template.h); the loss counts only
+// assistant tokens (targets of all other tokens are -100).
+//   alpaca (also "none"; what "auto" means when the tokenizer has no
+//   chat_template): a prompt and a response, the prompt being Alpaca's
+//   template without its preamble:
 //   "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-// (the Input block is omitted when input/context is empty; a question is
-// the instruction), and the response is output/response/answer followed by
-// EOS at tokenization. Other scalar fields of a JSON record (e.g.
-// "category") are kept in Record::fields for partitioning.
+//   (the Input block is omitted when input/context is empty; a question is
+//   the instruction), and the response is output/response/answer followed
+//   by EOS at tokenization. Messages records need a chat template.
+//   a chat template (chatml, qwen3, llama3, ...): the record becomes a
+//   conversation (user: instruction, plus "\n\n" and the input when there
+//   is one, or the question; assistant: the output/response/answer), laid
+//   out as the model's template renders it for training, held as
+//   Record::segments; the trained tokens are each assistant turn's content
+//   and its end-of-turn token; the template writes BOS where it has one and
+//   no EOS is added.
+// Other scalar fields of a JSON record (e.g. "category") are kept in
+// Record::fields for partitioning.
 //
 // Thread-safety: free functions; results are values.
 #ifndef FEDPEFT_DATA_DATASET_H_
@@ -33,14 +46,22 @@
 
 #include "common/config.h"
 #include "common/status.h"
+#include "data/chat_template.h"
 #include "model/tokenizer.h"
 
 namespace fedpeft {
 namespace data {
 
+// A record is either prompt + response (plain text, Alpaca layout: BOS and
+// EOS are added at tokenization) or, when `segments` is non-empty, a
+// conversation rendered by a chat template (prompt/response empty; the
+// segments' concatenation is the rendered text, BOS and end-of-turn tokens
+// included).
 struct Record {
   std::string prompt;    // no loss on these tokens (empty for plain text)
   std::string response;  // loss on these tokens (the whole text for text)
+  std::vector<Segment> segments;  // chat layout; loss where Segment::trains
+  ChatFamily chat = ChatFamily::kAlpaca;  // the template that wrote segments
   std::map<std::string, std::string> fields;  // e.g. "speaker", "category"
 };
 
@@ -56,9 +77,28 @@ struct DataOptions {
   std::string partition = "iid";            // iid | field | dirichlet
   std::string partition_field = "speaker";  // field for field / dirichlet
   double dirichlet_alpha = 0.5;
+  // Layout of instruction/question/messages records: auto (the template in
+  // tokenizer_config.json beside the tokenizer, alpaca when it has none;
+  // resolved by ResolveChatTemplate) or a name of ChatTemplateNames()
+  // (none = alpaca, chatml, qwen2.5, qwen3, smollm2, llama3, llama3.1,
+  // llama2, mistral, gemma, phi3).
+  std::string chat_template = "auto";
 
   void Read(ConfigReader& in);  // binds keys of a "data" section
 };
+
+// Replaces options->chat_template "auto" by the family of the chat_template
+// in tokenizer_config.json beside the tokenizer (the folder of
+// `tokenizer_path`, or `model_path` itself or its folder when
+// `tokenizer_path` is empty); "alpaca" when there is no such file or it has
+// no chat_template. Then checks that `tokenizer` has the chosen template's
+// special tokens. Errors name the file, the template excerpt and the
+// choices. Call before LoadRecords/Tokenize; LoadRecords and Tokenize read
+// an unresolved "auto" as alpaca.
+Status ResolveChatTemplate(const std::string& model_path,
+                           const std::string& tokenizer_path,
+                           const model::Tokenizer& tokenizer,
+                           DataOptions* options);
 
 // Largest data file LoadRecords reads. The file, its records and their
 // tokens are all held in memory (a JSON array's parse tree alone is several
@@ -79,8 +119,10 @@ struct Example {
 };
 
 // Tokenizes records into examples of at most max_seq_len tokens. Every
-// record becomes BOS, prompt, response, EOS; targets are the next token,
-// -100 where the next token is a prompt token or a record's BOS.
+// record becomes BOS, prompt, response, EOS (a chat record: its segments
+// through EncodeSegments with the special tokens of Record::chat);
+// targets are the next token, -100 where the next token is a prompt token
+// or a record's BOS.
 // packing "pack" concatenates the records and cuts the stream into windows
 // of max_seq_len tokens (each window reads max_seq_len + 1 stream tokens,
 // the last one only as a target; only the final window may be shorter, and

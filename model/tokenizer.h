@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,15 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   virtual int64_t bos_id() const = 0;
   virtual int64_t eos_id() const = 0;
+  // The id of a token given by its exact text, e.g. a chat template's
+  // "<|im_start|>" (an added/special token that Encode matches before BPE);
+  // nullopt when the tokenizer has no such token or cannot look tokens up
+  // (the default, and SentencePiece .model / llama2.c files today, which
+  // data/chat_template.cc maps only through bos_id()/eos_id()).
+  virtual std::optional<int64_t> TokenId(const std::string& text) const {
+    (void)text;
+    return std::nullopt;
+  }
 };
 
 // Loads `path`: "*.model" -> SentencePiece; "*.bin" -> llama2.c tokenizer

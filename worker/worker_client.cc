@@ -151,6 +151,8 @@ class WorkerClient::Impl {
 Status WorkerClient::Impl::Init() {
   ASSIGN_OR_RETURN(device_, model::ParseDevice(config_.model.device));
   data::DataOptions d = config_.data;
+  RETURN_IF_ERROR(data::ResolveChatTemplate(
+      config_.model.path, config_.model.tokenizer, *tokenizer_, &d));
   ASSIGN_OR_RETURN(std::vector<data::Record> records, data::LoadRecords(d));
   // The held-out split is taken over the whole file before partitioning, so
   // the union of every worker's eval split is the file's eval split.
