@@ -47,12 +47,20 @@ std::vector<std::pair<size_t, size_t>> Regex::FindAll(
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t start = 0;
   while (start <= text.size()) {
-    const int rc = impl_->jit
-                       ? pcre2_jit_match(impl_->code, subject, text.size(),
-                                         start, 0, md, nullptr)
-                       : pcre2_match(impl_->code, subject, text.size(), start,
-                                     PCRE2_NO_UTF_CHECK, md, nullptr);
-    if (rc < 0) break;  // no match (or a resource limit: treat as none)
+    int rc = PCRE2_ERROR_NOMATCH;
+    if (impl_->jit) {
+      rc = pcre2_jit_match(impl_->code, subject, text.size(), start, 0, md,
+                           nullptr);
+    }
+    // Without JIT, or when the JIT's 32 KiB stack ran out (a very long
+    // match), the interpreter, whose backtracking lives on the heap.
+    if (!impl_->jit || (rc < 0 && rc != PCRE2_ERROR_NOMATCH)) {
+      rc = pcre2_match(impl_->code, subject, text.size(), start,
+                       PCRE2_NO_UTF_CHECK, md, nullptr);
+    }
+    // No match, or PCRE2's match/heap limit hit (a pathological pattern):
+    // the rest of the text stays one unmatched span.
+    if (rc < 0) break;
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
     const size_t b = ov[0];
     const size_t e = ov[1];
