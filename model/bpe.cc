@@ -12,6 +12,13 @@
 namespace fedpeft {
 namespace model {
 
+namespace {
+
+constexpr char kSpaceMark[] = "\xE2\x96\x81";  // U+2581
+constexpr size_t kSpaceMarkBytes = 3;
+
+}  // namespace
+
 StatusOr<std::unique_ptr<BpeModel>> BpeModel::Parse(const nlohmann::json& spec,
                                                     const std::string& where) {
   std::unique_ptr<BpeModel> m(new BpeModel());
@@ -84,6 +91,23 @@ StatusOr<std::unique_ptr<BpeModel>> BpeModel::Parse(const nlohmann::json& spec,
     m->byte_ids_[b] = found == m->vocab_.end() ? -1 : found->second;
   }
 
+  // Chunking at U+2581 is exact only if no token could span such a cut:
+  // none holds the mark right after a character other than the mark.
+  m->split_at_space_mark_ = m->vocab_.count(kSpaceMark) > 0;
+  for (auto it = m->vocab_.begin();
+       m->split_at_space_mark_ && it != m->vocab_.end(); ++it) {
+    const std::string& token = it->first;
+    for (size_t p = token.find(kSpaceMark, 1); p != std::string::npos;
+         p = token.find(kSpaceMark, p + 1)) {
+      if (p < kSpaceMarkBytes ||
+          token.compare(p - kSpaceMarkBytes, kSpaceMarkBytes, kSpaceMark) !=
+              0) {
+        m->split_at_space_mark_ = false;
+        break;
+      }
+    }
+  }
+
   ASSIGN_OR_RETURN(const nlohmann::json* merges,
                    hf_json::Array(spec, "merges", where));
   if (static_cast<int64_t>(merges->size()) > kMaxTokenizerPieces * 4) {
@@ -148,6 +172,26 @@ const std::string* BpeModel::IdToToken(int64_t id) const {
 
 void BpeModel::Tokenize(const std::string& word,
                         std::vector<int64_t>* ids) const {
+  if (!split_at_space_mark_ || word.size() <= kMaxCachedWordBytes) {
+    TokenizeCached(word, ids);
+    return;
+  }
+  // Cut before every U+2581 that follows something else.
+  size_t begin = 0;
+  for (size_t p = word.find(kSpaceMark, 1); p != std::string::npos;
+       p = word.find(kSpaceMark, p + kSpaceMarkBytes)) {
+    if (p >= kSpaceMarkBytes &&
+        word.compare(p - kSpaceMarkBytes, kSpaceMarkBytes, kSpaceMark) == 0) {
+      continue;
+    }
+    if (p > begin) TokenizeCached(word.substr(begin, p - begin), ids);
+    begin = p;
+  }
+  TokenizeCached(word.substr(begin), ids);
+}
+
+void BpeModel::TokenizeCached(const std::string& word,
+                              std::vector<int64_t>* ids) const {
   if (word.size() > kMaxCachedWordBytes) {
     TokenizeUncached(word, ids);
     return;

@@ -16,6 +16,11 @@
 //
 // Speed: merges are looked up by the pair of ids in a hash map, and words
 // are cached (up to kWordCacheEntries words of at most kMaxCachedWordBytes).
+// SentencePiece-style files have no pre-tokenizer, so the whole text is one
+// word; when no token of the vocabulary holds U+2581 after another
+// character (SentencePiece's split_by_whitespace), no merge can cross the
+// point before a U+2581 that follows another character, and the word is
+// encoded in chunks cut there -- the same ids, cached, in O(chunk) memory.
 //
 // Thread-safety: Tokenize is const and safe from many threads (the cache
 // has its own mutex).
@@ -63,6 +68,7 @@ class BpeModel {
   BpeModel() = default;
   void TokenizeUncached(const std::string& word,
                         std::vector<int64_t>* ids) const;
+  void TokenizeCached(const std::string& word, std::vector<int64_t>* ids) const;
 
   struct Merge {
     int32_t rank;
@@ -80,7 +86,8 @@ class BpeModel {
   bool fuse_unk_ = false;
   bool byte_fallback_ = false;
   bool ignore_merges_ = false;
-  int64_t byte_ids_[256];  // <0xXX> ids, -1 when absent
+  bool split_at_space_mark_ = false;  // see "Speed" above
+  int64_t byte_ids_[256];             // <0xXX> ids, -1 when absent
 
   mutable std::mutex cache_mu_;
   // Guarded by cache_mu_.
