@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -93,6 +94,24 @@ void ExpectMatchesFixture(const std::string& name) {
   }
   EXPECT_EQ(failures, 0) << "of " << cases.size() << " cases ("
                          << fixture["generator"].get<std::string>() << ")";
+
+  // All of tiny-shakespeare in one call (SentencePiece-style files encode
+  // it as one word, in chunks): the count and hash of the reference's ids.
+  auto whole =
+      ReadFileToString(kSource + "/assets/data/tinyshakespeare/input.txt");
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  const std::vector<int64_t> ids = tok->Encode(*whole, false);
+  std::string joined;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    joined += (i ? "," : "") + std::to_string(ids[i]);
+  }
+  uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a 64, as the fixture script
+  for (unsigned char c : joined) hash = (hash ^ c) * 0x100000001b3ull;
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx",
+                static_cast<unsigned long long>(hash));
+  EXPECT_EQ(ids.size(), fixture["shakespeare"]["ids_count"].get<size_t>());
+  EXPECT_EQ(hex, fixture["shakespeare"]["ids_fnv1a64"].get<std::string>());
 }
 
 TEST(HfTokenizerTest, Qwen3MatchesReference) { ExpectMatchesFixture("qwen3"); }

@@ -28,10 +28,13 @@
 //
 // Output: tests/reference/tokenizers/<name>_ids.json, a JSON object
 //   {"tokenizer": ..., "generator": ..., "cases": [{"text", "ids",
-//    "ids_special", "decoded"}]}
+//    "ids_special", "decoded"}], "shakespeare": {"ids_count",
+//    "ids_fnv1a64"}}
 // where ids = encode(text, add_special_tokens=false), ids_special = with
 // the post-processor's special tokens, decoded = decode(ids) with special
-// tokens kept and clean_up_tokenization_spaces off.
+// tokens kept and clean_up_tokenization_spaces off; "shakespeare" holds
+// the count and the FNV-1a 64 hash (hex) of the ids of all of
+// tiny-shakespeare encoded in one call (ids joined by ",", as UTF-8).
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -77,7 +80,19 @@ function corpus() {
   return texts;
 }
 
+// FNV-1a 64 of a string's UTF-8 bytes, as 16 hex digits.
+function fnv1a64(s) {
+  let h = 0xcbf29ce484222325n;
+  for (const b of Buffer.from(s, "utf8")) {
+    h ^= BigInt(b);
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h.toString(16).padStart(16, "0");
+}
+
 const texts = corpus();
+const wholeShakespeare = fs.readFileSync(
+    path.join(data, "tinyshakespeare/input.txt"), "utf8");
 for (const [name, dir] of Object.entries(tokenizers)) {
   const file = path.join(dir, "tokenizer.json");
   if (!fs.existsSync(file)) {
@@ -98,12 +113,14 @@ for (const [name, dir] of Object.entries(tokenizers)) {
     });
     return { text, ids, ids_special: idsSpecial, decoded };
   });
+  const whole = tok.encode(wholeShakespeare, { add_special_tokens: false }).ids;
   const out = path.join(root, `tests/reference/tokenizers/${name}_ids.json`);
   fs.writeFileSync(out, JSON.stringify({
     tokenizer: name,
     generator: `@huggingface/tokenizers ${pkgVersion} (node ${process.version}) ` +
                "via tests/reference/tokenizer_fixtures.mjs",
     cases,
+    shakespeare: { ids_count: whole.length, ids_fnv1a64: fnv1a64(whole.join(",")) },
   }) + "\n");
   console.error(`${name}: ${cases.length} cases -> ${out}`);
 }
