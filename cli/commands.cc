@@ -86,8 +86,8 @@ void AddModelOptions(po::options_description* desc, std::string* model_path,
       "adapter's base model)")("adapter", po::value(adapter_dir),
                                "PEFT adapter folder to apply")(
       "tokenizer", po::value(tokenizer_path),
-      "tokenizer.model or llama2.c tokenizer .bin (default: beside the "
-      "model)");
+      "tokenizer.json, tokenizer.model or llama2.c tokenizer .bin "
+      "(default: beside the model)");
 }
 
 std::string GreedySample(model::LlamaModel& m, const model::Tokenizer& tok,
@@ -506,13 +506,23 @@ int RunExport(const Args& args) {
   }
   if (!tok.empty()) {
     namespace fs = std::filesystem;
-    std::string name = fs::path(tok).extension() == ".model"
-                           ? "tokenizer.model"
-                           : fs::path(tok).filename().string();
-    auto bytes = ReadFileToString(tok, model::kMaxTokenizerFileBytes);
-    if (!bytes.ok()) return Fail(cmd, bytes.status());
-    s = WriteFileAtomic(JoinPath(out_dir, name), *bytes);
-    if (!s.ok()) return Fail(cmd, s);
+    const std::string ext = fs::path(tok).extension().string();
+    std::string name = ext == ".model"  ? "tokenizer.model"
+                       : ext == ".json" ? "tokenizer.json"
+                                        : fs::path(tok).filename().string();
+    std::vector<std::pair<std::string, std::string>> copies{{tok, name}};
+    // A tokenizer.json's BOS/EOS/pad live in tokenizer_config.json beside.
+    const std::string config =
+        (fs::path(tok).parent_path() / "tokenizer_config.json").string();
+    if (ext == ".json" && fs::exists(config)) {
+      copies.emplace_back(config, "tokenizer_config.json");
+    }
+    for (const auto& [from, to] : copies) {
+      auto bytes = ReadFileToString(from, model::kMaxTokenizerFileBytes);
+      if (!bytes.ok()) return Fail(cmd, bytes.status());
+      s = WriteFileAtomic(JoinPath(out_dir, to), *bytes);
+      if (!s.ok()) return Fail(cmd, s);
+    }
   } else {
     FP_LOG_WARN("export",
                 "no tokenizer found beside '{}': the merged folder has "

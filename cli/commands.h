@@ -24,6 +24,7 @@ int RunStatus(const Args& args);
 int RunSimulate(const Args& args);
 int RunPrivacy(const Args& args);
 int RunCerts(const Args& args);
+int RunTokenize(const Args& args);
 
 }  // namespace cli
 }  // namespace fedpeft

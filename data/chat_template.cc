@@ -453,7 +453,7 @@ std::vector<SpecialToken> SpecialTokens(ChatFamily family) {
 
 int64_t SpecialTokenId(ChatFamily family, const std::string& text,
                        const model::Tokenizer& tokenizer) {
-  if (std::optional<int64_t> id = tokenizer.TokenId(text)) return *id;
+  if (const int64_t id = tokenizer.TokenToId(text); id >= 0) return id;
   // A SentencePiece tokenizer.model knows its BOS/EOS only by id.
   const bool sentencepiece_family =
       family == ChatFamily::kLlama2 || family == ChatFamily::kMistral;

@@ -121,7 +121,7 @@ struct SpecialToken {
 };
 std::vector<SpecialToken> SpecialTokens(ChatFamily family);
 
-// The id of a template special token in `tokenizer`: Tokenizer::TokenId,
+// The id of a template special token in `tokenizer`: Tokenizer::TokenToId,
 // else the tokenizer's BOS/EOS when `text` is the family's BOS/EOS string
 // (a SentencePiece tokenizer.model's <s>, </s>), else -1.
 int64_t SpecialTokenId(ChatFamily family, const std::string& text,

@@ -397,14 +397,19 @@ void EncodeRecord(const Record& record, const model::Tokenizer& tokenizer,
       prompt_len = prompt.size();
     }
   }
-  ids->push_back(tokenizer.bos_id());
-  loss->push_back(false);
+  // A tokenizer without BOS (Qwen's) starts with the text.
+  if (tokenizer.bos_id() >= 0) {
+    ids->push_back(tokenizer.bos_id());
+    loss->push_back(false);
+  }
   for (size_t j = 0; j < body.size(); ++j) {
     ids->push_back(body[j]);
     loss->push_back(j >= prompt_len);
   }
-  ids->push_back(tokenizer.eos_id());
-  loss->push_back(true);
+  if (tokenizer.eos_id() >= 0) {
+    ids->push_back(tokenizer.eos_id());
+    loss->push_back(true);
+  }
 }
 
 // An example from ids[begin, end): inputs ids[begin, end - 1), targets

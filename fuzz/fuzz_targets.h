@@ -39,6 +39,8 @@ int FuzzAdapterConfig(const uint8_t* data, size_t size);
 int FuzzLlama2c(const uint8_t* data, size_t size);
 // The coordinator, worker and train-job YAML loaders with --set overrides.
 int FuzzAppConfig(const uint8_t* data, size_t size);
+// model::HfTokenizer::Parse (tokenizer.json text), then Encode / Decode.
+int FuzzHfTokenizer(const uint8_t* data, size_t size);
 
 }  // namespace fuzz
 }  // namespace fedpeft

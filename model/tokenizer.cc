@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/file_util.h"
+#include "model/hf_tokenizer.h"
 
 namespace fedpeft {
 namespace model {
@@ -128,6 +129,7 @@ class BpeTokenizer : public Tokenizer {
               });
   }
 
+  using Tokenizer::Encode;
   std::vector<int64_t> Encode(const std::string& text, bool add_bos,
                               bool add_eos) const override;
   std::string Decode(const std::vector<int64_t>& ids) const override;
@@ -137,6 +139,14 @@ class BpeTokenizer : public Tokenizer {
   }
   int64_t bos_id() const override { return vocab_.bos_id; }
   int64_t eos_id() const override { return vocab_.eos_id; }
+  // A linear scan: chat templates look up a few tokens once.
+  int64_t TokenToId(const std::string& token) const override {
+    const std::string piece = ReplaceAll(token, kSpaceMark, " ");
+    for (size_t id = 0; id < vocab_.pieces.size(); ++id) {
+      if (vocab_.pieces[id] == piece) return static_cast<int64_t>(id);
+    }
+    return -1;
+  }
 
  private:
   // Id of a normal or user-defined piece, or -1.
@@ -648,18 +658,23 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2c(const std::string& path,
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
                                                    int64_t vocab_size_hint) {
+  if (EndsWith(path, ".json")) {
+    ASSIGN_OR_RETURN(std::unique_ptr<HfTokenizer> hf, LoadHfTokenizer(path));
+    return std::unique_ptr<Tokenizer>(std::move(hf));
+  }
   if (EndsWith(path, ".model")) return LoadSentencePiece(path);
   if (EndsWith(path, ".bin")) return LoadLlama2c(path, vocab_size_hint);
   return Status::InvalidArgument(
       "tokenizer '" + path +
-      "': unknown kind, expected a SentencePiece '*.model' or a llama2.c "
-      "'*.bin' tokenizer");
+      "': unknown kind, expected a Hugging Face 'tokenizer.json', a "
+      "SentencePiece '*.model' or a llama2.c '*.bin' tokenizer");
 }
 
 StatusOr<std::string> FindTokenizerForModel(const std::string& model_path,
                                             int64_t vocab_size) {
   std::vector<std::string> candidates;
   if (IsDirectory(model_path)) {
+    candidates.push_back(JoinPath(model_path, "tokenizer.json"));
     candidates.push_back(JoinPath(model_path, "tokenizer.model"));
   } else {
     std::string dir = fs::path(model_path).parent_path().string();
@@ -672,7 +687,8 @@ StatusOr<std::string> FindTokenizerForModel(const std::string& model_path,
       candidates.push_back(JoinPath(dir, "tokenizer.bin"));
     }
     // A single-file Hugging Face model (model.safetensors) sits in its
-    // folder beside tokenizer.model.
+    // folder beside tokenizer.json or tokenizer.model.
+    candidates.push_back(JoinPath(dir, "tokenizer.json"));
     candidates.push_back(JoinPath(dir, "tokenizer.model"));
   }
   std::string tried;
@@ -682,8 +698,8 @@ StatusOr<std::string> FindTokenizerForModel(const std::string& model_path,
   }
   return Status::NotFound("no tokenizer found for model '" + model_path +
                           "' (tried " + tried +
-                          "); hint: pass --tokenizer <tokenizer.model or "
-                          "tok<vocab>.bin>");
+                          "); hint: pass --tokenizer <tokenizer.json, "
+                          "tokenizer.model or tok<vocab>.bin>");
 }
 
 }  // namespace model

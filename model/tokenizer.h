@@ -1,6 +1,8 @@
-// Tokenizers: SentencePiece BPE models (tokenizer.model) and llama2.c
-// tokenizer files (tok512.bin: int32 max token length, then per token F32
-// score, int32 length, bytes), encoded with the same BPE-by-score merge and
+// Tokenizers: Hugging Face tokenizer.json (byte-level BPE as in Llama-3,
+// Qwen, SmolLM2; SentencePiece-style BPE as in Llama-2 and Mistral; see
+// model/hf_tokenizer.h), SentencePiece BPE models (tokenizer.model) and
+// llama2.c tokenizer files (tok512.bin: int32 max token length, then per token
+// F32 score, int32 length, bytes), encoded with the same BPE-by-score merge and
 // byte fallback llama2.c uses, so both give the same ids for the same
 // vocabulary.
 //
@@ -41,34 +43,46 @@ inline constexpr int64_t kMaxTokenizerPieces = int64_t{1} << 21;
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-  // Text -> ids; adds BOS/EOS when asked. SentencePiece's dummy-prefix
-  // space convention applies (as in Llama).
+  // Text -> ids; adds BOS/EOS when asked (nothing is added when the
+  // tokenizer has no such token, i.e. its id is -1). SentencePiece's
+  // dummy-prefix space convention applies (as in Llama).
   virtual std::vector<int64_t> Encode(const std::string& text, bool add_bos,
                                       bool add_eos) const = 0;
+  // Text -> ids as the tokenizer's own post-processor lays them out when
+  // `add_special_tokens`: a tokenizer.json's template (BOS for Llama-2/3,
+  // nothing for Qwen3); BOS for tokenizer.model and llama2.c files (what
+  // Hugging Face's LlamaTokenizer does). Without it, the bare text ids.
+  virtual std::vector<int64_t> Encode(const std::string& text,
+                                      bool add_special_tokens) const {
+    return Encode(text, add_special_tokens, false);
+  }
   // Ids -> text (special tokens dropped, byte tokens reassembled).
   virtual std::string Decode(const std::vector<int64_t>& ids) const = 0;
+  // One past the largest token id (a model's embedding may be larger).
   virtual int64_t vocab_size() const = 0;
+  // Ids of BOS / EOS / padding, -1 when the tokenizer has none (Qwen3 has
+  // no BOS; tokenizer.model and llama2.c files have no padding token).
   virtual int64_t bos_id() const = 0;
   virtual int64_t eos_id() const = 0;
-  // The id of a token given by its exact text, e.g. a chat template's
-  // "<|im_start|>" (an added/special token that Encode matches before BPE);
-  // nullopt when the tokenizer has no such token or cannot look tokens up
-  // (the default, and SentencePiece .model / llama2.c files today, which
-  // data/chat_template.cc maps only through bos_id()/eos_id()).
-  virtual std::optional<int64_t> TokenId(const std::string& text) const {
-    (void)text;
-    return std::nullopt;
-  }
+  virtual int64_t pad_id() const { return -1; }
+  // The id of a token spelled exactly `token` (special tokens such as
+  // "<|im_start|>" or "<s>" included), or -1 when there is none.
+  virtual int64_t TokenToId(const std::string& token) const = 0;
 };
 
-// Loads `path`: "*.model" -> SentencePiece; "*.bin" -> llama2.c tokenizer
-// (its vocab size is taken from `vocab_size_hint`, required > 0 for .bin).
+// Loads `path`: "*.json" -> Hugging Face tokenizer.json (with
+// tokenizer_config.json beside it when present, see LoadHfTokenizer);
+// "*.model" -> SentencePiece; "*.bin" -> llama2.c tokenizer (its vocab size
+// is taken from `vocab_size_hint`, required > 0 for .bin).
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
                                                    int64_t vocab_size_hint = 0);
 
-// The tokenizer that belongs to a model path: "<dir>/tokenizer.model" for a
-// Hugging Face folder, "tok<vocab>.bin" or "tokenizer.bin" beside a llama2.c
-// .bin. NotFound with a hint to pass --tokenizer otherwise.
+// The tokenizer that belongs to a model path: for a Hugging Face folder (or
+// a file in one) "<dir>/tokenizer.json", else "<dir>/tokenizer.model" --
+// tokenizer.json first, because when a folder holds both (Llama-2,
+// Mistral) it is the one transformers' fast tokenizer reads, added tokens
+// and post-processor included; "tok<vocab>.bin" or "tokenizer.bin" beside a
+// llama2.c .bin. NotFound with a hint to pass --tokenizer otherwise.
 StatusOr<std::string> FindTokenizerForModel(const std::string& model_path,
                                             int64_t vocab_size);
 

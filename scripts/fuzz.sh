@@ -32,7 +32,8 @@ while (($#)); do
   esac
 done
 ALL_TARGETS=(tensor_stream decode_tensor safetensors config tokenizer
-             secagg_messages hf_config adapter_config llama2c app_config)
+             secagg_messages hf_config adapter_config llama2c app_config
+             hf_tokenizer)
 ((${#TARGETS[@]})) || TARGETS=("${ALL_TARGETS[@]}")
 
 # Longest input libFuzzer makes, per target: room for a small adapter's
@@ -51,6 +52,7 @@ max_len() {
     adapter_config) echo 4096 ;;
     llama2c) echo 8192 ;;
     app_config) echo 8192 ;;
+    hf_tokenizer) echo 8192 ;;
     *) echo "fuzz.sh: unknown target '$1' (known: ${ALL_TARGETS[*]})" >&2
        exit 2 ;;
   esac

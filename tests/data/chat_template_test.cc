@@ -106,11 +106,11 @@ class AddedTokensTokenizer : public model::Tokenizer {
   }
   int64_t bos_id() const override { return inner_.bos_id(); }
   int64_t eos_id() const override { return inner_.eos_id(); }
-  std::optional<int64_t> TokenId(const std::string& text) const override {
+  int64_t TokenToId(const std::string& text) const override {
     for (size_t k = 0; k < specials_.size(); ++k) {
       if (specials_[k] == text) return 512 + static_cast<int64_t>(k);
     }
-    return std::nullopt;
+    return inner_.TokenToId(text);
   }
 
  private:
@@ -251,8 +251,8 @@ TEST_F(ChatTemplateTest, TokenizeUsesTemplateTokensOnly) {
   options.max_seq_len = 512;
   const std::vector<Example> examples = Tokenize(*records, tok, options);
   ASSERT_EQ(examples.size(), 1u);
-  const int64_t im_start = *tok.TokenId("<|im_start|>");
-  const int64_t im_end = *tok.TokenId("<|im_end|>");
+  const int64_t im_start = tok.TokenToId("<|im_start|>");
+  const int64_t im_end = tok.TokenToId("<|im_end|>");
   const Example& e = examples[0];
   EXPECT_EQ(e.tokens.front(), im_start);  // no BOS
   const std::vector<int64_t> want = tok.Encode(
@@ -353,7 +353,7 @@ TEST_F(ChatTemplateTest, AutoFindsTheTemplateAndChecksTheTokenizer) {
   options.chat_template = "auto";
   s = ResolveChatTemplate("", tokenizer, with_specials, &options);
   EXPECT_TRUE(s.ok()) << s.ToString();
-  // SentencePiece Llama-2: <s> and </s> are BOS/EOS without a TokenId.
+  // SentencePiece Llama-2: <s> and </s> are BOS/EOS by id.
   options.chat_template = "llama2";
   s = ResolveChatTemplate("", tokenizer, *sentencepiece_, &options);
   EXPECT_TRUE(s.ok()) << s.ToString();

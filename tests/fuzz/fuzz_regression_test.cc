@@ -98,13 +98,17 @@ TEST(FuzzRegressionTest, AppConfig) {
   EXPECT_GT(Replay("app_config", &FuzzAppConfig), 0u);
 }
 
+TEST(FuzzRegressionTest, HfTokenizer) {
+  EXPECT_GT(Replay("hf_tokenizer", &FuzzHfTokenizer), 0u);
+}
+
 // The targets take empty and one-byte inputs (libFuzzer starts with them).
 TEST(FuzzRegressionTest, TinyInputs) {
   const uint8_t bytes[2] = {0xff, 0x01};
   for (Target target :
        {&FuzzTensorStream, &FuzzDecodeTensor, &FuzzSafetensors, &FuzzConfig,
         &FuzzTokenizer, &FuzzSecaggMessages, &FuzzHfConfig, &FuzzAdapterConfig,
-        &FuzzLlama2c, &FuzzAppConfig}) {
+        &FuzzLlama2c, &FuzzAppConfig, &FuzzHfTokenizer}) {
     EXPECT_EQ(target(bytes, 0), 0);
     EXPECT_EQ(target(bytes, 1), 0);
     EXPECT_EQ(target(bytes, 2), 0);

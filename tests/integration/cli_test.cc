@@ -293,5 +293,55 @@ TEST_F(CliTest, EvalPrintsMachineReadableLastLine) {
   EXPECT_NEAR(Field(r.out, "ppl"), std::exp(loss), 1e-3 * std::exp(loss));
 }
 
+// The last non-empty line of `text`.
+std::string LastLine(const std::string& text) {
+  std::string t = text;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  const size_t nl = t.rfind('\n');
+  return nl == std::string::npos ? t : t.substr(nl + 1);
+}
+
+TEST_F(CliTest, TokenizePrintsIdsAsTheLastLine) {
+  const std::string qwen3 = kSource + "/../shared/assets/tokenizers/qwen3";
+  // Ids from Hugging Face's tokenizers.js (tests/reference/tokenizers/).
+  Result folder =
+      Run({"tokenize", "--tokenizer", qwen3, "--text", "Hello World"});
+  ASSERT_EQ(folder.exit_code, 0) << folder.err;
+  EXPECT_EQ(LastLine(folder.out), "[9707, 4337]");
+  const std::string chat = Path("chat.txt");
+  std::ofstream(chat)
+      << "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n";
+  Result file = Run(
+      {"tokenize", "--tokenizer", qwen3 + "/tokenizer.json", "--file", chat});
+  ASSERT_EQ(file.exit_code, 0) << file.err;
+  EXPECT_EQ(LastLine(file.out),
+            "[151644, 872, 198, 9707, 151645, 198, 151644, 77091, 198]");
+
+  // SentencePiece adds BOS (id 1) unless --no-special; llama2.c agrees.
+  Result sp = Run({"tokenize", "--tokenizer", kModel, "--text", "Once"});
+  ASSERT_EQ(sp.exit_code, 0) << sp.err;
+  Result bare = Run(
+      {"tokenize", "--tokenizer", kModel, "--text", "Once", "--no-special"});
+  ASSERT_EQ(bare.exit_code, 0) << bare.err;
+  EXPECT_EQ(LastLine(sp.out).rfind("[1, ", 0), 0u) << sp.out;
+  EXPECT_EQ("[1, " + LastLine(bare.out).substr(1), LastLine(sp.out));
+  Result l2c = Run({"tokenize", "--tokenizer",
+                    kSource + "/assets/stories260K-llama2c/tok512.bin",
+                    "--text", "Once", "--no-special"});
+  ASSERT_EQ(l2c.exit_code, 0) << l2c.err;
+  EXPECT_EQ(LastLine(l2c.out), LastLine(bare.out));
+
+  Result missing =
+      Run({"tokenize", "--tokenizer", "/nonexistent/tok.json", "--text", "x"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.err, HasSubstr("/nonexistent/tok.json"));
+  Result usage = Run({"tokenize", "--tokenizer", qwen3});
+  EXPECT_EQ(usage.exit_code, 2);
+  EXPECT_THAT(usage.err, HasSubstr("--text"));
+  Result help = Run({"tokenize", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("--no-special"));
+}
+
 }  // namespace
 }  // namespace fedpeft
