@@ -22,6 +22,8 @@ constexpr const char* kUsage =
     "  generate  text from a model (+ adapter), greedy at temperature 0\n"
     "  export    write an adapter (or a checkpoint's global adapter) in PEFT\n"
     "            format, or a merged model folder\n"
+    "  init-model  a random-weight checkpoint from a config.json, full size\n"
+    "            or shrunk (--layers, --hidden, ...) for tests\n"
     "\n"
     "federated:\n"
     "  coordinator  schedule rounds, aggregate, checkpoint (--config YAML)\n"
@@ -49,6 +51,7 @@ constexpr Command kCommands[] = {
     {"eval", fedpeft::cli::RunEval},
     {"generate", fedpeft::cli::RunGenerate},
     {"export", fedpeft::cli::RunExport},
+    {"init-model", fedpeft::cli::RunInitModel},
     {"coordinator", fedpeft::cli::RunCoordinator},
     {"worker", fedpeft::cli::RunWorker},
     {"edge", fedpeft::cli::RunEdge},
