@@ -27,11 +27,12 @@
 //    it.
 //  * "yarn" {factor, original_max_position_embeddings?, beta_fast = 32,
 //    beta_slow = 1, attention_factor?, mscale?, mscale_all_dim?,
-//    truncate = true}: as transformers >= 4.45: with
-//    original_max_position_embeddings given, the effective factor is
-//    max_position_embeddings / original_max_position_embeddings and the
-//    configured factor is unused (transformers' DeepSeek-V3 note); without
-//    it, factor is used and the original length is max_position_embeddings.
+//    truncate = true}: as transformers' current modeling_rope_utils.py
+//    computes it: with original_max_position_embeddings given, the
+//    effective factor is max_position_embeddings /
+//    original_max_position_embeddings and the configured factor is unused
+//    (its DeepSeek-V3 note; older releases used factor); without it, factor
+//    is used and the original length is max_position_embeddings.
 //    Dimensions below the beta_fast correction dimension keep inv_freq
 //    (extrapolation), those above beta_slow's take inv_freq / factor
 //    (interpolation), a linear ramp between; cos and sin are multiplied by
