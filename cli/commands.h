@@ -17,6 +17,7 @@ int RunTrain(const Args& args);
 int RunEval(const Args& args);
 int RunGenerate(const Args& args);
 int RunExport(const Args& args);
+int RunInitModel(const Args& args);
 int RunCoordinator(const Args& args);
 int RunWorker(const Args& args);
 int RunEdge(const Args& args);

@@ -24,6 +24,8 @@ constexpr const char* kUsage =
     "            format, or a merged model folder\n"
     "  tokenize  the token ids of a text (tokenizer.json, tokenizer.model,\n"
     "            llama2.c .bin) as a JSON array\n"
+    "  init-model  a random-weight checkpoint from a config.json, full size\n"
+    "            or shrunk (--layers, --hidden, ...) for tests\n"
     "\n"
     "federated:\n"
     "  coordinator  schedule rounds, aggregate, checkpoint (--config YAML)\n"
@@ -52,6 +54,7 @@ constexpr Command kCommands[] = {
     {"generate", fedpeft::cli::RunGenerate},
     {"export", fedpeft::cli::RunExport},
     {"tokenize", fedpeft::cli::RunTokenize},
+    {"init-model", fedpeft::cli::RunInitModel},
     {"coordinator", fedpeft::cli::RunCoordinator},
     {"worker", fedpeft::cli::RunWorker},
     {"edge", fedpeft::cli::RunEdge},

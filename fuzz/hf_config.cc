@@ -22,7 +22,9 @@ bool SameConfig(const model::LlamaConfig& a, const model::LlamaConfig& b) {
          a.max_seq_len == b.max_seq_len && a.norm_eps == b.norm_eps &&
          a.rope_theta == b.rope_theta && a.tie_embeddings == b.tie_embeddings &&
          a.qkv_bias == b.qkv_bias && a.bos_id == b.bos_id &&
-         a.eos_id == b.eos_id;
+         a.eos_id == b.eos_id && a.model_type == b.model_type &&
+         a.explicit_head_dim == b.explicit_head_dim && a.qk_norm == b.qk_norm &&
+         a.rope_scaling.ToHfJson() == b.rope_scaling.ToHfJson();
 }
 
 }  // namespace

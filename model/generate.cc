@@ -67,7 +67,7 @@ std::vector<int64_t> Generate(LlamaModel& model,
                               const GenerateOptions& options) {
   TORCH_CHECK(!prompt.empty(), "Generate: the prompt is empty");
   std::vector<int64_t> out;
-  const int64_t context = model.config().max_seq_len;
+  const int64_t context = model.config().context_length();
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
   if (prompt_len >= context) {
     FP_LOG_WARN("generate",

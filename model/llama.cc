@@ -47,7 +47,9 @@ struct LlamaModel::Layer {
   torch::Tensor gu_base;     // alias of packed gate/up rows, or undefined
   torch::Tensor qkv_merged;  // private, while merged
   torch::Tensor gu_merged;
-  torch::Tensor qkv_bias;  // [dim + 2 kv_dim] (Qwen2), or undefined
+  torch::Tensor qkv_bias;  // [q_dim + 2 kv_dim] (Qwen2), or undefined
+  torch::Tensor q_norm;    // [head_dim] (Qwen3), or undefined
+  torch::Tensor k_norm;
   std::array<std::shared_ptr<LinearDelta>, kNumProjections> delta;
   std::shared_ptr<SublayerAdapter> attn_adapter;
   std::shared_ptr<SublayerAdapter> mlp_adapter;
@@ -63,12 +65,41 @@ struct LlamaModel::Layer {
   }
 };
 
-// cos and sign-folded sin of rotate-half RoPE, [max_seq_len, 1, head_dim]:
+// cos and sign-folded sin of rotate-half RoPE, [positions, 1, head_dim]:
 // x * cos + cat(x2, x1) * sin_signed == x * cos + rotate_half(x) * sin.
+// Both carry the scaling's attention factor (YaRN), as transformers
+// multiplies cos and sin by it.
 struct LlamaModel::RopeTables {
   torch::Tensor cos;
   torch::Tensor sin_signed;
 };
+
+namespace {
+
+// Tables of `positions` (float32) for `freqs`: cos and sin_signed of
+// LlamaModel::RopeTables. As transformers
+// computes them: float32 inverse frequencies and angles, then the compute
+// dtype.
+void BuildRope(const torch::Tensor& positions, const RopeFrequencies& freqs,
+               torch::TensorOptions options, torch::Tensor* cos_out,
+               torch::Tensor* sin_signed_out) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor inv_freq =
+      torch::tensor(freqs.inv_freq, torch::kFloat64).to(torch::kFloat32);
+  torch::Tensor angles = torch::outer(positions, inv_freq);  // [S, hd/2]
+  torch::Tensor cos = angles.cos();
+  torch::Tensor sin = angles.sin();
+  if (freqs.attention_factor != 1.0) {
+    cos = cos * freqs.attention_factor;
+    sin = sin * freqs.attention_factor;
+  }
+  const auto device = options.device();
+  const auto dtype = options.dtype().toScalarType();
+  *cos_out = torch::cat({cos, cos}, -1).unsqueeze(1).to(device, dtype);
+  *sin_signed_out = torch::cat({-sin, sin}, -1).unsqueeze(1).to(device, dtype);
+}
+
+}  // namespace
 
 LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
     : torch::nn::Module("LlamaModel"), weights_(std::move(weights)) {
@@ -93,10 +124,34 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
                                     weights_->Get(BiasKey(l, kK)),
                                     weights_->Get(BiasKey(l, kV))});
     }
+    if (c.qk_norm) {
+      layer->q_norm = weights_->Get(QkNormKey(l, kQ));
+      layer->k_norm = weights_->Get(QkNormKey(l, kK));
+    }
     layers_.push_back(std::move(layer));
   }
-  rope_ =
-      SharedRope(c.max_seq_len, c.head_dim(), c.rope_theta, embed_.options());
+  // Dynamic scaling leaves positions up to max_seq_len unscaled (RopeFor).
+  rope_ = SharedRope(
+      c.max_seq_len,
+      ComputeRopeFrequencies(c.rope_scaling, c.head_dim(), c.rope_theta,
+                             c.max_seq_len, c.max_seq_len),
+      embed_.options());
+}
+
+LlamaModel::RopeTables LlamaModel::RopeFor(int64_t start, int64_t length) {
+  const LlamaConfig& c = config();
+  if (start + length <= c.max_seq_len) {
+    return RopeTables{rope_->cos.narrow(0, start, length),
+                      rope_->sin_signed.narrow(0, start, length)};
+  }
+  // Only dynamic scaling allows longer forwards (context_length): its
+  // frequencies follow the forward's total length.
+  RopeTables tables;
+  BuildRope(torch::arange(start, start + length, torch::kFloat32),
+            ComputeRopeFrequencies(c.rope_scaling, c.head_dim(), c.rope_theta,
+                                   c.max_seq_len, start + length),
+            embed_.options(), &tables.cos, &tables.sin_signed);
+  return tables;
 }
 
 LlamaModel::~LlamaModel() = default;
@@ -157,7 +212,7 @@ torch::Tensor ApplyRope(const torch::Tensor& x, const torch::Tensor& cos,
 
 torch::Tensor LlamaModel::Attention(Layer& layer, const torch::Tensor& x,
                                     int64_t index, int64_t start,
-                                    KvCache* cache) {
+                                    const RopeTables& rope, KvCache* cache) {
   const LlamaConfig& c = config();
   const int64_t B = x.size(0), T = x.size(1);
   const int64_t H = c.n_heads, KV = c.n_kv_heads, G = H / KV;
@@ -169,12 +224,13 @@ torch::Tensor LlamaModel::Attention(Layer& layer, const torch::Tensor& x,
   if (layer.Qkv().defined()) {
     std::vector<torch::Tensor> parts =
         torch::linear(x, layer.Qkv(), layer.qkv_bias)
-            .split_with_sizes({c.dim, c.kv_dim(), c.kv_dim()}, -1);
+            .split_with_sizes({c.q_dim(), c.kv_dim(), c.kv_dim()}, -1);
     for (int p = kQ; p <= kV; ++p) qkv[p] = Project(layer, p, x, parts[p]);
   } else {
     std::vector<torch::Tensor> bias;
     if (layer.qkv_bias.defined()) {
-      bias = layer.qkv_bias.split_with_sizes({c.dim, c.kv_dim(), c.kv_dim()});
+      bias =
+          layer.qkv_bias.split_with_sizes({c.q_dim(), c.kv_dim(), c.kv_dim()});
     }
     for (int p = kQ; p <= kV; ++p) {
       qkv[p] = Project(layer, p, x,
@@ -182,10 +238,14 @@ torch::Tensor LlamaModel::Attention(Layer& layer, const torch::Tensor& x,
                                      bias.empty() ? torch::Tensor() : bias[p]));
     }
   }
-  const torch::Tensor cos = rope_->cos.narrow(0, start, T);
-  const torch::Tensor sin = rope_->sin_signed.narrow(0, start, T);
-  torch::Tensor q = ApplyRope(qkv[kQ].view({B, T, H, hd}), cos, sin);
-  torch::Tensor k = ApplyRope(qkv[kK].view({B, T, KV, hd}), cos, sin);
+  torch::Tensor q = qkv[kQ].view({B, T, H, hd});
+  torch::Tensor k = qkv[kK].view({B, T, KV, hd});
+  if (layer.q_norm.defined()) {  // Qwen3: RMSNorm over each head, then RoPE
+    q = RmsNorm(q, layer.q_norm, c.norm_eps);
+    k = RmsNorm(k, layer.k_norm, c.norm_eps);
+  }
+  q = ApplyRope(q, rope.cos, rope.sin_signed);
+  k = ApplyRope(k, rope.cos, rope.sin_signed);
 
   // Grouped-query attention without repeating k/v: the G query heads that
   // share a kv head are stacked along the row axis of one matmul.
@@ -240,7 +300,7 @@ torch::Tensor LlamaModel::Attention(Layer& layer, const torch::Tensor& x,
   }
   out = out.view({B, KV, G, T, hd})
             .permute({0, 3, 1, 2, 4})
-            .reshape({B, T, c.dim});
+            .reshape({B, T, c.q_dim()});
   return Project(layer, kO, out);
 }
 
@@ -261,10 +321,10 @@ torch::Tensor LlamaModel::Mlp(Layer& layer, const torch::Tensor& x) {
 
 torch::Tensor LlamaModel::RunLayer(Layer& layer, const torch::Tensor& x,
                                    int64_t index, int64_t start,
-                                   KvCache* cache) {
+                                   const RopeTables& rope, KvCache* cache) {
   const double eps = config().norm_eps;
-  torch::Tensor h =
-      Attention(layer, RmsNorm(x, layer.attn_norm, eps), index, start, cache);
+  torch::Tensor h = Attention(layer, RmsNorm(x, layer.attn_norm, eps), index,
+                              start, rope, cache);
   if (layer.attn_adapter) h = layer.attn_adapter->Forward(h);
   torch::Tensor y = x + h;
   h = Mlp(layer, RmsNorm(y, layer.ffn_norm, eps));
@@ -278,8 +338,9 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
   const int64_t T = tokens.size(1);
   const int64_t start = cache != nullptr ? cache->length : 0;
   TORCH_CHECK(T >= 1, "tokens must hold at least one position");
-  TORCH_CHECK(start + T <= c.max_seq_len, "sequence of ", start + T,
-              " tokens exceeds the model's context of ", c.max_seq_len);
+  TORCH_CHECK(start + T <= c.context_length(), "sequence of ", start + T,
+              " tokens exceeds the model's context of ", c.context_length());
+  const RopeTables rope = RopeFor(start, T);
   if (cache != nullptr) {
     cache->k.resize(c.n_layers);
     cache->v.resize(c.n_layers);
@@ -291,11 +352,11 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
     if (frozen > 0) no_grad.emplace();
     x = torch::embedding(embed_, tokens.to(embed_.device(), torch::kInt64));
     for (int64_t l = 0; l < frozen; ++l) {
-      x = RunLayer(*layers_[l], x, l, start, cache);
+      x = RunLayer(*layers_[l], x, l, start, rope, cache);
     }
   }
   for (int64_t l = frozen; l < c.n_layers; ++l) {
-    x = RunLayer(*layers_[l], x, l, start, cache);
+    x = RunLayer(*layers_[l], x, l, start, rope, cache);
   }
   if (cache != nullptr) cache->length += T;
   return RmsNorm(x, final_norm_, c.norm_eps);
@@ -412,33 +473,20 @@ std::shared_ptr<LlamaWeights> LlamaModel::ExportWeights() {
 }
 
 std::shared_ptr<const LlamaModel::RopeTables> LlamaModel::SharedRope(
-    int64_t max_seq_len, int64_t head_dim, double theta,
+    int64_t length, const RopeFrequencies& freqs,
     torch::TensorOptions options) {
-  using Key = std::tuple<int64_t, int64_t, double, int, std::string>;
+  using Key =
+      std::tuple<int64_t, std::vector<double>, double, int, std::string>;
   static std::mutex mu;
   static std::map<Key, std::weak_ptr<const LlamaModel::RopeTables>> cache;
-  Key key{max_seq_len, head_dim, theta,
+  Key key{length, freqs.inv_freq, freqs.attention_factor,
           static_cast<int>(c10::typeMetaToScalarType(options.dtype())),
           options.device().str()};
   std::lock_guard<std::mutex> lock(mu);
   if (auto hit = cache[key].lock()) return hit;
-  torch::NoGradGuard no_grad;
-  // As transformers computes it: float32 angles, then the compute dtype.
-  torch::Tensor inv_freq =
-      1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, torch::kFloat64)
-                                  .div(static_cast<double>(head_dim))
-                                  .to(torch::kFloat32));
-  torch::Tensor pos = torch::arange(max_seq_len, torch::kFloat32);
-  torch::Tensor freqs = torch::outer(pos, inv_freq);  // [S, hd/2]
-  torch::Tensor sin = freqs.sin();
   auto tables = std::make_shared<LlamaModel::RopeTables>();
-  tables->cos = torch::cat({freqs.cos(), freqs.cos()}, -1)
-                    .unsqueeze(1)
-                    .to(options.device(), options.dtype().toScalarType());
-  tables->sin_signed =
-      torch::cat({-sin, sin}, -1)
-          .unsqueeze(1)
-          .to(options.device(), options.dtype().toScalarType());
+  BuildRope(torch::arange(length, torch::kFloat32), freqs, options,
+            &tables->cos, &tables->sin_signed);
   cache[key] = tables;
   return tables;
 }

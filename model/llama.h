@@ -1,6 +1,8 @@
-// A Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM, TinyStories) in
-// LibTorch: RMSNorm, rotary position embeddings, grouped-query attention,
-// SwiGLU MLP, tied or untied output embedding, KV cache for generation.
+// A Llama-family decoder (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM,
+// TinyStories) in LibTorch: RMSNorm, rotary position embeddings (plain or
+// scaled: model/rope.h), grouped-query attention, optional q/k biases
+// (Qwen2) or per-head q/k RMSNorm (Qwen3), SwiGLU MLP, tied or untied output
+// embedding, KV cache for generation.
 //
 // Layout: weights are always held in the Hugging Face layout (q/k rows in
 // rotate-half order, names "model.layers.N.self_attn.q_proj.weight", [out, in]
@@ -29,6 +31,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "model/rope.h"
 
 namespace fedpeft {
 
@@ -60,21 +63,42 @@ struct LlamaConfig {
   bool qkv_bias = false;        // q/k/v_proj carry biases (Qwen2)
   int64_t bos_id = 1;
   int64_t eos_id = 2;
+  // Hugging Face model_type: "llama", "mistral", "qwen2" or "qwen3". Only
+  // names the family in exported config.json files; the fields below decide
+  // the computation.
+  std::string model_type = "llama";
+  // config.json's head_dim when it is not dim / n_heads (Qwen3: 128 with
+  // dim 1024 and 16 heads); 0 = dim / n_heads. q_proj has n_heads *
+  // head_dim() rows, o_proj as many columns.
+  int64_t explicit_head_dim = 0;
+  bool qk_norm = false;      // per-head RMSNorm of q and k before RoPE (Qwen3)
+  RopeScaling rope_scaling;  // none by default
 
-  int64_t head_dim() const { return dim / n_heads; }
+  int64_t head_dim() const {
+    return explicit_head_dim > 0 ? explicit_head_dim : dim / n_heads;
+  }
+  int64_t q_dim() const { return n_heads * head_dim(); }
   int64_t kv_dim() const { return n_kv_heads * head_dim(); }
+  // The longest sequence a forward accepts: max_seq_len, or for "dynamic"
+  // rope scaling floor(factor * max_seq_len) (at most kMaxModelSeqLen),
+  // since dynamic NTK exists to run beyond the trained length.
+  int64_t context_length() const;
 
-  // Every field in range and consistent (dim % n_heads == 0,
-  // n_heads % n_kv_heads == 0, even head_dim, max_seq_len <=
-  // kMaxModelSeqLen); names the field otherwise.
+  // Every field in range and consistent (dim % n_heads == 0 unless
+  // explicit_head_dim, n_heads % n_kv_heads == 0, even head_dim,
+  // max_seq_len <= kMaxModelSeqLen, rope_scaling fields); names the field
+  // otherwise.
   Status Validate() const;
 
-  // From a Hugging Face config.json (model_type llama/mistral/qwen2);
-  // `source` names the file in errors. Rejects unsupported architectures,
-  // rope_scaling and attention biases with a clear message.
+  // From a Hugging Face config.json (model_type llama/mistral/qwen2/qwen3);
+  // `source` names the file in errors. Rejects unsupported architectures
+  // (naming model_type and the supported list), rope_scaling types and
+  // biases with a clear message.
   static StatusOr<LlamaConfig> FromHfJson(const nlohmann::json& j,
                                           const std::string& source);
-  // A config.json that Hugging Face transformers loads as LlamaForCausalLM.
+  // A config.json that Hugging Face transformers loads as the
+  // <model_type>ForCausalLM it was read from; FromHfJson(ToHfJson()) gives
+  // this config back.
   nlohmann::json ToHfJson() const;
 
   // Number of parameters of the base model.
@@ -96,7 +120,8 @@ struct LlamaWeights {
 };
 
 // Name -> shape of every tensor a model with `config` has, HF names
-// ("lm_head.weight" only when untied, q/k/v biases only with qkv_bias).
+// ("lm_head.weight" only when untied, q/k/v biases only with qkv_bias,
+// self_attn.q_norm/k_norm [head_dim] only with qk_norm).
 std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
     const LlamaConfig& config);
 
@@ -109,7 +134,9 @@ std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
 void PackProjections(LlamaWeights* weights);
 
 // The names of the seven projections that adapters may target, in the
-// Hugging Face spelling.
+// Hugging Face spelling; PEFT's target_modules for llama, mistral, qwen2 and
+// qwen3 alike. Norms (including Qwen3's q_norm/k_norm) are never targets:
+// they stay frozen base weights.
 const std::vector<std::string>& ProjectionNames();  // q_proj ... down_proj
 // "self_attn" for q/k/v/o_proj, "mlp" for gate/up/down_proj.
 std::string ProjectionParent(const std::string& projection);
@@ -153,7 +180,7 @@ class LlamaModel : public torch::nn::Module {
   // tokens: [B, T] int64. Returns logits [B, T, vocab] (float32).
   // With `cache`, attends over cache->length earlier tokens plus these and
   // appends their keys/values; positions start at cache->length.
-  // Throws c10::Error when cache->length + T exceeds max_seq_len.
+  // Throws c10::Error when cache->length + T exceeds context_length().
   torch::Tensor Forward(const torch::Tensor& tokens, KvCache* cache = nullptr);
 
   // Final hidden states [B, T, dim] (after the last RMSNorm), for callers
@@ -200,15 +227,19 @@ class LlamaModel : public torch::nn::Module {
  private:
   struct Layer;
   struct RopeTables;
-  // Rope tables depend only on (length, head_dim, theta, dtype, device);
-  // models with equal ones share one copy.
+  // Rope tables of positions [0, length) depend only on (length, the
+  // frequencies, dtype, device); models with equal ones share one copy.
   static std::shared_ptr<const RopeTables> SharedRope(
-      int64_t max_seq_len, int64_t head_dim, double theta,
+      int64_t length, const RopeFrequencies& freqs,
       torch::TensorOptions options);
+  // Tables for positions start..start+T-1: views of rope_, or fresh ones
+  // when dynamic scaling applies to this forward.
+  RopeTables RopeFor(int64_t start, int64_t length);
   torch::Tensor RunLayer(Layer& layer, const torch::Tensor& x, int64_t index,
-                         int64_t start, KvCache* cache);
+                         int64_t start, const RopeTables& rope, KvCache* cache);
   torch::Tensor Attention(Layer& layer, const torch::Tensor& x, int64_t index,
-                          int64_t start, KvCache* cache);
+                          int64_t start, const RopeTables& rope,
+                          KvCache* cache);
   torch::Tensor Mlp(Layer& layer, const torch::Tensor& x);
   // Projection p of x: `base_out` (x W^T, computed here when undefined)
   // plus the slot's delta unless merged.

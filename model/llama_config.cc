@@ -2,7 +2,9 @@
 // shapes, packing, random weights); LlamaModel lives in llama.cc.
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <limits>
 #include <optional>
 
@@ -35,6 +37,11 @@ std::string ProjectionKey(int64_t layer, int projection) {
 std::string BiasKey(int64_t layer, int projection) {
   return LayerPrefix(layer) + "self_attn." + ProjectionNames()[projection] +
          ".bias";
+}
+
+std::string QkNormKey(int64_t layer, int projection) {
+  return LayerPrefix(layer) + "self_attn." +
+         (projection == kQ ? "q_norm" : "k_norm") + ".weight";
 }
 
 std::string ShapeString(torch::IntArrayRef shape) {
@@ -178,18 +185,38 @@ Status LlamaConfig::Validate() const {
     errors.push_back("rope_theta: must be > 0, got " +
                      std::to_string(rope_theta));
   }
-  if (dim > 0 && n_heads > 0) {
+  if (explicit_head_dim < 0) {
+    errors.push_back(
+        "explicit_head_dim: must be >= 0 (0: dim / n_heads), got " +
+        std::to_string(explicit_head_dim));
+  } else if (explicit_head_dim > 0) {
+    if (explicit_head_dim % 2 != 0 ||
+        (rope_scaling.type == "dynamic" && explicit_head_dim <= 2)) {
+      errors.push_back(
+          "explicit_head_dim: must be even for rotary embeddings "
+          "(and > 2 with dynamic scaling), got " +
+          std::to_string(explicit_head_dim));
+    }
+  } else if (dim > 0 && n_heads > 0) {
     if (dim % n_heads != 0) {
-      errors.push_back("dim: must be a multiple of n_heads (" +
-                       std::to_string(n_heads) + "), got " +
-                       std::to_string(dim));
-    } else if (head_dim() % 2 != 0) {
+      errors.push_back(
+          "dim: must be a multiple of n_heads (" + std::to_string(n_heads) +
+          ") unless head_dim is given, got " + std::to_string(dim));
+    } else if (head_dim() % 2 != 0 ||
+               (rope_scaling.type == "dynamic" && head_dim() <= 2)) {
       errors.push_back(
           "dim: head_dim = dim / n_heads must be even for "
-          "rotary embeddings, got " +
+          "rotary embeddings (and > 2 with dynamic scaling), got " +
           std::to_string(head_dim()));
     }
   }
+  if (model_type != "llama" && model_type != "mistral" &&
+      model_type != "qwen2" && model_type != "qwen3") {
+    errors.push_back(
+        "model_type: must be llama, mistral, qwen2 or qwen3, got \"" +
+        model_type + "\"");
+  }
+  rope_scaling.Validate(&errors);
   if (n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads != 0) {
     errors.push_back("n_kv_heads: must divide n_heads (" +
                      std::to_string(n_heads) + "), got " +
@@ -227,11 +254,21 @@ StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const nlohmann::json& j,
   }
   const std::string model_type = j.at("model_type").get<std::string>();
   if (model_type != "llama" && model_type != "mistral" &&
-      model_type != "qwen2") {
+      model_type != "qwen2" && model_type != "qwen3") {
+    std::string why = "Llama-family decoders only";
+    if (model_type.rfind("gemma", 0) == 0) {
+      why =
+          "Gemma differs in (1 + w) norms, GeGLU, embedding scaling, logit "
+          "soft-capping and sliding-window layers; not supported";
+    } else if (model_type.rfind("phi3", 0) == 0) {
+      why =
+          "Phi-3 fuses qkv_proj and gate_up_proj and uses longrope scaling; "
+          "not supported";
+    }
     return Status::Unimplemented(
         source + ": key 'model_type' is \"" + model_type +
-        "\", expected one of \"llama\", \"mistral\", \"qwen2\" (Llama-family "
-        "decoders only)");
+        "\", expected one of \"llama\", \"mistral\", \"qwen2\", \"qwen3\" (" +
+        why + ")");
   }
   if (j.contains("hidden_act") && j.at("hidden_act") != "silu") {
     return Status::Unimplemented(source + ": key 'hidden_act' is " +
@@ -239,11 +276,8 @@ StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const nlohmann::json& j,
                                  ", expected \"silu\" (only SwiGLU MLPs are "
                                  "supported)");
   }
-  if (j.contains("rope_scaling") && !j.at("rope_scaling").is_null()) {
-    return Status::Unimplemented(
-        source + ": key 'rope_scaling' is " + JsonBrief(j.at("rope_scaling")) +
-        ", expected null (scaled rotary embeddings are not supported)");
-  }
+  // Qwen2 always has q/k/v biases and no attention_bias key; the others
+  // have none (Llama's attention_bias/mlp_bias: true is refused).
   for (const char* key : {"attention_bias", "mlp_bias"}) {
     if (j.contains(key) && j.at(key).is_boolean() && j.at(key).get<bool>()) {
       return Status::Unimplemented(source + ": key '" + key +
@@ -253,6 +287,11 @@ StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const nlohmann::json& j,
   }
 
   LlamaConfig c;
+  c.model_type = model_type;
+  if (j.contains("rope_scaling")) {
+    ASSIGN_OR_RETURN(c.rope_scaling,
+                     RopeScaling::FromHfJson(j.at("rope_scaling"), source));
+  }
   c.norm_eps = 1e-6;  // transformers' default for these model types
   for (const char* key :
        {"hidden_size", "intermediate_size", "num_hidden_layers",
@@ -275,22 +314,31 @@ StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const nlohmann::json& j,
   RETURN_IF_ERROR(ReadTokenId(j, "bos_token_id", source, &c.bos_id));
   RETURN_IF_ERROR(ReadTokenId(j, "eos_token_id", source, &c.eos_id));
   c.qkv_bias = model_type == "qwen2";
+  c.qk_norm = model_type == "qwen3";
 
   if (j.contains("head_dim") && !j.at("head_dim").is_null()) {
     int64_t head_dim = 0;
     RETURN_IF_ERROR(ReadInt(j, "head_dim", source, &head_dim));
-    if (c.n_heads > 0 && head_dim * c.n_heads != c.dim) {
-      return Status::Unimplemented(
-          source + ": key 'head_dim' is " + std::to_string(head_dim) +
-          ", expected hidden_size / num_attention_heads = " +
-          std::to_string(c.n_heads > 0 ? c.dim / c.n_heads : 0) +
-          " (other head sizes are not supported)");
+    if (head_dim < 1) {
+      return Status::InvalidArgument(source + ": key 'head_dim' is " +
+                                     std::to_string(head_dim) +
+                                     ", expected a positive even integer");
+    }
+    // Kept only when it differs, so configs that spell out the default
+    // (Llama-3.2: 64 = 2048 / 32) export as before.
+    if (c.n_heads < 1 || head_dim * c.n_heads != c.dim) {
+      c.explicit_head_dim = head_dim;
     }
   }
   // A sliding window only matters beyond its length: cap the context there.
+  // Exact for Qwen2/3's max_window_layers too: within the window, sliding
+  // and full attention layers compute the same.
   bool sliding = model_type == "mistral";
-  if (model_type == "qwen2") {
+  if (model_type == "qwen2" || model_type == "qwen3") {
     RETURN_IF_ERROR(ReadBool(j, "use_sliding_window", source, &sliding));
+    int64_t max_window_layers = 0;
+    RETURN_IF_ERROR(
+        ReadInt(j, "max_window_layers", source, &max_window_layers));
   }
   if (sliding && j.contains("sliding_window") &&
       !j.at("sliding_window").is_null()) {
@@ -309,10 +357,33 @@ StatusOr<LlamaConfig> LlamaConfig::FromHfJson(const nlohmann::json& j,
   return c;
 }
 
+int64_t LlamaConfig::context_length() const {
+  if (rope_scaling.type != "dynamic") return max_seq_len;
+  const double extended =
+      std::floor(rope_scaling.factor * static_cast<double>(max_seq_len));
+  if (!(extended < static_cast<double>(kMaxModelSeqLen))) {
+    return kMaxModelSeqLen;
+  }
+  return std::max(max_seq_len, static_cast<int64_t>(extended));
+}
+
 nlohmann::json LlamaConfig::ToHfJson() const {
+  // qkv_bias is what tells Qwen2 apart from configs built in code (the
+  // model_type default is "llama").
+  std::string type = qkv_bias ? "qwen2" : (qk_norm ? "qwen3" : model_type);
+  if (!qkv_bias && !qk_norm && (type == "qwen2" || type == "qwen3")) {
+    type = "llama";  // what reads back as these fields
+  }
+  static const std::map<std::string, std::string> kArchitectures = {
+      {"llama", "LlamaForCausalLM"},
+      {"mistral", "MistralForCausalLM"},
+      {"qwen2", "Qwen2ForCausalLM"},
+      {"qwen3", "Qwen3ForCausalLM"}};
   nlohmann::json j;
-  j["architectures"] = {qkv_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM"};
-  j["model_type"] = qkv_bias ? "qwen2" : "llama";
+  auto arch = kArchitectures.find(type);
+  j["architectures"] = {arch != kArchitectures.end() ? arch->second
+                                                     : "LlamaForCausalLM"};
+  j["model_type"] = type;
   j["hidden_size"] = dim;
   j["intermediate_size"] = hidden_dim;
   j["num_hidden_layers"] = n_layers;
@@ -322,11 +393,12 @@ nlohmann::json LlamaConfig::ToHfJson() const {
   j["max_position_embeddings"] = max_seq_len;
   j["rms_norm_eps"] = norm_eps;
   j["rope_theta"] = rope_theta;
-  j["rope_scaling"] = nullptr;
+  j["rope_scaling"] = rope_scaling.ToHfJson();
+  if (explicit_head_dim > 0) j["head_dim"] = explicit_head_dim;
   j["hidden_act"] = "silu";
   if (!qkv_bias) {
     j["attention_bias"] = false;
-    j["mlp_bias"] = false;
+    if (type != "qwen3") j["mlp_bias"] = false;
   }
   j["tie_word_embeddings"] = tie_embeddings;
   j["bos_token_id"] = bos_id >= 0 ? nlohmann::json(bos_id) : nullptr;
@@ -349,14 +421,15 @@ std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
     const LlamaConfig& c) {
   std::map<std::string, std::vector<int64_t>> shapes;
   const int64_t kv = c.kv_dim();
+  const int64_t q = c.q_dim();
   shapes["model.embed_tokens.weight"] = {c.vocab_size, c.dim};
   shapes["model.norm.weight"] = {c.dim};
   if (!c.tie_embeddings) shapes["lm_head.weight"] = {c.vocab_size, c.dim};
   const std::array<std::vector<int64_t>, kNumProjections> proj = {{
-      {c.dim, c.dim},
+      {q, c.dim},
       {kv, c.dim},
       {kv, c.dim},
-      {c.dim, c.dim},
+      {c.dim, q},
       {c.hidden_dim, c.dim},
       {c.hidden_dim, c.dim},
       {c.dim, c.hidden_dim},
@@ -367,8 +440,12 @@ std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
     for (int p = 0; p < kNumProjections; ++p) {
       shapes[ProjectionKey(l, p)] = proj[p];
     }
+    if (c.qk_norm) {
+      shapes[QkNormKey(l, kQ)] = {c.head_dim()};
+      shapes[QkNormKey(l, kK)] = {c.head_dim()};
+    }
     if (c.qkv_bias) {
-      shapes[BiasKey(l, kQ)] = {c.dim};
+      shapes[BiasKey(l, kQ)] = {q};
       shapes[BiasKey(l, kK)] = {kv};
       shapes[BiasKey(l, kV)] = {kv};
     }

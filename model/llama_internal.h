@@ -34,6 +34,8 @@ std::string LayerPrefix(int64_t layer);
 std::string ProjectionKey(int64_t layer, int projection);
 // "model.layers.N.self_attn.q_proj.bias" (q/k/v only).
 std::string BiasKey(int64_t layer, int projection);
+// "model.layers.N.self_attn.q_norm.weight" (kQ) or "...k_norm.weight" (kK).
+std::string QkNormKey(int64_t layer, int projection);
 // "[a, b]"
 std::string ShapeString(torch::IntArrayRef shape);
 

@@ -95,9 +95,14 @@ void CheckOptions(
     }
     for (const std::string& t : o.target_modules) {
       if (!Contains(model::ProjectionNames(), t)) {
-        error("lora.target_modules", "unknown module '" + t +
-                                         "', expected some of " +
-                                         Join(model::ProjectionNames()));
+        // Norms (Qwen3's q_norm/k_norm too) are frozen base weights.
+        error("lora.target_modules",
+              "unknown module '" + t + "', expected some of " +
+                  Join(model::ProjectionNames()) +
+                  (t.find("norm") != std::string::npos
+                       ? " (norms are frozen base weights, never LoRA "
+                         "targets)"
+                       : ""));
       }
     }
     check_layers("lora.layers_to_transform", o.layers_to_transform);

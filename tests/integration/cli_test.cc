@@ -124,6 +124,36 @@ TEST_F(CliTest, HelpAndUnknownCommand) {
   EXPECT_THAT(missing.err, HasSubstr("--config"));
 }
 
+// init-model: shrunk random checkpoints from the real config.json files
+// keep their family's config (head_dim, rope_scaling); a shape the config
+// cannot take is one clear error.
+TEST_F(CliTest, InitModelBuildsARunnableShrunkCheckpoint) {
+  Result r = Run({"init-model", "--config", "assets/configs/qwen3-0.6b",
+                  "--out", Path("qwen3"), "--layers", "2", "--hidden", "64",
+                  "--heads", "4", "--kv-heads", "2", "--head-dim", "32",
+                  "--intermediate", "96", "--seed", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("qwen3, 2 layers, hidden 64, 4 heads / 2 kv of "
+                               "32, intermediate 96, vocab 151936"));
+  const std::string config = Slurp(Path("qwen3") + "/config.json");
+  EXPECT_THAT(config, HasSubstr("\"head_dim\": 32"));
+  EXPECT_THAT(config, HasSubstr("\"Qwen3ForCausalLM\""));
+
+  Result llama =
+      Run({"init-model", "--config", "assets/configs/llama-3.2-1b/config.json",
+           "--out", Path("llama"), "--layers", "1", "--hidden", "32", "--heads",
+           "2", "--kv-heads", "1", "--intermediate", "64", "--vocab", "300"});
+  ASSERT_EQ(llama.exit_code, 0) << llama.err;
+  EXPECT_THAT(llama.out, HasSubstr("rope_scaling llama3"));
+  EXPECT_THAT(Slurp(Path("llama") + "/config.json"),
+              HasSubstr("\"original_max_position_embeddings\": 8192"));
+
+  Result bad = Run({"init-model", "--config", "assets/configs/qwen3-0.6b",
+                    "--out", Path("bad"), "--heads", "5"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("n_kv_heads: must divide n_heads (5)"));
+}
+
 TEST_F(CliTest, GreedyGenerationIsDeterministicAndLayoutIndependent) {
   std::vector<std::string> args{"generate", "--model",          kModel,
                                 "--prompt", "Once upon a time", "--max-tokens",

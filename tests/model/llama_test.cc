@@ -17,90 +17,14 @@
 #include "model/generate.h"
 #include "model/loader.h"
 #include "model/safetensors.h"
+#include "tests/model/llama_test_util.h"
 
 namespace fedpeft {
 namespace model {
 namespace {
 
-namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-
-const std::string kHfDir =
-    std::string(FEDPEFT_SOURCE_DIR) + "/assets/stories260K";
-const std::string kBinPath = std::string(FEDPEFT_SOURCE_DIR) +
-                             "/assets/stories260K-llama2c/stories260K.bin";
-// "Once upon a time" with BOS in the stories260K vocabulary.
-const std::vector<int64_t> kPrompt = {1, 403, 407, 261, 378};
-
-torch::Tensor PromptTensor() {
-  return torch::tensor(kPrompt, torch::kInt64).view({1, -1});
-}
-
-// Two float32 computations of the same logits (|logit| up to ~20) that sum
-// in another order (a chunked KV cache, merged weights, a batch) differ by a
-// few ulps, i.e. up to ~2e-5 absolute (1.5e-5 seen on one CPU's kernels);
-// a real bug moves logits by far more than 1e-4.
-constexpr double kLogitTol = 1e-4;
-
-double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a - b).abs().max().item<double>();
-}
-
-std::shared_ptr<const LlamaWeights> LoadOrDie(const std::string& path,
-                                              const LoadOptions& opts = {}) {
-  auto w = LoadModel(path, opts);
-  EXPECT_TRUE(w.ok()) << w.status().ToString();
-  return w.ok() ? *w : nullptr;
-}
-
-torch::Tensor PromptLogits(std::shared_ptr<const LlamaWeights> w) {
-  torch::NoGradGuard no_grad;
-  LlamaModel model(std::move(w));
-  return model.Forward(PromptTensor());
-}
-
-// A fresh directory under the system temp dir, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = (fs::temp_directory_path() /
-             ("fedpeft_llama_test_" + std::to_string(::getpid()) + "_" +
-              std::to_string(counter++)))
-                .string();
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const {
-    return JoinPath(path_, name);
-  }
-
- private:
-  std::string path_;
-};
-
-// Writes an HF folder: the shipped config.json (or `config`) and `tensors`.
-void WriteHfFolder(const TempDir& dir, const TensorMap& tensors,
-                   const std::string& config = "") {
-  std::string cfg = config;
-  if (cfg.empty()) {
-    auto text = ReadFileToString(kHfDir + "/config.json");
-    ASSERT_TRUE(text.ok());
-    cfg = *text;
-  }
-  ASSERT_TRUE(WriteFileAtomic(dir.File("config.json"), cfg).ok());
-  ASSERT_TRUE(WriteSafetensors(dir.File("model.safetensors"), tensors).ok());
-}
-
-TensorMap ShippedTensors() {
-  auto c = ReadSafetensors(kHfDir + "/model.safetensors");
-  EXPECT_TRUE(c.ok()) << c.status().ToString();
-  return c.ok() ? c->tensors : TensorMap{};
-}
+using namespace test;  // NOLINT(build/namespaces)
 
 // A test delta: x @ D^T for a fixed random D, D a registered parameter.
 class DenseDelta : public LinearDelta {
@@ -276,41 +200,6 @@ TEST(LlamaTest, SamplingIsDeterministicPerSeed) {
   EXPECT_EQ(Generate(model, long_prompt, opts).size(), 3u);
 }
 
-TEST(LlamaTest, ConfigValidateNamesEveryBadField) {
-  LlamaConfig c;
-  c.dim = 0;
-  c.hidden_dim = 10;
-  c.n_layers = 1;
-  c.n_heads = 4;
-  c.n_kv_heads = 3;
-  c.vocab_size = 10;
-  c.eos_id = 10;
-  Status s = c.Validate();
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("dim: must be >= 1, got 0"));
-  EXPECT_THAT(s.message(), HasSubstr("n_kv_heads: must divide n_heads (4)"));
-  EXPECT_THAT(s.message(), HasSubstr("eos_id"));
-
-  c.dim = 12;  // head_dim 3: odd
-  c.n_kv_heads = 2;
-  c.eos_id = 2;
-  s = c.Validate();
-  ASSERT_FALSE(s.ok());
-  EXPECT_THAT(s.message(), HasSubstr("head_dim"));
-  c.dim = 10;
-  s = c.Validate();
-  EXPECT_THAT(s.message(), HasSubstr("dim: must be a multiple of n_heads"));
-  c.dim = 16;
-  EXPECT_TRUE(c.Validate().ok()) << c.Validate().ToString();
-
-  auto w = LoadOrDie(kHfDir);
-  ASSERT_TRUE(w);
-  EXPECT_EQ(
-      w->config.NumParameters(),
-      512 * 64 + 64 + 5 * (2 * 64 + 2 * 64 * 64 + 2 * 32 * 64 + 3 * 172 * 64));
-}
-
 TEST(LlamaTest, TruncatedOrPaddedBinIsCorruptionNamingTheFile) {
   TempDir dir;
   const std::string path = dir.File("stories260K.bin");
@@ -375,123 +264,6 @@ TEST(LlamaTest, HfFolderWrongShapeOrExtraTensorIsNamedWithHint) {
   EXPECT_THAT(r.status().message(),
               HasSubstr("unexpected tensor 'model.layers.9.mlp.up_proj"));
   EXPECT_THAT(r.status().message(), HasSubstr("maybe wrong base model?"));
-}
-
-TEST(LlamaTest, UnsupportedArchitectureNamesTheKey) {
-  auto text = ReadFileToString(kHfDir + "/config.json");
-  ASSERT_TRUE(text.ok());
-  const nlohmann::json base = nlohmann::json::parse(*text);
-  struct Case {
-    std::string key;
-    nlohmann::json value;
-  };
-  const std::vector<Case> cases = {
-      {"model_type", "gpt2"},
-      {"hidden_act", "gelu"},
-      {"rope_scaling", {{"type", "linear"}, {"factor", 2.0}}},
-      {"attention_bias", true},
-      {"head_dim", 16},
-  };
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.key);
-    TempDir dir;
-    nlohmann::json j = base;
-    j[c.key] = c.value;
-    WriteHfFolder(dir, ShippedTensors(), j.dump());
-    auto r = LoadModel(dir.path());
-    ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.status().code(), StatusCode::kUnimplemented);
-    EXPECT_THAT(r.status().message(), HasSubstr("config.json"));
-    EXPECT_THAT(r.status().message(), HasSubstr("'" + c.key + "'"));
-  }
-  // A missing required key is named too.
-  nlohmann::json j = base;
-  j.erase("num_hidden_layers");
-  auto r = LlamaConfig::FromHfJson(j, "my/config.json");
-  ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("my/config.json"));
-  EXPECT_THAT(r.status().message(), HasSubstr("'num_hidden_layers'"));
-}
-
-// The shipped config.json with `key` set to `value`.
-std::string ShippedConfigWith(const std::string& key,
-                              const nlohmann::json& value) {
-  auto text = ReadFileToString(kHfDir + "/config.json");
-  EXPECT_TRUE(text.ok());
-  nlohmann::json j = nlohmann::json::parse(text.ok() ? *text : "{}");
-  j[key] = value;
-  return j.dump();
-}
-
-TEST(LlamaTest, ParseHfConfigReadsTheTextLoadHfModelReads) {
-  auto text = ReadFileToString(kHfDir + "/config.json");
-  ASSERT_TRUE(text.ok());
-  auto config = ParseHfConfig(*text, "my/config.json");
-  ASSERT_TRUE(config.ok()) << config.status().ToString();
-  EXPECT_EQ(config->dim, 64);
-  EXPECT_EQ(config->n_kv_heads, 4);
-
-  auto bad = ParseHfConfig("{\"model_type\": ", "my/config.json");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_THAT(bad.status().message(), HasSubstr("my/config.json: not valid"));
-  // 2^64 - 1 is an integer to nlohmann; as an int64 it would wrap to -1,
-  // "no token".
-  bad = ParseHfConfig(ShippedConfigWith("bos_token_id", ~uint64_t{0}), "c");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_THAT(bad.status().message(),
-              HasSubstr("'bos_token_id' is 18446744073709551615, expected"));
-  // A nested value is described, not dumped: dump() recurses once per level.
-  std::string deep = ShippedConfigWith("hidden_size", "deep");
-  deep.replace(deep.find("\"deep\""), 6,
-               std::string(100000, '[') + std::string(100000, ']'));
-  bad = ParseHfConfig(deep, "c");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_THAT(bad.status().message(),
-              HasSubstr("'hidden_size' is an array of 1 nested entries"));
-}
-
-TEST(LlamaTest, HfLayerCountTheWeightsCannotHoldIsRefusedBeforeSizing) {
-  // Every per-layer name and shape would be built from this count first.
-  TempDir dir;
-  WriteHfFolder(dir, ShippedTensors(),
-                ShippedConfigWith("num_hidden_layers", 1'000'000'000'000));
-  auto r = LoadHfModel(dir.path());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr(dir.File("config.json")));
-  EXPECT_THAT(r.status().message(),
-              HasSubstr("num_hidden_layers is 1000000000000, but the weights "
-                        "hold 47 tensors, fewer than the 9 per layer"));
-  EXPECT_THAT(r.status().message(), HasSubstr("maybe wrong base model?"));
-}
-
-TEST(LlamaTest, HfContextBeyondTheLimitIsRefused) {
-  // LlamaModel would allocate rotary tables for the whole context.
-  TempDir dir;
-  WriteHfFolder(dir, ShippedTensors(),
-                ShippedConfigWith("max_position_embeddings", int64_t{1} << 40));
-  auto r = LoadHfModel(dir.path());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr(dir.File("config.json")));
-  EXPECT_THAT(r.status().message(), HasSubstr("max_seq_len: must be <= " +
-                                              std::to_string(kMaxModelSeqLen)));
-  EXPECT_THAT(r.status().message(), HasSubstr("got 1099511627776"));
-}
-
-TEST(LlamaTest, HfOversizeConfigIsRefusedUnread) {
-  TempDir dir;
-  WriteHfFolder(dir, ShippedTensors());
-  std::filesystem::resize_file(dir.File("config.json"),
-                               kMaxConfigFileBytes + 1);  // a hole, no disk
-  auto r = LoadHfModel(dir.path());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(),
-              HasSubstr(dir.File("config.json") + "' is " +
-                        std::to_string(kMaxConfigFileBytes + 1) +
-                        " bytes, more than the limit of " +
-                        std::to_string(kMaxConfigFileBytes)));
 }
 
 TEST(LlamaTest, F16AndBf16FoldersLoadCloseToF32) {

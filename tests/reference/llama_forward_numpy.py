@@ -1,6 +1,11 @@
 #!/usr/bin/python3
 """Reference logits of stories260K from an independent NumPy Llama forward.
 
+The forward here also covers the families of make_arch_fixtures.py (its
+sibling, which writes the fixtures of tests/model/arch_reference_test.cc):
+Qwen2 q/k/v biases, Qwen3 per-head q/k RMSNorm and an explicit head_dim, and
+rope_scaling of type linear, dynamic, yarn and llama3.
+
 tests/model/reference_test.cc compares fedpeft's LibTorch forward (both
 loaders: the Hugging Face folder and the llama2.c .bin) with the fixture this
 script writes, tests/reference/stories260K_logits.json. The C++ test reads
@@ -22,7 +27,15 @@ float32 values then round-trip exactly.
 
   rmsnorm(x, w) = x / sqrt(mean(x^2) + rms_norm_eps) * w
   rope: rotate-half convention (q/k rows of each head in halves), angle of
-        position p and pair i = p * rope_theta^(-2i / head_dim)
+        position p and pair i = p * inv_freq_i, inv_freq_i =
+        rope_theta^(-2i / head_dim) unless rope_scaling says otherwise
+        (rope_inv_freq below, from the definitions in transformers'
+        modeling_rope_utils.py and the Llama 3.1 / YaRN papers); cos and sin
+        are multiplied by YaRN's attention factor
+  qwen2: q/k/v_proj add their biases
+  qwen3: q and k are RMS-normalized per head (q_norm, k_norm: [head_dim],
+        eps rms_norm_eps) before rope; head_dim may differ from
+        hidden_size / num_attention_heads (q_proj: [heads * head_dim, hidden])
   attention: causal, softmax(q k^T / sqrt(head_dim)); query head h reads
         key/value head h // (num_attention_heads / num_key_value_heads)
 
@@ -100,13 +113,74 @@ def rotate_half(x):
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def rope(x, theta):
+def rope_type(cfg):
+    scaling = cfg.get("rope_scaling") or {}
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
+def rope_inv_freq(cfg, head_dim, seq_len):
+    """(inv_freq [head_dim / 2], attention factor) for a forward of seq_len
+    positions, per the config's rope_scaling."""
+    theta = float(cfg.get("rope_theta", 10000.0))
+    scaling = cfg.get("rope_scaling") or {}
+    kind = rope_type(cfg)
+    max_pos = cfg["max_position_embeddings"]
+    d = float(head_dim)
+    exponents = np.arange(0, head_dim, 2, dtype=np.float64) / d
+    if kind == "default":
+        return theta**-exponents, 1.0
+    factor = float(scaling["factor"])
+    if kind == "linear":  # positions divided by factor
+        return theta**-exponents / factor, 1.0
+    if kind == "dynamic":  # NTK-aware base, grown with the sequence
+        if seq_len > max_pos:
+            theta *= (factor * seq_len / max_pos - (factor - 1))**(d / (d - 2))
+        return theta**-exponents, 1.0
+    if kind == "llama3":
+        inv = theta**-exponents
+        old = float(scaling["original_max_position_embeddings"])
+        low = float(scaling["low_freq_factor"])
+        high = float(scaling["high_freq_factor"])
+        wavelength = 2 * np.pi / inv
+        smooth = (old / wavelength - low) / (high - low)
+        mixed = (1 - smooth) * inv / factor + smooth * inv
+        out = np.where(wavelength < old / high, inv,
+                       np.where(wavelength > old / low, inv / factor, mixed))
+        return out, 1.0
+    if kind == "yarn":
+        original = scaling.get("original_max_position_embeddings")
+        if original:  # transformers: the factor is the length ratio then
+            factor = max_pos / float(original)
+        else:
+            original = max_pos
+        attention = scaling.get("attention_factor")
+        if attention is None:
+            attention = 1.0 if factor <= 1 else 0.1 * np.log(factor) + 1.0
+        beta_fast = scaling.get("beta_fast") or 32.0
+        beta_slow = scaling.get("beta_slow") or 1.0
+
+        def dim_of(rotations):  # the pair index turning `rotations` times
+            return d * np.log(original / (rotations * 2 * np.pi)) / (
+                2 * np.log(theta))
+
+        lo, hi = dim_of(beta_fast), dim_of(beta_slow)
+        if scaling.get("truncate", True):
+            lo, hi = np.floor(lo), np.ceil(hi)
+        lo, hi = max(lo, 0.0), min(hi, d - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = np.clip((np.arange(head_dim // 2) - lo) / (hi - lo), 0, 1)
+        inv = theta**-exponents
+        # ramp 0: keep (extrapolate) ... ramp 1: divide by factor.
+        return inv * (1 - ramp) + inv / factor * ramp, float(attention)
+    sys.exit("rope_scaling type %r is not implemented here" % kind)
+
+
+def rope(x, inv_freq, attention=1.0):
     """x: [heads, T, head_dim], positions 0..T-1."""
-    head_dim = x.shape[-1]
-    inv_freq = theta**(-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     angles = np.outer(np.arange(x.shape[1], dtype=np.float64), inv_freq)
     angles = np.concatenate([angles, angles], axis=-1)  # [T, head_dim]
-    return x * np.cos(angles) + rotate_half(x) * np.sin(angles)
+    return (x * np.cos(angles) + rotate_half(x) * np.sin(angles)) * attention
 
 
 def silu(x):
@@ -118,22 +192,31 @@ def forward(w, cfg, ids):
     dim = cfg["hidden_size"]
     n_heads = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads", n_heads)
-    head_dim = dim // n_heads
+    head_dim = cfg.get("head_dim") or dim // n_heads
     eps = cfg["rms_norm_eps"]
-    theta = cfg.get("rope_theta", 10000.0)
     T = len(ids)
+    inv_freq, attention = rope_inv_freq(cfg, head_dim, T)
+    qwen2 = cfg["model_type"] == "qwen2"
+    qwen3 = cfg["model_type"] == "qwen3"
+
+    def proj(x, name):  # q/k/v_proj of Qwen2 carry biases
+        y = x @ w[name + ".weight"].T
+        return y + w[name + ".bias"] if qwen2 else y
 
     h = w["model.embed_tokens.weight"][np.asarray(ids)]  # [T, dim]
     causal = np.triu(np.ones((T, T), dtype=bool), k=1)  # True above diagonal
     for layer in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % layer
         n = rms_norm(h, w[p + "input_layernorm.weight"], eps)
-        q = (n @ w[p + "self_attn.q_proj.weight"].T).reshape(T, n_heads,
-                                                            head_dim)
-        k = (n @ w[p + "self_attn.k_proj.weight"].T).reshape(T, n_kv, head_dim)
-        v = (n @ w[p + "self_attn.v_proj.weight"].T).reshape(T, n_kv, head_dim)
-        q = rope(q.transpose(1, 0, 2), theta)  # [heads, T, head_dim]
-        k = rope(k.transpose(1, 0, 2), theta)
+        q = proj(n, p + "self_attn.q_proj").reshape(T, n_heads, head_dim)
+        k = proj(n, p + "self_attn.k_proj").reshape(T, n_kv, head_dim)
+        v = proj(n, p + "self_attn.v_proj").reshape(T, n_kv, head_dim)
+        if qwen3:  # per-head RMSNorm over head_dim, before rope
+            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
+        # [heads, T, head_dim]
+        q = rope(q.transpose(1, 0, 2), inv_freq, attention)
+        k = rope(k.transpose(1, 0, 2), inv_freq, attention)
         v = v.transpose(1, 0, 2)
         out = np.empty((n_heads, T, head_dim))
         for head in range(n_heads):
@@ -144,7 +227,7 @@ def forward(w, cfg, ids):
             probs = np.exp(scores)
             probs /= probs.sum(axis=-1, keepdims=True)
             out[head] = probs @ v[kv]
-        attn = out.transpose(1, 0, 2).reshape(T, dim)
+        attn = out.transpose(1, 0, 2).reshape(T, n_heads * head_dim)
         h = h + attn @ w[p + "self_attn.o_proj.weight"].T
 
         n = rms_norm(h, w[p + "post_attention_layernorm.weight"], eps)
@@ -204,8 +287,8 @@ def main():
     model_path = os.path.join(args.model_dir, "model.safetensors")
     with open(config_path) as f:
         cfg = json.load(f)
-    if cfg.get("rope_scaling") or cfg.get("attention_bias"):
-        sys.exit("rope_scaling and attention biases are not implemented here")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        sys.exit("attention_bias/mlp_bias are not implemented here")
     weights = read_safetensors(model_path)
 
     sequences = []
