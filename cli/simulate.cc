@@ -667,7 +667,11 @@ int RunSimulate(const Args& args) {
   }
 
   if (sim.sample_tokens > 0) {
-    auto base = LoadBase(ckpt->base_model, "", model::LoadOptions{});
+    // The coordinator's tokenizer (model.tokenizer), as its server eval used.
+    auto ccfg = coordinator::LoadCoordinatorConfig(p.coordinator_yaml, {});
+    if (!ccfg.ok()) return Fail(cmd, ccfg.status());
+    auto base =
+        LoadBase(ckpt->base_model, ccfg->model.tokenizer, model::LoadOptions{});
     if (!base.ok()) return Fail(cmd, base.status());
     auto pm = peft::PeftModel::Create(base->weights, *options, 0);
     if (!pm.ok()) return Fail(cmd, pm.status());

@@ -537,8 +537,10 @@ Status ResolveChatTemplate(const std::string& model_path,
       family = *found;
     }
     options->chat_template = ChatTemplateName(family);
-    FP_LOG_DEBUG("data", "chat template: {} (from {})", options->chat_template,
-                 config.string());
+    FP_LOG_INFO("data", "chat template: {} ({})", options->chat_template,
+                dir.empty() || !fs::is_regular_file(config, ec)
+                    ? "no tokenizer_config.json beside the tokenizer"
+                    : "detected in " + config.string());
   }
   ASSIGN_OR_RETURN(ChatFamily family,
                    ParseChatTemplateName(options->chat_template));
