@@ -239,6 +239,56 @@ TEST_F(ChatTemplateTest, SegmentIdsEqualWholeStringAndMaskCoversAssistant) {
   }
 }
 
+// The same with the real Qwen3 tokenizer.json (whose ids equal Hugging
+// Face's, tests/model/hf_tokenizer_test.cc, special tokens in text
+// included): per-segment encoding of every ChatML-family fixture gives the
+// ids of the whole rendered string, and the trained ids decode to the
+// assistant spans.
+TEST_F(ChatTemplateTest, Qwen3TokenizerJsonSegmentsEqualTheWholeString) {
+  StatusOr<std::unique_ptr<model::Tokenizer>> tok = model::LoadTokenizer(
+      kSource + "/../shared/assets/tokenizers/qwen3/tokenizer.json");
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  int cases = 0;
+  for (const Json& fixture : Fixtures()) {
+    const std::string name = fixture["family"];
+    if (name != "qwen3" && name != "qwen2.5" && name != "chatml" &&
+        name != "smollm2") {
+      continue;
+    }
+    const ChatFamily family = *ParseChatTemplateName(name);
+    for (const Json& c : fixture["cases"]) {
+      SCOPED_TRACE(name + "/" + c["name"].get<std::string>());
+      std::vector<Segment> segments;
+      std::string trained_text;
+      for (const Json& s : c["segments"]) {
+        segments.push_back({s["text"], s["trains"]});
+        if (s["trains"]) trained_text += s["text"];
+      }
+      std::vector<int64_t> ids;
+      std::vector<bool> trains;
+      EncodeSegments(family, segments, **tok, &ids, &trains);
+      EXPECT_EQ(ids, (*tok)->Encode(c["rendered"], false, false));
+      std::vector<int64_t> trained;
+      for (size_t j = 0; j < ids.size(); ++j) {
+        if (trains[j]) trained.push_back(ids[j]);
+      }
+      // Decode drops special tokens: the end of turn <|im_end|>.
+      std::string expected;
+      for (size_t at = 0;;) {
+        size_t next = trained_text.find("<|im_end|>", at);
+        expected += trained_text.substr(at, next - at);
+        if (next == std::string::npos) break;
+        at = next + std::string("<|im_end|>").size();
+      }
+      // Blanks aside: a token that straddles the end of the prompt (e.g.
+      // "\n\n\n" over "assistant\n" and the content's "\n\n") is trained.
+      EXPECT_EQ(NoSpace((*tok)->Decode(trained)), NoSpace(expected));
+      ++cases;
+    }
+  }
+  EXPECT_GE(cases, 20);
+}
+
 // Through Tokenize: no BOS or EOS beyond the template's own, targets -100
 // off the assistant spans, the end-of-turn token trained once.
 TEST_F(ChatTemplateTest, TokenizeUsesTemplateTokensOnly) {
@@ -432,6 +482,7 @@ class PairTokenizer : public model::Tokenizer {
   int64_t vocab_size() const override { return 65536; }
   int64_t bos_id() const override { return 1; }
   int64_t eos_id() const override { return 2; }
+  int64_t TokenToId(const std::string&) const override { return -1; }
 };
 
 // The run "abcdef" is one encoding ("ab" "cd" "ef"); the boundary after
