@@ -214,14 +214,9 @@ StatusOr<std::unique_ptr<HfDecoder>> ParseHfDecoder(const nlohmann::json& spec,
     return std::unique_ptr<HfDecoder>(new StripDecoder(content, start, stop));
   }
   if (type == "Replace") {
-    auto pattern = spec.find("pattern");
-    if (pattern == spec.end()) {
-      return Status::InvalidArgument(where + ".pattern: missing");
-    }
     bool is_regex = false;
     std::string from;
-    RETURN_IF_ERROR(
-        hf_json::Pattern(*pattern, where + ".pattern", &is_regex, &from));
+    RETURN_IF_ERROR(hf_json::Pattern(spec, where, &is_regex, &from));
     if (is_regex) {
       return Status::Unimplemented(where +
                                    ".pattern: a Regex pattern in a Replace "

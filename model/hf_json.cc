@@ -75,8 +75,15 @@ Status Unsupported(const std::string& where, const std::string& type,
                                "\" is not supported (supported: " + list + ")");
 }
 
-Status Pattern(const nlohmann::json& spec, const std::string& where,
-               bool* is_regex, std::string* text) {
+Status Pattern(const nlohmann::json& component,
+               const std::string& component_where, bool* is_regex,
+               std::string* text) {
+  const std::string where = component_where + ".pattern";
+  auto found = component.find("pattern");
+  if (found == component.end()) {
+    return Status::InvalidArgument(where + ": missing");
+  }
+  const nlohmann::json& spec = *found;
   if (spec.is_object() && spec.size() == 1) {
     auto s = spec.find("String");
     if (s != spec.end() && s->is_string()) {

@@ -41,7 +41,8 @@ StatusOr<const nlohmann::json*> Array(const nlohmann::json& spec,
 Status Unsupported(const std::string& where, const std::string& type,
                    const std::vector<std::string>& supported);
 
-// A {"String": s} or {"Regex": r} pattern: sets *is_regex and *text.
+// The component's required "pattern" key, {"String": s} or {"Regex": r}:
+// sets *is_regex and *text. Errors name `where`.pattern.
 Status Pattern(const nlohmann::json& spec, const std::string& where,
                bool* is_regex, std::string* text);
 

@@ -183,14 +183,9 @@ StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(
         UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT));
   }
   if (type == "Replace") {
-    auto pattern = spec.find("pattern");
-    if (pattern == spec.end()) {
-      return Status::InvalidArgument(where + ".pattern: missing");
-    }
     bool is_regex = false;
     std::string text;
-    RETURN_IF_ERROR(
-        hf_json::Pattern(*pattern, where + ".pattern", &is_regex, &text));
+    RETURN_IF_ERROR(hf_json::Pattern(spec, where, &is_regex, &text));
     ASSIGN_OR_RETURN(std::string content,
                      hf_json::String(spec, "content", where));
     std::unique_ptr<Regex> regex;

@@ -254,14 +254,9 @@ StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(
     const nlohmann::json& spec, const std::string& where) {
   ASSIGN_OR_RETURN(std::string type, hf_json::Type(spec, where));
   if (type == "Split") {
-    auto pattern = spec.find("pattern");
-    if (pattern == spec.end()) {
-      return Status::InvalidArgument(where + ".pattern: missing");
-    }
     bool is_regex = false;
     std::string text;
-    RETURN_IF_ERROR(
-        hf_json::Pattern(*pattern, where + ".pattern", &is_regex, &text));
+    RETURN_IF_ERROR(hf_json::Pattern(spec, where, &is_regex, &text));
     ASSIGN_OR_RETURN(std::string name,
                      hf_json::String(spec, "behavior", where, "Isolated"));
     ASSIGN_OR_RETURN(bool invert, hf_json::Bool(spec, "invert", where, false));

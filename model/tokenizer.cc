@@ -102,6 +102,7 @@ class BpeTokenizer : public Tokenizer {
     for (int& id : byte_ids_) id = -1;
     for (size_t id = 0; id < vocab_.pieces.size(); ++id) {
       const std::string& piece = vocab_.pieces[id];
+      token_ids_.emplace(piece, static_cast<int64_t>(id));  // first id wins
       switch (vocab_.kinds[id]) {
         case PieceKind::kByte: {
           int byte = 0;
@@ -139,13 +140,11 @@ class BpeTokenizer : public Tokenizer {
   }
   int64_t bos_id() const override { return vocab_.bos_id; }
   int64_t eos_id() const override { return vocab_.eos_id; }
-  // A linear scan: chat templates look up a few tokens once.
+  // Any piece by its text, control pieces (<s>, </s>) included. Chat
+  // templates look specials up for every record, so a hash map.
   int64_t TokenToId(const std::string& token) const override {
-    const std::string piece = ReplaceAll(token, kSpaceMark, " ");
-    for (size_t id = 0; id < vocab_.pieces.size(); ++id) {
-      if (vocab_.pieces[id] == piece) return static_cast<int64_t>(id);
-    }
-    return -1;
+    auto it = token_ids_.find(ReplaceAll(token, kSpaceMark, " "));
+    return it == token_ids_.end() ? -1 : it->second;
   }
 
  private:
@@ -161,6 +160,7 @@ class BpeTokenizer : public Tokenizer {
 
   BpeVocab vocab_;
   std::unordered_map<std::string, int64_t> piece_ids_;
+  std::unordered_map<std::string, int64_t> token_ids_;  // every piece
   std::vector<std::string> user_defined_;
   int byte_ids_[256];
   std::unordered_map<int64_t, int> byte_of_id_;
