@@ -7,11 +7,16 @@
 //
 //   fedpeft_bench_train --preset stories260K --threads 2 --steps 10
 //   fedpeft_bench_train --preset stories260K --trainable-layers 2
+//   fedpeft_bench_train --model DIR --base-dtype nf4 --batch 1 --seq 512
+//     (any Hugging Face folder, e.g. from `fedpeft init-model`; the frozen
+//     base held as model.base_dtype; scripts/bench_base_dtype.sh runs each
+//     dtype in its own process for the peak-RSS table)
 //
 // Prints one machine-readable line on stdout (progress goes to stderr):
 //   impl=cpp preset=stories260K threads=2 batch=8 seq=256 rank=8 steps=10
 //   step_ms_median=... step_ms_min=... tokens_per_s=... peak_rss_mb=...
 //   first_loss=... trainable_layers=... trainable_params=...
+//   base_dtype=... load_s=... weights_mb=...
 // The token batch is deterministic (tokens[i] = i*7919 mod vocab, targets
 // the next element of that sequence) and identical to the Python side, so
 // on stories260K both print the same first_loss (fresh LoRA B is zero).
@@ -76,6 +81,8 @@ const std::map<std::string, Preset>& Presets() {
 
 struct Args {
   std::string preset = "stories260K";
+  std::string model_dir;            // a HF folder instead of the preset's
+  std::string base_dtype = "auto";  // LoadOptions::base_dtype
   std::string source_dir = FEDPEFT_SOURCE_DIR;  // where assets/ lives
   int threads = 2;
   int64_t batch = 0;  // 0 = the preset's
@@ -99,7 +106,9 @@ const char kUsage[] =
     "  [--threads N=2] [--batch B] [--seq T] [--steps K=10] [--warmup W=3]\n"
     "  [--rank R=8] [--alpha A=16] [--targets q_proj,k_proj,v_proj,o_proj]\n"
     "  [--lr 2e-3] [--trainable-layers K=0 (all)] [--source-dir DIR]\n"
-    "  [--breakdown] [--show-config] [--profile trace.json]\n";
+    "  [--breakdown] [--show-config] [--profile trace.json]\n"
+    "  [--model HF_DIR] [--base-dtype "
+    "auto|float32|bfloat16|float16|int8|nf4]\n";
 
 std::vector<std::string> Split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -133,6 +142,10 @@ StatusOr<Args> ParseArgs(int argc, char** argv) {
     try {
       if (flag == "--preset") {
         a.preset = value;
+      } else if (flag == "--model") {
+        a.model_dir = value;
+      } else if (flag == "--base-dtype") {
+        a.base_dtype = value;
       } else if (flag == "--source-dir") {
         a.source_dir = value;
       } else if (flag == "--threads") {
@@ -218,14 +231,25 @@ Status Run(const Args& args) {
   const int64_t batch = args.batch ? args.batch : preset.batch;
   const int64_t seq = args.seq ? args.seq : preset.seq;
 
+  model::LoadOptions load;
+  if (args.base_dtype != "auto") {
+    ASSIGN_OR_RETURN(load.base_dtype, model::ParseBaseDtype(args.base_dtype));
+  }
   std::shared_ptr<const model::LlamaWeights> weights;
-  if (!preset.model_dir.empty()) {
+  const auto load_start = std::chrono::steady_clock::now();
+  if (!args.model_dir.empty()) {
+    ASSIGN_OR_RETURN(weights, model::LoadModel(args.model_dir, load));
+  } else if (!preset.model_dir.empty()) {
     ASSIGN_OR_RETURN(
-        weights, model::LoadModel(args.source_dir + "/" + preset.model_dir));
+        weights,
+        model::LoadModel(args.source_dir + "/" + preset.model_dir, load));
   } else {
     RETURN_IF_ERROR(preset.config.Validate());
-    weights = model::RandomLlamaWeights(preset.config, /*seed=*/1234);
+    auto random = model::RandomLlamaWeights(preset.config, /*seed=*/1234);
+    if (load.base_dtype) model::FreezeWeights(random.get(), *load.base_dtype);
+    weights = random;
   }
+  const double load_s = MsSince(load_start) / 1e3;
 
   peft::PeftOptions peft_options;
   peft_options.method = "lora";
@@ -284,7 +308,8 @@ Status Run(const Args& args) {
   std::ostringstream out;
   out.setf(std::ios::fixed);
   out.precision(3);
-  out << "impl=cpp preset=" << args.preset
+  out << "impl=cpp preset="
+      << (args.model_dir.empty() ? args.preset : args.model_dir)
       << " threads=" << torch::get_num_threads() << " batch=" << batch
       << " seq=" << seq << " rank=" << args.rank << " steps=" << args.steps
       << " step_ms_median=" << med
@@ -296,6 +321,10 @@ Status Run(const Args& args) {
   out << " first_loss=" << first_loss
       << " trainable_layers=" << args.trainable_layers
       << " trainable_params=" << trained_params;
+  out.precision(2);
+  out << " base_dtype=" << model::BaseDtypeName(weights->base_dtype)
+      << " load_s=" << load_s
+      << " weights_mb=" << static_cast<double>(weights->nbytes()) / (1 << 20);
 
   if (args.breakdown) {
     // The same forward+loss and backward outside Step(). rest_ms, the step

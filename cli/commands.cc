@@ -52,7 +52,8 @@ struct ReadyModel {
 StatusOr<ReadyModel> LoadReadyModel(std::string model_path,
                                     const std::string& adapter_dir,
                                     const std::string& tokenizer_path,
-                                    const std::string& device_name) {
+                                    const std::string& device_name,
+                                    const std::string& base_dtype) {
   if (model_path.empty() && !adapter_dir.empty()) {
     ASSIGN_OR_RETURN(model_path, BaseModelOf(adapter_dir));
   }
@@ -64,6 +65,14 @@ StatusOr<ReadyModel> LoadReadyModel(std::string model_path,
   ASSIGN_OR_RETURN(r.device, model::ParseDevice(device_name));
   model::LoadOptions load_options;
   load_options.device = device_name;
+  if (base_dtype != "auto") {
+    auto parsed = model::ParseBaseDtype(base_dtype);
+    if (!parsed.ok()) {
+      return Status::InvalidArgument("--base-dtype: " +
+                                     parsed.status().message());
+    }
+    load_options.base_dtype = *parsed;
+  }
   ASSIGN_OR_RETURN(r.base, LoadBase(model_path, tokenizer_path, load_options));
   if (!adapter_dir.empty()) {
     ASSIGN_OR_RETURN(r.peft, peft::LoadPeftModel(r.base.weights, adapter_dir));
@@ -79,8 +88,12 @@ StatusOr<ReadyModel> LoadReadyModel(std::string model_path,
 
 // --model, --adapter and --tokenizer, as eval and generate take them.
 void AddModelOptions(po::options_description* desc, std::string* model_path,
-                     std::string* adapter_dir, std::string* tokenizer_path) {
+                     std::string* adapter_dir, std::string* tokenizer_path,
+                     std::string* base_dtype) {
   desc->add_options()(
+      "base-dtype", po::value(base_dtype)->default_value("auto"),
+      "how the frozen base is held: auto (float32), bfloat16, float16, int8 "
+      "or nf4 (model.base_dtype)")(
       "model", po::value(model_path),
       "base model: Hugging Face folder or llama2.c .bin (default: the "
       "adapter's base model)")("adapter", po::value(adapter_dir),
@@ -273,7 +286,7 @@ int RunTrain(const Args& args) {
 int RunEval(const Args& args) {
   const std::string cmd = "eval";
   std::string model_path, adapter_dir, data_path, tokenizer_path, config_path,
-      split = "all", device_name = "cpu";
+      split = "all", device_name = "cpu", base_dtype = "auto";
   std::vector<std::string> overrides;
   int threads = 0;
   po::options_description desc("options");
@@ -291,7 +304,8 @@ int RunEval(const Args& args) {
                   "cpu, cuda or cuda:N")("threads",
                                          po::value(&threads)->default_value(0),
                                          "intra-op threads (0 = default)");
-  AddModelOptions(&desc, &model_path, &adapter_dir, &tokenizer_path);
+  AddModelOptions(&desc, &model_path, &adapter_dir, &tokenizer_path,
+                  &base_dtype);
   po::variables_map vm;
   int code = kExitOk;
   if (!ParseArgs(cmd,
@@ -321,8 +335,8 @@ int RunEval(const Args& args) {
     model_path = job.model.path;
   }
   if (tokenizer_path.empty()) tokenizer_path = job.model.tokenizer;
-  auto ready =
-      LoadReadyModel(model_path, adapter_dir, tokenizer_path, device_name);
+  auto ready = LoadReadyModel(model_path, adapter_dir, tokenizer_path,
+                              device_name, base_dtype);
   if (!ready.ok()) return Fail(cmd, ready.status());
   const LoadedBase* base = &ready->base;
   Status chat = data::ResolveChatTemplate(model_path, tokenizer_path,
@@ -360,7 +374,7 @@ int RunEval(const Args& args) {
 int RunGenerate(const Args& args) {
   const std::string cmd = "generate";
   std::string model_path, adapter_dir, tokenizer_path, prompt,
-      device_name = "cpu";
+      device_name = "cpu", base_dtype = "auto";
   int max_tokens = 64;
   double temperature = 0.0, top_p = 1.0;
   uint64_t seed = 0;
@@ -378,7 +392,8 @@ int RunGenerate(const Args& args) {
       "device", po::value(&device_name)->default_value("cpu"),
       "cpu, cuda or cuda:N")("threads", po::value(&threads)->default_value(0),
                              "intra-op threads (0 = default)");
-  AddModelOptions(&desc, &model_path, &adapter_dir, &tokenizer_path);
+  AddModelOptions(&desc, &model_path, &adapter_dir, &tokenizer_path,
+                  &base_dtype);
   po::variables_map vm;
   int code = kExitOk;
   if (!ParseArgs(cmd,
@@ -400,8 +415,8 @@ int RunGenerate(const Args& args) {
     return Fail(cmd, Status::InvalidArgument("--top-p: must be in (0, 1]"));
   }
   ApplyThreads(threads);
-  auto ready =
-      LoadReadyModel(model_path, adapter_dir, tokenizer_path, device_name);
+  auto ready = LoadReadyModel(model_path, adapter_dir, tokenizer_path,
+                              device_name, base_dtype);
   if (!ready.ok()) return Fail(cmd, ready.status());
   model::GenerateOptions options;
   options.max_new_tokens = max_tokens;
@@ -496,7 +511,8 @@ int RunExport(const Args& args) {
   Status s = pm->Merge();
   if (!s.ok()) return Fail(cmd, s);
   std::shared_ptr<model::LlamaWeights> merged = pm->model().ExportWeights();
-  s = model::SaveHfModel(*merged, out_dir);
+  // In the dtype the base was published in: exact base + ΔW, rounded once.
+  s = model::SaveHfModel(*merged, out_dir, pm->model().weights()->stored_dtype);
   if (!s.ok()) return Fail(cmd, s);
   std::string tok = tokenizer_path;
   if (tok.empty()) {

@@ -16,7 +16,7 @@ namespace po = boost::program_options;
 
 int RunInitModel(const Args& args) {
   const std::string cmd = "init-model";
-  std::string config_path, out_dir;
+  std::string config_path, out_dir, dtype_name = "float32";
   uint64_t seed = 0;
   model::ModelShape shape;
   po::options_description desc("options");
@@ -26,7 +26,9 @@ int RunInitModel(const Args& args) {
       "assets/configs/qwen3-0.6b)")("out", po::value(&out_dir)->required(),
                                     "output folder")(
       "seed", po::value(&seed)->default_value(0), "weights seed")(
-      "layers", po::value(&shape.layers), "num_hidden_layers")(
+      "dtype", po::value(&dtype_name)->default_value("float32"),
+      "stored dtype: float32, bfloat16 (as published checkpoints) or "
+      "float16")("layers", po::value(&shape.layers), "num_hidden_layers")(
       "hidden", po::value(&shape.hidden), "hidden_size")(
       "heads", po::value(&shape.heads), "num_attention_heads")(
       "kv-heads", po::value(&shape.kv_heads), "num_key_value_heads")(
@@ -39,7 +41,8 @@ int RunInitModel(const Args& args) {
   po::variables_map vm;
   int code = kExitOk;
   if (!ParseArgs(cmd,
-                 "--config CONFIG.json --out DIR [--seed N] [--layers N] "
+                 "--config CONFIG.json --out DIR [--seed N] [--dtype D] "
+                 "[--layers N] "
                  "[--hidden N] [--heads N] [--kv-heads N] [--head-dim N] "
                  "[--intermediate N] [--vocab N] [--max-positions N]",
                  desc, args, &vm, &code)) {
@@ -54,7 +57,18 @@ int RunInitModel(const Args& args) {
   if (!config.ok()) return Fail(cmd, config.status());
   auto reshaped = model::ReshapeConfig(*config, shape);
   if (!reshaped.ok()) return Fail(cmd, reshaped.status());
-  Status s = model::WriteRandomHfModel(*reshaped, seed, out_dir);
+  torch::Dtype dtype = torch::kFloat32;
+  if (dtype_name == "bfloat16") {
+    dtype = torch::kBFloat16;
+  } else if (dtype_name == "float16") {
+    dtype = torch::kFloat16;
+  } else if (dtype_name != "float32") {
+    return Fail(cmd, Status::InvalidArgument(
+                         "--dtype: expected float32, bfloat16 or float16, "
+                         "got '" +
+                         dtype_name + "'"));
+  }
+  Status s = model::WriteRandomHfModel(*reshaped, seed, out_dir, dtype);
   if (!s.ok()) return Fail(cmd, s);
   const model::LlamaConfig& c = *reshaped;
   std::cout << "wrote " << out_dir << ": " << c.model_type << ", " << c.n_layers

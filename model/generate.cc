@@ -81,8 +81,7 @@ std::vector<int64_t> Generate(LlamaModel& model,
   model.eval();  // no dropout in adapters while decoding
 
   std::mt19937_64 rng(options.seed);
-  const torch::Device device =
-      model.weights()->Get("model.embed_tokens.weight").device();
+  const torch::Device device = model.weights()->device();
   KvCache cache;
   torch::Tensor tokens =
       torch::tensor(prompt, torch::kInt64).view({1, prompt_len}).to(device);

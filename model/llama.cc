@@ -53,9 +53,28 @@ struct LlamaModel::Layer {
   std::array<std::shared_ptr<LinearDelta>, kNumProjections> delta;
   std::shared_ptr<SublayerAdapter> attn_adapter;
   std::shared_ptr<SublayerAdapter> mlp_adapter;
+  // A frozen base (LlamaWeights::frozen): where each projection's rows
+  // live, and the packed blocks; `base`, qkv_base and gu_base then stay
+  // undefined.
+  std::array<FrozenSlice, kNumProjections> slice;
+  const FrozenWeight* qkv_frozen = nullptr;
+  const FrozenWeight* gu_frozen = nullptr;
+  torch::Dtype dtype = torch::kFloat32;  // the compute dtype
 
-  const torch::Tensor& W(int p) const {
-    return merged[p].defined() ? merged[p] : base[p];
+  // The weight a projection computes with (a dequantized copy for a frozen
+  // base).
+  torch::Tensor W(int p) const {
+    if (merged[p].defined()) return merged[p];
+    if (base[p].defined()) return base[p];
+    return slice[p].weight->Rows(slice[p].offset, slice[p].rows, dtype);
+  }
+  // A whole frozen block for projection p (o_proj, down_proj), unmerged.
+  const FrozenWeight* WholeFrozen(int p) const {
+    const FrozenSlice& s = slice[p];
+    return !merged[p].defined() && s.weight != nullptr && s.offset == 0 &&
+                   s.rows == s.weight->rows()
+               ? s.weight
+               : nullptr;
   }
   const torch::Tensor& Qkv() const {
     return qkv_merged.defined() ? qkv_merged : qkv_base;
@@ -105,20 +124,41 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
     : torch::nn::Module("LlamaModel"), weights_(std::move(weights)) {
   TORCH_CHECK(weights_ != nullptr, "LlamaModel: weights are null");
   const LlamaConfig& c = weights_->config;
-  embed_ = weights_->Get("model.embed_tokens.weight");
-  lm_head_ = c.tie_embeddings ? embed_ : weights_->Get("lm_head.weight");
   final_norm_ = weights_->Get("model.norm.weight");
+  options_ = final_norm_.options();
+  const bool frozen = !weights_->frozen.empty();
+  const std::string lm_head_key =
+      c.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  if (frozen) {
+    embed_frozen_ = &weights_->frozen.at("model.embed_tokens.weight");
+    lm_head_frozen_ = &weights_->frozen.at(lm_head_key);
+  } else {
+    embed_ = weights_->Get("model.embed_tokens.weight");
+    lm_head_ = weights_->Get(lm_head_key);
+  }
   for (int64_t l = 0; l < c.n_layers; ++l) {
     auto layer = std::make_unique<Layer>();
+    layer->dtype = options_.dtype().toScalarType();
     layer->attn_norm = weights_->Get(LayerPrefix(l) + "input_layernorm.weight");
     layer->ffn_norm =
         weights_->Get(LayerPrefix(l) + "post_attention_layernorm.weight");
-    for (int p = 0; p < kNumProjections; ++p) {
-      layer->base[p] = weights_->Get(ProjectionKey(l, p));
+    if (frozen) {
+      for (int p = 0; p < kNumProjections; ++p) {
+        std::optional<FrozenSlice> s =
+            FindFrozen(*weights_, ProjectionKey(l, p));
+        TORCH_CHECK(s.has_value(), "frozen weights lack ", ProjectionKey(l, p));
+        layer->slice[p] = *s;
+      }
+      layer->qkv_frozen = &weights_->frozen.at(QkvKey(l));
+      layer->gu_frozen = &weights_->frozen.at(GateUpKey(l));
+    } else {
+      for (int p = 0; p < kNumProjections; ++p) {
+        layer->base[p] = weights_->Get(ProjectionKey(l, p));
+      }
+      layer->qkv_base =
+          FusedAlias({layer->base[kQ], layer->base[kK], layer->base[kV]});
+      layer->gu_base = FusedAlias({layer->base[kGate], layer->base[kUp]});
     }
-    layer->qkv_base =
-        FusedAlias({layer->base[kQ], layer->base[kK], layer->base[kV]});
-    layer->gu_base = FusedAlias({layer->base[kGate], layer->base[kUp]});
     if (c.qkv_bias) {
       layer->qkv_bias = torch::cat({weights_->Get(BiasKey(l, kQ)),
                                     weights_->Get(BiasKey(l, kK)),
@@ -135,7 +175,7 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
       c.max_seq_len,
       ComputeRopeFrequencies(c.rope_scaling, c.head_dim(), c.rope_theta,
                              c.max_seq_len, c.max_seq_len),
-      embed_.options());
+      options_);
 }
 
 LlamaModel::RopeTables LlamaModel::RopeFor(int64_t start, int64_t length) {
@@ -150,7 +190,7 @@ LlamaModel::RopeTables LlamaModel::RopeFor(int64_t start, int64_t length) {
   BuildRope(torch::arange(start, start + length, torch::kFloat32),
             ComputeRopeFrequencies(c.rope_scaling, c.head_dim(), c.rope_theta,
                                    c.max_seq_len, start + length),
-            embed_.options(), &tables.cos, &tables.sin_signed);
+            options_, &tables.cos, &tables.sin_signed);
   return tables;
 }
 
@@ -168,11 +208,11 @@ const std::vector<torch::Tensor>& LlamaModel::CausalMasks(int64_t start,
     const LlamaConfig& c = config();
     torch::NoGradGuard no_grad;
     auto index_opts =
-        torch::TensorOptions().device(embed_.device()).dtype(torch::kInt64);
+        torch::TensorOptions().device(options_.device()).dtype(torch::kInt64);
     torch::Tensor rows = torch::arange(start, start + length, index_opts);
     torch::Tensor cols = torch::arange(start + length, index_opts);
     torch::Tensor full =
-        torch::zeros({length, start + length}, embed_.options())
+        torch::zeros({length, start + length}, options_)
             .masked_fill_(cols.unsqueeze(0) > rows.unsqueeze(1),
                           -std::numeric_limits<double>::infinity());
     masks_.clear();
@@ -191,7 +231,11 @@ const std::vector<torch::Tensor>& LlamaModel::CausalMasks(int64_t start,
 
 torch::Tensor LlamaModel::Project(Layer& layer, int p, const torch::Tensor& x,
                                   torch::Tensor y) {
-  if (!y.defined()) y = torch::matmul(x, layer.W(p).t());
+  if (!y.defined()) {
+    const FrozenWeight* whole = layer.WholeFrozen(p);
+    y = whole != nullptr ? FrozenLinear(x, *whole)
+                         : torch::matmul(x, layer.W(p).t());
+  }
   if (!merged_ && layer.delta[p]) y = y + layer.delta[p]->Forward(x);
   return y;
 }
@@ -221,10 +265,13 @@ torch::Tensor LlamaModel::Attention(Layer& layer, const torch::Tensor& x,
   // One matmul for q, k and v when the frozen rows are packed; split (whose
   // backward is one concatenation) rather than narrow.
   std::array<torch::Tensor, 3> qkv;
-  if (layer.Qkv().defined()) {
+  if (layer.Qkv().defined() || layer.qkv_frozen != nullptr) {
+    torch::Tensor all =
+        layer.Qkv().defined()
+            ? torch::linear(x, layer.Qkv(), layer.qkv_bias)
+            : FrozenLinear(x, *layer.qkv_frozen, layer.qkv_bias);
     std::vector<torch::Tensor> parts =
-        torch::linear(x, layer.Qkv(), layer.qkv_bias)
-            .split_with_sizes({c.q_dim(), c.kv_dim(), c.kv_dim()}, -1);
+        all.split_with_sizes({c.q_dim(), c.kv_dim(), c.kv_dim()}, -1);
     for (int p = kQ; p <= kV; ++p) qkv[p] = Project(layer, p, x, parts[p]);
   } else {
     std::vector<torch::Tensor> bias;
@@ -307,9 +354,11 @@ torch::Tensor LlamaModel::Attention(Layer& layer, const torch::Tensor& x,
 torch::Tensor LlamaModel::Mlp(Layer& layer, const torch::Tensor& x) {
   const int64_t h = config().hidden_dim;
   torch::Tensor gate, up;
-  if (layer.GateUp().defined()) {
+  if (layer.GateUp().defined() || layer.gu_frozen != nullptr) {
     std::vector<torch::Tensor> gu =
-        torch::matmul(x, layer.GateUp().t()).split(h, -1);
+        (layer.GateUp().defined() ? torch::matmul(x, layer.GateUp().t())
+                                  : FrozenLinear(x, *layer.gu_frozen))
+            .split(h, -1);
     gate = Project(layer, kGate, x, gu[0]);
     up = Project(layer, kUp, x, gu[1]);
   } else {
@@ -350,7 +399,10 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
   {
     std::optional<torch::NoGradGuard> no_grad;
     if (frozen > 0) no_grad.emplace();
-    x = torch::embedding(embed_, tokens.to(embed_.device(), torch::kInt64));
+    const torch::Tensor ids = tokens.to(options_.device(), torch::kInt64);
+    x = embed_frozen_ != nullptr
+            ? embed_frozen_->Gather(ids, options_.dtype().toScalarType())
+            : torch::embedding(embed_, ids);
     for (int64_t l = 0; l < frozen; ++l) {
       x = RunLayer(*layers_[l], x, l, start, rope, cache);
     }
@@ -363,7 +415,10 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
 }
 
 torch::Tensor LlamaModel::Logits(const torch::Tensor& hidden) {
-  return torch::matmul(hidden, lm_head_.t()).to(torch::kFloat32);
+  torch::Tensor logits = lm_head_frozen_ != nullptr
+                             ? FrozenLinear(hidden, *lm_head_frozen_)
+                             : torch::matmul(hidden, lm_head_.t());
+  return logits.to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, KvCache* cache) {
@@ -424,7 +479,7 @@ void LlamaModel::MergeLayer(Layer& layer) {
   bool any_qkv = false, any_gu = false;
   for (int p = 0; p < kNumProjections; ++p) {
     if (!layer.delta[p]) continue;
-    const torch::Tensor& base = layer.base[p];
+    const torch::Tensor base = layer.W(p);
     layer.merged[p] = base + layer.delta[p]->DeltaWeight().detach().to(
                                  base.device(), base.scalar_type());
     any_qkv |= p <= kV;
@@ -460,7 +515,11 @@ std::shared_ptr<LlamaWeights> LlamaModel::ExportWeights() {
   auto out = std::make_shared<LlamaWeights>();
   out->config = weights_->config;
   out->source = weights_->source;
-  for (const auto& [name, t] : weights_->tensors) out->tensors[name] = t;
+  out->compute_dtype = weights_->compute_dtype;
+  out->stored_dtype = weights_->stored_dtype;
+  for (const auto& kv : ExpectedTensorShapes(out->config)) {
+    out->tensors[kv.first] = weights_->Materialize(kv.first);
+  }
   for (int64_t l = 0; l < static_cast<int64_t>(layers_.size()); ++l) {
     for (int p = 0; p < kNumProjections; ++p) {
       out->tensors[ProjectionKey(l, p)] = layers_[l]->W(p);

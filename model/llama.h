@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "model/frozen_weight.h"
 #include "model/rope.h"
 
 namespace fedpeft {
@@ -105,19 +106,57 @@ struct LlamaConfig {
   int64_t NumParameters() const;
 };
 
-// The frozen base weights, HF names and layout, float dtype of the compute
-// (`dtype` at load time), requires_grad false, never modified after load.
+// The frozen base weights, HF names and layout, requires_grad false, never
+// modified after load.
+//
+// Two forms. With `frozen` empty (a base_dtype equal to the compute dtype:
+// the default) every tensor is a plain tensor of the compute dtype in
+// `tensors`. Otherwise (`model.base_dtype` bfloat16/float16 under float32
+// compute, or int8/nf4) the big matrices live in `frozen` in that form --
+// per layer the packed q/k/v block (QkvKey), the packed gate/up block
+// (GateUpKey), o_proj and down_proj under their own names, plus
+// "model.embed_tokens.weight" and "lm_head.weight" (dense: bfloat16 for
+// int8/nf4, as QLoRA keeps them) -- and `tensors` holds only the norms and
+// biases, in the compute dtype.
 struct LlamaWeights {
   LlamaConfig config;
-  TensorMap tensors;   // "model.embed_tokens.weight", ..., "lm_head.weight"
-                       // (absent when tied)
+  TensorMap tensors;  // "model.embed_tokens.weight", ..., "lm_head.weight"
+                      // (absent when tied)
+  std::map<std::string, FrozenWeight> frozen;  // see above
+  BaseDtype base_dtype = BaseDtype::kFloat32;  // of the matrices in `frozen`
+  torch::Dtype compute_dtype = torch::kFloat32;
+  // The dtype of the projections in the file they came from (float32 for
+  // llama2.c and random weights): what `export --merge` writes.
+  torch::Dtype stored_dtype = torch::kFloat32;
   std::string source;  // path it was loaded from, for messages and export
 
-  // Checks presence and shape of every tensor the config implies; names the
-  // tensor, the shape got and the shape expected.
+  // Checks presence and shape of every tensor the config implies (in
+  // `tensors`, or as part of a `frozen` block); names the tensor, the shape
+  // got and the shape expected.
   Status Validate() const;
-  const torch::Tensor& Get(const std::string& name) const;  // REQUIRES: present
+  // A plain tensor. REQUIRES: present in `tensors`.
+  const torch::Tensor& Get(const std::string& name) const;
+  // Any tensor the config implies, in the compute dtype: the plain tensor,
+  // or its rows of a `frozen` block dequantized (a fresh copy).
+  torch::Tensor Materialize(const std::string& name) const;
+  // Shape of any tensor the config implies. REQUIRES: a valid name.
+  std::vector<int64_t> Shape(const std::string& name) const;
+  torch::Device device() const;
+  // Bytes held by the tensors and frozen blocks.
+  int64_t nbytes() const;
 };
+
+// Names of a layer's packed frozen blocks in LlamaWeights::frozen.
+std::string QkvKey(int64_t layer);     // "model.layers.N.self_attn.qkv_proj"
+std::string GateUpKey(int64_t layer);  // "model.layers.N.mlp.gate_up_proj"
+
+// Moves the big matrices of plain `weights` (packed or not) into `frozen` in
+// form `base_dtype`, one layer at a time (peak memory: the plain weights
+// plus one layer). A base_dtype whose dense dtype is the compute dtype
+// leaves the weights as they are.
+void FreezeWeights(LlamaWeights* weights, BaseDtype base_dtype);
+// True when a base of `base_dtype` under `compute_dtype` is plain tensors.
+bool BaseIsPlain(BaseDtype base_dtype, torch::Dtype compute_dtype);
 
 // Name -> shape of every tensor a model with `config` has, HF names
 // ("lm_head.weight" only when untied, q/k/v biases only with qkv_bias,
@@ -255,8 +294,12 @@ class LlamaModel : public torch::nn::Module {
 
   std::shared_ptr<const LlamaWeights> weights_;
   std::vector<std::unique_ptr<Layer>> layers_;
-  torch::Tensor embed_;    // [vocab, dim]
-  torch::Tensor lm_head_;  // [vocab, dim] (== embed_ when tied)
+  torch::TensorOptions options_;  // compute dtype and device
+  torch::Tensor embed_;           // [vocab, dim]; undefined for a frozen base
+  torch::Tensor lm_head_;         // [vocab, dim] (== embed_ when tied)
+  // A frozen base's (LlamaWeights::frozen); null otherwise.
+  const FrozenWeight* embed_frozen_ = nullptr;
+  const FrozenWeight* lm_head_frozen_ = nullptr;
   torch::Tensor final_norm_;
   std::shared_ptr<const RopeTables> rope_;  // shared by equal configs
   std::vector<torch::Tensor> masks_;        // last CausalMasks

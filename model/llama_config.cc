@@ -453,59 +453,6 @@ std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
   return shapes;
 }
 
-// ---------------------------------------------------------------------------
-// LlamaWeights
-
-Status LlamaWeights::Validate() const {
-  RETURN_IF_ERROR(config.Validate());
-  std::vector<std::string> errors;
-  std::optional<torch::Dtype> dtype;
-  for (const auto& [name, shape] : ExpectedTensorShapes(config)) {
-    auto it = tensors.find(name);
-    if (it == tensors.end() || !it->second.defined()) {
-      errors.push_back("tensor '" + name + "' is missing (expected shape " +
-                       ShapeString(shape) + ")");
-      continue;
-    }
-    const torch::Tensor& t = it->second;
-    if (t.sizes() != torch::IntArrayRef(shape)) {
-      errors.push_back("tensor '" + name + "' has shape " +
-                       ShapeString(t.sizes()) + ", expected " +
-                       ShapeString(shape));
-    }
-    if (!t.is_floating_point()) {
-      errors.push_back("tensor '" + name + "' has dtype " +
-                       std::string(c10::toString(t.scalar_type())) +
-                       ", expected a floating-point dtype");
-    } else if (!dtype) {
-      dtype = t.scalar_type();
-    } else if (*dtype != t.scalar_type()) {
-      errors.push_back("tensor '" + name + "' has dtype " +
-                       std::string(c10::toString(t.scalar_type())) +
-                       ", the others " + c10::toString(*dtype));
-    }
-  }
-  if (errors.empty()) return Status::Ok();
-  std::string msg = source.empty() ? "model weights" : source;
-  msg += ": ";
-  const size_t kShown = 8;
-  for (size_t i = 0; i < errors.size() && i < kShown; ++i) {
-    if (i > 0) msg += "; ";
-    msg += errors[i];
-  }
-  if (errors.size() > kShown) {
-    msg += "; and " + std::to_string(errors.size() - kShown) + " more";
-  }
-  msg += " (maybe wrong base model?)";
-  return Status::InvalidArgument(msg);
-}
-
-const torch::Tensor& LlamaWeights::Get(const std::string& name) const {
-  auto it = tensors.find(name);
-  TORCH_CHECK(it != tensors.end(), "model weights have no tensor '", name, "'");
-  return it->second;
-}
-
 void PackProjections(LlamaWeights* weights) {
   torch::NoGradGuard no_grad;
   auto pack = [weights](const std::vector<std::string>& names) {

@@ -6,11 +6,16 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "model/frozen_weight.h"
+
 namespace fedpeft {
 namespace model {
+struct LlamaWeights;
+
 namespace internal {
 
 // Indices into ProjectionNames().
@@ -42,6 +47,25 @@ std::string ShapeString(torch::IntArrayRef shape);
 // The tensors of `parts` if they are adjacent row blocks of one contiguous
 // buffer (see PackProjections): an alias of the whole block, else undefined.
 torch::Tensor FusedAlias(const std::vector<torch::Tensor>& parts);
+
+// Where a projection of a frozen base lives: rows [offset, offset + rows)
+// of `weight`.
+struct FrozenSlice {
+  const FrozenWeight* weight = nullptr;
+  int64_t offset = 0;
+  int64_t rows = 0;
+};
+// `name` (a key of ExpectedTensorShapes) inside w.frozen, if it is there.
+std::optional<FrozenSlice> FindFrozen(const LlamaWeights& w,
+                                      const std::string& name);
+
+// The steps of FreezeWeights, for loaders that freeze while they read:
+// layer `layer`'s seven projections (plain tensors of any float dtype in
+// w->tensors) become its QkvKey, GateUpKey, o_proj and down_proj blocks;
+// the embeddings and untied output layer become dense blocks (bfloat16 for
+// int8/nf4).
+void FreezeLayer(LlamaWeights* w, int64_t layer, BaseDtype kind);
+void FreezeEmbeddings(LlamaWeights* w, BaseDtype kind);
 
 }  // namespace internal
 }  // namespace model

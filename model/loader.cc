@@ -300,26 +300,72 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
   auto weights = std::make_shared<LlamaWeights>();
   weights->config = config;
   weights->source = dir;
+  weights->compute_dtype = options.dtype;
+  weights->stored_dtype =
+      found.at(internal::ProjectionKey(0, internal::kQ)).entry->torch_dtype;
+  if (weights->stored_dtype == torch::kFloat64) {
+    weights->stored_dtype = torch::kFloat32;
+  }
+  const BaseDtype base = options.base_dtype.value_or(
+      options.dtype == torch::kBFloat16  ? BaseDtype::kBFloat16
+      : options.dtype == torch::kFloat16 ? BaseDtype::kFloat16
+                                         : BaseDtype::kFloat32);
+  weights->base_dtype = base;
+  const bool plain = BaseIsPlain(base, options.dtype);
   try {
     torch::NoGradGuard no_grad;
-    for (const auto& [name, shape] : expected) {
+    // Copies a tensor out of its shard, then drops the shard's pages of it:
+    // peak memory is the loaded weights, not the weights plus the files.
+    // The big matrices of a frozen base stay in their stored dtype here
+    // and are converted one layer at a time below.
+    auto read = [&](const std::string& name, bool to_compute) {
       const Located& where = found.at(name);
-      torch::Tensor t = CopySafetensorsEntry(
-          files[where.shard]->bytes(), headers[where.shard], *where.entry);
-      weights->tensors[name] = t.to(device, options.dtype);
+      const SafetensorsEntry& e = *where.entry;
+      torch::Tensor t = CopySafetensorsEntry(files[where.shard]->bytes(),
+                                             headers[where.shard], e);
+      const uint64_t data = headers[where.shard].data_start;
+      files[where.shard]->Release(data + e.begin, data + e.end);
+      weights->tensors[name] =
+          to_compute ? t.to(device, options.dtype) : t.to(device);
+    };
+    std::set<std::string> big;
+    if (!plain) {
+      big.insert("model.embed_tokens.weight");
+      if (!config.tie_embeddings) big.insert("lm_head.weight");
+      for (int64_t l = 0; l < config.n_layers; ++l) {
+        for (int p = 0; p < internal::kNumProjections; ++p) {
+          big.insert(internal::ProjectionKey(l, p));
+        }
+      }
+    }
+    for (const auto& [name, shape] : expected) {
+      if (big.count(name) == 0) read(name, true);
+    }
+    if (!plain) {
+      read("model.embed_tokens.weight", false);
+      if (!config.tie_embeddings) read("lm_head.weight", false);
+      internal::FreezeEmbeddings(weights.get(), base);
+      for (int64_t l = 0; l < config.n_layers; ++l) {
+        for (int p = 0; p < internal::kNumProjections; ++p) {
+          read(internal::ProjectionKey(l, p), false);
+        }
+        internal::FreezeLayer(weights.get(), l, base);
+      }
     }
   } catch (const std::exception& e) {
     return Status::Internal(dir + ": while reading tensors: " + e.what());
   }
   files.clear();  // unmap before packing, which copies q/k/v and gate/up
   RETURN_IF_ERROR(weights->Validate());
-  PackProjections(weights.get());
+  if (plain) PackProjections(weights.get());
   FP_LOG_INFO("model",
               "loaded {} (HF, {} shard(s)): {} layers, dim {}, {} heads / {} "
-              "kv, vocab {}, {} parameters, {}",
+              "kv, vocab {}, {} parameters, compute {}, base {} ({:.1f} MiB)",
               dir, shard_paths.size(), config.n_layers, config.dim,
               config.n_heads, config.n_kv_heads, config.vocab_size,
-              config.NumParameters(), c10::toString(options.dtype));
+              config.NumParameters(), c10::toString(options.dtype),
+              BaseDtypeName(base),
+              static_cast<double>(weights->nbytes()) / (1 << 20));
   return std::shared_ptr<const LlamaWeights>(std::move(weights));
 }
 
@@ -436,8 +482,12 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlama2cModel(
   } catch (const std::exception& e) {
     return Status::Internal(path + ": while reading tensors: " + e.what());
   }
+  weights->compute_dtype = options.dtype;
   RETURN_IF_ERROR(weights->Validate());
   PackProjections(weights.get());
+  // llama2.c checkpoints are small: frozen after a whole float32 load.
+  if (options.base_dtype) FreezeWeights(weights.get(), *options.base_dtype);
+  RETURN_IF_ERROR(weights->Validate());
   FP_LOG_INFO("model",
               "loaded {} (llama2.c): {} layers, dim {}, {} heads / {} kv, "
               "vocab {}, {} parameters",
@@ -446,22 +496,33 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlama2cModel(
   return std::shared_ptr<const LlamaWeights>(std::move(weights));
 }
 
-Status SaveHfModel(const LlamaWeights& weights, const std::string& dir) {
+Status SaveHfModel(const LlamaWeights& weights, const std::string& dir,
+                   torch::Dtype dtype) {
+  if (dtype != torch::kFloat32 && dtype != torch::kBFloat16 &&
+      dtype != torch::kFloat16) {
+    return Status::InvalidArgument(std::string("saving ") + dir + ": dtype " +
+                                   c10::toString(dtype) +
+                                   ", expected Float, BFloat16 or Half");
+  }
   RETURN_IF_ERROR(weights.Validate());
   RETURN_IF_ERROR(EnsureDirectory(dir));
   TensorMap tensors;
   try {
     torch::NoGradGuard no_grad;
     for (const auto& [name, shape] : ExpectedTensorShapes(weights.config)) {
-      tensors[name] = weights.Get(name).to(torch::kCPU, torch::kFloat32);
+      tensors[name] = weights.Materialize(name).to(torch::kCPU, dtype);
     }
   } catch (const std::exception& e) {
     return Status::Internal("saving " + dir + ": " + e.what());
   }
   RETURN_IF_ERROR(WriteSafetensors(JoinPath(dir, kWeightsFile), tensors,
                                    {{"format", "pt"}}));
-  RETURN_IF_ERROR(WriteFileAtomic(JoinPath(dir, kConfigFile),
-                                  weights.config.ToHfJson().dump(2) + "\n"));
+  nlohmann::json config = weights.config.ToHfJson();
+  config["torch_dtype"] = dtype == torch::kBFloat16  ? "bfloat16"
+                          : dtype == torch::kFloat16 ? "float16"
+                                                     : "float32";
+  RETURN_IF_ERROR(
+      WriteFileAtomic(JoinPath(dir, kConfigFile), config.dump(2) + "\n"));
   FP_LOG_INFO("model", "saved {} tensors to {}", tensors.size(), dir);
   return Status::Ok();
 }

@@ -24,6 +24,7 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -36,6 +37,12 @@ namespace model {
 struct LoadOptions {
   torch::Dtype dtype = torch::kFloat32;  // compute dtype of the weights
   std::string device = "cpu";            // "cpu", "cuda", "cuda:1"
+  // How the frozen big matrices are held (model/frozen_weight.h): unset,
+  // or the compute dtype: plain tensors, as before; bfloat16 /
+  // float16 (half the memory; converted per matmul), int8 or nf4
+  // (quantized at load, dequantized per layer in forward and backward).
+  // Norms, biases and adapters stay in the compute dtype.
+  std::optional<BaseDtype> base_dtype;
 };
 
 // Dispatches on the path: a directory -> Hugging Face folder; a file ending
@@ -58,9 +65,12 @@ StatusOr<LlamaConfig> ParseHfConfig(std::string_view text,
 StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlama2cModel(
     const std::string& path, const LoadOptions& options = {});
 
-// Writes `weights` as a Hugging Face folder (config.json, model.safetensors
-// in F32), as `fedpeft export --merge` does. Files are written atomically.
-Status SaveHfModel(const LlamaWeights& weights, const std::string& dir);
+// Writes `weights` as a Hugging Face folder (config.json with its
+// torch_dtype, model.safetensors in `dtype`: float32, bfloat16 or float16),
+// as `fedpeft export --merge` does. A frozen base is written dequantized.
+// Files are written atomically.
+Status SaveHfModel(const LlamaWeights& weights, const std::string& dir,
+                   torch::Dtype dtype = torch::kFloat32);
 
 // Per-head row permutation between the two rotary layouts of a q/k weight
 // [n_heads * head_dim, in]: interleaved pairs (Meta/llama2.c/GGUF) to

@@ -29,7 +29,7 @@ StatusOr<LlamaConfig> ReshapeConfig(const LlamaConfig& config,
 }
 
 Status WriteRandomHfModel(const LlamaConfig& config, uint64_t seed,
-                          const std::string& dir) {
+                          const std::string& dir, torch::Dtype dtype) {
   RETURN_IF_ERROR(config.Validate());
   std::shared_ptr<LlamaWeights> weights;
   try {
@@ -39,7 +39,7 @@ Status WriteRandomHfModel(const LlamaConfig& config, uint64_t seed,
                             std::to_string(config.NumParameters()) +
                             " parameters: " + e.what());
   }
-  return SaveHfModel(*weights, dir);
+  return SaveHfModel(*weights, dir, dtype);
 }
 
 }  // namespace model

@@ -37,10 +37,12 @@ struct ModelShape {
 StatusOr<LlamaConfig> ReshapeConfig(const LlamaConfig& config,
                                     const ModelShape& shape);
 
-// Writes a Hugging Face folder (config.json, model.safetensors in F32) with
+// Writes a Hugging Face folder (config.json, model.safetensors in `dtype`:
+// float32, bfloat16 as published checkpoints are, or float16) with
 // RandomLlamaWeights(config, seed): deterministic for a seed.
 Status WriteRandomHfModel(const LlamaConfig& config, uint64_t seed,
-                          const std::string& dir);
+                          const std::string& dir,
+                          torch::Dtype dtype = torch::kFloat32);
 
 }  // namespace model
 }  // namespace fedpeft

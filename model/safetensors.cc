@@ -398,6 +398,16 @@ StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(
   return std::unique_ptr<MappedFile>(new MappedFile(path, data, size));
 }
 
+void MappedFile::Release(uint64_t begin, uint64_t end) const {
+  if (data_ == nullptr || begin >= end || end > size_) return;
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t first = (begin + page - 1) / page * page;
+  const uint64_t last = end / page * page;
+  if (first >= last) return;
+  // Advice only: on failure the pages stay mapped until the file is closed.
+  ::madvise(static_cast<char*>(data_) + first, last - first, MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(data_, size_);
 }

@@ -85,6 +85,11 @@ class MappedFile {
     return std::string_view(static_cast<const char*>(data_), size_);
   }
   const std::string& path() const { return path_; }
+  // Drops the pages wholly inside bytes [begin, end) from this process's
+  // memory (madvise MADV_DONTNEED; they are read again from the page cache
+  // if touched): a loader that has copied a tensor out releases its bytes,
+  // so its peak memory is the copies, not the copies plus the file.
+  void Release(uint64_t begin, uint64_t end) const;
 
  private:
   MappedFile(std::string path, void* data, size_t size)

@@ -507,10 +507,10 @@ StatusOr<uint64_t> RequestedParameters(const PeftOptions& options,
           }
           const std::string path =
               prefix + "." + model::ProjectionParent(proj) + "." + proj;
-          const torch::Tensor& w = base.Get(path + ".weight");
+          const std::vector<int64_t> w = base.Shape(path + ".weight");
           // A [r, in], B [out, r].
-          total += U128(RankFor(options.lora, path)) *
-                   (U128(w.size(0)) + U128(w.size(1)));
+          total +=
+              U128(RankFor(options.lora, path)) * (U128(w[0]) + U128(w[1]));
         }
       } else {
         const U128 b = options.bottleneck.bottleneck_dim;

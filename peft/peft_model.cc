@@ -248,8 +248,7 @@ StatusOr<std::unique_ptr<PeftModel>> PeftModel::Create(
   peft->options_ = options;
   try {
     peft->model_ = std::make_shared<model::LlamaModel>(base);
-    const torch::Device device =
-        base->Get("model.embed_tokens.weight").device();
+    const torch::Device device = base->device();
     if (options.method == "lora") {
       const LoraOptions& o = options.lora;
       for (int64_t layer : LayersOf(o.layers_to_transform, config.n_layers)) {
@@ -258,8 +257,8 @@ StatusOr<std::unique_ptr<PeftModel>> PeftModel::Create(
           if (!Contains(o.target_modules, proj)) continue;
           const std::string path = LayerPath(layer) + "." +
                                    model::ProjectionParent(proj) + "." + proj;
-          const torch::Tensor& w = base->Get(path + ".weight");
-          LoraShape shape{w.size(1), w.size(0), RankFor(o, path)};
+          const std::vector<int64_t> w = base->Shape(path + ".weight");
+          LoraShape shape{w[1], w[0], RankFor(o, path)};
           auto lora = std::make_shared<LoraLinear>(
               shape, AlphaFor(o, path), o.dropout, o.use_rslora,
               ModuleSeed(seed, path), device);

@@ -7,12 +7,17 @@ void ModelOptions::Read(ConfigReader& in) {
   in.Get("path", &path);
   in.Get("tokenizer", &tokenizer);
   in.Get("dtype", &dtype);
+  in.Get("base_dtype", &base_dtype);
   in.Get("device", &device);
   in.Get("threads", &threads);
   in.Check(!path.empty(), "path", "must name a model folder or .bin file");
   in.Check(dtype == "float32" || dtype == "bfloat16" || dtype == "float16",
            "dtype",
            "expected float32, bfloat16 or float16, got '" + dtype + "'");
+  in.Check(base_dtype == "auto" || model::ParseBaseDtype(base_dtype).ok(),
+           "base_dtype",
+           "expected auto, float32, bfloat16, float16, int8 or nf4, got '" +
+               base_dtype + "'");
   in.Check(threads >= 0, "threads",
            "must be >= 0 (0 = default), got " + ToConfigString(threads));
   in.Check(model::ParseDevice(device).ok(), "device",
@@ -32,6 +37,14 @@ StatusOr<model::LoadOptions> ModelOptions::ToLoadOptions() const {
         "model.dtype: expected float32, bfloat16 "
         "or float16, got '" +
         dtype + "'");
+  }
+  if (base_dtype != "auto") {
+    auto parsed = model::ParseBaseDtype(base_dtype);
+    if (!parsed.ok()) {
+      return Status::InvalidArgument("model.base_dtype: " +
+                                     parsed.status().message());
+    }
+    options.base_dtype = *parsed;
   }
   RETURN_IF_ERROR(model::ParseDevice(device).status());
   options.device = device;

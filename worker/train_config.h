@@ -2,7 +2,7 @@
 // and the local part of a federated worker): which base model, which PEFT
 // method, which data, how to train.
 //
-//   model:   {path, tokenizer, dtype, device, threads}
+//   model:   {path, tokenizer, dtype, base_dtype, device, threads}
 //   peft:    {method, lora: {...}, bottleneck: {...}}   (peft/peft_model.h)
 //   data:    {path, format, max_seq_len, ...}           (data/dataset.h)
 //   train:   {epochs, max_steps, batch_size, optim: {...}, ...}
@@ -33,8 +33,12 @@ struct ModelOptions {
   std::string path = "assets/stories260K";  // HF folder or llama2.c .bin
   std::string tokenizer;                    // empty = the one beside the model
   std::string dtype = "float32";            // float32 | bfloat16 | float16
-  std::string device = "cpu";               // cpu | cuda | cuda:N
-  int threads = 0;  // intra-op threads; 0 = LibTorch default
+  // How the frozen base's matrices are held: "auto" (= dtype: plain
+  // tensors) | float32 | bfloat16 | float16 | int8 | nf4 (model/loader.h,
+  // LoadOptions::base_dtype). Adapters and activations stay in `dtype`.
+  std::string base_dtype = "auto";
+  std::string device = "cpu";  // cpu | cuda | cuda:N
+  int threads = 0;             // intra-op threads; 0 = LibTorch default
 
   void Read(ConfigReader& in);
   // The LoadOptions these options describe (dtype and device parsed).

@@ -265,6 +265,24 @@ TEST(TrainConfigTest, ErrorsNameKeysAndFile) {
   EXPECT_THAT(m, HasSubstr("model.dtype"));
 }
 
+TEST(TrainConfigTest, BaseDtypeIsReadAndChecked) {
+  std::string path = kSource + "/configs/local_train.yaml";
+  auto cfg = LoadTrainJobConfig(path, {"model.base_dtype=nf4"});
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  auto load = cfg->model.ToLoadOptions();
+  ASSERT_TRUE(load.ok());
+  ASSERT_TRUE(load->base_dtype.has_value());
+  EXPECT_EQ(*load->base_dtype, model::BaseDtype::kNf4);
+  auto plain = LoadTrainJobConfig(path, {});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->model.ToLoadOptions()->base_dtype.has_value());
+  auto bad = LoadTrainJobConfig(path, {"model.base_dtype=fp4"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(),
+              HasSubstr("model.base_dtype: expected auto, float32, bfloat16, "
+                        "float16, int8 or nf4, got 'fp4'"));
+}
+
 }  // namespace
 }  // namespace worker
 }  // namespace fedpeft
