@@ -19,6 +19,7 @@
 #include "model/tokenizer.h"
 #include "peft/peft_io.h"
 #include "peft/peft_model.h"
+#include "worker/data_parallel.h"
 #include "worker/local_trainer.h"
 #include "worker/train_config.h"
 
@@ -123,6 +124,27 @@ void ApplyThreads(int threads) {
   if (threads > 0) torch::set_num_threads(threads);
 }
 
+// `fedpeft train` over several processes (distributed.world_size > 1):
+// joins the others, checks that every rank has the same data, starts every
+// rank from rank 0's adapter and makes `train` data-parallel. Null alone.
+StatusOr<std::unique_ptr<worker::DistributedGroup>> JoinTrainGroup(
+    const worker::TrainJobConfig& cfg, const torch::Device& device,
+    const std::vector<data::Example>& examples, peft::PeftModel& pm,
+    worker::TrainOptions* train) {
+  if (!cfg.distributed.enabled()) return {nullptr};
+  ASSIGN_OR_RETURN(auto group,
+                   worker::DistributedGroup::Join(cfg.distributed, device));
+  RETURN_IF_ERROR(group->ExpectSame(worker::ExamplesFingerprint(examples),
+                                    "training data"));
+  RETURN_IF_ERROR(group->ExpectSame(
+      worker::LayoutFingerprint(pm.AdapterTensors()), "adapter layouts"));
+  std::vector<torch::Tensor> adapter;  // aliases: Broadcast writes into pm
+  for (auto& kv : pm.AdapterTensors()) adapter.push_back(kv.second);
+  RETURN_IF_ERROR(group->Broadcast(adapter, 0));
+  worker::MakeDataParallel(*group, train);
+  return group;
+}
+
 }  // namespace
 
 int RunTrain(const Args& args) {
@@ -196,21 +218,40 @@ int RunTrain(const Args& args) {
               cfg.data.path, records->size(), train_examples.size(),
               eval_examples.size(), cfg.data.max_seq_len);
 
-  worker::EvalResult before = worker::Evaluate(
-      pm.model(), eval_examples, cfg.train.eval_batch_size, *device);
-  FP_LOG_INFO("train", "eval before: loss {:.4f} ppl {:.2f} ({} tokens)",
-              before.loss, before.perplexity, before.tokens);
+  worker::TrainOptions train_options = cfg.train;
+  auto group = JoinTrainGroup(cfg, *device, train_examples, pm, &train_options);
+  if (!group.ok()) return Fail(cmd, group.status());
+  const int rank = *group ? (*group)->rank() : 0;
+  worker::EvalResult before;
+  if (rank == 0) {
+    before = worker::Evaluate(pm.model(), eval_examples,
+                              cfg.train.eval_batch_size, *device);
+    FP_LOG_INFO("train", "eval before: loss {:.4f} ppl {:.2f} ({} tokens)",
+                before.loss, before.perplexity, before.tokens);
+  }
   std::string sample_before;
-  if (cfg.sample.max_tokens > 0) {
+  if (cfg.sample.max_tokens > 0 && rank == 0) {
     sample_before = GreedySample(pm.model(), *base->tokenizer,
                                  cfg.sample.prompt, cfg.sample.max_tokens);
   }
 
-  worker::LocalTrainer trainer(pm, cfg.train, *device);
-  worker::TrainResult tr = trainer.Train(train_examples, [](int epoch,
-                                                            double loss) {
-    FP_LOG_INFO("train", "epoch {} done: mean loss {:.4f}", epoch + 1, loss);
-  });
+  worker::LocalTrainer trainer(pm, train_options, *device);
+  worker::TrainResult tr;
+  try {
+    tr = trainer.Train(train_examples, [](int epoch, double loss) {
+      FP_LOG_INFO("train", "epoch {} done: mean loss {:.4f}", epoch + 1, loss);
+    });
+  } catch (const std::exception& e) {
+    // Only a data-parallel step throws: the group says what broke.
+    return Fail(cmd, *group && !(*group)->status().ok()
+                         ? (*group)->status()
+                         : Status::Internal(e.what()));
+  }
+  if (rank > 0) {
+    FP_LOG_INFO("train", "rank {}: trained {} steps; rank 0 writes the adapter",
+                rank, tr.steps);
+    return kExitOk;
+  }
   worker::EvalResult after = worker::Evaluate(
       pm.model(), eval_examples, cfg.train.eval_batch_size, *device);
   FP_LOG_INFO("train",

@@ -28,6 +28,7 @@
 #include "proto/fedpeft.grpc.pb.h"
 #include "proto/grpc_util.h"
 #include "security/tls.h"
+#include "worker/distributed_worker.h"
 #include "worker/worker_client.h"
 #include "worker/worker_config.h"
 
@@ -129,6 +130,16 @@ int RunWorker(const Args& args) {
   torch::set_num_threads(cfg->worker.threads);
   auto base = worker::LoadWorkerBase(cfg->model);
   if (!base.ok()) return Fail(cmd, base.status());
+  if (cfg->worker.distributed.rank > 0) {
+    // Another process of a worker over several (worker.distributed): it
+    // trains what rank 0 hands it and never dials the server.
+    auto follower = worker::DistributedFollower::Create(*cfg, base->weights,
+                                                        base->tokenizer);
+    if (!follower.ok()) return Fail(cmd, follower.status());
+    SignalWatcher signals([&] { (*follower)->Stop(); });
+    s = (*follower)->Run();
+    return s.ok() ? 0 : Fail(cmd, s);
+  }
   auto client =
       worker::WorkerClient::Create(*cfg, base->weights, base->tokenizer);
   if (!client.ok()) return Fail(cmd, client.status());

@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   # toolchain
   g++ cmake ninja-build ccache pkg-config git
-  # tensors: Debian's LibTorch (CPU) and the BLAS that makes it fast
-  libtorch-dev libopenblas0-pthread
+  # tensors: Debian's LibTorch (CPU) and the BLAS that makes it fast; Gloo's
+  # headers, which LibTorch's c10d ProcessGroupGloo.hpp includes (a worker
+  # over several processes, worker/distributed.h)
+  libtorch-dev libopenblas0-pthread libgloo-dev
   # transport and security
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libssl-dev
   # configs, CLI, JSON, logging (tokenizer.model is read by our own code:

@@ -56,6 +56,18 @@ class ProgressBar {
   bool drawn_ = false;
 };
 
+// Rows [n*rank/count, n*(rank+1)/count) of `batch`: a process's share of a
+// micro-batch (TrainOptions::shard_rank). Aliases the batch's tensors.
+data::Batch ShareOfBatch(const data::Batch& batch, int rank, int count) {
+  const int64_t rows = batch.tokens.size(0);
+  const int64_t begin = rows * rank / count;
+  const int64_t end = rows * (rank + 1) / count;
+  data::Batch share{batch.tokens.slice(0, begin, end),
+                    batch.targets.slice(0, begin, end), 0};
+  share.num_target_tokens = share.targets.ne(-100).sum().item<int64_t>();
+  return share;
+}
+
 }  // namespace
 
 void OptimOptions::Read(ConfigReader& in) {
@@ -245,8 +257,17 @@ double LocalTrainer::Step(const std::vector<data::Batch>& micro_batches,
                   static_cast<double>(b.num_target_tokens);
       total_tokens += b.num_target_tokens;
     }
+    double loss =
+        loss_sum / static_cast<double>(std::max<int64_t>(1, total_tokens));
+    step_tokens_ = total_tokens;
+    if (options_.reduce_step) {
+      StepShare share{{}, total_tokens, loss};
+      options_.reduce_step(share);
+      loss = share.loss;
+      step_tokens_ = share.tokens;
+    }
     ++step_;
-    return loss_sum / static_cast<double>(std::max<int64_t>(1, total_tokens));
+    return loss;
   }
   double lr = LearningRate(step_, total_steps);
   for (auto& group : optimizer_->param_groups()) {
@@ -277,6 +298,19 @@ double LocalTrainer::Step(const std::vector<data::Batch>& micro_batches,
     objective.backward();
     loss_sum += loss.item<double>() * weight;
   }
+  step_tokens_ = total_tokens;
+  if (options_.reduce_step) {
+    // Data parallelism: every process's share of the step becomes the
+    // global step (a share without targets ran no backward: zeros).
+    StepShare share{{}, total_tokens, loss_sum};
+    for (torch::Tensor& p : params_) {
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      share.grads.push_back(p.grad());
+    }
+    options_.reduce_step(share);
+    loss_sum = share.loss;
+    step_tokens_ = share.tokens;
+  }
   if (options_.optim.max_grad_norm > 0) {
     torch::nn::utils::clip_grad_norm_(params_, options_.optim.max_grad_norm);
   }
@@ -306,6 +340,11 @@ TrainResult LocalTrainer::Train(
     std::vector<data::Batch> batches = data::MakeBatches(
         train, ShuffledOrder(train.size(), options_.seed + epoch),
         options_.batch_size);
+    if (options_.shard_count > 1) {
+      for (data::Batch& b : batches) {
+        b = ShareOfBatch(b, options_.shard_rank, options_.shard_count);
+      }
+    }
     double epoch_loss = 0.0;
     int64_t epoch_steps = 0;
     for (size_t i = 0; i < batches.size() && done < total_steps;
@@ -313,10 +352,9 @@ TrainResult LocalTrainer::Train(
       size_t end = std::min(batches.size(), i + options_.grad_accum);
       std::vector<data::Batch> micro(batches.begin() + i,
                                      batches.begin() + end);
-      int64_t tokens = 0;
-      for (const auto& b : micro) tokens += b.num_target_tokens;
       double lr = LearningRate(step_, total_steps);
       double loss = Step(micro, total_steps);
+      const int64_t tokens = step_tokens_;  // over every process
       ++done;
       ++epoch_steps;
       epoch_loss += loss;

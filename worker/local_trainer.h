@@ -44,6 +44,16 @@ struct OptimOptions {
   void Read(ConfigReader& in);  // keys of a "train.optim"-like section
 };
 
+// This process's part of one optimizer step of a worker that spans several
+// processes (worker/distributed.h), handed to TrainOptions::reduce_step.
+struct StepShare {
+  // The trained tensors' gradients, aliases of their .grad() (written in
+  // place): this process's token-weighted mean.
+  std::vector<torch::Tensor> grads;
+  int64_t tokens = 0;  // this process's target tokens in the step
+  double loss = 0.0;   // its token-weighted mean loss
+};
+
 struct TrainOptions {
   int epochs = 1;         // passes over the data (when max_steps == 0)
   int64_t max_steps = 0;  // optimizer steps; 0 = run `epochs`
@@ -62,6 +72,18 @@ struct TrainOptions {
   // FFA-LoRA's fixed A. Set per round by the federated worker, not in YAML.
   std::set<std::string> frozen;
   OptimOptions optim;
+  // Data parallelism over processes (worker/distributed.h); set by the
+  // worker, not in YAML. This process trains on rows [n*shard_rank /
+  // shard_count, n*(shard_rank+1) / shard_count) of every micro-batch of n
+  // examples: together the processes take the batches one process would.
+  int shard_rank = 0;
+  int shard_count = 1;
+  // Called in every step on every process after backward, before clipping:
+  // replaces share.grads and share.loss by the token-weighted means over all
+  // processes and share.tokens by their sum, so that clipping and AdamW see
+  // the global step and every process stays identical. Empty: one process.
+  // It may throw (a lost peer); Step() and Train() let that through.
+  std::function<void(StepShare&)> reduce_step;
 
   void Read(ConfigReader& in);  // keys of a "train" section
 };
@@ -127,6 +149,7 @@ class LocalTrainer {
   std::vector<torch::Tensor> anchor_;  // FedProx, aligned with params_
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   int64_t step_ = 0;
+  int64_t step_tokens_ = 0;  // target tokens of the last step, all processes
 };
 
 }  // namespace worker

@@ -79,6 +79,8 @@ void TrainJobConfig::Read(ConfigReader& in) {
   logging.Read(logging_in);
   ConfigReader sample_in = in.Section("sample");
   sample.Read(sample_in);
+  ConfigReader distributed_in = in.Section("distributed");
+  distributed.Read(distributed_in);
   in.Get("seed", &seed);
 }
 

@@ -8,6 +8,8 @@
 //   train:   {epochs, max_steps, batch_size, optim: {...}, ...}
 //   logging: {level, file}
 //   sample:  {prompt, max_tokens}   the greedy sample printed before/after
+//   distributed: {world_size, rank, master_address, timeout_s, port_file}
+//            one job over several processes (worker/distributed.h)
 //   seed:    adapter initialisation
 //
 // Relative paths are taken as given (relative to the working directory).
@@ -24,6 +26,7 @@
 #include "data/dataset.h"
 #include "model/loader.h"
 #include "peft/peft_model.h"
+#include "worker/distributed.h"
 #include "worker/local_trainer.h"
 
 namespace fedpeft {
@@ -66,6 +69,9 @@ struct TrainJobConfig {
   TrainOptions train;
   LoggingOptions logging;
   SampleOptions sample;
+  // Data-parallel over several processes; rank 0 evaluates and writes the
+  // adapter (world_size 1, the default: this process alone).
+  DistributedOptions distributed;
   uint64_t seed = 42;  // adapter initialisation
 
   void Read(ConfigReader& in);

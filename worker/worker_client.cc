@@ -20,6 +20,7 @@
 #include "security/dp.h"
 #include "security/secagg.h"
 #include "security/secagg_update.h"
+#include "worker/distributed_worker.h"
 #include "worker/federation_client.h"
 #include "worker/local_trainer.h"
 
@@ -80,6 +81,7 @@ class WorkerClient::Impl {
 
   Status Init();
   Status Run();
+  Status RunRounds();
   void Stop() {
     if (client_) client_->Stop();
   }
@@ -129,6 +131,8 @@ class WorkerClient::Impl {
   std::vector<data::Example> train_;
   std::vector<data::Example> eval_;
   std::unique_ptr<FederationClient> client_;
+  // The other processes of this worker (worker.distributed); null alone.
+  std::unique_ptr<DistributedGroup> group_;
   std::unique_ptr<peft::PeftModel> peft_;
   peft::PeftOptions registered_;  // the server's adapter config
   std::string adapter_config_json_;
@@ -148,26 +152,26 @@ class WorkerClient::Impl {
   WorkerStats stats_;  // GUARDED_BY(mu_)
 };
 
-Status WorkerClient::Impl::Init() {
-  ASSIGN_OR_RETURN(device_, model::ParseDevice(config_.model.device));
-  data::DataOptions d = config_.data;
+StatusOr<WorkerData> LoadWorkerData(const WorkerConfig& config,
+                                    const model::Tokenizer& tokenizer) {
+  data::DataOptions d = config.data;
   RETURN_IF_ERROR(data::ResolveChatTemplate(
-      config_.model.path, config_.model.tokenizer, *tokenizer_, &d));
+      config.model.path, config.model.tokenizer, tokenizer, &d));
   ASSIGN_OR_RETURN(std::vector<data::Record> records, data::LoadRecords(d));
   // The held-out split is taken over the whole file before partitioning, so
   // the union of every worker's eval split is the file's eval split.
   const std::vector<bool> held_out =
       data::HeldOutMask(records.size(), d.eval_fraction, d.seed);
   std::vector<size_t> mine;
-  if (!config_.shard.empty()) {
-    ASSIGN_OR_RETURN(auto shard, data::ParseShard(config_.shard));
+  if (!config.shard.empty()) {
+    ASSIGN_OR_RETURN(auto shard, data::ParseShard(config.shard));
     ASSIGN_OR_RETURN(auto parts, data::Partition(records, shard.second,
                                                  d.partition, d.partition_field,
                                                  d.dirichlet_alpha, d.seed));
     mine = parts[shard.first];
     if (mine.empty()) {
       return Status::InvalidArgument(
-          "data.shard " + config_.shard + " of '" + d.path +
+          "data.shard " + config.shard + " of '" + d.path +
           "' is empty (partition '" + d.partition +
           "'): use fewer shards or another partition");
     }
@@ -179,24 +183,43 @@ Status WorkerClient::Impl::Init() {
     (held_out[i] ? eval_records : train_records).push_back(records[i]);
   }
   // Training order is shuffled per epoch by the trainer.
-  train_ = data::Tokenize(train_records, *tokenizer_, d);
-  eval_ = data::Tokenize(eval_records, *tokenizer_, d);
-  const size_t num_records = mine.size();
-  if (train_.empty()) {
+  WorkerData out;
+  out.train = data::Tokenize(train_records, tokenizer, d);
+  out.eval = data::Tokenize(eval_records, tokenizer, d);
+  out.num_records = mine.size();
+  if (out.train.empty()) {
     return Status::InvalidArgument(
         "data '" + d.path + "'" +
-        (config_.shard.empty() ? "" : " shard " + config_.shard) +
+        (config.shard.empty() ? "" : " shard " + config.shard) +
         " gave no training examples");
+  }
+  return out;
+}
+
+Status WorkerClient::Impl::Init() {
+  ASSIGN_OR_RETURN(device_, model::ParseDevice(config_.model.device));
+  ASSIGN_OR_RETURN(WorkerData local, LoadWorkerData(config_, *tokenizer_));
+  train_ = std::move(local.train);
+  eval_ = std::move(local.eval);
+  if (config_.worker.distributed.enabled()) {
+    // Every rank has loaded its data: join them (blocks until all have).
+    ASSIGN_OR_RETURN(
+        group_, DistributedGroup::Join(config_.worker.distributed, device_));
+    RETURN_IF_ERROR(
+        group_->ExpectSame(ExamplesFingerprint(train_), "training data"));
   }
   client_ = std::make_unique<FederationClient>(
       config_.worker.id, config_.server, [this] { return Profile(); },
       [this](const proto::RegisterReply& r) { return OnRegistered(r); });
   RETURN_IF_ERROR(client_->Connect());
   FP_LOG_INFO("worker",
-              "'{}': {} records -> {} train / {} eval examples{}; server {}",
-              config_.worker.id, num_records, train_.size(), eval_.size(),
+              "'{}': {} records -> {} train / {} eval examples{}; server {}{}",
+              config_.worker.id, local.num_records, train_.size(), eval_.size(),
               config_.shard.empty() ? "" : " (shard " + config_.shard + ")",
-              config_.server.address);
+              config_.server.address,
+              group_ ? fmt::format("; {} processes (worker.distributed)",
+                                   group_->world_size())
+                     : std::string());
   return Status::Ok();
 }
 
@@ -334,13 +357,25 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
       }
     }
   }
+  if (group_) {
+    // The other ranks train the same round on their shares of each batch.
+    RETURN_IF_ERROR(LeadRound(*group_, round, t, *peft_));
+    MakeDataParallel(*group_, &t);
+  }
   LocalTrainer trainer(*peft_, t, device_);
   if (t.fedprox_mu > 0) trainer.SetProximalAnchor(global);
   auto t0 = Clock::now();
-  TrainResult r = trainer.Train(train_, [&](int epoch, double loss) {
-    FP_LOG_INFO("worker", "'{}' round {}: local epoch {} mean loss {:.4f}",
-                config_.worker.id, round, epoch + 1, loss);
-  });
+  TrainResult r;
+  try {
+    r = trainer.Train(train_, [&](int epoch, double loss) {
+      FP_LOG_INFO("worker", "'{}' round {}: local epoch {} mean loss {:.4f}",
+                  config_.worker.id, round, epoch + 1, loss);
+    });
+  } catch (const std::exception& e) {
+    // Only a data-parallel step throws: the group says what broke.
+    return group_ && !group_->status().ok() ? group_->status()
+                                            : Status::Internal(e.what());
+  }
   EvalResult ev = Evaluate(peft_->model(), eval_, t.eval_batch_size, device_);
   double compute = std::chrono::duration<double>(Clock::now() - t0).count();
   if (config_.simulation.slowdown > 1.0) {
@@ -631,6 +666,16 @@ Status WorkerClient::Impl::SecAggUnmask(SecAggSession& session,
 }
 
 Status WorkerClient::Impl::Run() {
+  Status s = RunRounds();
+  if (group_) {
+    // Whatever ended the run ends the other ranks too, with its status.
+    Status told = LeadShutdown(*group_, s);
+    if (!told.ok() && s.ok()) s = told;
+  }
+  return s;
+}
+
+Status WorkerClient::Impl::RunRounds() {
   tokens_per_second_ = MeasureTokensPerSecond();
   RETURN_IF_ERROR(client_->Register());
   client_->StartHeartbeat();
@@ -649,6 +694,8 @@ Status WorkerClient::Impl::Run() {
       case proto::Task::TRAIN: {
         Status t = TrainRound(*task);
         if (!t.ok()) {
+          // The ranks of a broken group may disagree: stop, do not go on.
+          if (group_ && !group_->status().ok()) return group_->status();
           if (client_->stopped()) break;
           // A round can fail on our side (e.g. the round closed while we
           // downloaded); log it and ask for the next task.

@@ -76,6 +76,16 @@ class WorkerClient {
   std::unique_ptr<Impl> impl_;
 };
 
+// A worker's local data: `data` (or its data.shard), split into training
+// and held-out examples. Every rank of a distributed worker loads the same.
+struct WorkerData {
+  std::vector<data::Example> train;
+  std::vector<data::Example> eval;
+  size_t num_records = 0;  // records of this worker (shard) before the split
+};
+StatusOr<WorkerData> LoadWorkerData(const WorkerConfig& config,
+                                    const model::Tokenizer& tokenizer);
+
 // Loads the base model and tokenizer a worker config names.
 struct WorkerBase {
   std::shared_ptr<const model::LlamaWeights> weights;

@@ -8,6 +8,8 @@ void WorkerIdentity::Read(ConfigReader& in) {
   in.Get("threads", &threads);
   in.Get("ram_mb", &ram_mb);
   in.Get("uplink_mbps", &uplink_mbps);
+  ConfigReader d = in.Section("distributed");
+  distributed.Read(d);
   in.Check(!id.empty() && id.size() <= 128, "id",
            "expected 1 to 128 characters, got '" + id + "'");
   in.Check(threads >= 1, "threads",

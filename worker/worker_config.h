@@ -1,6 +1,8 @@
 // Configuration of a federated worker (`fedpeft worker --config FILE`).
 //
-//   worker:     id, threads, ram_mb, uplink_mbps
+//   worker:     id, threads, ram_mb, uplink_mbps, distributed: {world_size,
+//               rank, master_address, timeout_s, port_file} (one worker over
+//               several processes or machines, worker/distributed.h)
 //   server:     address, max_message_mb, rpc_timeout_s, task_wait_ms,
 //               backoff_initial_ms, backoff_max_ms, give_up_after_s
 //   tls:        enabled | insecure (one is required), ca, cert, key,
@@ -26,6 +28,7 @@
 #include "common/status.h"
 #include "data/dataset.h"
 #include "security/tls_options.h"
+#include "worker/distributed.h"
 #include "worker/local_trainer.h"
 #include "worker/train_config.h"
 
@@ -37,6 +40,9 @@ struct WorkerIdentity {
   int threads = 1;              // intra-op threads for local training
   int64_t ram_mb = 0;           // memory it offers (0 = measure)
   double uplink_mbps = 0;       // uplink bandwidth (0 = unknown)
+  // Data-parallel training over several processes; rank 0 alone talks to
+  // the server (world_size 1, the default: this process is the worker).
+  DistributedOptions distributed;
 
   void Read(ConfigReader& in);
 };
