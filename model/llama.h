@@ -209,6 +209,17 @@ class LlamaModel : public torch::nn::Module {
   // workers. Default 0.
   void set_first_trainable_layer(int64_t layer) { first_trainable_ = layer; }
 
+  // Gradient checkpointing (model/checkpoint.h): each trainable layer keeps
+  // only its input for backward and runs its forward again there, so
+  // training holds one [B, T, dim] tensor per layer instead of all of the
+  // layer's activations, for about one more forward pass of compute. LoRA
+  // dropout draws the same masks in the recompute. Applies only where a
+  // graph is recorded: not with a KV cache, under NoGradGuard, or in the
+  // layers below first_trainable_layer. Gradients equal those without it.
+  // Default off.
+  void set_gradient_checkpointing(bool on) { checkpointing_ = on; }
+  bool gradient_checkpointing() const { return checkpointing_; }
+
   // The base weight currently used for a projection (merged or not).
   torch::Tensor ProjectionWeight(int64_t layer, const std::string& projection);
 
@@ -237,6 +248,9 @@ class LlamaModel : public torch::nn::Module {
   RopeTables RopeFor(int64_t start, int64_t length);
   torch::Tensor RunLayer(Layer& layer, const torch::Tensor& x, int64_t index,
                          int64_t start, const RopeTables& rope, KvCache* cache);
+  // RunLayer without a cache, checkpointed (model/checkpoint.h).
+  torch::Tensor RunLayerCheckpointed(int64_t index, const torch::Tensor& x,
+                                     int64_t start, const RopeTables& rope);
   torch::Tensor Attention(Layer& layer, const torch::Tensor& x, int64_t index,
                           int64_t start, const RopeTables& rope,
                           KvCache* cache);
@@ -263,6 +277,7 @@ class LlamaModel : public torch::nn::Module {
   int64_t mask_start_ = -1;
   int64_t mask_length_ = -1;
   int64_t first_trainable_ = 0;
+  bool checkpointing_ = false;
   bool merged_ = false;
 };
 
