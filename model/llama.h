@@ -190,6 +190,11 @@ class LlamaModel : public torch::nn::Module {
   // Output projection of hidden states to logits.
   torch::Tensor Logits(const torch::Tensor& hidden);
 
+  // The output projection [vocab, dim] Logits multiplies by (the embedding
+  // when tied); frozen, never merged. Aliases. For losses that fuse it with
+  // the softmax (model/chunked_loss.h).
+  const torch::Tensor& lm_head() const { return lm_head_; }
+
   // Adapter slots. `projection` is one of ProjectionNames(); `place` is
   // "attn" or "mlp". Registers `delta` as a submodule named
   // "layers_<layer>_<projection>" (resp. "layers_<layer>_<place>_adapter").
