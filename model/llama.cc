@@ -8,6 +8,7 @@
 #include <tuple>
 #include <utility>
 
+#include "model/checkpoint.h"
 #include "model/llama_internal.h"
 
 namespace fedpeft {
@@ -381,6 +382,35 @@ torch::Tensor LlamaModel::RunLayer(Layer& layer, const torch::Tensor& x,
   return y + h;
 }
 
+torch::Tensor LlamaModel::RunLayerCheckpointed(int64_t index,
+                                               const torch::Tensor& x,
+                                               int64_t start,
+                                               const RopeTables& rope) {
+  Layer& layer = *layers_[index];
+  // Every tensor of the layer that may want a gradient: the adapters in
+  // its slots (merged deltas are not applied, so not read). The base
+  // weights, norms and rope tables are frozen.
+  std::vector<torch::Tensor> params;
+  for (const auto& delta : layer.delta) {
+    if (!delta || merged_) continue;
+    for (const torch::Tensor& p : delta->parameters()) params.push_back(p);
+  }
+  for (const auto* adapter : {&layer.attn_adapter, &layer.mlp_adapter}) {
+    if (!*adapter) continue;
+    for (const torch::Tensor& p : (*adapter)->parameters()) {
+      params.push_back(p);
+    }
+  }
+  // The recompute runs in the backward, after Hidden returned: the rope
+  // views are copied into the closure; the layer and `this` outlive the
+  // graph as the parameters' owner does.
+  return Checkpoint(
+      [this, &layer, index, start, rope](const torch::Tensor& in) {
+        return RunLayer(layer, in, index, start, rope, nullptr);
+      },
+      x, params);
+}
+
 torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
   const LlamaConfig& c = config();
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T], got ", tokens.sizes());
@@ -407,8 +437,13 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
       x = RunLayer(*layers_[l], x, l, start, rope, cache);
     }
   }
+  // A cache means generation: nothing to recompute, and a recompute would
+  // append the keys twice.
+  const bool checkpoint =
+      checkpointing_ && cache == nullptr && torch::GradMode::is_enabled();
   for (int64_t l = frozen; l < c.n_layers; ++l) {
-    x = RunLayer(*layers_[l], x, l, start, rope, cache);
+    x = checkpoint ? RunLayerCheckpointed(l, x, start, rope)
+                   : RunLayer(*layers_[l], x, l, start, rope, cache);
   }
   if (cache != nullptr) cache->length += T;
   return RmsNorm(x, final_norm_, c.norm_eps);

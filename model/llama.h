@@ -229,6 +229,14 @@ class LlamaModel : public torch::nn::Module {
   // Output projection of hidden states to logits.
   torch::Tensor Logits(const torch::Tensor& hidden);
 
+  // The output projection [vocab, dim] Logits multiplies by (the embedding
+  // when tied); frozen, never merged. Aliases. For losses that fuse it with
+  // the softmax (model/chunked_loss.h). On a frozen base (base_dtype) it is
+  // the stored 16-bit matrix, not of the compute dtype.
+  const torch::Tensor& lm_head() const {
+    return lm_head_frozen_ != nullptr ? lm_head_frozen_->data() : lm_head_;
+  }
+
   // Adapter slots. `projection` is one of ProjectionNames(); `place` is
   // "attn" or "mlp". Registers `delta` as a submodule named
   // "layers_<layer>_<projection>" (resp. "layers_<layer>_<place>_adapter").
@@ -247,6 +255,17 @@ class LlamaModel : public torch::nn::Module {
   // activations kept, no backward through them): layer freezing for weak
   // workers. Default 0.
   void set_first_trainable_layer(int64_t layer) { first_trainable_ = layer; }
+
+  // Gradient checkpointing (model/checkpoint.h): each trainable layer keeps
+  // only its input for backward and runs its forward again there, so
+  // training holds one [B, T, dim] tensor per layer instead of all of the
+  // layer's activations, for about one more forward pass of compute. LoRA
+  // dropout draws the same masks in the recompute. Applies only where a
+  // graph is recorded: not with a KV cache, under NoGradGuard, or in the
+  // layers below first_trainable_layer. Gradients equal those without it.
+  // Default off.
+  void set_gradient_checkpointing(bool on) { checkpointing_ = on; }
+  bool gradient_checkpointing() const { return checkpointing_; }
 
   // The base weight currently used for a projection (merged or not).
   torch::Tensor ProjectionWeight(int64_t layer, const std::string& projection);
@@ -276,6 +295,9 @@ class LlamaModel : public torch::nn::Module {
   RopeTables RopeFor(int64_t start, int64_t length);
   torch::Tensor RunLayer(Layer& layer, const torch::Tensor& x, int64_t index,
                          int64_t start, const RopeTables& rope, KvCache* cache);
+  // RunLayer without a cache, checkpointed (model/checkpoint.h).
+  torch::Tensor RunLayerCheckpointed(int64_t index, const torch::Tensor& x,
+                                     int64_t start, const RopeTables& rope);
   torch::Tensor Attention(Layer& layer, const torch::Tensor& x, int64_t index,
                           int64_t start, const RopeTables& rope,
                           KvCache* cache);
@@ -306,6 +328,7 @@ class LlamaModel : public torch::nn::Module {
   int64_t mask_start_ = -1;
   int64_t mask_length_ = -1;
   int64_t first_trainable_ = 0;
+  bool checkpointing_ = false;
   bool merged_ = false;
 };
 

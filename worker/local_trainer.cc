@@ -9,6 +9,7 @@
 #include <random>
 
 #include "common/logging.h"
+#include "model/chunked_loss.h"
 
 namespace fedpeft {
 namespace worker {
@@ -106,6 +107,8 @@ void TrainOptions::Read(ConfigReader& in) {
   in.Get("eval_batch_size", &eval_batch_size);
   in.Get("fedprox_mu", &fedprox_mu);
   in.Get("trainable_layers", &trainable_layers);
+  in.Get("gradient_checkpointing", &gradient_checkpointing);
+  in.Get("chunked_loss", &chunked_loss);
   in.Get("log_every", &log_every);
   in.Get("progress_bar", &progress_bar);
   in.Get("seed", &seed);
@@ -131,7 +134,11 @@ void TrainOptions::Read(ConfigReader& in) {
 }
 
 torch::Tensor LanguageModelLoss(model::LlamaModel& model,
-                                const data::Batch& batch) {
+                                const data::Batch& batch, bool chunked) {
+  if (chunked) {
+    return model::LinearCrossEntropy(model.Hidden(batch.tokens),
+                                     model.lm_head(), batch.targets);
+  }
   torch::Tensor logits = model.Forward(batch.tokens);
   const int64_t vocab = logits.size(-1);
   return torch::nn::functional::cross_entropy(
@@ -189,6 +196,7 @@ LocalTrainer::LocalTrainer(peft::PeftModel& peft, const TrainOptions& options,
           ? std::max<int64_t>(0, n_layers - options_.trainable_layers)
           : 0;
   peft_.model().set_first_trainable_layer(first_trainable);
+  peft_.model().set_gradient_checkpointing(options_.gradient_checkpointing);
   for (const auto& [key, t] : peft_.AdapterTensors()) {
     bool train = !options_.frozen.count(key) &&
                  (first_trainable == 0 || LayerOfKey(key) >= first_trainable);
@@ -253,8 +261,10 @@ double LocalTrainer::Step(const std::vector<data::Batch>& micro_batches,
       if (b.num_target_tokens == 0) continue;
       data::Batch on_device{b.tokens.to(device_), b.targets.to(device_),
                             b.num_target_tokens};
-      loss_sum += LanguageModelLoss(peft_.model(), on_device).item<double>() *
-                  static_cast<double>(b.num_target_tokens);
+      loss_sum +=
+          LanguageModelLoss(peft_.model(), on_device, options_.chunked_loss)
+              .item<double>() *
+          static_cast<double>(b.num_target_tokens);
       total_tokens += b.num_target_tokens;
     }
     double loss =
@@ -282,7 +292,8 @@ double LocalTrainer::Step(const std::vector<data::Batch>& micro_batches,
     if (b.num_target_tokens == 0) continue;
     data::Batch on_device{b.tokens.to(device_), b.targets.to(device_),
                           b.num_target_tokens};
-    torch::Tensor loss = LanguageModelLoss(peft_.model(), on_device);
+    torch::Tensor loss =
+        LanguageModelLoss(peft_.model(), on_device, options_.chunked_loss);
     double weight = static_cast<double>(b.num_target_tokens) /
                     static_cast<double>(std::max<int64_t>(1, total_tokens));
     torch::Tensor objective = loss * weight;

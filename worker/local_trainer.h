@@ -5,7 +5,10 @@
 // norm, constant or cosine learning rate with linear warmup, gradient
 // accumulation, optional FedProx proximal term (mu/2 * ||w - w_global||^2).
 // The loss is next-token cross entropy averaged over target tokens
-// (targets of -100 are ignored).
+// (targets of -100 are ignored), computed with the output layer in chunks of
+// tokens (model/chunked_loss.h) so that no [tokens, vocab] logits tensor is
+// held. Gradient checkpointing (model/checkpoint.h) trades one more forward
+// for the layers' activations.
 //
 // Ownership: the trainer references the PeftModel (which must outlive it)
 // and owns the optimizer state.
@@ -68,6 +71,14 @@ struct TrainOptions {
   // layers train (0 = all). The layers below run their forward without
   // autograd, so they keep no activations and run no backward.
   int trainable_layers = 0;
+  // Recompute each trainable layer's forward in backward instead of keeping
+  // its activations (LlamaModel::set_gradient_checkpointing): less memory
+  // for about one more forward pass per step; same loss and gradients.
+  bool gradient_checkpointing = false;
+  // Loss through the fused, chunked output layer (model/chunked_loss.h);
+  // false materialises the [tokens, vocab] logits and calls cross_entropy,
+  // as before it existed (kept to measure against).
+  bool chunked_loss = true;
   // Adapter tensors (PEFT keys) left untouched this run: adaptive freezing,
   // FFA-LoRA's fixed A. Set per round by the federated worker, not in YAML.
   std::set<std::string> frozen;
@@ -102,11 +113,16 @@ struct EvalResult {
   int64_t tokens = 0;
 };
 
-// Mean next-token cross entropy of `batch` (targets -100 ignored).
+// Mean next-token cross entropy of `batch` (targets -100 ignored), float32
+// scalar; NaN when every target is ignored (callers skip such batches).
+// `chunked`: through model::LinearCrossEntropy over Hidden() (no
+// [tokens, vocab] logits tensor), else cross_entropy of Forward(); equal
+// values and gradients.
 torch::Tensor LanguageModelLoss(model::LlamaModel& model,
-                                const data::Batch& batch);
+                                const data::Batch& batch, bool chunked = true);
 
-// Loss of `examples` under no_grad, weighted by target tokens.
+// Loss of `examples` under no_grad, weighted by target tokens; batches
+// without targets are skipped.
 EvalResult Evaluate(model::LlamaModel& model,
                     const std::vector<data::Example>& examples, int batch_size,
                     const torch::Device& device);

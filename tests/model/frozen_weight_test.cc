@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/file_util.h"
+#include "model/chunked_loss.h"
 #include "model/llama.h"
 #include "model/loader.h"
 #include "tests/model/llama_test_util.h"
@@ -157,7 +158,10 @@ class TestDelta : public LinearDelta {
 
 // Loss and gradients of deltas on every projection of layer 1 and the
 // output of `model` on a fixed batch.
-std::pair<double, std::vector<torch::Tensor>> LossAndGrads(LlamaModel& model) {
+// `fused`: through the chunked output layer + cross entropy, with gradient
+// checkpointing (the memory-saving path of training).
+std::pair<double, std::vector<torch::Tensor>> LossAndGrads(LlamaModel& model,
+                                                           bool fused = false) {
   const LlamaConfig& c = model.config();
   int64_t seed = 100;
   for (const std::string& p : ProjectionNames()) {
@@ -169,10 +173,20 @@ std::pair<double, std::vector<torch::Tensor>> LossAndGrads(LlamaModel& model) {
   torch::Tensor tokens = torch::arange(3, 3 + 2 * 9, torch::kInt64)
                              .remainder(c.vocab_size)
                              .view({2, 9});
-  torch::Tensor logits = model.Forward(tokens);
-  torch::Tensor loss = torch::nn::functional::cross_entropy(
-      logits.view({-1, c.vocab_size}).narrow(0, 0, 17),
-      tokens.view({-1}).narrow(0, 1, 17));
+  torch::Tensor loss;
+  if (fused) {
+    model.set_gradient_checkpointing(true);
+    torch::Tensor targets = torch::full({2, 9}, -100, torch::kInt64);
+    targets.view({-1}).narrow(0, 0, 17).copy_(
+        tokens.view({-1}).narrow(0, 1, 17));
+    loss = LinearCrossEntropy(model.Hidden(tokens), model.lm_head(), targets,
+                              /*chunk_rows=*/100);
+  } else {
+    torch::Tensor logits = model.Forward(tokens);
+    loss = torch::nn::functional::cross_entropy(
+        logits.view({-1, c.vocab_size}).narrow(0, 0, 17),
+        tokens.view({-1}).narrow(0, 1, 17));
+  }
   loss.backward();
   std::vector<torch::Tensor> grads;
   for (const torch::Tensor& p : model.parameters()) grads.push_back(p.grad());
@@ -192,20 +206,23 @@ TEST(FrozenBaseTest, GradientsEqualAPlainBaseOfTheSameValues) {
       auto frozen = test::LoadOrDie(path, opts);
       ASSERT_NE(frozen, nullptr);
       ASSERT_FALSE(frozen->frozen.empty());
-      LlamaModel on_frozen(frozen);
-      auto plain = on_frozen.ExportWeights();  // dequantized copies
+      auto plain = LlamaModel(frozen).ExportWeights();  // dequantized copies
       ASSERT_TRUE(plain->frozen.empty());
       LlamaModel on_plain(plain);
-      auto [loss_f, grads_f] = LossAndGrads(on_frozen);
       auto [loss_p, grads_p] = LossAndGrads(on_plain);
-      EXPECT_NEAR(loss_f, loss_p, 1e-5);
-      ASSERT_EQ(grads_f.size(), 14u);
-      ASSERT_EQ(grads_f.size(), grads_p.size());
-      for (size_t i = 0; i < grads_f.size(); ++i) {
-        ASSERT_TRUE(grads_f[i].defined());
-        EXPECT_GT(grads_f[i].abs().max().item<double>(), 0.0);
-        EXPECT_TRUE(torch::allclose(grads_f[i], grads_p[i], 1e-4, 1e-7))
-            << "parameter " << i;
+      for (bool fused : {false, true}) {
+        SCOPED_TRACE(fused ? "chunked loss, checkpointed" : "plain loss");
+        LlamaModel on_frozen_again(frozen);
+        auto [loss_f, grads_f] = LossAndGrads(on_frozen_again, fused);
+        EXPECT_NEAR(loss_f, loss_p, 1e-5);
+        ASSERT_EQ(grads_f.size(), 14u);
+        ASSERT_EQ(grads_f.size(), grads_p.size());
+        for (size_t i = 0; i < grads_f.size(); ++i) {
+          ASSERT_TRUE(grads_f[i].defined());
+          EXPECT_GT(grads_f[i].abs().max().item<double>(), 0.0);
+          EXPECT_TRUE(torch::allclose(grads_f[i], grads_p[i], 1e-4, 1e-7))
+              << "parameter " << i;
+        }
       }
     }
   }

@@ -200,6 +200,67 @@ TEST_F(TrainerTest, GradAccumulationEqualsOneBigBatch) {
   }
 }
 
+// The memory savers change no number: gradient checkpointing (with LoRA
+// dropout, whose masks the recompute must replay) and the chunked loss
+// train the same adapter as the plain step over the full logits.
+TEST_F(TrainerTest, CheckpointingAndChunkedLossTrainTheSameAdapter) {
+  std::vector<data::Example> train, eval;
+  Examples(200, &train, &eval);
+  auto run = [&](bool checkpointing, bool chunked) {
+    peft::PeftOptions o;
+    o.lora.r = 4;
+    o.lora.alpha = 8;
+    o.lora.dropout = 0.1;
+    o.lora.target_modules = model::ProjectionNames();
+    auto pm = peft::PeftModel::Create(*weights_, o, 3);
+    EXPECT_TRUE(pm.ok()) << pm.status().ToString();
+    TrainOptions t;
+    t.max_steps = 3;
+    t.batch_size = 4;
+    t.progress_bar = false;
+    t.log_every = 0;
+    t.optim.eps = 1.0;  // steps proportional to gradients (see above)
+    t.gradient_checkpointing = checkpointing;
+    t.chunked_loss = chunked;
+    LocalTrainer trainer(**pm, t, torch::Device(torch::kCPU));
+    EXPECT_EQ((*pm)->model().gradient_checkpointing(), checkpointing);
+    torch::manual_seed(21);  // dropout
+    TrainResult r = trainer.Train(train);
+    TensorMap out;
+    for (const auto& kv : (*pm)->AdapterTensors()) {
+      out[kv.first] = kv.second.detach().clone();
+    }
+    return std::make_pair(r.mean_loss, out);
+  };
+  const auto [plain_loss, plain] = run(false, false);
+  for (const auto& [checkpointing, chunked] :
+       std::vector<std::pair<bool, bool>>{
+           {true, false}, {false, true}, {true, true}}) {
+    SCOPED_TRACE(std::string("checkpointing ") +
+                 (checkpointing ? "on" : "off") + ", chunked loss " +
+                 (chunked ? "on" : "off"));
+    const auto [loss, adapter] = run(checkpointing, chunked);
+    EXPECT_NEAR(loss, plain_loss, 1e-5 * plain_loss);
+    for (const auto& [key, t] : plain) {
+      EXPECT_TRUE(torch::allclose(adapter.at(key), t, 1e-5, 1e-7))
+          << key << ": " << (adapter.at(key) - t).abs().max().item<double>();
+    }
+  }
+}
+
+TEST_F(TrainerTest, ChunkedLanguageModelLossEqualsFullLogits) {
+  auto pm = NewLora();
+  data::Batch b;
+  b.tokens = torch::arange(40, torch::kInt64).remainder(500).view({2, 20});
+  b.targets = b.tokens.roll(-1, 1).clone();
+  b.targets.index_put_({torch::indexing::Slice(), -1}, -100);
+  b.num_target_tokens = 38;
+  torch::NoGradGuard no_grad;
+  const double full = LanguageModelLoss(pm->model(), b, false).item<double>();
+  const double chunked = LanguageModelLoss(pm->model(), b).item<double>();
+  EXPECT_NEAR(chunked, full, 1e-5 * full);
+}
+
 TEST_F(TrainerTest, FedProxKeepsParametersNearTheAnchor) {
   std::vector<data::Example> train, eval;
   Examples(200, &train, &eval);
@@ -281,6 +342,23 @@ TEST(TrainConfigTest, BaseDtypeIsReadAndChecked) {
   EXPECT_THAT(bad.status().message(),
               HasSubstr("model.base_dtype: expected auto, float32, bfloat16, "
                         "float16, int8 or nf4, got 'fp4'"));
+}
+
+TEST(TrainConfigTest, MemoryOptionsAreRead) {
+  std::string path = kSource + "/configs/local_train.yaml";
+  auto cfg = LoadTrainJobConfig(path, {});
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_FALSE(cfg->train.gradient_checkpointing);
+  EXPECT_TRUE(cfg->train.chunked_loss);
+  cfg = LoadTrainJobConfig(
+      path, {"train.gradient_checkpointing=true", "train.chunked_loss=false"});
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_TRUE(cfg->train.gradient_checkpointing);
+  EXPECT_FALSE(cfg->train.chunked_loss);
+  cfg = LoadTrainJobConfig(path, {"train.gradient_checkpointing=sometimes"});
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_THAT(cfg.status().message(),
+              HasSubstr("train.gradient_checkpointing"));
 }
 
 }  // namespace
