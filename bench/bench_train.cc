@@ -7,6 +7,8 @@
 //
 //   fedpeft_bench_train --preset stories260K --threads 2 --steps 10
 //   fedpeft_bench_train --preset stories260K --trainable-layers 2
+//   fedpeft_bench_train --preset llama-512x8 --gradient-checkpointing
+//   fedpeft_bench_train --preset llama-512x8 --full-logits
 //   fedpeft_bench_train --model DIR --base-dtype nf4 --batch 1 --seq 512
 //     (any Hugging Face folder, e.g. from `fedpeft init-model`; the frozen
 //     base held as model.base_dtype; scripts/bench_base_dtype.sh runs each
@@ -16,6 +18,7 @@
 //   impl=cpp preset=stories260K threads=2 batch=8 seq=256 rank=8 steps=10
 //   step_ms_median=... step_ms_min=... tokens_per_s=... peak_rss_mb=...
 //   first_loss=... trainable_layers=... trainable_params=...
+//   gradient_checkpointing=0|1 loss=chunked|full
 //   base_dtype=... load_s=... weights_mb=...
 // The token batch is deterministic (tokens[i] = i*7919 mod vocab, targets
 // the next element of that sequence) and identical to the Python side, so
@@ -96,6 +99,11 @@ struct Args {
   // Layer freezing (TrainOptions::trainable_layers): only the top K layers
   // train, the ones below run forward without autograd; 0 = all layers.
   int trainable_layers = 0;
+  // TrainOptions::gradient_checkpointing: recompute layers in backward.
+  bool gradient_checkpointing = false;
+  // TrainOptions::chunked_loss = false: cross_entropy over the whole
+  // [tokens, vocab] logits, as before the fused loss.
+  bool full_logits = false;
   bool breakdown = false;    // also time forward+loss and backward alone
   bool show_config = false;  // at::show_config() to stderr
   std::string profile;       // chrome trace of the timed steps to this file
@@ -106,6 +114,7 @@ const char kUsage[] =
     "  [--threads N=2] [--batch B] [--seq T] [--steps K=10] [--warmup W=3]\n"
     "  [--rank R=8] [--alpha A=16] [--targets q_proj,k_proj,v_proj,o_proj]\n"
     "  [--lr 2e-3] [--trainable-layers K=0 (all)] [--source-dir DIR]\n"
+    "  [--gradient-checkpointing] [--full-logits]\n"
     "  [--breakdown] [--show-config] [--profile trace.json]\n"
     "  [--model HF_DIR] [--base-dtype "
     "auto|float32|bfloat16|float16|int8|nf4]\n";
@@ -130,6 +139,14 @@ StatusOr<Args> ParseArgs(int argc, char** argv) {
     }
     if (flag == "--show-config") {
       a.show_config = true;
+      continue;
+    }
+    if (flag == "--gradient-checkpointing") {
+      a.gradient_checkpointing = true;
+      continue;
+    }
+    if (flag == "--full-logits") {
+      a.full_logits = true;
       continue;
     }
     if (flag == "-h" || flag == "--help") {
@@ -269,6 +286,8 @@ Status Run(const Args& args) {
   train.optim.max_grad_norm = 1.0;
   train.optim.schedule = "constant";
   train.trainable_layers = args.trainable_layers;
+  train.gradient_checkpointing = args.gradient_checkpointing;
+  train.chunked_loss = !args.full_logits;
   worker::LocalTrainer trainer(*peft, train, torch::kCPU);
   // With layer freezing the trainer updates only part of the adapter.
   int64_t trained_params = 0;
@@ -320,7 +339,9 @@ Status Run(const Args& args) {
   out.precision(6);
   out << " first_loss=" << first_loss
       << " trainable_layers=" << args.trainable_layers
-      << " trainable_params=" << trained_params;
+      << " trainable_params=" << trained_params
+      << " gradient_checkpointing=" << args.gradient_checkpointing
+      << " loss=" << (args.full_logits ? "full" : "chunked");
   out.precision(2);
   out << " base_dtype=" << model::BaseDtypeName(weights->base_dtype)
       << " load_s=" << load_s
@@ -335,7 +356,8 @@ Status Run(const Args& args) {
     for (int i = 0; i < args.steps; ++i) {
       for (auto& p : params) p.mutable_grad() = torch::Tensor();
       const auto t0 = std::chrono::steady_clock::now();
-      torch::Tensor loss = worker::LanguageModelLoss(peft->model(), micro[0]);
+      torch::Tensor loss =
+          worker::LanguageModelLoss(peft->model(), micro[0], !args.full_logits);
       fwd.push_back(MsSince(t0));
       const auto t1 = std::chrono::steady_clock::now();
       loss.backward();
