@@ -14,6 +14,7 @@
 #   DTYPES="float32 bfloat16 int8 nf4"   BATCH=1 SEQ=512 THREADS=2
 #   STEPS=2 WARMUP=1 (timed / untimed steps)   RANK=8 (LoRA on q,k,v,o)
 #   MODEL_DIR=$BUILD_DIR/bench-models (the checkpoints, made once)
+#   EXTRA=      more fedpeft_bench_train flags, e.g. --gradient-checkpointing
 #   OUT=        file to also write the raw result lines to
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +46,7 @@ for m in $MODELS; do
     echo "== $m base_dtype=$d" >&2
     line=$("$BUILD_DIR/bench/fedpeft_bench_train" --model "$dir" \
       --base-dtype "$d" --batch "$BATCH" --seq "$SEQ" --threads "$THREADS" \
-      --steps "$STEPS" --warmup "$WARMUP" --rank "$RANK")
+      --steps "$STEPS" --warmup "$WARMUP" --rank "$RANK" ${EXTRA:-})
     echo "$line" >&2
     [[ -z "${OUT:-}" ]] || echo "$line" >>"$OUT"
     lines+=("$m $line")
