@@ -1,6 +1,7 @@
 #include "model/frozen_weight.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -90,6 +91,19 @@ torch::Tensor PadTo(const torch::Tensor& flat, int64_t block) {
   return torch::cat({flat, torch::zeros({padded - n}, flat.options())});
 }
 
+// Symmetric int8 codes of each row of `rows` [n, k] with its absmax / 127
+// scale (1 for an all-zero row): the int8 format, and NF4's double
+// quantization of its block scales.
+std::pair<torch::Tensor, torch::Tensor> Int8Rows(const torch::Tensor& rows) {
+  torch::Tensor absmax = rows.abs().amax(1);
+  torch::Tensor scale =
+      torch::where(absmax > 0, absmax / 127.0, torch::ones_like(absmax));
+  torch::Tensor codes = torch::round(rows / scale.unsqueeze(1))
+                            .clamp_(-127, 127)
+                            .to(torch::kInt8);
+  return {codes, scale.contiguous()};
+}
+
 }  // namespace
 
 FrozenWeight FrozenWeight::Dense(torch::Tensor w) {
@@ -128,14 +142,8 @@ FrozenWeight FrozenWeight::From(const torch::Tensor& w, BaseDtype kind) {
   f.cols_ = w.size(1);
   torch::Tensor wf = w.to(torch::kFloat32);
   if (kind == BaseDtype::kInt8) {
-    torch::Tensor absmax = wf.abs().amax(1);
-    torch::Tensor scale =
-        torch::where(absmax > 0, absmax / 127.0, torch::ones_like(absmax));
-    f.data_ = torch::round(wf / scale.unsqueeze(1))
-                  .clamp_(-127, 127)
-                  .to(torch::kInt8)
-                  .contiguous();
-    f.scale_ = scale.contiguous();
+    std::tie(f.data_, f.scale_) = Int8Rows(wf);
+    f.data_ = f.data_.contiguous();
     return f;
   }
   // nf4
@@ -158,16 +166,9 @@ FrozenWeight FrozenWeight::From(const torch::Tensor& w, BaseDtype kind) {
       static_cast<float>(absmax.to(torch::kFloat64).mean().item<double>());
   torch::Tensor groups = PadTo(absmax - f.absmax_mean_, kNf4AbsmaxBlockSize)
                              .view({-1, kNf4AbsmaxBlockSize});
-  torch::Tensor gmax = groups.abs().amax(1);
-  torch::Tensor s2 =
-      torch::where(gmax > 0, gmax / 127.0, torch::ones_like(gmax));
-  f.scale_ = torch::round(groups / s2.unsqueeze(1))
-                 .clamp_(-127, 127)
-                 .to(torch::kInt8)
-                 .reshape({-1})
-                 .narrow(0, 0, nb)
-                 .contiguous();
-  f.scale2_ = s2.contiguous();
+  torch::Tensor absmax_codes;
+  std::tie(absmax_codes, f.scale2_) = Int8Rows(groups);
+  f.scale_ = absmax_codes.reshape({-1}).narrow(0, 0, nb).contiguous();
   return f;
 }
 
