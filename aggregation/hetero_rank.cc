@@ -4,7 +4,7 @@
 #include <cmath>
 #include <utility>
 
-#include "aggregation/mean.h"  // ShapeString
+#include "aggregation/mean.h"  // DtypeName
 #include "common/config.h"     // ToConfigString
 
 namespace fedpeft {
@@ -37,11 +37,6 @@ Side SplitKey(const std::string& key, std::string* module) {
 
 // The rank axis of a factor: rows of A, columns of B.
 int64_t RankDim(Side side) { return side == Side::kA ? 0 : 1; }
-
-std::string DtypeName(const torch::Tensor& t) {
-  return t.defined() ? std::string(c10::toString(t.scalar_type()))
-                     : std::string("undefined");
-}
 
 torch::Tensor F64(const torch::Tensor& t) { return t.to(torch::kFloat64); }
 

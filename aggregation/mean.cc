@@ -2,19 +2,10 @@
 
 #include <sstream>
 
+#include "common/text.h"
+
 namespace fedpeft {
 namespace aggregation {
-
-std::string ShapeString(at::IntArrayRef shape) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) os << ", ";
-    os << shape[i];
-  }
-  os << "]";
-  return os.str();
-}
 
 Status CheckAggregateInputs(const std::string& strategy,
                             const TensorMap& global,
@@ -187,6 +178,11 @@ Status CheckStateMatchesGlobal(const std::string& strategy,
     }
   }
   return Status::Ok();
+}
+
+std::string DtypeName(const at::Tensor& t) {
+  return t.defined() ? std::string(c10::toString(t.scalar_type()))
+                     : std::string("undefined");
 }
 
 }  // namespace aggregation

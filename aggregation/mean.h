@@ -19,6 +19,7 @@
 
 #include "aggregation/strategy.h"
 #include "common/status.h"
+#include "common/text.h"
 
 namespace fedpeft {
 namespace aggregation {
@@ -69,8 +70,8 @@ Status CheckStateMatchesGlobal(const std::string& strategy,
                                const std::string& kind, const TensorMap& state,
                                const TensorMap& global);
 
-// "[8, 4096]".
-std::string ShapeString(at::IntArrayRef shape);
+// "Float", "BFloat16", ...; "undefined" for an undefined tensor.
+std::string DtypeName(const at::Tensor& t);
 
 }  // namespace aggregation
 }  // namespace fedpeft

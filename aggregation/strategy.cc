@@ -68,11 +68,6 @@ bool IsRegistered(const std::string& name) {
   return false;
 }
 
-struct OptionProblem {
-  std::string key;
-  std::string message;
-};
-
 // Every out-of-range option, one entry per key. Comparisons are written so
 // that NaN fails them.
 std::vector<OptionProblem> OptionProblems(const StrategyOptions& o) {
@@ -97,11 +92,6 @@ std::vector<OptionProblem> OptionProblems(const StrategyOptions& o) {
         "must be in [0, 0.5), got " + ToConfigString(o.trim_ratio) +
             " (floor(trim_ratio * N) updates are cut at each end)");
   return problems;
-}
-
-std::string DtypeName(const torch::Tensor& t) {
-  return t.defined() ? std::string(c10::toString(t.scalar_type()))
-                     : std::string("undefined");
 }
 
 }  // namespace

@@ -61,6 +61,13 @@ StatusOr<YAML::Node> LoadConfigText(const std::string& text,
                                     const std::string& source,
                                     const std::vector<std::string>& overrides);
 
+// One out-of-range option found by a config struct's range check: its key
+// (relative to the struct's section) and what is wrong with its value.
+struct OptionProblem {
+  std::string key;
+  std::string message;
+};
+
 class ConfigReader {
  public:
   // `source` names the file in messages.

@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "common/text.h"
 #include "model/hf_json.h"
 #include "model/pre_tokenizer.h"
 #include "model/utf8.h"
@@ -136,21 +137,6 @@ class StripDecoder : public HfDecoder {
   int64_t start_;
   int64_t stop_;
 };
-
-std::string ReplaceAll(const std::string& s, const std::string& from,
-                       const std::string& to) {
-  if (from.empty()) return s;
-  std::string out;
-  size_t last = 0;
-  for (size_t p = s.find(from); p != std::string::npos;
-       p = s.find(from, p + from.size())) {
-    out.append(s, last, p - last);
-    out += to;
-    last = p + from.size();
-  }
-  out.append(s, last, std::string::npos);
-  return out;
-}
 
 class ReplaceDecoder : public HfDecoder {
  public:

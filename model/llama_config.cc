@@ -10,6 +10,7 @@
 
 #include "common/json_util.h"
 #include "common/logging.h"
+#include "common/text.h"
 #include "model/llama.h"
 #include "model/llama_internal.h"
 
@@ -42,15 +43,6 @@ std::string BiasKey(int64_t layer, int projection) {
 std::string QkNormKey(int64_t layer, int projection) {
   return LayerPrefix(layer) + "self_attn." +
          (projection == kQ ? "q_norm" : "k_norm") + ".weight";
-}
-
-std::string ShapeString(torch::IntArrayRef shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) out += ", ";
-    out += std::to_string(shape[i]);
-  }
-  return out + "]";
 }
 
 torch::Tensor FusedAlias(const std::vector<torch::Tensor>& parts) {

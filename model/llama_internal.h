@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/text.h"
 #include "model/frozen_weight.h"
 
 namespace fedpeft {
@@ -41,8 +42,6 @@ std::string ProjectionKey(int64_t layer, int projection);
 std::string BiasKey(int64_t layer, int projection);
 // "model.layers.N.self_attn.q_norm.weight" (kQ) or "...k_norm.weight" (kK).
 std::string QkNormKey(int64_t layer, int projection);
-// "[a, b]"
-std::string ShapeString(torch::IntArrayRef shape);
 
 // The tensors of `parts` if they are adjacent row blocks of one contiguous
 // buffer (see PackProjections): an alias of the whole block, else undefined.

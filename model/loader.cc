@@ -11,6 +11,7 @@
 #include "common/file_util.h"
 #include "common/json_util.h"
 #include "common/logging.h"
+#include "common/text.h"
 #include "model/llama_internal.h"
 #include "model/safetensors.h"
 
@@ -21,20 +22,6 @@ namespace {
 constexpr char kConfigFile[] = "config.json";
 constexpr char kWeightsFile[] = "model.safetensors";
 constexpr char kIndexFile[] = "model.safetensors.index.json";
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) out += ", ";
-    out += std::to_string(shape[i]);
-  }
-  return out + "]";
-}
 
 Status CheckComputeDtype(torch::Dtype dtype) {
   if (dtype == torch::kFloat32 || dtype == torch::kFloat16 ||

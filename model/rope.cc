@@ -7,18 +7,13 @@
 
 #include "common/json_util.h"
 #include "common/logging.h"
+#include "common/text.h"
 
 namespace fedpeft {
 namespace model {
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
-
-std::string Num(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%g", v);
-  return buf;
-}
 
 // rope_scaling.<key> as a number; absent/null keeps `*out`, or is an error
 // naming the type when `required`.
@@ -49,7 +44,7 @@ Status ReadPositions(const nlohmann::json& j, const std::string& type,
   if (v != std::floor(v) || v < 0 || v > double{int64_t{1} << 40}) {
     return Status::InvalidArgument(
         source + ": key 'rope_scaling.original_max_position_embeddings' is " +
-        Num(v) + ", expected a positive integer");
+        FormatG(v) + ", expected a positive integer");
   }
   *out = static_cast<int64_t>(v);
   return Status::Ok();
@@ -67,7 +62,7 @@ void RopeScaling::Validate(std::vector<std::string>* errors) const {
   auto bad = [errors](const std::string& field, const std::string& what,
                       double got) {
     errors->push_back("rope_scaling." + field + ": must be " + what + ", got " +
-                      Num(got));
+                      FormatG(got));
   };
   if (type != "linear" && type != "dynamic" && type != "yarn" &&
       type != "llama3") {
@@ -86,7 +81,8 @@ void RopeScaling::Validate(std::vector<std::string>* errors) const {
     }
     if (!(high_freq_factor > low_freq_factor)) {
       bad("high_freq_factor",
-          "> low_freq_factor (" + Num(low_freq_factor) + ")", high_freq_factor);
+          "> low_freq_factor (" + FormatG(low_freq_factor) + ")",
+          high_freq_factor);
     }
   }
   if (type == "yarn") {

@@ -12,6 +12,7 @@
 
 #include "common/file_util.h"
 #include "common/json_util.h"
+#include "common/text.h"
 
 namespace fedpeft {
 namespace model {
@@ -52,15 +53,6 @@ std::string AcceptedDtypes() {
     out += info.name;
   }
   return out;
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) out += ", ";
-    out += std::to_string(shape[i]);
-  }
-  return out + "]";
 }
 
 uint64_t ReadLe64(std::string_view bytes) {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common/file_util.h"
+#include "common/text.h"
 #include "model/hf_tokenizer.h"
 
 namespace fedpeft {
@@ -16,11 +17,6 @@ namespace model {
 namespace {
 
 namespace fs = std::filesystem;
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // SentencePiece's piece types (sentencepiece_model.proto, field numbers).
 enum class PieceKind {
@@ -61,16 +57,6 @@ bool ParseByteToken(const std::string& piece, int* byte) {
   }
   *byte = value;
   return true;
-}
-
-std::string ReplaceAll(std::string s, const std::string& from,
-                       const std::string& to) {
-  size_t pos = 0;
-  while ((pos = s.find(from, pos)) != std::string::npos) {
-    s.replace(pos, from.size(), to);
-    pos += to.size();
-  }
-  return s;
 }
 
 // Everything a BPE-by-score tokenizer needs, whichever file it came from.

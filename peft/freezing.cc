@@ -13,11 +13,6 @@ namespace {
 
 constexpr int kStateVersion = 1;
 
-struct OptionProblem {
-  std::string key;
-  std::string message;
-};
-
 // Every out-of-range option. Comparisons are written so that NaN fails them.
 std::vector<OptionProblem> OptionProblems(const ApfOptions& o) {
   std::vector<OptionProblem> problems;

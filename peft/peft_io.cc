@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/file_util.h"
 #include "common/json_util.h"
+#include "common/text.h"
 #include "model/safetensors.h"
 #include "peft/bottleneck.h"
 
@@ -25,21 +26,6 @@ constexpr char kBottleneckType[] = "FEDPEFT_BOTTLENECK";
 constexpr char kKeyPrefix[] = "base_model.model.";
 
 using Json = nlohmann::json;
-
-std::string ShapeString(const torch::Tensor& t) {
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
-}
-
-std::string Join(const std::vector<std::string>& items) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i) out += ", ";
-    out += items[i];
-  }
-  return out;
-}
 
 // One parsed PEFT tensor key.
 struct AdapterKey {
@@ -110,7 +96,7 @@ StatusOr<std::map<std::string, int>> LoraRanks(const TensorMap& tensors,
     if (!t.defined() || t.dim() != 2) {
       return Status::InvalidArgument(
           source + ": tensor '" + key + "': expected a matrix, got shape " +
-          (t.defined() ? ShapeString(t) : "undefined"));
+          (t.defined() ? ShapeString(t.sizes()) : "undefined"));
     }
     pairs[k.path][k.part] = t;
   }
@@ -129,8 +115,8 @@ StatusOr<std::map<std::string, int>> LoraRanks(const TensorMap& tensors,
     const torch::Tensor& b = parts.at("lora_B");
     if (a.size(0) != b.size(1) || a.size(0) < 1) {
       return Status::InvalidArgument(
-          source + ": '" + prefix + "': lora_A " + ShapeString(a) +
-          " and lora_B " + ShapeString(b) +
+          source + ": '" + prefix + "': lora_A " + ShapeString(a.sizes()) +
+          " and lora_B " + ShapeString(b.sizes()) +
           " disagree on the rank (expected A [r, in], B [out, r])");
     }
     ranks[path] = static_cast<int>(a.size(0));
@@ -237,7 +223,7 @@ Status CheckBottleneckTensors(const BottleneckOptions& o,
         (k.part == "up.bias" && t.dim() == 1);
     if (!ok) {
       return Status::InvalidArgument(
-          source + ": tensor '" + key + "': shape " + ShapeString(t) +
+          source + ": tensor '" + key + "': shape " + ShapeString(t.sizes()) +
           " does not fit bottleneck_dim " + std::to_string(b) +
           " (expected down.weight [b, dim], down.bias [b], up.weight "
           "[dim, b], up.bias [dim])");

@@ -6,27 +6,13 @@
 #include <sstream>
 
 #include "common/logging.h"
+#include "common/text.h"
 #include "peft/bottleneck.h"
 #include "peft/lora.h"
 
 namespace fedpeft {
 namespace peft {
 namespace {
-
-std::string Join(const std::vector<std::string>& items) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (i) out += ", ";
-    out += items[i];
-  }
-  return out;
-}
-
-std::string ShapeString(const torch::Tensor& t) {
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
-}
 
 bool Contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
@@ -344,8 +330,8 @@ Status PeftModel::LoadAdapterTensors(const TensorMap& tensors,
     if (!t.defined() || t.sizes() != it->second.sizes()) {
       return Status::InvalidArgument(
           "adapter tensor '" + key + "': shape " +
-          (t.defined() ? ShapeString(t) : "undefined") + ", expected " +
-          ShapeString(it->second) +
+          (t.defined() ? ShapeString(t.sizes()) : "undefined") + ", expected " +
+          ShapeString(it->second.sizes()) +
           " from the base model and the adapter options (maybe wrong base "
           "model?)");
     }

@@ -10,11 +10,6 @@ namespace fedpeft {
 namespace peft {
 namespace {
 
-struct OptionProblem {
-  std::string key;
-  std::string message;
-};
-
 // Every out-of-range field. Comparisons are written so that NaN fails them.
 std::vector<OptionProblem> PolicyProblems(const RankPolicy& p) {
   std::vector<OptionProblem> problems;

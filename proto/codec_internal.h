@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/text.h"
 #include "proto/fedpeft.pb.h"
 #include "proto/tensor_codec.h"
 
@@ -47,10 +48,6 @@ namespace internal {
 inline constexpr uint64_t kBlockParamBytes = 8;
 
 // ---- codec_layout.cc: messages, names, header layout -----------------------
-
-// "[2, 3]": a shape as error messages print it.
-std::string ShapeString(const std::vector<int64_t>& shape);
-std::string ShapeString(const google::protobuf::RepeatedField<int64_t>& shape);
 
 // "F32", "F16" or "BF16" for a wire dtype; "unknown" for any other value.
 const char* DTypeName(int dtype);

@@ -9,24 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "common/text.h"
 #include "proto/codec_internal.h"
 #include "proto/tensor_codec.h"
 
 namespace fedpeft {
 namespace transport {
 namespace internal {
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::ostringstream out;
-  out << "[";
-  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
-  out << "]";
-  return out.str();
-}
-
-std::string ShapeString(const google::protobuf::RepeatedField<int64_t>& shape) {
-  return ShapeString(std::vector<int64_t>(shape.begin(), shape.end()));
-}
 
 const char* DTypeName(int dtype) {
   switch (dtype) {

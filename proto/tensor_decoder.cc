@@ -22,7 +22,6 @@ using internal::DecodePayload;
 using internal::DTypeName;
 using internal::Hex64;
 using internal::Layout;
-using internal::ShapeString;
 using internal::TorchDTypeName;
 
 namespace {

@@ -7,19 +7,11 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/text.h"
+
 namespace fedpeft {
 namespace privacy {
-namespace {
-
-// A double as "%g" prints it (std::to_string would print 1e-7 as
-// 0.000000).
-std::string Num(double x) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%g", x);
-  return buf;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 double GlobalNorm(const TensorMap& tensors) {
   double sum_sq = 0.0;
@@ -117,7 +109,7 @@ StatusOr<double> UpdateNoiseMultiplier(double total_multiplier,
                                        double count_stddev) {
   if (!(total_multiplier > 0.0) || !std::isfinite(total_multiplier)) {
     return Status::InvalidArgument(
-        "noise multiplier: got " + Num(total_multiplier) +
+        "noise multiplier: got " + FormatG(total_multiplier) +
         ", expected a finite value > 0 with adaptive clipping");
   }
   // The count query sum_i (b_i - 1/2) has sensitivity 1/2, so its noise
@@ -127,8 +119,9 @@ StatusOr<double> UpdateNoiseMultiplier(double total_multiplier,
   const double inv_count2 = 1.0 / (4.0 * count_stddev * count_stddev);
   if (!(count_stddev > 0.0) || !(inv_z2 > inv_count2)) {
     return Status::InvalidArgument(
-        "clipped-count noise stddev: got " + Num(count_stddev) +
-        ", expected > noise multiplier / 2 = " + Num(total_multiplier / 2.0) +
+        "clipped-count noise stddev: got " + FormatG(count_stddev) +
+        ", expected > noise multiplier / 2 = " +
+        FormatG(total_multiplier / 2.0) +
         " (releasing the count alone would cost more than the budget; raise "
         "the count noise or the noise multiplier)");
   }

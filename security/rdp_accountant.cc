@@ -6,17 +6,11 @@
 #include <limits>
 #include <string>
 
+#include "common/text.h"
+
 namespace fedpeft {
 namespace privacy {
 namespace {
-
-// A double as "%g" prints it (std::to_string would print 1e-7 as
-// 0.000000).
-std::string Num(double x) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%g", x);
-  return buf;
-}
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
@@ -248,9 +242,9 @@ Status RdpAccountant::SetRdp(const std::vector<double>& rdp) {
   }
   for (size_t i = 0; i < rdp.size(); ++i) {
     if (std::isnan(rdp[i]) || rdp[i] < 0.0) {
-      return Status::InvalidArgument("RDP value at order " + Num(orders_[i]) +
-                                     ": got " + Num(rdp[i]) +
-                                     ", expected a number >= 0 (or +inf)");
+      return Status::InvalidArgument(
+          "RDP value at order " + FormatG(orders_[i]) + ": got " +
+          FormatG(rdp[i]) + ", expected a number >= 0 (or +inf)");
     }
   }
   rdp_ = rdp;
@@ -267,7 +261,7 @@ PrivacySpent ComputeEpsilon(double q, double noise_multiplier, int64_t steps,
 StatusOr<double> NoiseMultiplierFor(double target_epsilon, double q,
                                     int64_t steps, double delta) {
   if (!(q > 0.0 && q <= 1.0)) {
-    return Status::InvalidArgument("sampling rate: got " + Num(q) +
+    return Status::InvalidArgument("sampling rate: got " + FormatG(q) +
                                    ", expected a value in (0, 1]");
   }
   if (steps < 1) {
@@ -275,12 +269,12 @@ StatusOr<double> NoiseMultiplierFor(double target_epsilon, double q,
                                    ", expected >= 1");
   }
   if (!(delta > 0.0 && delta < 1.0)) {
-    return Status::InvalidArgument("delta: got " + Num(delta) +
+    return Status::InvalidArgument("delta: got " + FormatG(delta) +
                                    ", expected a value in (0, 1)");
   }
   if (!(target_epsilon > 0.0) || std::isnan(target_epsilon)) {
     return Status::InvalidArgument("target epsilon: got " +
-                                   Num(target_epsilon) + ", expected > 0");
+                                   FormatG(target_epsilon) + ", expected > 0");
   }
   // One accountant's orders, reused for every trial multiplier.
   const std::vector<double> orders = DefaultOrders();
@@ -295,11 +289,11 @@ StatusOr<double> NoiseMultiplierFor(double target_epsilon, double q,
   while (epsilon_at(hi) > target_epsilon) {
     if (hi >= kMaxNoiseMultiplier) {
       return Status::InvalidArgument(
-          "target epsilon " + Num(target_epsilon) +
+          "target epsilon " + FormatG(target_epsilon) +
           " is out of reach: even noise multiplier " +
-          Num(kMaxNoiseMultiplier) + " gives epsilon " +
-          Num(epsilon_at(kMaxNoiseMultiplier)) + " at q " + Num(q) + ", " +
-          std::to_string(steps) + " steps, delta " + Num(delta) +
+          FormatG(kMaxNoiseMultiplier) + " gives epsilon " +
+          FormatG(epsilon_at(kMaxNoiseMultiplier)) + " at q " + FormatG(q) +
+          ", " + std::to_string(steps) + " steps, delta " + FormatG(delta) +
           " (raise the target or delta, or use fewer steps)");
     }
     hi = std::min(2.0 * hi, kMaxNoiseMultiplier);

@@ -9,7 +9,7 @@ namespace fedpeft {
 namespace secagg {
 namespace {
 
-std::string Id(uint32_t id) { return std::to_string(id); }
+std::string SecAggId(uint32_t id) { return std::to_string(id); }
 
 const char* PhaseStep(int phase) {
   static const char* const kSteps[] = {"AdvertiseKeys", "ShareKeys",
@@ -32,8 +32,8 @@ Server::~Server() = default;
 
 Status Server::CheckMessage(Phase want, const char* step, uint64_t session_id,
                             uint32_t sender) const {
-  const std::string where =
-      std::string("secagg server, ") + step + " from client " + Id(sender);
+  const std::string where = std::string("secagg server, ") + step +
+                            " from client " + SecAggId(sender);
   if (phase_ != want) {
     return Status::FailedPrecondition(
         where + ": the session is in round " +
@@ -47,7 +47,7 @@ Status Server::CheckMessage(Phase want, const char* step, uint64_t session_id,
   }
   if (sender >= params_.num_clients) {
     return Status::InvalidArgument(where + ": id out of range [0, " +
-                                   Id(params_.num_clients) + ")");
+                                   SecAggId(params_.num_clients) + ")");
   }
   return Status::Ok();
 }
@@ -56,7 +56,7 @@ Status Server::CheckQuorum(size_t have, const char* what) const {
   if (have >= threshold_) return Status::Ok();
   return Status::FailedPrecondition(
       "secagg server: too many dropouts: " + std::to_string(have) + " of " +
-      Id(params_.num_clients) + " clients " + what +
+      SecAggId(params_.num_clients) + " clients " + what +
       ", need t = " + std::to_string(threshold_) +
       "; the sum cannot be recovered (wait for more, or abandon the "
       "session)");
@@ -68,7 +68,8 @@ Status Server::ReceiveAdvertise(const AdvertiseMsg& msg) {
   RETURN_IF_ERROR(CheckMessage(Phase::kAdvertise, "AdvertiseKeys",
                                msg.session_id, msg.sender));
   if (advertised_.count(msg.sender) != 0) {
-    return Status::InvalidArgument("secagg server: client " + Id(msg.sender) +
+    return Status::InvalidArgument("secagg server: client " +
+                                   SecAggId(msg.sender) +
                                    " advertised keys twice");
   }
   advertised_.emplace(msg.sender, msg);
@@ -93,7 +94,7 @@ Status Server::ReceiveShareKeys(const ShareKeysMsg& msg) {
   RETURN_IF_ERROR(
       CheckMessage(Phase::kShareKeys, "ShareKeys", msg.session_id, msg.sender));
   const std::string where =
-      "secagg server, ShareKeys from client " + Id(msg.sender) + ": ";
+      "secagg server, ShareKeys from client " + SecAggId(msg.sender) + ": ";
   if (advertised_.count(msg.sender) == 0) {
     return Status::InvalidArgument(where + "the client is not in U1");
   }
@@ -106,13 +107,13 @@ Status Server::ReceiveShareKeys(const ShareKeysMsg& msg) {
         advertised_.count(s.recipient) == 0 ||
         !recipients.insert(s.recipient).second) {
       return Status::InvalidArgument(
-          where + "a ciphertext from " + Id(s.sender) + " to " +
-          Id(s.recipient) +
+          where + "a ciphertext from " + SecAggId(s.sender) + " to " +
+          SecAggId(s.recipient) +
           " (expected one to each other client of U1, each once)");
     }
     if (s.ciphertext.size() != kShareCiphertextBytes) {
       return Status::InvalidArgument(
-          where + "ciphertext to " + Id(s.recipient) + " of " +
+          where + "ciphertext to " + SecAggId(s.recipient) + " of " +
           std::to_string(s.ciphertext.size()) + " bytes, expected " +
           std::to_string(kShareCiphertextBytes));
     }
@@ -160,7 +161,7 @@ Status Server::ReceiveMaskedInput(const MaskedInputMsg& msg) {
   RETURN_IF_ERROR(CheckMessage(Phase::kMaskedInput, "MaskedInput",
                                msg.session_id, msg.sender));
   const std::string where =
-      "secagg server, MaskedInput from client " + Id(msg.sender) + ": ";
+      "secagg server, MaskedInput from client " + SecAggId(msg.sender) + ": ";
   if (shared_.count(msg.sender) == 0) {
     return Status::InvalidArgument(where + "the client is not in U2");
   }
@@ -199,7 +200,7 @@ Status Server::ReceiveUnmask(const UnmaskMsg& msg) {
   RETURN_IF_ERROR(
       CheckMessage(Phase::kUnmask, "Unmask", msg.session_id, msg.sender));
   const std::string where =
-      "secagg server, Unmask from client " + Id(msg.sender) + ": ";
+      "secagg server, Unmask from client " + SecAggId(msg.sender) + ": ";
   if (masked_.count(msg.sender) == 0) {
     return Status::InvalidArgument(where + "the client is not in U3");
   }
@@ -216,7 +217,8 @@ Status Server::ReceiveUnmask(const UnmaskMsg& msg) {
         s.y.size() != kShamirElementBytes) {
       return Status::InvalidArgument(
           where + "an unrequested, repeated or malformed share of client " +
-          Id(s.owner) + "'s " + (is_seed ? "self-mask seed" : "masking key"));
+          SecAggId(s.owner) + "'s " +
+          (is_seed ? "self-mask seed" : "masking key"));
     }
   }
   if (seeds.size() != u3_.size() || keys.size() != dropped_.size()) {
@@ -263,13 +265,15 @@ StatusOr<std::vector<uint32_t>> Server::Finish() {
         shares_of(u, ShareKind::kSelfMaskSeed), threshold_, kKeyBytes);
     if (!seed.ok()) {
       return seed.status().WithContext(
-          "secagg server: rebuilding the self-mask seed of client " + Id(u));
+          "secagg server: rebuilding the self-mask seed of client " +
+          SecAggId(u));
     }
     RETURN_IF_ERROR(PrgAccumulate(*seed, -1, sum.data(), sum.size()));
   }
   for (uint32_t v : dropped_) {
     const std::string what =
-        "secagg server: rebuilding the masking key of dropped client " + Id(v);
+        "secagg server: rebuilding the masking key of dropped client " +
+        SecAggId(v);
     StatusOr<SecretBytes> key = ShamirCombine(
         shares_of(v, ShareKind::kMaskingKey), threshold_, kKeyBytes);
     if (!key.ok()) return key.status().WithContext(what);

@@ -404,10 +404,10 @@ StatusOr<TensorMap> PrivacyStage::Mean(const TensorMap& current,
       auto it = sum.find(key);
       if (it == sum.end()) continue;
       if (!it->second.sizes().equals(t.sizes())) {
-        return Status::InvalidArgument(
-            "dp: update from '" + p.worker_id + "': tensor '" + key +
-            "' has shape " + aggregation::ShapeString(t.sizes()) +
-            ", expected " + aggregation::ShapeString(it->second.sizes()));
+        return Status::InvalidArgument("dp: update from '" + p.worker_id +
+                                       "': tensor '" + key + "' has shape " +
+                                       ShapeString(t.sizes()) + ", expected " +
+                                       ShapeString(it->second.sizes()));
       }
       it->second.add_(t, w);
     }

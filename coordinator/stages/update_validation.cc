@@ -21,10 +21,10 @@ Status UpdateValidation::CheckUpdate(const UpdateCheck& u) const {
                                        "' (unknown, or frozen this round)");
       }
       if (t.sizes().vec() != it->second.shape) {
-        return Status::InvalidArgument(
-            "update from '" + worker_id + "': tensor '" + key + "' has shape " +
-            aggregation::ShapeString(t.sizes()) + ", expected " +
-            aggregation::ShapeString(it->second.shape));
+        return Status::InvalidArgument("update from '" + worker_id +
+                                       "': tensor '" + key + "' has shape " +
+                                       ShapeString(t.sizes()) + ", expected " +
+                                       ShapeString(it->second.shape));
       }
     }
   }

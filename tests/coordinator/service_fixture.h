@@ -17,14 +17,13 @@
 #include "coordinator/service.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
+#include "tests/test_paths.h"
 
 namespace fedpeft {
 namespace coordinator {
 namespace testing_util {
 
 namespace fs = std::filesystem;
-
-const std::string kSource = FEDPEFT_SOURCE_DIR;
 
 class ServiceTest : public ::testing::Test {
  public:

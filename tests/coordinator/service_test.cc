@@ -29,7 +29,6 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-using testing_util::kSource;
 using testing_util::ServiceTest;
 using testing_util::Zeros;
 

@@ -17,6 +17,7 @@
 #include "common/file_util.h"
 #include "data/dataset.h"
 #include "model/tokenizer.h"
+#include "tests/test_paths.h"
 
 namespace fedpeft {
 namespace data {
@@ -25,7 +26,6 @@ namespace {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
-const std::string kSource = FEDPEFT_SOURCE_DIR;
 const std::string kFixtures = kSource + "/tests/reference/chat_templates";
 const std::string kQwen3Config =
     kSource + "/../shared/assets/tokenizers/qwen3/tokenizer_config.json";

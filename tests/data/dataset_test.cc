@@ -14,6 +14,7 @@
 #include "common/config.h"
 #include "common/file_util.h"
 #include "model/tokenizer.h"
+#include "tests/test_paths.h"
 
 namespace fedpeft {
 namespace data {
@@ -21,9 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kSource = FEDPEFT_SOURCE_DIR;
-const std::string kShakespeare =
-    kSource + "/assets/data/tinyshakespeare/input.txt";
 const std::string kAlpaca =
     kSource + "/../shared/data/alpaca_small/alpaca_small.json";
 

@@ -10,19 +10,17 @@
 #include <regex>
 #include <sstream>
 
+#include "tests/test_paths.h"
+
 namespace fedpeft {
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-const std::string kSource = FEDPEFT_SOURCE_DIR;
 const std::string kBinary = FEDPEFT_BINARY;
-const std::string kModel = kSource + "/assets/stories260K";
 const std::string kLlama2c =
     kSource + "/assets/stories260K-llama2c/stories260K.bin";
-const std::string kShakespeare =
-    kSource + "/assets/data/tinyshakespeare/input.txt";
 
 struct Result {
   int exit_code = -1;

@@ -24,6 +24,7 @@
 
 #include "coordinator/checkpoint.h"
 #include "security/rdp_accountant.h"
+#include "tests/test_paths.h"
 
 namespace fedpeft {
 namespace testing_util {
@@ -32,7 +33,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using ::testing::HasSubstr;
 
-inline const std::string kSource = FEDPEFT_SOURCE_DIR;
 inline const std::string kBinary = FEDPEFT_BINARY;
 
 inline std::string Slurp(const std::string& path) {

@@ -16,7 +16,6 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using testing_util::FederationTest;
 using testing_util::kBinary;
-using testing_util::kSource;
 using testing_util::Slurp;
 
 TEST_F(FederationTest, ThreeWorkersTwoRoundsThenExport) {

@@ -13,7 +13,6 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using testing_util::FederationTest;
 using testing_util::kBinary;
-using testing_util::kSource;
 using testing_util::Slurp;
 
 // ---- hierarchy ----------------------------------------------------------

@@ -19,6 +19,7 @@
 #include "common/file_util.h"
 #include "model/llama.h"
 #include "model/loader.h"
+#include "tests/model/llama_test_util.h"
 
 namespace fedpeft {
 namespace model {
@@ -68,21 +69,13 @@ std::shared_ptr<const LlamaWeights> Load(const std::string& dir) {
   return w.ok() ? *w : nullptr;
 }
 
-torch::Tensor Tokens(const std::vector<int64_t>& ids) {
-  return torch::tensor(ids, torch::kInt64).view({1, -1});
-}
-
-double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a - b).abs().max().item<double>();
-}
-
 // Logits of one whole-sequence forward of the checkpoint in `dir`.
 torch::Tensor Logits(const std::string& dir, const std::vector<int64_t>& ids) {
   auto weights = Load(dir);
   if (!weights) return torch::Tensor();
   torch::NoGradGuard no_grad;
   LlamaModel model(weights);
-  return model.Forward(Tokens(ids))[0];
+  return model.Forward(test::Tokens(ids))[0];
 }
 
 class ArchReferenceTest : public ::testing::TestWithParam<std::string> {};
@@ -98,7 +91,7 @@ TEST_P(ArchReferenceTest, LogitsMatchNumpy) {
   const torch::Tensor got = Logits(kArchDir + name, f.ids);
   ASSERT_TRUE(got.defined());
   ASSERT_EQ(got.sizes(), f.logits.sizes());
-  const double err = MaxAbsDiff(got, f.logits);
+  const double err = test::MaxAbsDiff(got, f.logits);
   EXPECT_LE(err, kReferenceTol) << name;
   char text[32];
   std::snprintf(text, sizeof(text), "%.3g", err);
@@ -124,11 +117,11 @@ TEST_P(ArchReferenceTest, IncrementalDecodingMatchesNumpy) {
   KvCache cache;
   const int64_t prefix = 40;
   std::vector<torch::Tensor> rows = {model.Forward(
-      Tokens({f.ids.begin(), f.ids.begin() + prefix}), &cache)[0]};
+      test::Tokens({f.ids.begin(), f.ids.begin() + prefix}), &cache)[0]};
   for (size_t t = prefix; t < f.ids.size(); ++t) {
-    rows.push_back(model.Forward(Tokens({f.ids[t]}), &cache)[0]);
+    rows.push_back(model.Forward(test::Tokens({f.ids[t]}), &cache)[0]);
   }
-  const double err = MaxAbsDiff(torch::cat(rows), f.logits);
+  const double err = test::MaxAbsDiff(torch::cat(rows), f.logits);
   EXPECT_LE(err, kReferenceTol) << name;
 }
 
@@ -162,7 +155,7 @@ TEST(ArchReferenceFixtureTest, ScalingChangesTheLogits) {
         WriteFileAtomic((dir / "config.json").string(), config.dump()).ok());
     const torch::Tensor plain = Logits(dir.string(), f.ids);
     ASSERT_TRUE(plain.defined());
-    EXPECT_GT(MaxAbsDiff(plain, f.logits), 0.05) << name;
+    EXPECT_GT(test::MaxAbsDiff(plain, f.logits), 0.05) << name;
   }
   std::filesystem::remove_all(tmp);
 }

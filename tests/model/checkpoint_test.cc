@@ -28,7 +28,7 @@ using test::LoadOrDie;
 constexpr double kRtol = 1e-5;
 constexpr double kAtol = 1e-8;
 
-torch::Tensor Tokens(int64_t vocab) {
+torch::Tensor RandomTokens(int64_t vocab) {
   // Two rows of 24 pseudo-random ids, fixed.
   return (torch::arange(48, torch::kInt64) * 7919 + 13)
       .remainder(vocab)
@@ -45,15 +45,15 @@ void Randomize(peft::PeftModel& m, uint64_t seed) {
   }
 }
 
-struct LossAndGrads {
+struct StepResult {
   double loss = 0.0;
   TensorMap grads;  // PEFT key -> gradient (undefined when none)
 };
 
 // One training forward + backward of next-token cross entropy, dropout
 // drawn from the global generator seeded with `seed`.
-LossAndGrads Step(peft::PeftModel& m, const torch::Tensor& tokens,
-                  bool checkpointing, uint64_t seed) {
+StepResult Step(peft::PeftModel& m, const torch::Tensor& tokens,
+                bool checkpointing, uint64_t seed) {
   LlamaModel& model = m.model();
   model.set_gradient_checkpointing(checkpointing);
   m.Train(true);
@@ -65,7 +65,7 @@ LossAndGrads Step(peft::PeftModel& m, const torch::Tensor& tokens,
       logits.slice(1, 0, -1).reshape({-1, vocab}),
       tokens.slice(1, 1).reshape({-1}));
   loss.backward();
-  LossAndGrads out;
+  StepResult out;
   out.loss = loss.item<double>();
   for (auto& [key, t] : m.AdapterTensors()) {
     out.grads[key] = t.grad().defined() ? t.grad().clone() : torch::Tensor();
@@ -79,8 +79,8 @@ LossAndGrads Step(peft::PeftModel& m, const torch::Tensor& tokens,
 void ExpectSameLossAndGrads(peft::PeftModel& m, const torch::Tensor& tokens,
                             int64_t first_trainable = 0) {
   m.model().set_first_trainable_layer(first_trainable);
-  const LossAndGrads plain = Step(m, tokens, false, 7);
-  const LossAndGrads ckpt = Step(m, tokens, true, 7);
+  const StepResult plain = Step(m, tokens, false, 7);
+  const StepResult ckpt = Step(m, tokens, true, 7);
   m.model().set_first_trainable_layer(0);
   EXPECT_NEAR(ckpt.loss, plain.loss, kRtol * std::abs(plain.loss));
   ASSERT_EQ(ckpt.grads.size(), plain.grads.size());
@@ -162,13 +162,13 @@ TEST(CheckpointTest, LoraWithDropoutAndMixedRanksMatches) {
   o.lora.rank_pattern = {{"v_proj", 2}, {"layers.3.mlp.down_proj", 6}};
   auto m = Make(w, o);
   ASSERT_NE(m, nullptr);
-  ExpectSameLossAndGrads(*m, Tokens(w->config.vocab_size));
+  ExpectSameLossAndGrads(*m, RandomTokens(w->config.vocab_size));
 
   // Dropout without the replayed generator would give other gradients:
   // two runs with different seeds differ, so the agreement above is no
   // accident of p.
-  const LossAndGrads a = Step(*m, Tokens(w->config.vocab_size), false, 7);
-  const LossAndGrads b = Step(*m, Tokens(w->config.vocab_size), false, 8);
+  const StepResult a = Step(*m, RandomTokens(w->config.vocab_size), false, 7);
+  const StepResult b = Step(*m, RandomTokens(w->config.vocab_size), false, 8);
   EXPECT_NE(a.loss, b.loss);
 }
 
@@ -181,7 +181,7 @@ TEST(CheckpointTest, RsLoraWithFrozenLowerLayersMatches) {
   ASSERT_NE(m, nullptr);
   // Layers 0-2 run without grad; layer 3's input then needs no gradient
   // and only its adapters pull the backward through it.
-  ExpectSameLossAndGrads(*m, Tokens(w->config.vocab_size),
+  ExpectSameLossAndGrads(*m, RandomTokens(w->config.vocab_size),
                          /*first_trainable=*/3);
 }
 
@@ -194,7 +194,7 @@ TEST(CheckpointTest, BottleneckAdaptersMatch) {
   o.bottleneck.activation = "gelu";
   auto m = Make(w, o);
   ASSERT_NE(m, nullptr);
-  ExpectSameLossAndGrads(*m, Tokens(w->config.vocab_size));
+  ExpectSameLossAndGrads(*m, RandomTokens(w->config.vocab_size));
 }
 
 // Qwen3's shape: head_dim above dim / heads, q_norm and k_norm, GQA.
@@ -219,7 +219,7 @@ TEST(CheckpointTest, Qwen3ShapedLoraMatches) {
   auto w = RandomLlamaWeights(*small, 9);
   auto m = Make(w, AllProjectionsLora(0.1));
   ASSERT_NE(m, nullptr);
-  ExpectSameLossAndGrads(*m, Tokens(small->vocab_size));
+  ExpectSameLossAndGrads(*m, RandomTokens(small->vocab_size));
 }
 
 // Generation (a KV cache) and inference (no grad) are untouched by the
@@ -230,7 +230,7 @@ TEST(CheckpointTest, CacheAndNoGradRunPlain) {
   auto m = Make(w, AllProjectionsLora(0.0));
   ASSERT_NE(m, nullptr);
   LlamaModel& model = m->model();
-  const torch::Tensor tokens = Tokens(w->config.vocab_size);
+  const torch::Tensor tokens = RandomTokens(w->config.vocab_size);
   torch::Tensor want;
   {
     torch::NoGradGuard no_grad;

@@ -24,8 +24,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr double kRtol = 1e-5;
-constexpr double kAtol = 1e-7;
+constexpr double kLossRtol = 1e-5;
+constexpr double kLossAtol = 1e-7;
 
 torch::Tensor Reference(const torch::Tensor& hidden, const torch::Tensor& w,
                         const torch::Tensor& targets) {
@@ -62,9 +62,10 @@ TEST(ChunkedLossTest, MatchesCrossEntropyForEveryChunkSize) {
     EXPECT_EQ(got.dim(), 0);
     EXPECT_EQ(got.scalar_type(), torch::kFloat32);
     EXPECT_NEAR(got.item<double>(), want.item<double>(),
-                kRtol * want.item<double>());
+                kLossRtol * want.item<double>());
     (got * 3.0).backward();  // the incoming gradient scales dh
-    EXPECT_TRUE(torch::allclose(h.grad(), h_ref.grad() * 3.0, kRtol, kAtol))
+    EXPECT_TRUE(
+        torch::allclose(h.grad(), h_ref.grad() * 3.0, kLossRtol, kLossAtol))
         << (h.grad() - h_ref.grad() * 3.0).abs().max().item<double>();
     // Ignored rows get exactly zero.
     EXPECT_EQ(h.grad()[1][3].abs().max().item<double>(), 0.0);
@@ -75,7 +76,7 @@ TEST(ChunkedLossTest, MatchesCrossEntropyForEveryChunkSize) {
   torch::Tensor got = LinearCrossEntropy(h, w, targets, 4);
   EXPECT_FALSE(got.requires_grad());
   EXPECT_NEAR(got.item<double>(), want.item<double>(),
-              kRtol * want.item<double>());
+              kLossRtol * want.item<double>());
 }
 
 // torch gives NaN (0 / 0) for the mean over no target and a zero gradient;
@@ -132,9 +133,9 @@ TEST(ChunkedLossTest, Bfloat16WeightUnderFloat32HiddenInVocabularyBlocks) {
     torch::Tensor h = h0.clone().requires_grad_(true);
     torch::Tensor got = LinearCrossEntropy(h, w, targets, block);
     EXPECT_NEAR(got.item<double>(), want.item<double>(),
-                kRtol * want.item<double>());
+                kLossRtol * want.item<double>());
     got.backward();
-    EXPECT_TRUE(torch::allclose(h.grad(), h_ref.grad(), kRtol, kAtol))
+    EXPECT_TRUE(torch::allclose(h.grad(), h_ref.grad(), kLossRtol, kLossAtol))
         << (h.grad() - h_ref.grad()).abs().max().item<double>();
     EXPECT_EQ(h.grad()[1][3].abs().max().item<double>(), 0.0);
   }
@@ -215,14 +216,15 @@ void ExpectModelLossMatches(std::shared_ptr<const LlamaWeights> w) {
   };
   const auto [want, want_grads] = run(false);
   const auto [got, got_grads] = run(true);
-  EXPECT_NEAR(got, want, kRtol * want);
+  EXPECT_NEAR(got, want, kLossRtol * want);
   // Relative to each tensor's largest gradient: the matmuls over the
   // vocabulary sum in other blocks (chunks of 5 rows against all at once),
   // which moves entries near zero by ~1e-7 absolute.
   for (const auto& [key, g] : want_grads) {
     const double scale = g.abs().max().item<double>();
     EXPECT_GT(scale, 0.0) << key;
-    EXPECT_LE((got_grads.at(key) - g).abs().max().item<double>(), kRtol * scale)
+    EXPECT_LE((got_grads.at(key) - g).abs().max().item<double>(),
+              kLossRtol * scale)
         << key;
   }
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/file_util.h"
+#include "tests/test_paths.h"
 
 namespace fedpeft {
 namespace model {
@@ -24,7 +25,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const std::string kSource = FEDPEFT_SOURCE_DIR;
 const std::string kQwen3Dir = kSource + "/../shared/assets/tokenizers/qwen3";
 const std::string kFixtures = kSource + "/tests/reference/tokenizers/";
 

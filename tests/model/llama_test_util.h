@@ -42,6 +42,11 @@ inline torch::Tensor PromptTensor() {
 // a real bug moves logits by far more than 1e-4.
 constexpr double kLogitTol = 1e-4;
 
+// A [1, n] int64 batch of one sequence.
+inline torch::Tensor Tokens(const std::vector<int64_t>& ids) {
+  return torch::tensor(ids, torch::kInt64).view({1, -1});
+}
+
 inline double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a - b).abs().max().item<double>();
 }

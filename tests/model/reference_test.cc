@@ -17,6 +17,7 @@
 #include "common/file_util.h"
 #include "model/llama.h"
 #include "model/loader.h"
+#include "tests/model/llama_test_util.h"
 
 namespace fedpeft {
 namespace model {
@@ -43,7 +44,7 @@ struct ReferenceSequence {
 };
 
 // Parses the fixture; fails the calling test and returns {} on any problem.
-std::vector<ReferenceSequence> LoadFixture() {
+std::vector<ReferenceSequence> LoadReferenceSequences() {
   auto text = ReadFileToString(kFixturePath);
   EXPECT_TRUE(text.ok()) << text.status().ToString();
   if (!text.ok()) return {};
@@ -79,25 +80,11 @@ std::vector<ReferenceSequence> LoadFixture() {
   return out;
 }
 
-std::shared_ptr<const LlamaWeights> LoadOrDie(const std::string& path) {
-  auto w = LoadModel(path);
-  EXPECT_TRUE(w.ok()) << w.status().ToString();
-  return w.ok() ? *w : nullptr;
-}
-
-torch::Tensor Tokens(const std::vector<int64_t>& ids) {
-  return torch::tensor(ids, torch::kInt64).view({1, -1});
-}
-
-double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a - b).abs().max().item<double>();
-}
-
 // The fixture can catch a broken forward: not constant, not shared between
 // sequences, and causal (both sequences open with BOS at position 0, so
 // their first rows agree while the later rows differ).
 TEST(ReferenceTest, FixtureDiscriminates) {
-  const std::vector<ReferenceSequence> seqs = LoadFixture();
+  const std::vector<ReferenceSequence> seqs = LoadReferenceSequences();
   ASSERT_EQ(seqs.size(), 2u);
   const ReferenceSequence& a = seqs[0];
   const ReferenceSequence& b = seqs[1];
@@ -112,26 +99,26 @@ TEST(ReferenceTest, FixtureDiscriminates) {
               1.0)
         << s->name;
   }
-  EXPECT_EQ(MaxAbsDiff(a.logits[0], b.logits[0]), 0.0);
+  EXPECT_EQ(test::MaxAbsDiff(a.logits[0], b.logits[0]), 0.0);
   const int64_t shared = a.logits.size(0);
-  EXPECT_GT(MaxAbsDiff(a.logits.narrow(0, 1, shared - 1),
-                       b.logits.narrow(0, 1, shared - 1)),
+  EXPECT_GT(test::MaxAbsDiff(a.logits.narrow(0, 1, shared - 1),
+                             b.logits.narrow(0, 1, shared - 1)),
             1.0);
 }
 
 void ExpectMatchesReference(const std::string& model_path) {
-  const std::vector<ReferenceSequence> seqs = LoadFixture();
+  const std::vector<ReferenceSequence> seqs = LoadReferenceSequences();
   ASSERT_EQ(seqs.size(), 2u);
-  auto weights = LoadOrDie(model_path);
+  auto weights = test::LoadOrDie(model_path);
   ASSERT_TRUE(weights);
   ASSERT_EQ(weights->config.vocab_size, kVocab);
   torch::NoGradGuard no_grad;
   LlamaModel model(weights);
   std::vector<torch::Tensor> logits;
   for (const ReferenceSequence& s : seqs) {
-    logits.push_back(model.Forward(Tokens(s.ids))[0]);
+    logits.push_back(model.Forward(test::Tokens(s.ids))[0]);
     ASSERT_EQ(logits.back().sizes(), s.logits.sizes()) << s.name;
-    const double err = MaxAbsDiff(logits.back(), s.logits);
+    const double err = test::MaxAbsDiff(logits.back(), s.logits);
     EXPECT_LE(err, kReferenceTol) << model_path << ", sequence " << s.name;
     char err_text[32];
     std::snprintf(err_text, sizeof(err_text), "%.3g", err);
@@ -140,8 +127,8 @@ void ExpectMatchesReference(const std::string& model_path) {
   // The comparison tells sequences apart: our logits of "story" are far
   // from the reference of "spread" (rows after the shared BOS).
   const int64_t shared = seqs[0].logits.size(0);
-  EXPECT_GT(MaxAbsDiff(logits[0].narrow(0, 1, shared - 1),
-                       seqs[1].logits.narrow(0, 1, shared - 1)),
+  EXPECT_GT(test::MaxAbsDiff(logits[0].narrow(0, 1, shared - 1),
+                             seqs[1].logits.narrow(0, 1, shared - 1)),
             1.0);
 }
 

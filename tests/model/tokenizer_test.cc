@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/file_util.h"
+#include "tests/test_paths.h"
 
 namespace fedpeft {
 namespace model {
@@ -18,17 +19,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kSource = FEDPEFT_SOURCE_DIR;
 const std::string kSpModel = kSource + "/assets/stories260K/tokenizer.model";
 const std::string kLlama2cBin =
     kSource + "/assets/stories260K-llama2c/tok512.bin";
 const std::string kLlama2cModel =
     kSource + "/assets/stories260K-llama2c/stories260K.bin";
-const std::string kShakespeare =
-    kSource + "/assets/data/tinyshakespeare/input.txt";
 
-std::unique_ptr<Tokenizer> LoadOrDie(const std::string& path,
-                                     int64_t vocab = 0) {
+std::unique_ptr<Tokenizer> LoadTokenizerOrDie(const std::string& path,
+                                              int64_t vocab = 0) {
   auto tok = LoadTokenizer(path, vocab);
   EXPECT_TRUE(tok.ok()) << tok.status().ToString();
   return tok.ok() ? std::move(tok).value() : nullptr;
@@ -76,7 +74,7 @@ std::vector<std::string> ShakespeareLines(size_t count) {
 }
 
 TEST(TokenizerTest, SentencePieceKnownIds) {
-  auto tok = LoadOrDie(kSpModel);
+  auto tok = LoadTokenizerOrDie(kSpModel);
   ASSERT_NE(tok, nullptr);
   EXPECT_EQ(tok->vocab_size(), 512);
   EXPECT_EQ(tok->bos_id(), 1);
@@ -90,7 +88,7 @@ TEST(TokenizerTest, SentencePieceKnownIds) {
 }
 
 TEST(TokenizerTest, Llama2cKnownIds) {
-  auto tok = LoadOrDie(kLlama2cBin, 512);
+  auto tok = LoadTokenizerOrDie(kLlama2cBin, 512);
   ASSERT_NE(tok, nullptr);
   EXPECT_EQ(tok->vocab_size(), 512);
   EXPECT_EQ(tok->bos_id(), 1);
@@ -106,8 +104,8 @@ TEST(TokenizerTest, Llama2cKnownIds) {
 // including newlines (byte fallback <0x0A>) and runs of spaces (the model
 // was trained with remove_extra_whitespaces=false, so spaces are kept).
 TEST(TokenizerTest, BothAgreeOnShakespeare) {
-  auto sp = LoadOrDie(kSpModel);
-  auto l2c = LoadOrDie(kLlama2cBin, 512);
+  auto sp = LoadTokenizerOrDie(kSpModel);
+  auto l2c = LoadTokenizerOrDie(kLlama2cBin, 512);
   ASSERT_NE(sp, nullptr);
   ASSERT_NE(l2c, nullptr);
   const std::vector<std::string> lines = ShakespeareLines(400);
@@ -146,7 +144,7 @@ uint64_t Fnv1a(const std::vector<int64_t>& ids) {
 // protobuf 3.14, which cannot share a process with LibTorch's protobuf 3.21;
 // these pin our BPE to the library's output.
 TEST(TokenizerTest, SentencePieceMatchesLibsentencepiece) {
-  auto sp = LoadOrDie(kSpModel);
+  auto sp = LoadTokenizerOrDie(kSpModel);
   ASSERT_NE(sp, nullptr);
   const std::string corpus = ReadBytes(kShakespeare);
   const std::vector<int64_t> whole = sp->Encode(corpus, false, false);
@@ -181,8 +179,8 @@ TEST(TokenizerTest, SentencePieceMatchesLibsentencepiece) {
 }
 
 TEST(TokenizerTest, RoundTripIncludingByteFallback) {
-  auto sp = LoadOrDie(kSpModel);
-  auto l2c = LoadOrDie(kLlama2cBin, 512);
+  auto sp = LoadTokenizerOrDie(kSpModel);
+  auto l2c = LoadTokenizerOrDie(kLlama2cBin, 512);
   ASSERT_NE(sp, nullptr);
   ASSERT_NE(l2c, nullptr);
   std::vector<std::string> texts = ShakespeareLines(200);
@@ -217,7 +215,7 @@ TEST(TokenizerTest, FindTokenizerForModel) {
   auto l2c = FindTokenizerForModel(kLlama2cModel, 512);
   ASSERT_TRUE(l2c.ok()) << l2c.status().ToString();
   EXPECT_EQ(l2c.value(), kLlama2cBin);
-  auto tok = LoadOrDie(l2c.value(), 512);
+  auto tok = LoadTokenizerOrDie(l2c.value(), 512);
   ASSERT_NE(tok, nullptr);
   EXPECT_EQ(tok->vocab_size(), 512);
 

@@ -25,6 +25,7 @@
 #include "model/loader.h"
 #include "model/tokenizer.h"
 #include "peft/peft_io.h"
+#include "tests/test_paths.h"
 #include "worker/data_parallel.h"
 #include "worker/train_config.h"
 #include "worker/worker_config.h"
@@ -38,11 +39,6 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
-
-const std::string kSource = FEDPEFT_SOURCE_DIR;
-const std::string kModel = kSource + "/assets/stories260K";
-const std::string kShakespeare =
-    kSource + "/assets/data/tinyshakespeare/input.txt";
 
 // ---- config ----------------------------------------------------------------
 

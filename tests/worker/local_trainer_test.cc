@@ -7,6 +7,7 @@
 
 #include "model/loader.h"
 #include "model/tokenizer.h"
+#include "tests/test_paths.h"
 #include "worker/train_config.h"
 
 namespace fedpeft {
@@ -14,11 +15,6 @@ namespace worker {
 namespace {
 
 using ::testing::HasSubstr;
-
-const std::string kSource = FEDPEFT_SOURCE_DIR;
-const std::string kModel = kSource + "/assets/stories260K";
-const std::string kShakespeare =
-    kSource + "/assets/data/tinyshakespeare/input.txt";
 
 class TrainerTest : public ::testing::Test {
  protected:
