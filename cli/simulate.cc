@@ -5,7 +5,9 @@
 //   the OS), each with its own log under DIR/logs/.
 // mode: threads -- one process: the coordinator's gRPC server and N worker
 //   clients as threads sharing one read-only base model, so 100+ workers
-//   fit in memory (O(base + N x adapter)).
+//   fit in memory (O(base + N x adapter)). At most
+//   simulation.compute_threads of them (default: one per core) train at
+//   once (worker/compute_slots.h); the rest wait for a slot.
 //
 // The config has three sections: `simulation` (workers, mode,
 // heterogeneity), `coordinator` (a coordinator config) and `worker` (the
@@ -71,6 +73,9 @@ struct SimulationOptions {
   std::string sample_prompt = "ROMEO:";
   int sample_tokens = 48;
   bool tls = true;  // throw-away mutual TLS (false: tls.insecure everywhere)
+  // Thread mode: how many workers train at once (0 = one per core); the
+  // others wait for a slot, so BLAS never sees hundreds of callers.
+  int compute_threads = 0;
 
   void Read(ConfigReader& in) {
     in.Get("workers", &workers);
@@ -83,6 +88,7 @@ struct SimulationOptions {
     in.Get("timeout_s", &timeout_s);
     in.Get("sample_prompt", &sample_prompt);
     in.Get("sample_tokens", &sample_tokens);
+    in.Get("compute_threads", &compute_threads);
     in.Check(workers >= 1 && workers <= 4096, "workers",
              "must be in [1, 4096], got " + ToConfigString(workers));
     in.Check(mode == "processes" || mode == "threads", "mode",
@@ -104,6 +110,9 @@ struct SimulationOptions {
              "must be > 0, got " + ToConfigString(timeout_s));
     in.Check(sample_tokens >= 0, "sample_tokens",
              "must be >= 0, got " + ToConfigString(sample_tokens));
+    in.Check(compute_threads >= 0 && compute_threads <= 64, "compute_threads",
+             "must be in [0, 64] (0 = one per core), got " +
+                 ToConfigString(compute_threads));
   }
 };
 
@@ -412,21 +421,26 @@ int RunThreads(const SimulationOptions& sim, const RunPaths& p,
   if (!base_cfg.ok()) return Fail(cmd, base_cfg.status());
   auto base = worker::LoadWorkerBase(base_cfg->model);
   if (!base.ok()) return Fail(cmd, base.status());
+  const int slots =
+      sim.compute_threads > 0
+          ? sim.compute_threads
+          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  auto compute = std::make_shared<worker::ComputeSlots>(slots);
   std::vector<std::unique_ptr<worker::WorkerClient>> clients;
   for (int i = 0; i < sim.workers; ++i) {
     std::string addr = "127.0.0.1:" + std::to_string((*server)->port());
     auto wc = worker::LoadWorkerConfig(p.worker_yaml,
                                        WorkerOverrides(sim, i, addr, p.certs));
     if (!wc.ok()) return Fail(cmd, wc.status());
-    auto client =
-        worker::WorkerClient::Create(*wc, base->weights, base->tokenizer);
+    auto client = worker::WorkerClient::Create(*wc, base->weights,
+                                               base->tokenizer, compute);
     if (!client.ok()) return Fail(cmd, client.status());
     clients.push_back(std::move(client).value());
   }
   std::printf(
       "coordinator on 127.0.0.1:%d; %d workers as threads sharing "
-      "one base model\n",
-      (*server)->port(), sim.workers);
+      "one base model, at most %d computing at once\n",
+      (*server)->port(), sim.workers, slots);
   std::fflush(stdout);
   std::vector<std::thread> threads;
   for (auto& c : clients) {
@@ -441,6 +455,9 @@ int RunThreads(const SimulationOptions& sim, const RunPaths& p,
   Status s = (*coord)->Run();
   for (auto& c : clients) c->Stop();
   for (auto& t : threads) t.join();
+  FP_LOG_INFO("simulate",
+              "compute slots: {} of {} used at most, {} waits for a slot",
+              compute->peak_in_use(), slots, compute->waits());
   (*server)->Shutdown();
   if (!s.ok()) return Fail(cmd, s);
   return kExitOk;

@@ -20,6 +20,7 @@
 #include "security/dp.h"
 #include "security/secagg.h"
 #include "security/secagg_update.h"
+#include "worker/compute_slots.h"
 #include "worker/distributed_worker.h"
 #include "worker/federation_client.h"
 #include "worker/local_trainer.h"
@@ -72,10 +73,12 @@ class WorkerClient::Impl {
  public:
   Impl(const WorkerConfig& config,
        std::shared_ptr<const model::LlamaWeights> base,
-       std::shared_ptr<const model::Tokenizer> tokenizer)
+       std::shared_ptr<const model::Tokenizer> tokenizer,
+       std::shared_ptr<ComputeSlots> slots)
       : config_(config),
         base_(std::move(base)),
         tokenizer_(std::move(tokenizer)),
+        slots_(std::move(slots)),
         rng_(config.simulation.seed ^
              std::hash<std::string>()(config.worker.id)) {}
 
@@ -124,10 +127,16 @@ class WorkerClient::Impl {
   // tensors it left out as unchanged, the cache of the last round.
   StatusOr<TensorMap> FetchAdapter(int64_t round, uint64_t* bytes);
   double MeasureTokensPerSecond();
+  // A compute slot while this worker trains or encodes (no bound, an empty
+  // lease, when the worker is alone in its process).
+  ComputeSlots::Lease AcquireCompute() {
+    return slots_ ? slots_->Acquire() : ComputeSlots::Lease();
+  }
 
   const WorkerConfig config_;
   std::shared_ptr<const model::LlamaWeights> base_;
   std::shared_ptr<const model::Tokenizer> tokenizer_;
+  std::shared_ptr<ComputeSlots> slots_;  // shared by in-process workers
   std::vector<data::Example> train_;
   std::vector<data::Example> eval_;
   std::unique_ptr<FederationClient> client_;
@@ -233,6 +242,7 @@ double WorkerClient::Impl::MeasureTokensPerSecond() {
   if (batches.empty()) return 0;
   TrainOptions t;
   t.progress_bar = false;
+  ComputeSlots::Lease lease = AcquireCompute();
   LocalTrainer trainer(**pm, t, device_);
   auto t0 = Clock::now();
   trainer.Step(batches, 1);
@@ -362,6 +372,8 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
     RETURN_IF_ERROR(LeadRound(*group_, round, t, *peft_));
     MakeDataParallel(*group_, &t);
   }
+  // The time waited for a compute slot is not compute: t0 starts after.
+  ComputeSlots::Lease lease = AcquireCompute();
   LocalTrainer trainer(*peft_, t, device_);
   if (t.fedprox_mu > 0) trainer.SetProximalAnchor(global);
   auto t0 = Clock::now();
@@ -378,6 +390,7 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   }
   EvalResult ev = Evaluate(peft_->model(), eval_, t.eval_batch_size, device_);
   double compute = std::chrono::duration<double>(Clock::now() - t0).count();
+  lease.Release();  // a simulated slow device waits without a slot
   if (config_.simulation.slowdown > 1.0) {
     // A slower device: stretch the compute time.
     client_->SleepFor(milliseconds(static_cast<int64_t>(
@@ -397,6 +410,9 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
 
   // Only what this round trained travels: frozen tensors, FFA-LoRA's A and
   // the layers below the trainable ones are left out (a zero delta).
+  // The update's arithmetic (pruning's SVD, clipping, quantization) takes a
+  // compute slot again.
+  lease = AcquireCompute();
   TensorMap local;
   for (const auto& kv : peft_->AdapterTensors()) {
     local[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
@@ -455,6 +471,7 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   } else {
     residual_.clear();
   }
+  lease.Release();
   proto::UpdateHeader header;
   if (secure) {
     RETURN_IF_ERROR(SecAggMask(*secure, encoded.decoded, unclipped,
@@ -717,18 +734,20 @@ Status WorkerClient::Impl::RunRounds() {
 
 WorkerClient::WorkerClient(const WorkerConfig& config,
                            std::shared_ptr<const model::LlamaWeights> base,
-                           std::shared_ptr<const model::Tokenizer> tokenizer)
+                           std::shared_ptr<const model::Tokenizer> tokenizer,
+                           std::shared_ptr<ComputeSlots> slots)
     : config_(config),
       impl_(std::make_unique<Impl>(config, std::move(base),
-                                   std::move(tokenizer))) {}
+                                   std::move(tokenizer), std::move(slots))) {}
 
 WorkerClient::~WorkerClient() = default;
 
 StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Create(
     const WorkerConfig& config, std::shared_ptr<const model::LlamaWeights> base,
-    std::shared_ptr<const model::Tokenizer> tokenizer) {
-  std::unique_ptr<WorkerClient> c(
-      new WorkerClient(config, std::move(base), std::move(tokenizer)));
+    std::shared_ptr<const model::Tokenizer> tokenizer,
+    std::shared_ptr<ComputeSlots> slots) {
+  std::unique_ptr<WorkerClient> c(new WorkerClient(
+      config, std::move(base), std::move(tokenizer), std::move(slots)));
   RETURN_IF_ERROR(
       c->impl_->Init().WithContext("worker '" + config.worker.id + "'"));
   return c;

@@ -29,6 +29,7 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "peft/peft_model.h"
+#include "worker/compute_slots.h"
 #include "worker/worker_config.h"
 
 namespace fedpeft {
@@ -51,11 +52,14 @@ struct WorkerStats {
 class WorkerClient {
  public:
   // Loads (and, with config.shard, partitions) the local data.
-  // `base` and `tokenizer` are shared, never modified.
+  // `base` and `tokenizer` are shared, never modified. Workers that share a
+  // process may share `slots`: each holds one while it trains, evaluates or
+  // encodes its update (see compute_slots.h); null = no bound.
   static StatusOr<std::unique_ptr<WorkerClient>> Create(
       const WorkerConfig& config,
       std::shared_ptr<const model::LlamaWeights> base,
-      std::shared_ptr<const model::Tokenizer> tokenizer);
+      std::shared_ptr<const model::Tokenizer> tokenizer,
+      std::shared_ptr<ComputeSlots> slots = nullptr);
   ~WorkerClient();
 
   // Runs until SHUTDOWN (OK), Stop() (OK), or the server stays unreachable
@@ -70,7 +74,8 @@ class WorkerClient {
   class Impl;
   WorkerClient(const WorkerConfig& config,
                std::shared_ptr<const model::LlamaWeights> base,
-               std::shared_ptr<const model::Tokenizer> tokenizer);
+               std::shared_ptr<const model::Tokenizer> tokenizer,
+               std::shared_ptr<ComputeSlots> slots);
 
   const WorkerConfig config_;
   std::unique_ptr<Impl> impl_;

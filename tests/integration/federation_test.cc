@@ -168,11 +168,24 @@ TEST_F(FederationTest, SimulateRunsTheWholeFederation) {
          "--set",
          "worker.data.max_records=600",
          "--set",
-         "worker.data.max_seq_len=64"},
+         "worker.data.max_seq_len=64",
+         "--set",
+         "simulation.compute_threads=2"},
         log);
     ASSERT_EQ(Wait(sim, std::chrono::seconds(400)), 0) << Slurp(log) << Logs();
     std::string text = Slurp(log);
     EXPECT_THAT(text, HasSubstr("2 rounds aggregated"));
+    if (mode == "threads") {
+      // Six worker threads, never more than two of them computing.
+      EXPECT_THAT(text, HasSubstr("6 workers as threads sharing one base "
+                                  "model, at most 2 computing at once"));
+      std::smatch m;
+      ASSERT_TRUE(std::regex_search(
+          text, m, std::regex(R"(compute slots: (\d+) of 2 used at most)")))
+          << text;
+      EXPECT_GE(std::stoi(m[1]), 1);
+      EXPECT_LE(std::stoi(m[1]), 2);
+    }
     EXPECT_THAT(text, HasSubstr("sample, base+adapter:"));
     EXPECT_TRUE(fs::exists(out + "/adapter/adapter_model.safetensors"));
     EXPECT_TRUE(fs::exists(out + "/metrics.jsonl"));
