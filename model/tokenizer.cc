@@ -433,14 +433,15 @@ bool ReadInt32(WireReader& in, int64_t* out) {
   return true;
 }
 
-StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
-    const std::string& path) {
+}  // namespace
+
+StatusOr<SentencePieceVocab> ReadSentencePieceVocab(const std::string& path) {
   ASSIGN_OR_RETURN(std::string data, ReadTokenizerFile(path));
   auto corrupt = [&path](const std::string& what) {
     return Status::Corruption("tokenizer '" + path +
                               "': not a valid SentencePiece model: " + what);
   };
-  BpeVocab vocab;
+  SentencePieceVocab vocab;
   int64_t model_type = 1;  // proto default: UNIGRAM
   std::string normalizer = "nmt_nfkc";
   bool has_charsmap = false;
@@ -484,9 +485,9 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
         return corrupt("piece " + std::to_string(vocab.pieces.size()) +
                        " has unknown type " + std::to_string(type));
       }
-      vocab.pieces.push_back(ReplaceAll(piece, kSpaceMark, " "));
+      vocab.pieces.push_back(std::move(piece));
       vocab.scores.push_back(score);
-      vocab.kinds.push_back(static_cast<PieceKind>(type));
+      vocab.types.push_back(static_cast<int>(type));
     } else if ((field == 2 || field == 3) && wire == 2) {
       // 2: TrainerSpec, 3: NormalizerSpec.
       if (!top.Bytes(&b, &e)) return corrupt("truncated spec");
@@ -545,6 +546,27 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
                    std::to_string(vocab.eos_id) + " must lie in [0, " +
                    std::to_string(n) + ")");
   }
+  return vocab;
+}
+
+namespace {
+
+StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
+    const std::string& path) {
+  ASSIGN_OR_RETURN(SentencePieceVocab spm, ReadSentencePieceVocab(path));
+  BpeVocab vocab;
+  vocab.pieces.reserve(spm.pieces.size());
+  for (const std::string& piece : spm.pieces) {
+    vocab.pieces.push_back(ReplaceAll(piece, kSpaceMark, " "));
+  }
+  vocab.scores = std::move(spm.scores);
+  for (int type : spm.types)
+    vocab.kinds.push_back(static_cast<PieceKind>(type));
+  vocab.unk_id = spm.unk_id;
+  vocab.bos_id = spm.bos_id;
+  vocab.eos_id = spm.eos_id;
+  vocab.add_dummy_prefix = spm.add_dummy_prefix;
+  vocab.remove_extra_whitespaces = spm.remove_extra_whitespaces;
   vocab.space_mark_is_space = true;
   return std::unique_ptr<Tokenizer>(new BpeTokenizer(std::move(vocab)));
 }

@@ -77,6 +77,26 @@ class Tokenizer {
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
                                                    int64_t vocab_size_hint = 0);
 
+// The vocabulary of a SentencePiece tokenizer.model as the file holds it:
+// pieces with SentencePiece's U+2581 for spaces, scores, piece types
+// (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte) and
+// the special ids. What a GGUF file's tokenizer.ggml.* keys carry.
+struct SentencePieceVocab {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<int> types;
+  int64_t unk_id = 0;
+  int64_t bos_id = 1;
+  int64_t eos_id = 2;
+  bool add_dummy_prefix = true;
+  bool remove_extra_whitespaces = false;
+};
+
+// Reads a tokenizer.model with the checks LoadTokenizer applies (BPE model,
+// identity normalization, special ids in range); Corruption naming `path`
+// and what is wrong, Unimplemented for other model types.
+StatusOr<SentencePieceVocab> ReadSentencePieceVocab(const std::string& path);
+
 // The tokenizer that belongs to a model path: for a Hugging Face folder (or
 // a file in one) "<dir>/tokenizer.json", else "<dir>/tokenizer.model" --
 // tokenizer.json first, because when a folder holds both (Llama-2,
