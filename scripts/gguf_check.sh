@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# fedpeft's GGUF export against a real llama.cpp.
+#
+# llama.cpp is node-llama-cpp's prebuilt linux-x64 CPU binary (version
+# pinned by tests/gguf/package-lock.json; `scripts/setup.sh`, or
+# `npm install --omit=optional --ignore-scripts` in tests/gguf, installs
+# it). Every check runs the same prompt through `fedpeft generate` and
+# through llama.cpp (tests/gguf/llama_generate.mjs, F32 K/V cache), greedy,
+# the same number of new tokens, and compares the generated text exactly:
+#   base   assets/stories260K converted to GGUF F32, F16 and Q8_0
+#   merged a trained adapter merged into the base, GGUF F32 and F16
+#   lora   the base GGUF F32 plus our GGUF LoRA (llama.cpp's --lora path) of
+#          four trained adapters: plain LoRA, rsLoRA, heterogeneous ranks
+#          and alphas (rank_pattern/alpha_pattern), and rsLoRA with
+#          heterogeneous ranks
+# and every file is parsed by @huggingface/gguf (tests/gguf/gguf_inspect.mjs)
+# and checked against the config.json / adapter_config.json it came from.
+# A negative control runs the rsLoRA adapter at the scale llama.cpp would
+# have used without our folding (alpha / r instead of alpha / sqrt(r)) and
+# requires a different text, so a check that cannot tell scales apart fails.
+#
+# Q8_0 is reported, not required: rounding the weights to 8 bits may change
+# a greedy choice. Everything else must match.
+#
+# Usage: scripts/gguf_check.sh [FEDPEFT_BIN] [WORKDIR]
+#   FEDPEFT_BIN default build/fedpeft; WORKDIR default a fresh temp dir
+#   (removed at the end unless KEEP=1).
+# Exit 0: all required checks pass; 1: a check failed; 77: node or the npm
+# packages are not installed (skipped).
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$(realpath "${1:-$root/build/fedpeft}")"
+node_dir="$root/tests/gguf"
+if ! command -v node >/dev/null ||
+  [ ! -d "$node_dir/node_modules/node-llama-cpp" ] ||
+  [ ! -d "$node_dir/node_modules/@huggingface/gguf" ]; then
+  echo "SKIPPED: node or the npm packages of tests/gguf are missing" \
+    "(scripts/setup.sh, or: cd tests/gguf && npm install --omit=optional --ignore-scripts)"
+  exit 77
+fi
+if [ -n "${2:-}" ]; then
+  work="$2"
+  mkdir -p "$work"
+else
+  work="$(mktemp -d /tmp/gguf_check.XXXXXX)"
+  [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
+fi
+cd "$root"  # configs/ paths are relative to the repository root
+
+model=assets/stories260K
+prompt="Once upon a time"
+max_tokens=48
+failures=0
+start=$(date +%s)
+
+llama() { (cd "$node_dir" && node llama_generate.mjs "$@"); }
+fedpeft() { "$bin" "$@" 2>/dev/null; }
+compare() {  # compare NAME FEDPEFT_TEXT LLAMA_TEXT [optional]
+  if [ "$2" = "$3" ]; then
+    echo "MATCH   $1"
+    printf '  both   : %q\n' "$2"
+  elif [ "${4:-}" = optional ]; then
+    echo "DIFFER  $1 (reported, not required)"
+    printf '  fedpeft: %q\n  llama  : %q\n' "$2" "$3"
+  else
+    echo "FAIL    $1"
+    printf '  fedpeft: %q\n  llama  : %q\n' "$2" "$3"
+    failures=$((failures + 1))
+  fi
+}
+inspect() {
+  if ! (cd "$node_dir" && node gguf_inspect.mjs "$@"); then
+    failures=$((failures + 1))
+  fi
+}
+
+echo "== base model: fedpeft vs llama.cpp on GGUF F32/F16/Q8_0"
+want="$(fedpeft generate --model "$model" --prompt "$prompt" \
+  --max-tokens $max_tokens)"
+for t in f32 f16 q8_0; do
+  fedpeft export --model "$model" --merge --format gguf --gguf-type $t \
+    --out "$work/base_$t.gguf" >/dev/null
+  inspect model "$work/base_$t.gguf" "$root/$model/config.json" $t
+  opt=""
+  [ $t = q8_0 ] && opt=optional
+  compare "base $t" "$want" \
+    "$(llama "$work/base_$t.gguf" "$prompt" $max_tokens)" $opt
+done
+
+train() {  # train NAME --set ...
+  local name="$1"
+  shift
+  fedpeft train --config configs/local_train.yaml --out "$work/$name" \
+    --set train.max_steps=30 --set data.max_records=800 \
+    --set data.max_seq_len=64 --set sample.max_tokens=1 \
+    --set model.threads=1 "$@" >/dev/null
+}
+echo "== trained adapters: plain, rsLoRA, heterogeneous, rsLoRA heterogeneous"
+train plain
+train rslora --set peft.lora.use_rslora=true
+hetero=(--set "peft.lora.rank_pattern={q_proj: 2, down_proj: 4, layers.3.self_attn.v_proj: 16}"
+  --set "peft.lora.alpha_pattern={o_proj: 4, layers.1.mlp.up_proj: 40}")
+train hetero "${hetero[@]}"
+train rslora_hetero --set peft.lora.use_rslora=true "${hetero[@]}"
+
+echo "== merged adapter: fedpeft (base + adapter) vs llama.cpp (merged GGUF)"
+want="$(fedpeft generate --model "$model" --adapter "$work/plain" \
+  --prompt "$prompt" --max-tokens $max_tokens)"
+for t in f32 f16; do
+  fedpeft export --adapter "$work/plain" --merge --format gguf \
+    --gguf-type $t --out "$work/merged_$t.gguf" >/dev/null
+  inspect model "$work/merged_$t.gguf" "$root/$model/config.json" $t
+  compare "merged plain $t" "$want" \
+    "$(llama "$work/merged_$t.gguf" "$prompt" $max_tokens)"
+done
+
+echo "== GGUF LoRA on the base GGUF: fedpeft (base + adapter) vs llama.cpp --lora"
+for a in plain rslora hetero rslora_hetero; do
+  fedpeft export --adapter "$work/$a" --format gguf \
+    --out "$work/$a.lora.gguf" >/dev/null
+  inspect lora "$work/$a.lora.gguf" "$work/base_f32.gguf" "$work/$a"
+  want="$(fedpeft generate --model "$model" --adapter "$work/$a" \
+    --prompt "$prompt" --max-tokens $max_tokens)"
+  compare "lora $a" "$want" \
+    "$(llama "$work/base_f32.gguf" "$prompt" $max_tokens "$work/$a.lora.gguf")"
+  if [ $a = rslora ]; then
+    # Negative control: llama.cpp's own alpha / r (r = 8) instead of the
+    # true alpha / sqrt(8), i.e. user scale sqrt(8) / 8 on our file.
+    unfolded="$(llama "$work/base_f32.gguf" "$prompt" $max_tokens \
+      "$work/$a.lora.gguf" 0.35355339)"
+    if [ "$unfolded" = "$want" ]; then
+      echo "FAIL    negative control: rsLoRA at alpha/r gives the same text;" \
+        "the check cannot tell the scales apart"
+      failures=$((failures + 1))
+    else
+      echo "MATCH   negative control: rsLoRA at llama.cpp's alpha/r differs" \
+        "(as an unfolded export would)"
+    fi
+  fi
+done
+
+echo "gguf_check: $failures failure(s) in $(($(date +%s) - start)) s"
+[ $failures -eq 0 ]

@@ -1,0 +1,43 @@
+// Greedy generation with llama.cpp (node-llama-cpp's prebuilt CPU binary):
+//   node llama_generate.mjs MODEL.gguf PROMPT MAX_TOKENS [LORA.gguf [SCALE]]
+// SCALE is llama.cpp's user scale of the adapter (default 1).
+// Prints the generated continuation only (not the prompt), as
+// `fedpeft generate` does; stops at EOS or MAX_TOKENS.
+import {getLlama, LlamaLogLevel} from "node-llama-cpp";
+
+const [modelPath, prompt, maxTokensArg, loraPath, scaleArg] = process.argv.slice(2);
+if (!modelPath || prompt === undefined || !maxTokensArg) {
+  console.error("usage: node llama_generate.mjs MODEL.gguf PROMPT MAX_TOKENS [LORA.gguf [SCALE]]");
+  process.exit(2);
+}
+const maxTokens = Number(maxTokensArg);
+const llama = await getLlama({gpu: false, build: "never", logLevel: LlamaLogLevel.error});
+const model = await llama.loadModel({modelPath});
+const context = await model.createContext({
+  contextSize: 256,
+  batchSize: 256,
+  threads: 1,
+  // F32 K/V like fedpeft (llama.cpp defaults to F16 K/V, which can flip a
+  // near-tie greedy choice), and no flash attention (its own rounding).
+  experimentalKvCacheKeyType: "F32",
+  experimentalKvCacheValueType: "F32",
+  flashAttention: false,
+  lora: loraPath ? {adapters: [{filePath: loraPath, scale: scaleArg ? Number(scaleArg) : 1.0}]} : undefined,
+});
+const sequence = context.getSequence();
+const promptTokens = [model.tokens.bos, ...model.tokenize(prompt)];
+const generated = [];
+if (maxTokens > 0) {
+  for await (const token of sequence.evaluate(promptTokens, {temperature: 0})) {
+    if (token === model.tokens.eos) break;
+    generated.push(token);
+    if (generated.length >= maxTokens) break;
+  }
+}
+// The continuation's text: the whole sequence decoded minus the prompt's.
+const full = model.detokenize([...promptTokens, ...generated]);
+const head = model.detokenize(promptTokens);
+process.stdout.write((full.startsWith(head) ? full.slice(head.length) : model.detokenize(generated)) + "\n");
+await context.dispose();
+await model.dispose();
+await llama.dispose();
