@@ -73,7 +73,9 @@ class Tokenizer {
 // Loads `path`: "*.json" -> Hugging Face tokenizer.json (with
 // tokenizer_config.json beside it when present, see LoadHfTokenizer);
 // "*.model" -> SentencePiece; "*.bin" -> llama2.c tokenizer (its vocab size
-// is taken from `vocab_size_hint`, required > 0 for .bin).
+// is taken from `vocab_size_hint`, required > 0 for .bin); "*.gguf" -> the
+// tokenizer.ggml.* keys of a GGUF model (tokenizer model "llama", i.e.
+// SentencePiece BPE, only).
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
                                                    int64_t vocab_size_hint = 0);
 
@@ -93,8 +95,10 @@ struct SentencePieceVocab {
 };
 
 // Reads a tokenizer.model with the checks LoadTokenizer applies (BPE model,
-// identity normalization, special ids in range); Corruption naming `path`
-// and what is wrong, Unimplemented for other model types.
+// identity normalization, special ids in range), or for a path ending in
+// .gguf the tokenizer.ggml.* keys of a GGUF model (tokenizer model "llama");
+// Corruption naming `path` and what is wrong, Unimplemented for other model
+// types, NotFound for a GGUF file without a tokenizer.
 StatusOr<SentencePieceVocab> ReadSentencePieceVocab(const std::string& path);
 
 // The tokenizer that belongs to a model path: for a Hugging Face folder (or
@@ -102,7 +106,8 @@ StatusOr<SentencePieceVocab> ReadSentencePieceVocab(const std::string& path);
 // tokenizer.json first, because when a folder holds both (Llama-2,
 // Mistral) it is the one transformers' fast tokenizer reads, added tokens
 // and post-processor included; "tok<vocab>.bin" or "tokenizer.bin" beside a
-// llama2.c .bin. NotFound with a hint to pass --tokenizer otherwise.
+// llama2.c .bin; a GGUF model file itself. NotFound with a hint to pass
+// --tokenizer otherwise.
 StatusOr<std::string> FindTokenizerForModel(const std::string& model_path,
                                             int64_t vocab_size);
 
