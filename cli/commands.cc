@@ -491,11 +491,14 @@ int ExportGgufModel(const model::LlamaWeights& weights,
     if (!found.ok()) return Fail(cmd, found.status());
     options.tokenizer_path = *found;
   }
-  if (std::filesystem::path(options.tokenizer_path).extension() != ".model") {
+  const std::string ext =
+      std::filesystem::path(options.tokenizer_path).extension().string();
+  if (ext != ".model" && ext != ".gguf") {
     return Fail(cmd, Status::Unimplemented(
                          "GGUF export: tokenizer '" + options.tokenizer_path +
-                         "' is not a SentencePiece tokenizer.model, the only "
-                         "kind supported yet (pass --tokenizer PATH.model)"));
+                         "' is not a SentencePiece tokenizer.model (or a GGUF "
+                         "file holding one), the only kind supported yet "
+                         "(pass --tokenizer PATH.model)"));
   }
   Status s = model::WriteGgufModel(weights, out, options);
   if (!s.ok()) return Fail(cmd, s);
