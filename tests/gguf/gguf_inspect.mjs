@@ -69,8 +69,11 @@ if (kind === "model") {
     expect(m[`tokenizer.ggml.${k}`]?.length === c.vocab_size,
            `tokenizer.ggml.${k} has ${m[`tokenizer.ggml.${k}`]?.length} entries, expected ${c.vocab_size}`);
   }
-  expect(m["tokenizer.ggml.bos_token_id"] === c.bos_token_id, "bos id");
-  expect(m["tokenizer.ggml.eos_token_id"] === c.eos_token_id, "eos id");
+  // The ids come from the tokenizer; a config may leave them null.
+  for (const k of ["bos", "eos"]) {
+    const want = c[`${k}_token_id`], got = m[`tokenizer.ggml.${k}_token_id`];
+    expect(typeof want !== "number" || got === want, `${k} id ${got}, config says ${want}`);
+  }
   // Every tensor the config implies, with its shape (innermost first) and type.
   const d = c.hidden_size, f = c.intermediate_size, v = c.vocab_size;
   const q = c.num_attention_heads * headDim, kv = (c.num_key_value_heads ?? c.num_attention_heads) * headDim;
@@ -84,6 +87,14 @@ if (kind === "model") {
       [`blk.${i}.ffn_gate.weight`]: [d, f], [`blk.${i}.ffn_up.weight`]: [d, f],
       [`blk.${i}.ffn_down.weight`]: [f, d],
     });
+    if (c.model_type === "qwen2") {  // q/k/v biases
+      Object.assign(expected, {[`blk.${i}.attn_q.bias`]: [q], [`blk.${i}.attn_k.bias`]: [kv],
+        [`blk.${i}.attn_v.bias`]: [kv]});
+    }
+    if (c.model_type === "qwen3") {  // per-head q/k RMSNorm
+      Object.assign(expected, {[`blk.${i}.attn_q_norm.weight`]: [headDim],
+        [`blk.${i}.attn_k_norm.weight`]: [headDim]});
+    }
   }
   const tensors = byName(r);
   expect(r.tensorInfos.length === Object.keys(expected).length,

@@ -2,7 +2,8 @@
 //   node llama_generate.mjs MODEL.gguf PROMPT MAX_TOKENS [LORA.gguf [SCALE]]
 // SCALE is llama.cpp's user scale of the adapter (default 1).
 // Prints the generated continuation only (not the prompt), as
-// `fedpeft generate` does; stops at EOS or MAX_TOKENS.
+// `fedpeft generate` does; stops at EOS or MAX_TOKENS. Prompt: BOS + the
+// prompt's tokens, as fedpeft's Encode(text, add_bos).
 import {getLlama, LlamaLogLevel} from "node-llama-cpp";
 
 const [modelPath, prompt, maxTokensArg, loraPath, scaleArg] = process.argv.slice(2);
@@ -34,10 +35,9 @@ if (maxTokens > 0) {
     if (generated.length >= maxTokens) break;
   }
 }
-// The continuation's text: the whole sequence decoded minus the prompt's.
-const full = model.detokenize([...promptTokens, ...generated]);
-const head = model.detokenize(promptTokens);
-process.stdout.write((full.startsWith(head) ? full.slice(head.length) : model.detokenize(generated)) + "\n");
+// The generated ids decoded alone, as `fedpeft generate` decodes them
+// (SentencePiece drops the first piece's leading space).
+process.stdout.write(model.detokenize(generated) + "\n");
 await context.dispose();
 await model.dispose();
 await llama.dispose();
