@@ -86,7 +86,7 @@ if [[ "$TESTS" == ON ]]; then
   # binary only (~90 MB, ~8 s). node >= 20 is not in Debian 12; without it
   # the check is SKIPPED.
   if command -v npm >/dev/null &&
-     node -e 'process.exit(+process.versions.node.split(".")[0] < 20)'; then
+     node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
     (cd tests/gguf && npm install --omit=optional --ignore-scripts \
        --no-audit --no-fund --loglevel=error) ||
       echo "setup: npm install in tests/gguf failed; the GGUF check will be SKIPPED" >&2
