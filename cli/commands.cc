@@ -493,12 +493,12 @@ int ExportGgufModel(const model::LlamaWeights& weights,
   }
   const std::string ext =
       std::filesystem::path(options.tokenizer_path).extension().string();
-  if (ext != ".model" && ext != ".gguf") {
+  if (ext != ".model" && ext != ".gguf" && ext != ".json") {
     return Fail(cmd, Status::Unimplemented(
                          "GGUF export: tokenizer '" + options.tokenizer_path +
-                         "' is not a SentencePiece tokenizer.model (or a GGUF "
-                         "file holding one), the only kind supported yet "
-                         "(pass --tokenizer PATH.model)"));
+                         "' is not a SentencePiece tokenizer.model, a "
+                         "tokenizer.json or a GGUF file holding one "
+                         "(pass --tokenizer PATH)"));
   }
   Status s = model::WriteGgufModel(weights, out, options);
   if (!s.ok()) return Fail(cmd, s);

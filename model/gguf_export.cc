@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <utility>
 #include <vector>
 
+#include "common/file_util.h"
 #include "model/loader.h"
 #include "model/tokenizer.h"
 
@@ -79,6 +81,96 @@ Status GgufWriteSentencePiece(const std::string& path, int64_t vocab_size,
   w->SetBool("tokenizer.ggml.add_bos_token", true);
   w->SetBool("tokenizer.ggml.add_eos_token", false);
   w->SetBool("tokenizer.ggml.add_space_prefix", v.add_dummy_prefix);
+  return Status::Ok();
+}
+
+// A Hugging Face byte-level BPE tokenizer.json (Qwen2/Qwen3) as
+// tokenizer.ggml.model "gpt2": every id below vocab_size with its token
+// (ids the file does not use become "[PAD<id>]", unused), types (added
+// special tokens control, other added tokens user-defined), the merges, the
+// special ids our tokenizer resolves (tokenizer_config.json beside), and
+// llama.cpp's pre-tokenizer name for the family.
+Status GgufWriteHfBpe(const std::string& path, const LlamaConfig& c,
+                      GgufWriter* w) {
+  if (c.model_type != "qwen2" && c.model_type != "qwen3") {
+    return Status::Unimplemented(
+        "GGUF export: a tokenizer.json is supported for qwen2/qwen3 models "
+        "only (llama.cpp's pre-tokenizer 'qwen2'); this model is '" +
+        c.model_type + "'");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, LoadTokenizer(path));
+  ASSIGN_OR_RETURN(std::string text,
+                   ReadFileToString(path, kMaxTokenizerFileBytes));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    return Status::InvalidArgument("tokenizer '" + path + "': " + e.what());
+  }
+  const nlohmann::json& model = j["model"];
+  if (!model.is_object() || model.value("type", "") != "BPE" ||
+      !model["vocab"].is_object() || !model["merges"].is_array()) {
+    return Status::Unimplemented("tokenizer '" + path +
+                                 "': only a BPE model with vocab and merges "
+                                 "can be written to GGUF");
+  }
+  const int64_t n = c.vocab_size;
+  std::vector<std::string> tokens(n);
+  std::vector<int32_t> types(n, 5);  // unused until seen
+  auto put = [&](const std::string& token, int64_t id, int32_t type) {
+    if (id < 0 || id >= n) {
+      return Status::InvalidArgument(
+          "tokenizer '" + path + "': token '" + token + "' has id " +
+          std::to_string(id) + ", outside the model's vocab_size " +
+          std::to_string(n) + " (maybe the wrong tokenizer?)");
+    }
+    tokens[id] = token;
+    types[id] = type;
+    return Status::Ok();
+  };
+  try {
+    for (const auto& [token, id] : model["vocab"].items()) {
+      RETURN_IF_ERROR(put(token, id.get<int64_t>(), 1));
+    }
+    for (const nlohmann::json& added :
+         j.value("added_tokens", nlohmann::json::array())) {
+      RETURN_IF_ERROR(put(added.at("content").get<std::string>(),
+                          added.at("id").get<int64_t>(),
+                          added.value("special", false) ? 3 : 4));
+    }
+    std::vector<std::string> merges;
+    for (const nlohmann::json& m : model["merges"]) {
+      merges.push_back(m.is_string() ? m.get<std::string>()
+                                     : m.at(0).get<std::string>() + " " +
+                                           m.at(1).get<std::string>());
+    }
+    w->SetStringArray("tokenizer.ggml.merges", merges);
+  } catch (const nlohmann::json::exception& e) {
+    return Status::InvalidArgument("tokenizer '" + path + "': " + e.what());
+  }
+  for (int64_t id = 0; id < n; ++id) {
+    if (types[id] == 5) tokens[id] = "[PAD" + std::to_string(id) + "]";
+  }
+  w->SetString("tokenizer.ggml.model", "gpt2");
+  w->SetString("tokenizer.ggml.pre", "qwen2");
+  w->SetStringArray("tokenizer.ggml.tokens", tokens);
+  w->SetInt32Array("tokenizer.ggml.token_type", types);
+  if (tok->bos_id() >= 0) {
+    w->SetUint32("tokenizer.ggml.bos_token_id",
+                 static_cast<uint32_t>(tok->bos_id()));
+  }
+  if (tok->eos_id() >= 0) {
+    w->SetUint32("tokenizer.ggml.eos_token_id",
+                 static_cast<uint32_t>(tok->eos_id()));
+  }
+  if (tok->pad_id() >= 0) {
+    w->SetUint32("tokenizer.ggml.padding_token_id",
+                 static_cast<uint32_t>(tok->pad_id()));
+  }
+  // BOS only where our Encode (the tokenizer's post-processor) adds it.
+  const std::vector<int64_t> ids = tok->Encode("a", true);
+  w->SetBool("tokenizer.ggml.add_bos_token",
+             tok->bos_id() >= 0 && !ids.empty() && ids[0] == tok->bos_id());
   return Status::Ok();
 }
 
@@ -164,9 +256,11 @@ Status WriteGgufModel(const LlamaWeights& weights, const std::string& path,
     w.SetUint32("general.quantization_version", 2);
   }
   GgufWriteArchitecture(c, arch, &w);
-  if (!options.tokenizer_path.empty()) {
-    RETURN_IF_ERROR(
-        GgufWriteSentencePiece(options.tokenizer_path, c.vocab_size, &w));
+  const std::string& tok = options.tokenizer_path;
+  if (tok.size() >= 5 && tok.compare(tok.size() - 5, 5, ".json") == 0) {
+    RETURN_IF_ERROR(GgufWriteHfBpe(tok, c, &w));
+  } else if (!tok.empty()) {
+    RETURN_IF_ERROR(GgufWriteSentencePiece(tok, c.vocab_size, &w));
   }
   // Tensors in llama.cpp's usual order: embeddings, layers, norm, output.
   std::vector<std::pair<std::string, std::string>> names;  // gguf, hf

@@ -23,8 +23,13 @@
 //
 // Tokenizer: a SentencePiece tokenizer.model becomes tokenizer.ggml.model
 // "llama" with its pieces, scores, types, unk/bos/eos ids and add_bos_token
-// true (what Hugging Face's LlamaTokenizer and our Encode do). Other
-// tokenizers are Unimplemented.
+// true (what Hugging Face's LlamaTokenizer and our Encode do). For qwen2 and
+// qwen3 a byte-level BPE tokenizer.json becomes "gpt2" with pre-tokenizer
+// "qwen2": tokens by id (ids below vocab_size it does not use become
+// "[PAD<id>]", unused), types (added special tokens control, other added
+// tokens user-defined), merges, the eos/pad ids and add_bos_token as our
+// tokenizer resolves them. Other tokenizers (Llama-3's and SmolLM2's
+// tokenizer.json: their pre-tokenizer names) are Unimplemented.
 //
 // Thread-safety: free functions.
 #ifndef FEDPEFT_MODEL_GGUF_EXPORT_H_
@@ -45,8 +50,10 @@ struct GgufModelOptions {
   // Type of the 2-D weights: F32, F16 (the default, as llama.cpp's
   // converter) or Q8_0. 1-D tensors are F32 whatever this says.
   GgufTensorType type = GgufTensorType::kF16;
-  std::string name;            // general.name; empty = not written
-  std::string tokenizer_path;  // a tokenizer.model; empty = no tokenizer keys
+  std::string name;  // general.name; empty = not written
+  // A tokenizer.model, a tokenizer.json (qwen2/qwen3) or a GGUF file holding
+  // a SentencePiece tokenizer; empty = no tokenizer keys.
+  std::string tokenizer_path;
 };
 
 // "llama", "qwen2" or "qwen3" for `config`; Unimplemented naming the

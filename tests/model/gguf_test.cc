@@ -275,6 +275,55 @@ TEST(GgufExportTest, ShippedModelGivesTheSameLogitsAndTokens) {
   }
 }
 
+TEST(GgufExportTest, Qwen3TokenizerJsonBecomesGpt2Keys) {
+  const std::string dir =
+      std::string(FEDPEFT_SOURCE_DIR) + "/../shared/assets/tokenizers/qwen3";
+  if (!PathExists(dir + "/tokenizer.json")) {
+    GTEST_SKIP() << "no Qwen3 tokenizer at " << dir;
+  }
+  LlamaConfig c;
+  c.model_type = "qwen3";
+  c.qk_norm = true;
+  c.dim = 8;
+  c.hidden_dim = 8;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.vocab_size = 151936;  // Qwen3's embedding rows (> the tokenizer's ids)
+  c.tie_embeddings = true;
+  c.max_seq_len = 32;
+  TempDir tmp;
+  GgufModelOptions options;
+  options.type = GgufTensorType::kF32;
+  options.tokenizer_path = dir + "/tokenizer.json";
+  Status s =
+      WriteGgufModel(*RandomLlamaWeights(c, 1), tmp.File("q.gguf"), options);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  auto file = MappedFile::Open(tmp.File("q.gguf"));
+  ASSERT_TRUE(file.ok());
+  auto r = GgufReader::Parse((*file)->bytes(), "q.gguf");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r->GetString("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(*r->GetString("tokenizer.ggml.pre"), "qwen2");
+  auto tokens = r->GetStringArray("tokenizer.ggml.tokens");
+  auto types = r->GetNumberArray("tokenizer.ggml.token_type");
+  auto merges = r->GetStringArray("tokenizer.ggml.merges");
+  ASSERT_TRUE(tokens.ok() && types.ok() && merges.ok());
+  ASSERT_EQ(tokens->size(), 151936u);
+  EXPECT_EQ((*tokens)[151643], "<|endoftext|>");
+  EXPECT_EQ((*types)[151643], 3);  // special: control
+  EXPECT_EQ((*types)[100], 1);     // normal
+  EXPECT_EQ((*tokens)[151935], "[PAD151935]");
+  EXPECT_EQ((*types)[151935], 5);                // unused
+  EXPECT_EQ((*merges)[0], "\xC4\xA0 \xC4\xA0");  // "Ġ Ġ"
+  auto tok = LoadTokenizer(dir + "/tokenizer.json");
+  ASSERT_TRUE(tok.ok());
+  EXPECT_EQ(*r->GetInt("tokenizer.ggml.eos_token_id", 0, 1 << 20),
+            (*tok)->TokenToId("<|im_end|>"));
+  EXPECT_FALSE(*r->GetBool("tokenizer.ggml.add_bos_token"));
+  EXPECT_EQ(r->metadata().count("tokenizer.ggml.bos_token_id"), 0u);
+}
+
 TEST(GgufExportTest, LoaderRefusesAMismatchedFileNamingTheTensor) {
   TempDir dir;
   GgufWriter w;
