@@ -14,7 +14,10 @@
 #          and alphas (rank_pattern/alpha_pattern), and rsLoRA with
 #          heterogeneous ranks
 #   arch   tiny random-weight models of the qwen3, qwen2 and llama
-#          (SmolLM2) configs in assets/configs, F32
+#          (SmolLM2) configs in assets/configs, F32, and a qwen3 one with
+#          Qwen3's tokenizer.json (../shared/assets/tokenizers/qwen3, as the
+#          tokenizer tests use; skipped when absent), whose prompt ids are
+#          compared too
 # and every file is parsed by @huggingface/gguf (tests/gguf/gguf_inspect.mjs)
 # and checked against the config.json / adapter_config.json it came from.
 # A negative control runs the rsLoRA adapter at the scale llama.cpp would
@@ -169,6 +172,32 @@ for m in qwen3-0.6b qwen2.5-0.5b smollm2-135m; do
       --max-tokens $max_tokens)" \
     "$(llama "$work/$m.gguf" "$prompt" $max_tokens)"
 done
+
+echo "== Qwen3's byte-level BPE tokenizer.json as tokenizer.ggml.model gpt2:"
+echo "   a tiny random qwen3 model with the full vocabulary; the prompt's ids"
+echo "   and the greedy text"
+qwen3_tok="$root/../shared/assets/tokenizers/qwen3"
+if [ -f "$qwen3_tok/tokenizer.json" ]; then
+  q="$work/qwen3-bpe"
+  fedpeft init-model --config assets/configs/qwen3-0.6b --out "$q" \
+    --layers 2 --hidden 64 --heads 4 --kv-heads 2 --head-dim 32 \
+    --intermediate 128 --max-positions 256 --seed 3 >/dev/null
+  cp "$qwen3_tok/tokenizer.json" "$qwen3_tok/tokenizer_config.json" "$q/"
+  fedpeft export --model "$q" --merge --format gguf --gguf-type f32 \
+    --out "$q.gguf" >/dev/null
+  inspect model "$q.gguf" "$q/config.json" f32
+  bpe_prompt="The quick brown fox: naïve café, 12345 tokens!"
+  ours="$(fedpeft tokenize --tokenizer "$q" --text "$bpe_prompt" | tail -1)"
+  theirs="$( (cd "$node_dir" && GGUF_PRINT_PROMPT=1 node llama_generate.mjs \
+    "$q.gguf" "$bpe_prompt" 0 2>&1 >/dev/null) | tail -1)"
+  compare "qwen3 prompt ids" "${ours// /}" "${theirs// /}"
+  compare "qwen3 bpe f32" \
+    "$(fedpeft generate --model "$q" --prompt "$bpe_prompt" \
+      --max-tokens $max_tokens)" \
+    "$(llama "$q.gguf" "$bpe_prompt" $max_tokens)"
+else
+  echo "SKIPPED qwen3 tokenizer: $qwen3_tok/tokenizer.json not found"
+fi
 
 echo "gguf_check: $failures failure(s) in $(($(date +%s) - start)) s"
 [ $failures -eq 0 ]

@@ -64,15 +64,19 @@ if (kind === "model") {
          "layer_norm_rms_epsilon");
   expect(m["general.file_type"] === {f32: 0, f16: 1, q8_0: 7}[type],
          `general.file_type ${m["general.file_type"]} for ${type}`);
-  expect(m["tokenizer.ggml.model"] === "llama", "tokenizer.ggml.model");
-  for (const k of ["tokens", "scores", "token_type"]) {
+  const bpe = m["tokenizer.ggml.model"] === "gpt2";
+  expect(bpe || m["tokenizer.ggml.model"] === "llama", "tokenizer.ggml.model");
+  if (bpe) expect(m["tokenizer.ggml.merges"]?.length > 0, "no tokenizer.ggml.merges");
+  for (const k of bpe ? ["tokens", "token_type"] : ["tokens", "scores", "token_type"]) {
     expect(m[`tokenizer.ggml.${k}`]?.length === c.vocab_size,
            `tokenizer.ggml.${k} has ${m[`tokenizer.ggml.${k}`]?.length} entries, expected ${c.vocab_size}`);
   }
-  // The ids come from the tokenizer; a config may leave them null.
+  // The ids come from the tokenizer; a config may leave them null, and a
+  // tokenizer.json may have no BOS (Qwen) where config.json names one.
   for (const k of ["bos", "eos"]) {
     const want = c[`${k}_token_id`], got = m[`tokenizer.ggml.${k}_token_id`];
-    expect(typeof want !== "number" || got === want, `${k} id ${got}, config says ${want}`);
+    expect(typeof want !== "number" || got === want || (bpe && k === "bos" && got === undefined),
+           `${k} id ${got}, config says ${want}`);
   }
   // Every tensor the config implies, with its shape (innermost first) and type.
   const d = c.hidden_size, f = c.intermediate_size, v = c.vocab_size;

@@ -2,8 +2,9 @@
 //   node llama_generate.mjs MODEL.gguf PROMPT MAX_TOKENS [LORA.gguf [SCALE]]
 // SCALE is llama.cpp's user scale of the adapter (default 1).
 // Prints the generated continuation only (not the prompt), as
-// `fedpeft generate` does; stops at EOS or MAX_TOKENS. Prompt: BOS + the
-// prompt's tokens, as fedpeft's Encode(text, add_bos).
+// `fedpeft generate` does; stops at EOS or MAX_TOKENS. Prompt: BOS (unless
+// the file's add_bos_token is false) + the prompt's tokens, as fedpeft's
+// Encode. GGUF_PRINT_PROMPT=1 prints the prompt's ids to stderr.
 import {getLlama, LlamaLogLevel} from "node-llama-cpp";
 
 const [modelPath, prompt, maxTokensArg, loraPath, scaleArg] = process.argv.slice(2);
@@ -26,7 +27,12 @@ const context = await model.createContext({
   lora: loraPath ? {adapters: [{filePath: loraPath, scale: scaleArg ? Number(scaleArg) : 1.0}]} : undefined,
 });
 const sequence = context.getSequence();
-const promptTokens = [model.tokens.bos, ...model.tokenize(prompt)];
+// BOS when the file says so (tokenizer.ggml.add_bos_token), as fedpeft's
+// Encode adds it only where the tokenizer's post-processor does.
+const bos = model.tokens.bos;
+const addBos = bos != null && model.fileInfo.metadata?.tokenizer?.ggml?.add_bos_token !== false;
+const promptTokens = [...(addBos ? [bos] : []), ...model.tokenize(prompt)];
+if (process.env.GGUF_PRINT_PROMPT) console.error(JSON.stringify(promptTokens));
 const generated = [];
 if (maxTokens > 0) {
   for await (const token of sequence.evaluate(promptTokens, {temperature: 0})) {
