@@ -15,8 +15,10 @@
 #include "coordinator/checkpoint.h"
 #include "data/dataset.h"
 #include "model/generate.h"
+#include "model/gguf_export.h"
 #include "model/loader.h"
 #include "model/tokenizer.h"
+#include "peft/gguf_lora.h"
 #include "peft/peft_io.h"
 #include "peft/peft_model.h"
 #include "worker/data_parallel.h"
@@ -473,9 +475,68 @@ int RunGenerate(const Args& args) {
   return kExitOk;
 }
 
+namespace {
+
+// `fedpeft export --format gguf --merge`: `weights` and the tokenizer of
+// `model_path` (or `tokenizer_path`) as one GGUF file at `out`.
+int ExportGgufModel(const model::LlamaWeights& weights,
+                    const std::string& model_path,
+                    const std::string& tokenizer_path, const std::string& out,
+                    model::GgufModelOptions options) {
+  const std::string cmd = "export";
+  options.tokenizer_path = tokenizer_path;
+  if (options.tokenizer_path.empty()) {
+    auto found =
+        model::FindTokenizerForModel(model_path, weights.config.vocab_size);
+    if (!found.ok()) return Fail(cmd, found.status());
+    options.tokenizer_path = *found;
+  }
+  const std::string ext =
+      std::filesystem::path(options.tokenizer_path).extension().string();
+  if (ext != ".model" && ext != ".gguf" && ext != ".json") {
+    return Fail(cmd, Status::Unimplemented(
+                         "GGUF export: tokenizer '" + options.tokenizer_path +
+                         "' is not a SentencePiece tokenizer.model, a "
+                         "tokenizer.json or a GGUF file holding one "
+                         "(pass --tokenizer PATH)"));
+  }
+  Status s = model::WriteGgufModel(weights, out, options);
+  if (!s.ok()) return Fail(cmd, s);
+  std::printf("model written to %s (GGUF, %s matrices, tokenizer)\n",
+              out.c_str(), model::GgufTensorTypeName(options.type));
+  return kExitOk;
+}
+
+// `fedpeft export --format gguf`: the adapter of `pm`, or with `merge` the
+// merged model, as one GGUF file at `out`.
+int ExportGguf(peft::PeftModel& pm, const std::string& model_path,
+               const std::string& tokenizer_path, const std::string& out,
+               bool merge, model::GgufModelOptions options) {
+  const std::string cmd = "export";
+  const model::LlamaConfig& config = pm.model().weights()->config;
+  if (!merge) {
+    TensorMap tensors;
+    for (const auto& kv : pm.AdapterTensors()) {
+      tensors[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
+    }
+    Status s = peft::WriteGgufLora(pm.options(), tensors, config, out);
+    if (!s.ok()) return Fail(cmd, s);
+    std::printf("adapter written to %s (GGUF LoRA for llama.cpp)\n",
+                out.c_str());
+    return kExitOk;
+  }
+  Status s = pm.Merge();
+  if (!s.ok()) return Fail(cmd, s);
+  std::shared_ptr<model::LlamaWeights> merged = pm.model().ExportWeights();
+  return ExportGgufModel(*merged, model_path, tokenizer_path, out, options);
+}
+
+}  // namespace
+
 int RunExport(const Args& args) {
   const std::string cmd = "export";
-  std::string adapter_dir, checkpoint_dir, out_dir, model_path, tokenizer_path;
+  std::string adapter_dir, checkpoint_dir, out_dir, model_path, tokenizer_path,
+      format = "peft", gguf_type = "f16";
   bool merge = false;
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
@@ -484,27 +545,65 @@ int RunExport(const Args& args) {
       "adapter_model.safetensors)")(
       "checkpoint", po::value(&checkpoint_dir),
       "coordinator checkpoint dir (its latest round) or one round folder")(
-      "out", po::value(&out_dir)->required(), "output folder")(
+      "out", po::value(&out_dir)->required(),
+      "output folder (--format peft) or file (--format gguf)")(
       "merge", po::bool_switch(&merge),
-      "write a merged Hugging Face model folder (config.json, "
-      "model.safetensors, tokenizer) instead of the adapter")(
+      "write the merged model (base + adapter) instead of the adapter")(
+      "format", po::value(&format)->default_value("peft"),
+      "peft: a Hugging Face PEFT adapter folder, or with --merge a Hugging "
+      "Face model folder (config.json, model.safetensors, tokenizer); gguf: "
+      "one llama.cpp GGUF file, the LoRA adapter (llama.cpp --lora) or with "
+      "--merge the model with its tokenizer")(
+      "gguf-type", po::value(&gguf_type)->default_value("f16"),
+      "--format gguf --merge: f32, f16 or q8_0 for the weight matrices "
+      "(norms stay f32)")(
       "model", po::value(&model_path),
       "base model (default: the one the adapter or checkpoint names)")(
       "tokenizer", po::value(&tokenizer_path),
-      "tokenizer to copy into a merged folder (default: beside the model)");
+      "tokenizer to copy into a merged folder or GGUF file (default: beside "
+      "the model)");
   po::variables_map vm;
   int code = kExitOk;
   const char* synopsis =
-      "(--adapter DIR | --checkpoint DIR) --out DIR [--merge] [--model PATH]";
+      "(--adapter DIR | --checkpoint DIR) --out PATH [--merge] "
+      "[--format peft|gguf] [--gguf-type f32|f16|q8_0] [--model PATH]";
   if (!ParseArgs(cmd, synopsis, desc, args, &vm, &code)) return code;
-  if (adapter_dir.empty() == checkpoint_dir.empty()) {
+  // Without an adapter, `--merge --format gguf --model PATH` converts the
+  // base model alone.
+  const bool base_only = adapter_dir.empty() && checkpoint_dir.empty() &&
+                         merge && format == "gguf" && !model_path.empty();
+  if (adapter_dir.empty() == checkpoint_dir.empty() && !base_only) {
     std::cerr << "fedpeft export: give exactly one of --adapter and "
-                 "--checkpoint\nusage: fedpeft export "
+                 "--checkpoint (or, to convert a base model to GGUF, "
+                 "--model PATH --merge --format gguf)\nusage: fedpeft export "
               << synopsis << "\n";
     return kExitUsage;
   }
+  if (format != "peft" && format != "gguf") {
+    return Fail(cmd, Status::InvalidArgument("--format: expected peft or "
+                                             "gguf, got '" +
+                                             format + "'"));
+  }
+  model::GgufModelOptions gguf_options;
+  if (gguf_type == "f32") {
+    gguf_options.type = model::GgufTensorType::kF32;
+  } else if (gguf_type == "f16") {
+    gguf_options.type = model::GgufTensorType::kF16;
+  } else if (gguf_type == "q8_0") {
+    gguf_options.type = model::GgufTensorType::kQ8_0;
+  } else {
+    return Fail(cmd, Status::InvalidArgument(
+                         "--gguf-type: expected f32, f16 or q8_0, got '" +
+                         gguf_type + "'"));
+  }
 
   std::unique_ptr<peft::PeftModel> pm;
+  if (base_only) {
+    auto weights = model::LoadModel(model_path);
+    if (!weights.ok()) return Fail(cmd, weights.status());
+    return ExportGgufModel(**weights, model_path, tokenizer_path, out_dir,
+                           gguf_options);
+  }
   if (!checkpoint_dir.empty()) {
     auto ckpt = PathExists(JoinPath(checkpoint_dir, "state.json"))
                     ? coordinator::LoadCheckpointFolder(checkpoint_dir)
@@ -537,6 +636,9 @@ int RunExport(const Args& args) {
     pm = std::move(loaded).value();
   }
 
+  if (format == "gguf")
+    return ExportGguf(*pm, model_path, tokenizer_path, out_dir, merge,
+                      gguf_options);
   if (!merge) {
     TensorMap tensors;
     for (const auto& kv : pm->AdapterTensors()) {

@@ -9,7 +9,7 @@
 // See fuzz/README.md for the input format of each target.
 //
 // Thread-safety: a target may be run by one thread at a time (the tokenizer,
-// llama2c and app_config targets each write one temp file per process).
+// llama2c, gguf and app_config targets each write one temp file per process).
 #ifndef FEDPEFT_FUZZ_FUZZ_TARGETS_H_
 #define FEDPEFT_FUZZ_FUZZ_TARGETS_H_
 
@@ -41,6 +41,8 @@ int FuzzLlama2c(const uint8_t* data, size_t size);
 int FuzzAppConfig(const uint8_t* data, size_t size);
 // model::HfTokenizer::Parse (tokenizer.json text), then Encode / Decode.
 int FuzzHfTokenizer(const uint8_t* data, size_t size);
+// model::GgufReader, model::LoadGgufModel and the GGUF tokenizer.
+int FuzzGguf(const uint8_t* data, size_t size);
 
 }  // namespace fuzz
 }  // namespace fedpeft

@@ -16,6 +16,7 @@
 
 #include "common/file_util.h"
 #include "fuzz/fuzz_util.h"
+#include "model/gguf_export.h"
 #include "model/llama.h"
 #include "model/loader.h"
 #include "model/safetensors.h"
@@ -451,6 +452,49 @@ void Llama2cSeeds(const std::string& source, const std::string& dir) {
           .substr(0, 7 * sizeof(int32_t)));
 }
 
+// Tiny GGUF models as `export --format gguf` writes them: llama with GQA
+// in Q8_0 (dims of 32) and F32, qwen3 with q/k norms in F16, and one with
+// the shipped tokenizer (its 512 pieces make that seed ~16 KB).
+void GgufSeeds(const std::string& source, const std::string& dir) {
+  model::LlamaConfig c;
+  c.dim = 32;
+  c.hidden_dim = 32;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.vocab_size = 16;
+  c.max_seq_len = 8;
+  c.tie_embeddings = true;
+  const std::string tmp =
+      (fs::temp_directory_path() / "fedpeft_gguf_seed.gguf").string();
+  auto write = [&](const std::string& name, const model::LlamaConfig& config,
+                   model::GgufTensorType type, const std::string& tokenizer) {
+    model::GgufModelOptions options;
+    options.type = type;
+    options.tokenizer_path = tokenizer;
+    Check(model::WriteGgufModel(*model::RandomLlamaWeights(config, 1), tmp,
+                                options));
+    Write(dir, name, ReadOrDie(tmp));
+    fs::remove(tmp);
+  };
+  write("llama_q8_0", c, model::GgufTensorType::kQ8_0, "");
+  c.dim = 16;  // smaller where no Q8_0 row needs 32 values
+  c.hidden_dim = 16;
+  write("llama_f32", c, model::GgufTensorType::kF32, "");
+  model::LlamaConfig q = c;
+  q.model_type = "qwen3";
+  q.qk_norm = true;
+  q.explicit_head_dim = 8;
+  q.tie_embeddings = false;
+  write("qwen3_f16", q, model::GgufTensorType::kF16, "");
+  model::LlamaConfig t = c;
+  t.vocab_size = 512;  // the tokenizer's
+  t.dim = 4;
+  t.hidden_dim = 4;
+  write("llama_with_tokenizer", t, model::GgufTensorType::kF16,
+        JoinPath(source, "assets/stories260K/tokenizer.model"));
+}
+
 // The shipped configs, each behind the byte that picks its loader, and one
 // with --set overrides per loader.
 void AppConfigSeeds(const std::string& source, const std::string& dir) {
@@ -513,5 +557,6 @@ int main(int argc, char** argv) {
   AdapterConfigSeeds(fedpeft::JoinPath(out, "adapter_config"));
   Llama2cSeeds(source, fedpeft::JoinPath(out, "llama2c"));
   AppConfigSeeds(source, fedpeft::JoinPath(out, "app_config"));
+  GgufSeeds(source, fedpeft::JoinPath(out, "gguf"));
   return 0;
 }

@@ -180,16 +180,12 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadModel(
     return Status::NotFound("model path '" + path + "' does not exist");
   }
   if (EndsWith(path, ".bin")) return LoadLlama2cModel(path, options);
-  if (EndsWith(path, ".gguf")) {
-    return Status::Unimplemented(
-        "model '" + path +
-        "': GGUF is not supported yet; pass a Hugging Face folder "
-        "(config.json + model.safetensors) or a llama2.c .bin");
-  }
+  if (EndsWith(path, ".gguf")) return LoadGgufModel(path, options);
   return Status::InvalidArgument(
       "model '" + path +
       "': unknown layout; expected a Hugging Face folder (config.json + "
-      "model.safetensors) or a llama2.c checkpoint ending in .bin");
+      "model.safetensors), a llama2.c checkpoint ending in .bin or a GGUF "
+      "file ending in .gguf");
 }
 
 StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(

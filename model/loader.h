@@ -46,8 +46,8 @@ struct LoadOptions {
 };
 
 // Dispatches on the path: a directory -> Hugging Face folder; a file ending
-// in .bin -> llama2.c; .gguf -> Unimplemented with a hint; otherwise an
-// error naming the path and the layouts accepted.
+// in .bin -> llama2.c; .gguf -> LoadGgufModel; otherwise an error naming the
+// path and the layouts accepted.
 StatusOr<std::shared_ptr<const LlamaWeights>> LoadModel(
     const std::string& path, const LoadOptions& options = {});
 
@@ -63,6 +63,18 @@ StatusOr<LlamaConfig> ParseHfConfig(std::string_view text,
                                     const std::string& source);
 
 StatusOr<std::shared_ptr<const LlamaWeights>> LoadLlama2cModel(
+    const std::string& path, const LoadOptions& options = {});
+
+// A GGUF file (model/gguf_reader.h) of architecture llama, qwen2 or qwen3
+// with F32, F16 or Q8_0 tensors (dequantized to the compute dtype), as
+// `fedpeft export --format gguf --merge` and llama.cpp's converter write
+// them: the config from the {arch}.* keys, tensors renamed to Hugging Face
+// names, q/k rows of "llama" permuted back from llama.cpp's interleaved rope
+// order to ours. Every key and tensor is checked before any is read;
+// Corruption names the file, the key or tensor, what was found and what was
+// expected; Unimplemented for other architectures, tensor types, rope
+// scaling or partial rotary embeddings.
+StatusOr<std::shared_ptr<const LlamaWeights>> LoadGgufModel(
     const std::string& path, const LoadOptions& options = {});
 
 // Writes `weights` as a Hugging Face folder (config.json with its

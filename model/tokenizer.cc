@@ -10,7 +10,9 @@
 
 #include "common/file_util.h"
 #include "common/text.h"
+#include "model/gguf_reader.h"
 #include "model/hf_tokenizer.h"
+#include "model/safetensors.h"
 
 namespace fedpeft {
 namespace model {
@@ -419,14 +421,13 @@ bool ReadInt32(WireReader& in, int64_t* out) {
   return true;
 }
 
-StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
-    const std::string& path) {
+StatusOr<SentencePieceVocab> ReadSentencePieceModel(const std::string& path) {
   ASSIGN_OR_RETURN(std::string data, ReadTokenizerFile(path));
   auto corrupt = [&path](const std::string& what) {
     return Status::Corruption("tokenizer '" + path +
                               "': not a valid SentencePiece model: " + what);
   };
-  BpeVocab vocab;
+  SentencePieceVocab vocab;
   int64_t model_type = 1;  // proto default: UNIGRAM
   std::string normalizer = "nmt_nfkc";
   bool has_charsmap = false;
@@ -470,9 +471,9 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
         return corrupt("piece " + std::to_string(vocab.pieces.size()) +
                        " has unknown type " + std::to_string(type));
       }
-      vocab.pieces.push_back(ReplaceAll(piece, kSpaceMark, " "));
+      vocab.pieces.push_back(std::move(piece));
       vocab.scores.push_back(score);
-      vocab.kinds.push_back(static_cast<PieceKind>(type));
+      vocab.types.push_back(static_cast<int>(type));
     } else if ((field == 2 || field == 3) && wire == 2) {
       // 2: TrainerSpec, 3: NormalizerSpec.
       if (!top.Bytes(&b, &e)) return corrupt("truncated spec");
@@ -531,8 +532,86 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
                    std::to_string(vocab.eos_id) + " must lie in [0, " +
                    std::to_string(n) + ")");
   }
+  return vocab;
+}
+
+std::unique_ptr<Tokenizer> TokenizerFromSentencePiece(SentencePieceVocab spm) {
+  BpeVocab vocab;
+  vocab.pieces.reserve(spm.pieces.size());
+  for (const std::string& piece : spm.pieces) {
+    vocab.pieces.push_back(ReplaceAll(piece, kSpaceMark, " "));
+  }
+  vocab.scores = std::move(spm.scores);
+  for (int type : spm.types)
+    vocab.kinds.push_back(static_cast<PieceKind>(type));
+  vocab.unk_id = spm.unk_id;
+  vocab.bos_id = spm.bos_id;
+  vocab.eos_id = spm.eos_id;
+  vocab.add_dummy_prefix = spm.add_dummy_prefix;
+  vocab.remove_extra_whitespaces = spm.remove_extra_whitespaces;
   vocab.space_mark_is_space = true;
   return std::unique_ptr<Tokenizer>(new BpeTokenizer(std::move(vocab)));
+}
+
+StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePiece(
+    const std::string& path) {
+  ASSIGN_OR_RETURN(SentencePieceVocab spm, ReadSentencePieceVocab(path));
+  return TokenizerFromSentencePiece(std::move(spm));
+}
+
+// The tokenizer.ggml.* keys of a GGUF file with tokenizer model "llama"
+// (SentencePiece BPE), as model/gguf_export.h writes them.
+StatusOr<SentencePieceVocab> ReadGgufVocab(const std::string& path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
+  ASSIGN_OR_RETURN(GgufReader gguf, GgufReader::Parse(file->bytes(), path));
+  if (gguf.metadata().count("tokenizer.ggml.model") == 0) {
+    return Status::NotFound(path +
+                            ": the GGUF file has no tokenizer "
+                            "(tokenizer.ggml.model); pass --tokenizer");
+  }
+  ASSIGN_OR_RETURN(std::string kind, gguf.GetString("tokenizer.ggml.model"));
+  if (kind != "llama") {
+    return Status::Unimplemented(
+        path + ": tokenizer.ggml.model is '" + kind +
+        "', only 'llama' (SentencePiece BPE) is supported; pass --tokenizer");
+  }
+  SentencePieceVocab v;
+  ASSIGN_OR_RETURN(v.pieces, gguf.GetStringArray("tokenizer.ggml.tokens"));
+  const int64_t n = static_cast<int64_t>(v.pieces.size());
+  ASSIGN_OR_RETURN(std::vector<double> scores,
+                   gguf.GetNumberArray("tokenizer.ggml.scores"));
+  ASSIGN_OR_RETURN(std::vector<double> types,
+                   gguf.GetNumberArray("tokenizer.ggml.token_type"));
+  if (static_cast<int64_t>(scores.size()) != n ||
+      static_cast<int64_t>(types.size()) != n) {
+    return Status::Corruption(
+        path + ": tokenizer.ggml.scores has " + std::to_string(scores.size()) +
+        " and token_type " + std::to_string(types.size()) +
+        " entries, expected one per token (" + std::to_string(n) + ")");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const double t = types[i];
+    if (!(t >= 1 && t <= 6) || t != static_cast<int>(t)) {
+      return Status::Corruption(path + ": tokenizer.ggml.token_type of token " +
+                                std::to_string(i) + " is " + std::to_string(t) +
+                                ", expected 1 to 6");
+    }
+    v.types.push_back(static_cast<int>(t));
+    v.scores.push_back(static_cast<float>(scores[i]));
+  }
+  if (n == 0)
+    return Status::Corruption(path + ": tokenizer.ggml.tokens is empty");
+  ASSIGN_OR_RETURN(v.unk_id,
+                   gguf.GetInt("tokenizer.ggml.unknown_token_id", 0, n - 1));
+  ASSIGN_OR_RETURN(v.bos_id,
+                   gguf.GetInt("tokenizer.ggml.bos_token_id", 0, n - 1));
+  ASSIGN_OR_RETURN(v.eos_id,
+                   gguf.GetInt("tokenizer.ggml.eos_token_id", 0, n - 1));
+  if (gguf.metadata().count("tokenizer.ggml.add_space_prefix") != 0) {
+    ASSIGN_OR_RETURN(v.add_dummy_prefix,
+                     gguf.GetBool("tokenizer.ggml.add_space_prefix"));
+  }
+  return v;
 }
 
 // ---------------------------------------------------------------------------
@@ -642,6 +721,11 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2c(const std::string& path,
 
 }  // namespace
 
+StatusOr<SentencePieceVocab> ReadSentencePieceVocab(const std::string& path) {
+  if (EndsWith(path, ".gguf")) return ReadGgufVocab(path);
+  return ReadSentencePieceModel(path);
+}
+
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
                                                    int64_t vocab_size_hint) {
   if (EndsWith(path, ".json")) {
@@ -650,14 +734,20 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
   }
   if (EndsWith(path, ".model")) return LoadSentencePiece(path);
   if (EndsWith(path, ".bin")) return LoadLlama2c(path, vocab_size_hint);
+  if (EndsWith(path, ".gguf")) return LoadSentencePiece(path);
   return Status::InvalidArgument(
       "tokenizer '" + path +
       "': unknown kind, expected a Hugging Face 'tokenizer.json', a "
-      "SentencePiece '*.model' or a llama2.c '*.bin' tokenizer");
+      "SentencePiece '*.model', a llama2.c '*.bin' tokenizer or a GGUF "
+      "model with its tokenizer");
 }
 
 StatusOr<std::string> FindTokenizerForModel(const std::string& model_path,
                                             int64_t vocab_size) {
+  // A GGUF model carries its tokenizer.
+  if (EndsWith(model_path, ".gguf") && !IsDirectory(model_path)) {
+    return model_path;
+  }
   std::vector<std::string> candidates;
   if (IsDirectory(model_path)) {
     candidates.push_back(JoinPath(model_path, "tokenizer.json"));

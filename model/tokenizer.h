@@ -73,16 +73,41 @@ class Tokenizer {
 // Loads `path`: "*.json" -> Hugging Face tokenizer.json (with
 // tokenizer_config.json beside it when present, see LoadHfTokenizer);
 // "*.model" -> SentencePiece; "*.bin" -> llama2.c tokenizer (its vocab size
-// is taken from `vocab_size_hint`, required > 0 for .bin).
+// is taken from `vocab_size_hint`, required > 0 for .bin); "*.gguf" -> the
+// tokenizer.ggml.* keys of a GGUF model (tokenizer model "llama", i.e.
+// SentencePiece BPE, only).
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& path,
                                                    int64_t vocab_size_hint = 0);
+
+// The vocabulary of a SentencePiece tokenizer.model as the file holds it:
+// pieces with SentencePiece's U+2581 for spaces, scores, piece types
+// (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte) and
+// the special ids. What a GGUF file's tokenizer.ggml.* keys carry.
+struct SentencePieceVocab {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<int> types;
+  int64_t unk_id = 0;
+  int64_t bos_id = 1;
+  int64_t eos_id = 2;
+  bool add_dummy_prefix = true;
+  bool remove_extra_whitespaces = false;
+};
+
+// Reads a tokenizer.model with the checks LoadTokenizer applies (BPE model,
+// identity normalization, special ids in range), or for a path ending in
+// .gguf the tokenizer.ggml.* keys of a GGUF model (tokenizer model "llama");
+// Corruption naming `path` and what is wrong, Unimplemented for other model
+// types, NotFound for a GGUF file without a tokenizer.
+StatusOr<SentencePieceVocab> ReadSentencePieceVocab(const std::string& path);
 
 // The tokenizer that belongs to a model path: for a Hugging Face folder (or
 // a file in one) "<dir>/tokenizer.json", else "<dir>/tokenizer.model" --
 // tokenizer.json first, because when a folder holds both (Llama-2,
 // Mistral) it is the one transformers' fast tokenizer reads, added tokens
 // and post-processor included; "tok<vocab>.bin" or "tokenizer.bin" beside a
-// llama2.c .bin. NotFound with a hint to pass --tokenizer otherwise.
+// llama2.c .bin; a GGUF model file itself. NotFound with a hint to pass
+// --tokenizer otherwise.
 StatusOr<std::string> FindTokenizerForModel(const std::string& model_path,
                                             int64_t vocab_size);
 

@@ -81,6 +81,18 @@ if [[ "$TESTS" == ON ]]; then
     [[ -n "${CI:-}" ]] && exit 1
     echo "setup: tokenizers not fetched; their tests will be SKIPPED" >&2
   fi
+  # The GGUF check's llama.cpp and GGUF parser (scripts/gguf_check.sh):
+  # npm packages pinned by tests/gguf/package-lock.json, the linux-x64 CPU
+  # binary only (~90 MB, ~8 s). node >= 20 is not in Debian 12; without it
+  # the check is SKIPPED.
+  if command -v npm >/dev/null &&
+     node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
+    (cd tests/gguf && npm install --omit=optional --ignore-scripts \
+       --no-audit --no-fund --loglevel=error) ||
+      echo "setup: npm install in tests/gguf failed; the GGUF check will be SKIPPED" >&2
+  else
+    echo "setup: no node >= 20 with npm; the GGUF check will be SKIPPED" >&2
+  fi
 fi
 if [[ "$SETUP" == cli ]]; then
   cmake --build "$BUILD_DIR" -j "$(nproc)" --target fedpeft

@@ -94,6 +94,8 @@ TEST(FuzzRegressionTest, Llama2c) {
   EXPECT_GT(Replay("llama2c", &FuzzLlama2c), 0u);
 }
 
+TEST(FuzzRegressionTest, Gguf) { EXPECT_GT(Replay("gguf", &FuzzGguf), 0u); }
+
 TEST(FuzzRegressionTest, AppConfig) {
   EXPECT_GT(Replay("app_config", &FuzzAppConfig), 0u);
 }

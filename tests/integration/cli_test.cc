@@ -222,6 +222,31 @@ TEST_F(CliTest, TrainEvalGenerateExportRoundTrip) {
   ASSERT_EQ(y.exit_code, 0) << y.err;
   EXPECT_EQ(Slurp(out + "/adapter_model.safetensors"),
             Slurp(again + "/adapter_model.safetensors"));
+
+  // A merged F32 GGUF file (with its tokenizer) also gives the same text,
+  // read back by --model; a GGUF LoRA is written beside. (llama.cpp itself
+  // reads them in scripts/gguf_check.sh.)
+  std::string gguf = Path("merged.gguf");
+  Result z = Run({"export", "--adapter", out, "--merge", "--format", "gguf",
+                  "--gguf-type", "f32", "--out", gguf});
+  ASSERT_EQ(z.exit_code, 0) << z.err;
+  Result g3 = Run({"generate", "--model", gguf, "--prompt",
+                   "ROMEO:", "--max-tokens", "30"});
+  ASSERT_EQ(g3.exit_code, 0) << g3.err;
+  EXPECT_EQ(g3.out, g1.out);
+  Result l = Run({"export", "--adapter", out, "--format", "gguf", "--out",
+                  Path("lora.gguf")});
+  ASSERT_EQ(l.exit_code, 0) << l.err;
+  EXPECT_EQ(Slurp(Path("lora.gguf")).substr(0, 4), "GGUF");
+  Result bad = Run({"export", "--adapter", out, "--merge", "--format", "gguf",
+                    "--gguf-type", "q4_k", "--out", Path("x.gguf")});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("--gguf-type: expected f32, f16 or q8_0, "
+                                 "got 'q4_k'"));
+  Result fmt =
+      Run({"export", "--adapter", out, "--format", "onnx", "--out", Path("x")});
+  EXPECT_EQ(fmt.exit_code, 1);
+  EXPECT_THAT(fmt.err, HasSubstr("--format: expected peft or gguf"));
 }
 
 TEST_F(CliTest, BottleneckAdapterTrains) {
@@ -232,6 +257,10 @@ TEST_F(CliTest, BottleneckAdapterTrains) {
   Result m = Run({"export", "--adapter", out, "--merge", "--out", Path("m")});
   EXPECT_EQ(m.exit_code, 1);
   EXPECT_THAT(m.err, HasSubstr("merge"));
+  Result g = Run({"export", "--adapter", out, "--format", "gguf", "--out",
+                  Path("bn.gguf")});
+  EXPECT_EQ(g.exit_code, 1);
+  EXPECT_THAT(g.err, HasSubstr("only LoRA adapters have a llama.cpp GGUF"));
 }
 
 TEST_F(CliTest, BadConfigNamesTheKey) {
