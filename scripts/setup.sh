@@ -89,7 +89,8 @@ if [[ "$TESTS" == ON ]]; then
      node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
     (cd tests/gguf && npm install --omit=optional --ignore-scripts \
        --no-audit --no-fund --loglevel=error) ||
-      echo "setup: npm install in tests/gguf failed; the GGUF check will be SKIPPED" >&2
+      { [[ -n "${CI:-}" ]] && exit 1
+        echo "setup: npm install in tests/gguf failed; the GGUF check will be SKIPPED" >&2; }
   else
     echo "setup: no node >= 20 with npm; the GGUF check will be SKIPPED" >&2
   fi

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/file_util.h"
+#include "tests/model/llama_test_util.h"
 #include "tests/test_paths.h"
 
 namespace fedpeft {
@@ -32,27 +33,7 @@ std::unique_ptr<Tokenizer> LoadTokenizerOrDie(const std::string& path,
   return tok.ok() ? std::move(tok).value() : nullptr;
 }
 
-// A scratch directory removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("fedpeft_tokenizer_test_" + std::to_string(::getpid()) + "_" +
-             std::to_string(counter_++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string File(const std::string& name) const {
-    return (path_ / name).string();
-  }
-
- private:
-  static inline int counter_ = 0;
-  fs::path path_;
-};
+using test::TempDir;
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
