@@ -63,7 +63,9 @@ Status WriteGgufLora(const PeftOptions& options, const TensorMap& tensors,
   if (pairs.empty()) {
     return Status::InvalidArgument("GGUF export: the adapter has no tensors");
   }
-  const double alpha_file = options.lora.alpha;
+  // llama.cpp applies alpha / rank when alpha is non-zero, else 1: fold the
+  // true scale into lora_b against whichever it will apply.
+  const double alpha_file = options.lora.alpha > 0 ? options.lora.alpha : 0.0;
   model::GgufWriter w;
   w.SetString("general.architecture", arch);
   w.SetString("general.type", "adapter");
@@ -87,7 +89,8 @@ Status WriteGgufLora(const PeftOptions& options, const TensorMap& tensors,
       }
       const double scale =
           LoraScaling(options.lora, AlphaFor(options.lora, module), r);
-      const double fold = scale * static_cast<double>(r) / alpha_file;
+      const double fold =
+          alpha_file > 0 ? scale * static_cast<double>(r) / alpha_file : scale;
       const std::string projection = module.substr(module.rfind('.') + 1);
       torch::Tensor b = pair.b.detach().to(torch::kCPU, torch::kFloat64) * fold;
       b = model::GgufRowOrder(b.to(torch::kFloat32), arch, projection, config);

@@ -33,13 +33,14 @@ while (($#)); do
 done
 ALL_TARGETS=(tensor_stream decode_tensor safetensors config tokenizer
              secagg_messages hf_config adapter_config llama2c app_config
-             hf_tokenizer)
+             hf_tokenizer gguf)
 ((${#TARGETS[@]})) || TARGETS=("${ALL_TARGETS[@]}")
 
 # Longest input libFuzzer makes, per target: room for a small adapter's
 # upload stream, a tensor, a safetensors file, a config, a tokenizer, a
 # session of a few secure-aggregation clients, a model or adapter config, a
-# tiny llama2.c checkpoint, a shipped YAML config.
+# tiny llama2.c checkpoint, a shipped YAML config, a tiny GGUF model with its
+# 512-piece tokenizer (the largest seed, 16.6 KB).
 max_len() {
   case "$1" in
     tensor_stream) echo 16384 ;;
@@ -53,6 +54,7 @@ max_len() {
     llama2c) echo 8192 ;;
     app_config) echo 8192 ;;
     hf_tokenizer) echo 8192 ;;
+    gguf) echo 24576 ;;
     *) echo "fuzz.sh: unknown target '$1' (known: ${ALL_TARGETS[*]})" >&2
        exit 2 ;;
   esac
