@@ -24,6 +24,7 @@
 
 #include "coordinator/checkpoint.h"
 #include "security/rdp_accountant.h"
+#include "tests/process_fixture.h"
 #include "tests/test_paths.h"
 
 namespace fedpeft {
@@ -42,24 +43,9 @@ inline std::string Slurp(const std::string& path) {
   return ss.str();
 }
 
-class FederationTest : public ::testing::Test {
+class FederationTest : public ProcessTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("fedpeft_fed_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    for (pid_t pid : pids_) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-
-  std::string Path(const std::string& name) { return (dir_ / name).string(); }
+  FederationTest() : ProcessTest("fedpeft_fed_") {}
 
   // Starts `fedpeft <args>` in the source tree, output into `log`.
   pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
@@ -77,21 +63,6 @@ class FederationTest : public ::testing::Test {
     }
     pids_.push_back(pid);
     return pid;
-  }
-
-  // Exit code, or -1 when `pid` is still running after `timeout`.
-  int Wait(pid_t pid, std::chrono::seconds timeout) {
-    auto until = Clock::now() + timeout;
-    while (Clock::now() < until) {
-      int status = 0;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pids_.erase(std::remove(pids_.begin(), pids_.end(), pid), pids_.end());
-        if (WIFEXITED(status)) return WEXITSTATUS(status);
-        return 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return -1;
   }
 
   bool WaitFor(const std::function<bool()>& ready,
@@ -207,8 +178,6 @@ class FederationTest : public ::testing::Test {
     return all;
   }
 
-  fs::path dir_;
-  std::vector<pid_t> pids_;
   // What CoordinatorArgs() and StartWorker() start from.
   std::string coordinator_config_ = "configs/flat/coordinator.yaml";
   std::string worker_config_ = "configs/flat/worker.yaml";

@@ -25,6 +25,7 @@
 #include "model/loader.h"
 #include "model/tokenizer.h"
 #include "peft/peft_io.h"
+#include "tests/process_fixture.h"
 #include "tests/test_paths.h"
 #include "worker/data_parallel.h"
 #include "worker/train_config.h"
@@ -205,23 +206,9 @@ TEST(DistributedChild, TrainsItsShare) {
               r.mean_loss);
 }
 
-class DistributedTrainTest : public ::testing::Test {
+class DistributedTrainTest : public ProcessTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("fedpeft_dist_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    for (pid_t pid : pids_) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-  std::string Path(const std::string& name) { return (dir_ / name).string(); }
+  DistributedTrainTest() : ProcessTest("fedpeft_dist_") {}
 
   // Runs this binary as rank `rank` with `extra` environment variables;
   // output into rank<R>.log.
@@ -274,29 +261,12 @@ class DistributedTrainTest : public ::testing::Test {
     return -1;
   }
 
-  // Exit code, or -1 when `pid` still runs after `timeout`.
-  int Wait(pid_t pid, std::chrono::seconds timeout) {
-    const auto until = Clock::now() + timeout;
-    while (Clock::now() < until) {
-      int status = 0;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        pids_.erase(std::remove(pids_.begin(), pids_.end(), pid), pids_.end());
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return -1;
-  }
-
   std::string Log(int rank) {
     std::ifstream in(Path("rank" + std::to_string(rank) + ".log"));
     std::stringstream ss;
     ss << in.rdbuf();
     return ss.str();
   }
-
-  fs::path dir_;
-  std::vector<pid_t> pids_;
 };
 
 // The key property: two processes, each on its half of every batch, make
