@@ -279,8 +279,12 @@ void ServerEvalOptions::Read(ConfigReader& in) {
     data.path.clear();
   }
   in.Get("batch_size", &batch_size);
+  in.Get("every", &every);
   in.Check(batch_size >= 1, "batch_size",
            "must be >= 1, got " + ToConfigString(batch_size));
+  in.Check(every >= 1, "every",
+           "must be >= 1 (rounds between evaluations), got " +
+               ToConfigString(every));
 }
 
 void CheckpointOptions::Read(ConfigReader& in) {

@@ -206,6 +206,9 @@ struct SecAggOptions {
 struct ServerEvalOptions {
   data::DataOptions data;  // empty data.path = no server-side eval
   int batch_size = 16;
+  // Evaluate after every `every`-th round (and the last): a long run of
+  // short rounds need not spend most of its time evaluating.
+  int every = 1;
 
   void Read(ConfigReader& in);
 };

@@ -1,5 +1,6 @@
 #include "coordinator/registry.h"
 
+#include <set>
 #include <sstream>
 
 namespace fedpeft {
@@ -15,7 +16,46 @@ uint64_t UnixMillis() {
 Registry::Registry(std::string federation_id, double timeout_s)
     : federation_id_(std::move(federation_id)), timeout_s_(timeout_s) {}
 
-Participant& Registry::Open(const WorkerProfile& profile, bool* rejoin) {
+Participant& Registry::Open(const WorkerProfile& profile, bool* rejoin,
+                            std::vector<std::string>* added_users) {
+  if (profile.hosted_users > 0 || hosted_.count(profile.worker_id)) {
+    // Users it hosted before and no longer does stop being alive with it.
+    std::vector<std::string>& users = hosted_[profile.worker_id];
+    std::vector<std::string> before;
+    before.swap(users);
+    users.clear();
+    users.reserve(profile.hosted_users);
+    for (uint32_t i = 0; i < profile.hosted_users; ++i) {
+      const std::string id =
+          HostedUserId(profile.worker_id, profile.first_user + i);
+      Participant& u = Entry(id);
+      const bool added = u.host != profile.worker_id;
+      u.profile = profile;
+      u.profile.worker_id = id;
+      u.profile.hosted_users = 0;
+      u.profile.first_user = 0;
+      u.profile.num_samples = 0;  // the upload says
+      u.host = profile.worker_id;
+      if (!u.session_id.empty()) {  // a participant of that name: replaced
+        sessions_.erase(u.session_id);
+        u.session_id.clear();
+      }
+      if (added && added_users) added_users->push_back(id);
+      users.push_back(id);
+    }
+    if (!before.empty()) {
+      const std::set<std::string> now(users.begin(), users.end());
+      for (const std::string& id : before) {
+        Participant* u = Find(id);
+        if (u && u->host == profile.worker_id && !now.count(id)) {
+          // Not alive from now on: it has no session and its last_seen
+          // is from before it was entered.
+          u->host.clear();
+        }
+      }
+    }
+    if (users.empty()) hosted_.erase(profile.worker_id);
+  }
   Participant& p = participants_[profile.worker_id];
   *rejoin = !p.session_id.empty();
   if (*rejoin) sessions_.erase(p.session_id);
@@ -31,8 +71,22 @@ Participant& Registry::Open(const WorkerProfile& profile, bool* rejoin) {
 
 Participant* Registry::FindSession(const std::string& session_id) {
   auto it = sessions_.find(session_id);
+  if (it != sessions_.end()) return Find(it->second);
+  // "<executor session>#<user id>": a user of that executor.
+  const size_t hash = session_id.rfind('#');
+  if (hash == std::string::npos) return nullptr;
+  it = sessions_.find(session_id.substr(0, hash));
   if (it == sessions_.end()) return nullptr;
-  return Find(it->second);
+  Participant* user = Find(session_id.substr(hash + 1));
+  if (!user || user->host != it->second) return nullptr;
+  return user;
+}
+
+const std::vector<std::string>& Registry::HostedBy(
+    const std::string& executor) const {
+  static const std::vector<std::string> kNone;
+  auto it = hosted_.find(executor);
+  return it == hosted_.end() ? kNone : it->second;
 }
 
 Participant* Registry::Find(const std::string& id) {
@@ -69,6 +123,10 @@ bool Registry::Close(const std::string& id) {
 }
 
 bool Registry::IsAlive(const Participant& p, Clock::time_point now) const {
+  if (!p.host.empty()) {
+    const Participant* host = Find(p.host);
+    return host && !host->session_id.empty() && IsAlive(*host, now);
+  }
   return Seconds(now - p.last_seen) <= timeout_s_;
 }
 
@@ -76,6 +134,17 @@ std::vector<std::string> Registry::Alive() const {
   std::vector<std::string> alive;
   auto now = Clock::now();
   for (const auto& kv : participants_) {
+    if (kv.second.profile.hosted_users > 0) continue;  // an executor
+    if (IsAlive(kv.second, now)) alive.push_back(kv.first);
+  }
+  return alive;
+}
+
+std::vector<std::string> Registry::AliveCallers() const {
+  std::vector<std::string> alive;
+  auto now = Clock::now();
+  for (const auto& kv : participants_) {
+    if (!kv.second.host.empty()) continue;  // a virtual user
     if (IsAlive(kv.second, now)) alive.push_back(kv.first);
   }
   return alive;
@@ -85,6 +154,7 @@ Registry::Counts Registry::AliveCounts() const {
   Counts c;
   auto now = Clock::now();
   for (const auto& kv : participants_) {
+    if (kv.second.profile.hosted_users > 0) continue;  // its users count
     if (!IsAlive(kv.second, now)) continue;
     (kv.second.profile.edge ? c.edges : c.direct) += 1;
   }

@@ -7,6 +7,12 @@
 //                                           federation.worker_timeout_s
 //   revoked certificate ─▶ Close(id) ─▶ session gone, not alive
 //
+// Virtual users: an executor's registration (profile.hosted_users > 0)
+// also enters each of its users, "<executor>/u<i>", as a participant with
+// `host` set. A user has no session of its own: its calls name
+// "<executor session>#<user id>", and it is alive exactly while its
+// executor is. The executor itself trains nothing and is never selected.
+//
 // Thread-safety: none of its own. The round engine owns it and calls it
 // under the engine's mutex only.
 #ifndef FEDPEFT_COORDINATOR_REGISTRY_H_
@@ -28,6 +34,7 @@ struct Participant {
   Clock::time_point last_seen;
   uint64_t rounds_completed = 0;
   int64_t rank = 0;  // assigned LoRA rank (heterogeneous ranks); 0 = r
+  std::string host;  // a virtual user: the executor hosting it
 };
 
 class Registry {
@@ -37,10 +44,21 @@ class Registry {
   Registry(std::string federation_id, double timeout_s);
 
   // Opens a new session for profile.worker_id (closing the one it had) and
-  // marks it heard from now. *rejoin says whether it had a session.
-  Participant& Open(const WorkerProfile& profile, bool* rejoin);
-  // The participant of an open session; nullptr when unknown.
+  // marks it heard from now. *rejoin says whether it had a session. For an
+  // executor, its users are entered (or moved to it); `added_users` gets
+  // the ids of those not hosted by it before.
+  Participant& Open(const WorkerProfile& profile, bool* rejoin,
+                    std::vector<std::string>* added_users = nullptr);
+  // The participant of an open session, or the user a user session names;
+  // nullptr when unknown.
   Participant* FindSession(const std::string& session_id);
+  // Who answers for a participant's calls: its executor for a virtual
+  // user, else itself.
+  const std::string& Owner(const Participant& p) const {
+    return p.host.empty() ? p.profile.worker_id : p.host;
+  }
+  // The users `executor` hosts, in index order (empty for others).
+  const std::vector<std::string>& HostedBy(const std::string& executor) const;
   // The participant named `id`; nullptr when unknown.
   Participant* Find(const std::string& id);
   const Participant* Find(const std::string& id) const;
@@ -52,8 +70,12 @@ class Registry {
   bool Close(const std::string& id);
 
   bool IsAlive(const Participant& p, Clock::time_point now) const;
-  // Ids of the alive participants, sorted.
+  // Ids of the alive participants that can be selected (not executors),
+  // sorted.
   std::vector<std::string> Alive() const;
+  // Ids of the alive participants that call for themselves (executors
+  // included, virtual users not): who must hear of a shutdown.
+  std::vector<std::string> AliveCallers() const;
   // Alive participants that are edges, and that are not.
   struct Counts {
     int edges = 0;
@@ -69,8 +91,9 @@ class Registry {
  private:
   const std::string federation_id_;
   const double timeout_s_;
-  std::map<std::string, Participant> participants_;  // by id
-  std::map<std::string, std::string> sessions_;      // session -> id
+  std::map<std::string, Participant> participants_;         // by id
+  std::map<std::string, std::string> sessions_;             // session -> id
+  std::map<std::string, std::vector<std::string>> hosted_;  // executor ->
   uint64_t next_session_ = 1;
 };
 

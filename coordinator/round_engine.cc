@@ -90,18 +90,58 @@ StatusOr<Registration> RoundEngine::Register(const WorkerProfile& profile) {
         "worker_id: expected 1 to 128 characters, got " +
         std::to_string(profile.worker_id.size()));
   }
+  if (profile.hosted_users > 0) {
+    // An executor's users are participants like any other: these bound
+    // what one registration can enter.
+    if (profile.edge) {
+      return Status::InvalidArgument(
+          "profile: an edge cannot host virtual users (hosted_users " +
+          std::to_string(profile.hosted_users) + ")");
+    }
+    if (profile.hosted_users > kMaxHostedUsers ||
+        profile.first_user > kMaxHostedUsers) {
+      return Status::InvalidArgument(
+          "profile.hosted_users: expected at most " +
+          std::to_string(kMaxHostedUsers) + " users from index at most " +
+          std::to_string(kMaxHostedUsers) + ", got " +
+          std::to_string(profile.hosted_users) + " from " +
+          std::to_string(profile.first_user));
+    }
+    if (config_.secagg.enabled) {
+      return Status::FailedPrecondition(
+          "executor '" + profile.worker_id +
+          "': secure aggregation (secagg.enabled) is not supported for "
+          "virtual users; run them without it, or as workers");
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   bool rejoin = false;
   Participant& w = registry_.Open(profile, &rejoin);
   for (RoundStage* s : pipeline_.order) s->OnRegister(w);
-  FP_LOG_INFO("coordinator",
-              "{} '{}' {} ({} threads, {:.0f} tok/s, {} samples{}); {} "
-              "registered",
-              profile.edge ? "edge" : "worker", profile.worker_id,
-              rejoin ? "re-registered" : "registered", profile.threads,
-              profile.tokens_per_second, profile.num_samples,
-              w.rank > 0 ? fmt::format(", rank {}", w.rank) : "",
-              registry_.size());
+  for (const std::string& id : registry_.HostedBy(profile.worker_id)) {
+    Participant* u = registry_.Find(id);
+    for (RoundStage* s : pipeline_.order) s->OnRegister(*u);
+  }
+  if (profile.hosted_users > 0) {
+    FP_LOG_INFO("coordinator",
+                "executor '{}' {} hosting {} users ({}..{}; {} threads, {:.0f} "
+                "tok/s); {} participants",
+                profile.worker_id, rejoin ? "re-registered" : "registered",
+                profile.hosted_users,
+                HostedUserId(profile.worker_id, profile.first_user),
+                HostedUserId(profile.worker_id,
+                             profile.first_user + profile.hosted_users - 1),
+                profile.threads, profile.tokens_per_second, registry_.size());
+  } else {
+    FP_LOG_INFO("coordinator",
+                "{} '{}' {} ({} threads, {:.0f} tok/s, {} samples{}); {} "
+                "registered",
+                profile.edge ? "edge" : "worker", profile.worker_id,
+                rejoin ? "re-registered" : "registered", profile.threads,
+                profile.tokens_per_second, profile.num_samples,
+                w.rank > 0 ? fmt::format(", rank {}", w.rank) : "",
+                registry_.size());
+  }
   cv_.notify_all();
   Registration r;
   r.session_id = w.session_id;
@@ -149,21 +189,29 @@ StatusOr<TaskInfo> RoundEngine::GetTask(const std::string& session_id,
     const std::string& id = w->profile.worker_id;
     TaskInfo task;
     if (phase_ == Phase::kDone || stop_) {
-      told_shutdown_.insert(id);
+      told_shutdown_.insert(id);  // (an executor: for its users too)
       cv_.notify_all();
       task.kind = TaskInfo::Kind::kShutdown;
       task.message = "federation '" + config_.federation.id + "' finished";
       return task;
     }
     if (Collecting(id)) {
-      task.kind = TaskInfo::Kind::kTrain;
-      task.round = round_.round;
-      task.seed = Mix(round_seed_ ^ std::hash<std::string>()(id));
-      task.deadline_unix_ms = deadline_unix_ms_;
-      task.compression = compression_;
-      for (const RoundStage* s : pipeline_.order)
-        s->FillTask(round_, *w, &task);
+      task = TrainTask(*w);
       return task;
+    }
+    if (w->profile.hosted_users > 0 && phase_ == Phase::kCollect) {
+      // An executor: the tasks of its selected users not handed out yet.
+      for (const std::string& user : registry_.HostedBy(id)) {
+        if (!Collecting(user) || !dispatched_.insert(user).second) continue;
+        task.users.push_back(TrainTask(*registry_.Find(user)));
+        task.users.back().user_id = user;
+      }
+      if (!task.users.empty()) {
+        task.kind = TaskInfo::Kind::kUsers;
+        task.round = round_.round;
+        task.deadline_unix_ms = deadline_unix_ms_;
+        return task;
+      }
     }
     if (cv_.wait_until(lock, until) == std::cv_status::timeout) {
       task.kind = TaskInfo::Kind::kWait;
@@ -173,6 +221,17 @@ StatusOr<TaskInfo> RoundEngine::GetTask(const std::string& session_id,
       return task;
     }
   }
+}
+
+TaskInfo RoundEngine::TrainTask(const Participant& w) const {
+  TaskInfo task;
+  task.kind = TaskInfo::Kind::kTrain;
+  task.round = round_.round;
+  task.seed = Mix(round_seed_ ^ std::hash<std::string>()(w.profile.worker_id));
+  task.deadline_unix_ms = deadline_unix_ms_;
+  task.compression = compression_;
+  for (const RoundStage* s : pipeline_.order) s->FillTask(round_, w, &task);
+  return task;
 }
 
 StatusOr<std::shared_ptr<const TensorMap>> RoundEngine::GlobalAdapter(
@@ -270,22 +329,29 @@ StatusOr<std::string> RoundEngine::SessionOwner(const std::string& session_id) {
   std::lock_guard<std::mutex> lock(mu_);
   Participant* w = registry_.FindSession(session_id);
   if (!w) return UnknownSession(session_id);
-  return w->profile.worker_id;
+  return registry_.Owner(*w);
 }
 
 void RoundEngine::Revoke(const std::string& worker_id,
                          const std::string& reason) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!registry_.Close(worker_id)) return;
-  bool pending = Collecting(worker_id);
+  // An executor's users go with it.
+  std::vector<std::string> pending;
+  if (Collecting(worker_id)) pending.push_back(worker_id);
+  for (const std::string& user : registry_.HostedBy(worker_id)) {
+    if (Collecting(user)) pending.push_back(user);
+  }
   FP_LOG_WARN(
       "coordinator", "'{}' revoked ({}); session closed{}", worker_id, reason,
-      pending ? fmt::format(", round {} goes on without it", round_.round)
-              : "");
-  if (pending) {
-    round_.Reject(worker_id);
-    cv_.notify_all();
-  }
+      pending.empty()
+          ? std::string()
+          : fmt::format(", round {} goes on without {}", round_.round,
+                        pending.size() == 1 ? "it"
+                                            : std::to_string(pending.size()) +
+                                                  " of its users"));
+  for (const std::string& id : pending) round_.Reject(id);
+  if (!pending.empty()) cv_.notify_all();
 }
 
 void RoundEngine::RecordRejectedUpload(const std::string& session_id,
@@ -365,11 +431,13 @@ Status RoundEngine::SubmitUpdate(const std::string& session_id,
   Update p{w->profile.worker_id, header, std::move(delta)};
   p.edge = w->profile.edge;
   pending_.push_back(std::move(p));
-  FP_LOG_INFO("coordinator", "round {}: update from '{}' ({}, {}{}), {}/{} in",
-              header.round, w->profile.worker_id, DescribeMetrics(header),
-              FormatBytes(bytes_received),
-              header.rank > 0 ? fmt::format(", rank {}", header.rank) : "",
-              round_.answered.size(), round_.selected.size());
+  // A virtual user's update is one of hundreds: logged at debug level.
+  FP_LOG_(w->host.empty() ? spdlog::level::info : spdlog::level::debug,
+          "coordinator", "round {}: update from '{}' ({}, {}{}), {}/{} in",
+          header.round, w->profile.worker_id, DescribeMetrics(header),
+          FormatBytes(bytes_received),
+          header.rank > 0 ? fmt::format(", rank {}", header.rank) : "",
+          round_.answered.size(), round_.selected.size());
   cv_.notify_all();
   return Status::Ok();
 }
@@ -504,6 +572,8 @@ CoordinatorStatus RoundEngine::GetStatus() {
   s.uptime_seconds = Seconds(Clock::now() - start_time_);
   auto now = Clock::now();
   for (const auto& [id, p] : registry_.all()) {
+    // Virtual users are counted in their executor's entry, not listed.
+    if (!p.host.empty()) continue;
     CoordinatorStatus::Worker w;
     w.worker_id = id;
     w.alive = registry_.IsAlive(p, now);

@@ -66,7 +66,8 @@ class RoundEngine {
   // NotFound for an unknown session (the worker should re-register).
   StatusOr<int64_t> Heartbeat(const std::string& session_id);
   // Long poll: returns as soon as there is a task for this worker, or after
-  // `wait` with kWait.
+  // `wait` with kWait. An executor gets kUsers: the tasks of its users
+  // selected this round, each handed out once.
   StatusOr<TaskInfo> GetTask(const std::string& session_id,
                              std::chrono::milliseconds wait);
   // The global adapter the worker must train on in `round`, at its rank;
@@ -181,6 +182,8 @@ class RoundEngine {
 
  private:
   enum class Phase { kWaitWorkers, kCollect, kAggregate, kDone };
+  // The most users one executor may host, and the largest first index.
+  static constexpr uint32_t kMaxHostedUsers = 10000000;
 
   RoundEngine(const CoordinatorConfig& config, bool cloud);
   Status Init();
@@ -194,6 +197,8 @@ class RoundEngine {
   // REQUIRES: mu_ held.
   const char* PhaseName() const;
   bool Collecting(const std::string& id) const;
+  // The kTrain task of participant `w` in the open round.
+  TaskInfo TrainTask(const Participant& w) const;
   void ShutdownGrace();
 
   CoordinatorConfig config_;
@@ -227,7 +232,9 @@ class RoundEngine {
   Totals totals_;                                       // GUARDED_BY(mu_)
   std::vector<RoundMetrics> history_;                   // GUARDED_BY(mu_)
   std::set<std::string> told_shutdown_;                 // GUARDED_BY(mu_)
-  bool started_ = false;  // min_available was met  GUARDED_BY(mu_)
+  // Virtual users whose task an executor took this round.
+  std::set<std::string> dispatched_;  // GUARDED_BY(mu_)
+  bool started_ = false;              // min_available was met  GUARDED_BY(mu_)
   std::map<std::string, UpdateHeader> last_round_headers_;  // round loop
   std::mt19937_64 rng_;                                     // round loop
   std::atomic<bool> stop_{false};

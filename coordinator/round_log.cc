@@ -1,5 +1,6 @@
 #include "coordinator/round_log.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,29 @@
 
 namespace fedpeft {
 namespace coordinator {
+namespace {
+
+// Up to this many uploads a round line lists them per participant; beyond,
+// it summarizes them, so a line stays small with 1,000 users a round.
+constexpr size_t kListedUploads = 32;
+
+// {"count", "min", "median", "max", "total"} of the bytes of each upload.
+nlohmann::json UploadSummary(const std::map<std::string, uint64_t>& bytes) {
+  std::vector<uint64_t> v;
+  uint64_t total = 0;
+  for (const auto& [id, b] : bytes) {
+    v.push_back(b);
+    total += b;
+  }
+  std::sort(v.begin(), v.end());
+  return {{"count", v.size()},
+          {"min", v.front()},
+          {"median", v[v.size() / 2]},
+          {"max", v.back()},
+          {"total", total}};
+}
+
+}  // namespace
 namespace {
 
 nlohmann::json NumberOrNull(double v) {
@@ -124,12 +148,17 @@ void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
       {"unclipped_fraction", NumberOrNull(m.unclipped_fraction)},
       {"sampling_rate", m.sampling_rate},
       {"secagg_workers", m.secagg_workers},
-      {"bytes_up_workers", m.worker_bytes_up},
+      {"population", m.population},
       {"bytes_up_total", total_up},
       {"bytes_down_total", total_down},
       {"strategy", options_.strategy},
       {"unix_ms", UnixMillis()},
   };
+  if (m.worker_bytes_up.size() <= kListedUploads) {
+    j["bytes_up_workers"] = m.worker_bytes_up;  // {participant: bytes}
+  } else {
+    j["bytes_up_workers_summary"] = UploadSummary(m.worker_bytes_up);
+  }
   metrics_ << j.dump() << "\n";
   metrics_.flush();
 }

@@ -12,6 +12,9 @@ namespace fedpeft {
 namespace coordinator {
 namespace {
 
+// A round of a large population names the first few participants only.
+constexpr size_t kNamed = 8;
+
 // Participants a round selects out of n alive.
 int SelectedOf(const FederationOptions& f, int n) {
   int k = static_cast<int>(std::ceil(f.fraction * n));
@@ -114,6 +117,7 @@ bool RoundEngine::RunRound(int64_t round, int attempt, double deadline_s,
     round_.attempt = attempt;
     round_.deadline_s = deadline_s;
     pending_.clear();
+    dispatched_.clear();
     round_bytes_up_ = round_bytes_down_ = 0;
     round_worker_bytes_.clear();
     round_seed_ = Mix(f.seed ^ Mix(static_cast<uint64_t>(round) * 131 +
@@ -123,11 +127,21 @@ bool RoundEngine::RunRound(int64_t round, int attempt, double deadline_s,
     deadline_unix_ms_ = UnixMillis() + static_cast<uint64_t>(deadline_s * 1000);
     for (RoundStage* s : pipeline_.order) s->OnOpen(round_, m);
     m->users_alive = n;
+    m->population = 0;  // edges count by their users, below
+    for (const std::string& id : alive) {
+      const Participant* p = registry_.Find(id);
+      if (p && !p->profile.edge) ++m->population;
+    }
     // broadcast: waiting GetTask calls wake up and take the task
     phase_ = Phase::kCollect;
     m->selected = k;
     std::string names;
+    size_t named = 0;
     for (const auto& s : round_.selected) {
+      if (named++ == kNamed) {
+        names += fmt::format(" and {} more", k - static_cast<int>(kNamed));
+        break;
+      }
       names += (names.empty() ? "" : ", ") + s;
     }
     FP_LOG_INFO("coordinator", "{} {}{}: selected {} of {} alive: {}{}", label_,
@@ -181,14 +195,23 @@ bool RoundEngine::RunRound(int64_t round, int attempt, double deadline_s,
     for (const auto& u : updates) m->answered += AnswersIn(u);
     m->rejected = round_.rejected;
     m->dropped = m->selected - m->answered;
+    std::vector<std::string> silent;
     for (const auto& id : round_.selected) {
-      if (!round_.answered.count(id)) {
-        FP_LOG_WARN("coordinator", "round {}: no answer from '{}' (dropped)",
-                    round, id);
-      }
+      if (!round_.answered.count(id)) silent.push_back(id);
+    }
+    for (size_t i = 0; i < silent.size() && i < kNamed; ++i) {
+      FP_LOG_WARN("coordinator", "round {}: no answer from '{}' (dropped)",
+                  round, silent[i]);
+    }
+    if (silent.size() > kNamed) {
+      FP_LOG_WARN("coordinator", "round {}: no answer from {} more (dropped)",
+                  round, silent.size() - kNamed);
     }
     m->edges_answered = 0;
-    for (const auto& u : updates) m->edges_answered += u.edge ? 1 : 0;
+    for (const auto& u : updates) {
+      m->edges_answered += u.edge ? 1 : 0;
+      if (u.edge) m->population += static_cast<int>(u.header.users_alive);
+    }
   }
   int quorum = std::max(1, static_cast<int>(std::ceil(f.quorum * m->selected)));
   bool ok = !stop_ && m->answered >= quorum;
@@ -270,7 +293,11 @@ Status RoundEngine::Merged(int64_t round, std::vector<Update> updates,
     planner.MarkChanged(changed, round);
     global_ = merged;
   }
-  m->server_eval_loss = eval_ ? eval_->Evaluate(*merged) : std::nan("");
+  const int every = config_.eval.every;
+  const bool evaluate =
+      round % every == 0 || round == config_.federation.rounds;
+  m->server_eval_loss =
+      eval_ && evaluate ? eval_->Evaluate(*merged) : std::nan("");
   return Status::Ok();
 }
 
@@ -299,7 +326,7 @@ void RoundEngine::ShutdownGrace() {
   while (!stop_ && Clock::now() < until) {
     // Leave early once every live worker has been told.
     bool all_told = true;
-    for (const std::string& id : registry_.Alive()) {
+    for (const std::string& id : registry_.AliveCallers()) {
       if (!told_shutdown_.count(id)) all_told = false;
     }
     if (all_told) break;

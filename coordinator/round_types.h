@@ -33,7 +33,17 @@ struct WorkerProfile {
   std::string version;
   bool edge = false;     // an edge aggregator (runs edge_rounds per task)
   uint32_t seq_len = 0;  // longest training sequence; 0 = unknown
+  // An executor: hosts the virtual users "<worker_id>/u<i>" for i in
+  // [first_user, first_user + hosted_users) (proto WorkerProfile).
+  uint32_t hosted_users = 0;
+  uint32_t first_user = 0;
 };
+
+// The id of an executor's virtual user `index`, and the session its calls
+// name: "<executor session>#<user id>".
+inline std::string HostedUserId(const std::string& executor, uint32_t index) {
+  return executor + "/u" + std::to_string(index);
+}
 
 struct Registration {
   std::string session_id;
@@ -56,7 +66,8 @@ struct SecAggTaskInfo {
 };
 
 struct TaskInfo {
-  enum class Kind { kWait, kTrain, kShutdown };
+  // kUsers: for an executor, the kTrain tasks of its selected users.
+  enum class Kind { kWait, kTrain, kShutdown, kUsers };
   Kind kind = Kind::kWait;
   int64_t round = 0;
   LocalTrainSpec train;
@@ -74,6 +85,8 @@ struct TaskInfo {
   double noise_stddev = 0;               // edges, dp.placement edges: noise on
   double count_noise_stddev = 0;         // their sum and unclipped count
   std::optional<SecAggTaskInfo> secagg;  // the round masks its uploads
+  std::string user_id;                   // a virtual user's task
+  std::vector<TaskInfo> users;           // kUsers
 };
 
 // The steps of the secure-aggregation exchange (proto SecAggRequest).
@@ -161,6 +174,9 @@ struct RoundMetrics {
   double frozen_fraction = 0;  // share of adapter tensors frozen
   int users_alive = 0;         // workers (behind edges: their users) that
                                // could have been selected
+  // Users eligible at selection: the workers and virtual users alive here,
+  // plus the users alive behind each edge whose update was accepted.
+  int population = 0;
   // DP (NaN / 0 when off): privacy spent after this round at `delta`, the
   // clip norm and update noise multiplier used, the noised share of
   // updates that were not clipped.

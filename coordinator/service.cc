@@ -38,6 +38,61 @@ std::chrono::milliseconds LongPollBudget(const grpc::ServerContext& ctx,
   return wait;
 }
 
+// The task as the protocol carries it; an executor's USERS task holds its
+// users' TRAIN tasks.
+void ToProto(const TaskInfo& task, proto::Task* out) {
+  switch (task.kind) {
+    case TaskInfo::Kind::kWait:
+      out->set_kind(proto::Task::WAIT);
+      break;
+    case TaskInfo::Kind::kTrain:
+      out->set_kind(proto::Task::TRAIN);
+      break;
+    case TaskInfo::Kind::kShutdown:
+      out->set_kind(proto::Task::SHUTDOWN);
+      break;
+    case TaskInfo::Kind::kUsers:
+      out->set_kind(proto::Task::USERS);
+      break;
+  }
+  out->set_round(static_cast<uint64_t>(task.round));
+  out->set_deadline_unix_ms(task.deadline_unix_ms);
+  out->set_adapter_version(static_cast<uint64_t>(task.round));
+  out->set_message(task.message);
+  proto::TrainSpec* spec = out->mutable_train();
+  spec->set_local_epochs(task.train.local_epochs);
+  spec->set_local_steps(task.train.local_steps);
+  spec->set_batch_size(task.train.batch_size);
+  spec->set_lr(task.train.lr);
+  spec->set_fedprox_mu(task.train.fedprox_mu);
+  spec->set_seed(task.seed);
+  spec->set_train_b_only(task.train_b_only);
+  spec->set_prune_threshold(task.prune_threshold);
+  spec->set_clip_norm(task.clip_norm);
+  spec->set_withhold_metrics(task.withhold_metrics);
+  spec->set_upload_bits(static_cast<uint32_t>(task.compression.bits));
+  spec->set_block_size(static_cast<uint32_t>(task.compression.block_size));
+  spec->set_error_feedback(task.compression.error_feedback);
+  out->set_noise_stddev(task.noise_stddev);
+  out->set_count_noise_stddev(task.count_noise_stddev);
+  out->set_rank(static_cast<uint32_t>(task.rank));
+  for (const auto& key : task.frozen) out->add_frozen(key);
+  out->set_edge_rounds(static_cast<uint32_t>(task.edge_rounds));
+  if (task.secagg) {
+    const SecAggTaskInfo& sa = *task.secagg;
+    proto::SecAggTask* secagg = out->mutable_secagg();
+    secagg->set_session_id(sa.session_id);
+    secagg->set_num_clients(sa.num_clients);
+    secagg->set_threshold(sa.threshold);
+    secagg->set_index(sa.index);
+    secagg->set_scale(sa.scale);
+    secagg->set_vector_length(sa.vector_length);
+    for (const auto& name : sa.tensors) secagg->add_tensors(name);
+  }
+  if (!task.user_id.empty()) out->set_user_id(task.user_id);
+  for (const TaskInfo& user : task.users) ToProto(user, out->add_user_tasks());
+}
+
 }  // namespace
 
 FederationService::FederationService(
@@ -145,6 +200,8 @@ grpc::Status FederationService::Register(grpc::ServerContext* ctx,
     profile.version = p.version();
     profile.edge = p.role() == proto::ROLE_EDGE;
     profile.seq_len = p.seq_len();
+    profile.hosted_users = p.hosted_users();
+    profile.first_user = p.first_user();
     if (p.role() != proto::ROLE_WORKER && p.role() != proto::ROLE_EDGE) {
       return Grpc(Status::InvalidArgument(
           "profile.role: expected ROLE_WORKER (0) or ROLE_EDGE (1), got " +
@@ -198,51 +255,7 @@ grpc::Status FederationService::GetTask(grpc::ServerContext* ctx,
     auto task = engine_.GetTask(req->session_id(),
                                 LongPollBudget(*ctx, req->wait_ms()));
     if (!task.ok()) return Grpc(task.status());
-    switch (task->kind) {
-      case TaskInfo::Kind::kWait:
-        reply->set_kind(proto::Task::WAIT);
-        break;
-      case TaskInfo::Kind::kTrain:
-        reply->set_kind(proto::Task::TRAIN);
-        break;
-      case TaskInfo::Kind::kShutdown:
-        reply->set_kind(proto::Task::SHUTDOWN);
-        break;
-    }
-    reply->set_round(static_cast<uint64_t>(task->round));
-    reply->set_deadline_unix_ms(task->deadline_unix_ms);
-    reply->set_adapter_version(static_cast<uint64_t>(task->round));
-    reply->set_message(task->message);
-    proto::TrainSpec* spec = reply->mutable_train();
-    spec->set_local_epochs(task->train.local_epochs);
-    spec->set_local_steps(task->train.local_steps);
-    spec->set_batch_size(task->train.batch_size);
-    spec->set_lr(task->train.lr);
-    spec->set_fedprox_mu(task->train.fedprox_mu);
-    spec->set_seed(task->seed);
-    spec->set_train_b_only(task->train_b_only);
-    spec->set_prune_threshold(task->prune_threshold);
-    spec->set_clip_norm(task->clip_norm);
-    spec->set_withhold_metrics(task->withhold_metrics);
-    spec->set_upload_bits(static_cast<uint32_t>(task->compression.bits));
-    spec->set_block_size(static_cast<uint32_t>(task->compression.block_size));
-    spec->set_error_feedback(task->compression.error_feedback);
-    reply->set_noise_stddev(task->noise_stddev);
-    reply->set_count_noise_stddev(task->count_noise_stddev);
-    reply->set_rank(static_cast<uint32_t>(task->rank));
-    for (const auto& key : task->frozen) reply->add_frozen(key);
-    reply->set_edge_rounds(static_cast<uint32_t>(task->edge_rounds));
-    if (task->secagg) {
-      const SecAggTaskInfo& sa = *task->secagg;
-      proto::SecAggTask* out = reply->mutable_secagg();
-      out->set_session_id(sa.session_id);
-      out->set_num_clients(sa.num_clients);
-      out->set_threshold(sa.threshold);
-      out->set_index(sa.index);
-      out->set_scale(sa.scale);
-      out->set_vector_length(sa.vector_length);
-      for (const auto& name : sa.tensors) out->add_tensors(name);
-    }
+    ToProto(*task, reply);
     return grpc::Status::OK;
   } catch (const std::exception& e) {
     return InternalError("GetTask", e);

@@ -129,6 +129,8 @@ void PrivacyStage::OnOpen(RoundContext& round, RoundMetrics* m) {
     selection_ = Selection{};
     auto now = Clock::now();
     for (const auto& [id, w] : round.registry->all()) {
+      // An executor is never selected: its users count, not it.
+      if (w.profile.hosted_users > 0) continue;
       if (!round.registry->IsAlive(w, now)) continue;
       const bool selected = round.selected.count(id) > 0;
       if (w.profile.edge) {

@@ -133,6 +133,72 @@ TEST(RegistryTest, EntryCreatesAParticipantWithoutASession) {
   EXPECT_EQ(&p, &e);
 }
 
+WorkerProfile Executor(const std::string& id, uint32_t users,
+                       uint32_t first = 0) {
+  WorkerProfile p = Profile(id);
+  p.hosted_users = users;
+  p.first_user = first;
+  return p;
+}
+
+TEST(RegistryTest, AnExecutorEntersItsUsersWhoLiveAndDieWithIt) {
+  Registry registry("fed", kTimeout);
+  bool rejoin = false;
+  std::vector<std::string> added;
+  Participant& x = registry.Open(Executor("x", 3, 10), &rejoin, &added);
+  EXPECT_THAT(added, ElementsAre("x/u10", "x/u11", "x/u12"));
+  EXPECT_THAT(registry.HostedBy("x"), ElementsAre("x/u10", "x/u11", "x/u12"));
+  registry.Open(Profile("w"), &rejoin);
+  // Selectable: the users and the worker, never the executor itself; it
+  // is told of a shutdown, they are not (they make no calls).
+  EXPECT_THAT(registry.Alive(), ElementsAre("w", "x/u10", "x/u11", "x/u12"));
+  EXPECT_THAT(registry.AliveCallers(), ElementsAre("w", "x"));
+  EXPECT_EQ(registry.AliveCounts().direct, 4);
+
+  // A user's session is its executor's, suffixed; its owner the executor.
+  const Participant* u = registry.FindSession(x.session_id + "#x/u11");
+  ASSERT_NE(u, nullptr);
+  EXPECT_EQ(u->profile.worker_id, "x/u11");
+  EXPECT_EQ(u->profile.hosted_users, 0u);
+  EXPECT_EQ(registry.Owner(*u), "x");
+  EXPECT_EQ(registry.Owner(*registry.Find("w")), "w");
+  // Not a user of that executor, or not under its session: unknown.
+  EXPECT_EQ(registry.FindSession(x.session_id + "#x/u13"), nullptr);
+  EXPECT_EQ(registry.FindSession(x.session_id + "#w"), nullptr);
+  EXPECT_EQ(registry.FindSession("fed/x/0#x/u11"), nullptr);
+  const std::string w_session = registry.Find("w")->session_id;
+  EXPECT_EQ(registry.FindSession(w_session + "#x/u11"), nullptr);
+
+  // The executor goes silent: its users are no longer alive.
+  registry.Find("x")->last_seen = Clock::now() - std::chrono::minutes(5);
+  EXPECT_THAT(registry.Alive(), ElementsAre("w"));
+  registry.Find("x")->last_seen = Clock::now();
+  EXPECT_EQ(registry.Alive().size(), 4u);
+  // Closed (a revoked certificate): the same, and its user sessions go.
+  const std::string old = x.session_id;
+  EXPECT_TRUE(registry.Close("x"));
+  EXPECT_THAT(registry.Alive(), ElementsAre("w"));
+  EXPECT_EQ(registry.FindSession(old + "#x/u10"), nullptr);
+}
+
+TEST(RegistryTest, AnExecutorThatReRegistersWithFewerUsersDropsTheRest) {
+  Registry registry("fed", kTimeout);
+  bool rejoin = false;
+  registry.Open(Executor("x", 3), &rejoin);
+  registry.Find("x/u2")->rank = 4;  // kept across registrations
+  std::vector<std::string> added;
+  Participant& x = registry.Open(Executor("x", 2, 1), &rejoin, &added);
+  EXPECT_TRUE(rejoin);
+  EXPECT_THAT(added, ElementsAre());  // u1 and u2 were its users already
+  EXPECT_THAT(registry.Alive(), ElementsAre("x/u1", "x/u2"));
+  EXPECT_EQ(registry.Find("x/u2")->rank, 4);
+  EXPECT_EQ(registry.FindSession(x.session_id + "#x/u0"), nullptr);
+  // As a plain worker again: no users at all.
+  registry.Open(Profile("x"), &rejoin);
+  EXPECT_THAT(registry.Alive(), ElementsAre("x"));
+  EXPECT_THAT(registry.HostedBy("x"), ElementsAre());
+}
+
 }  // namespace
 }  // namespace coordinator
 }  // namespace fedpeft
