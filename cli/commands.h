@@ -20,6 +20,8 @@ int RunExport(const Args& args);
 int RunInitModel(const Args& args);
 int RunCoordinator(const Args& args);
 int RunWorker(const Args& args);
+// Hosts many virtual users of a federation (worker/executor.h).
+int RunExecutor(const Args& args);
 int RunEdge(const Args& args);
 int RunStatus(const Args& args);
 int RunSimulate(const Args& args);

@@ -29,6 +29,7 @@
 #include "proto/grpc_util.h"
 #include "security/tls.h"
 #include "worker/distributed_worker.h"
+#include "worker/executor.h"
 #include "worker/worker_client.h"
 #include "worker/worker_config.h"
 
@@ -152,6 +153,40 @@ int RunWorker(const Args& args) {
               "up {} B, down {} B",
               cfg->worker.id, st.rounds_trained, st.rounds_rejected,
               st.rounds_dropped, st.bytes_up, st.bytes_down);
+  return 0;
+}
+
+int RunExecutor(const Args& args) {
+  const std::string cmd = "executor";
+  std::string config_path;
+  std::vector<std::string> overrides;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value(&config_path)->required(),
+      "worker YAML with an `executor` section (users, first_user, "
+      "population, threads, state_dir)")(
+      "set", po::value(&overrides)->composing(),
+      "override a key: --set executor.users=5000 (repeatable)");
+  po::variables_map vm;
+  int code = 0;
+  if (!ParseArgs(cmd, "--config FILE [--set key=value ...]", desc, args, &vm,
+                 &code)) {
+    return code;
+  }
+  auto cfg = worker::LoadWorkerConfig(config_path, overrides);
+  if (!cfg.ok()) return Fail(cmd, cfg.status());
+  Status s = SetUpLogging(cfg->logging.level, cfg->logging.file);
+  if (!s.ok()) return Fail(cmd, s);
+  // Several users train at once, each on one core.
+  torch::set_num_threads(cfg->executor.threads == 1 ? cfg->worker.threads : 1);
+  auto base = worker::LoadWorkerBase(cfg->model);
+  if (!base.ok()) return Fail(cmd, base.status());
+  auto executor =
+      worker::Executor::Create(*cfg, base->weights, base->tokenizer);
+  if (!executor.ok()) return Fail(cmd, executor.status());
+  SignalWatcher signals([&] { (*executor)->Stop(); });
+  s = (*executor)->Run();
+  if (!s.ok()) return Fail(cmd, s);
   return 0;
 }
 

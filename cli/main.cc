@@ -33,6 +33,8 @@ constexpr const char* kUsage =
     "               (--config YAML)\n"
     "  worker       train on local data for a coordinator or edge\n"
     "               (--config YAML)\n"
+    "  executor     host many virtual users of a federation: 10^4 users\n"
+    "               on one machine, or spread over several (--config YAML)\n"
     "  simulate     a whole federation on this machine (the quickstart)\n"
     "  status       the live state of a running coordinator\n"
     "\n"
@@ -57,6 +59,7 @@ constexpr Command kCommands[] = {
     {"init-model", fedpeft::cli::RunInitModel},
     {"coordinator", fedpeft::cli::RunCoordinator},
     {"worker", fedpeft::cli::RunWorker},
+    {"executor", fedpeft::cli::RunExecutor},
     {"edge", fedpeft::cli::RunEdge},
     {"simulate", fedpeft::cli::RunSimulate},
     {"status", fedpeft::cli::RunStatus},

@@ -3,6 +3,12 @@
 // mode: processes -- the coordinator and every worker are separate
 //   `fedpeft` processes talking gRPC over 127.0.0.1 (free ports picked by
 //   the OS), each with its own log under DIR/logs/.
+// mode: virtual -- simulation.users virtual users (10^4 and more) hosted
+//   by simulation.executors `fedpeft executor` processes (worker/
+//   executor.h), each training the users a round selects on
+//   simulation.executor_threads threads; the coordinator (and edges) are
+//   processes as in mode processes, and every user is a participant of its
+//   own. Memory grows with the executors' threads, not with the users.
 // mode: threads -- one process: the coordinator's gRPC server and N worker
 //   clients as threads sharing one read-only base model, so 100+ workers
 //   fit in memory (O(base + N x adapter)). At most
@@ -76,9 +82,24 @@ struct SimulationOptions {
   // Thread mode: how many workers train at once (0 = one per core); the
   // others wait for a slot, so BLAS never sees hundreds of callers.
   int compute_threads = 0;
+  // Virtual mode: the population, the executor processes hosting it (0 =
+  // one per edge, at least one) and each one's compute threads (0 = the
+  // cores shared among them).
+  int users = 0;
+  int executors = 0;
+  int executor_threads = 0;
+
+  bool virtual_users() const { return mode == "virtual"; }
+  // Virtual users u of executor e: [FirstUser(e), FirstUser(e + 1)).
+  int FirstUser(int e) const {
+    return static_cast<int>(static_cast<int64_t>(users) * e / executors);
+  }
 
   void Read(ConfigReader& in) {
     in.Get("workers", &workers);
+    in.Get("users", &users);
+    in.Get("executors", &executors);
+    in.Get("executor_threads", &executor_threads);
     in.Get("tls", &tls);
     in.Get("mode", &mode);
     in.Get("slowdown", &slowdown);
@@ -91,8 +112,22 @@ struct SimulationOptions {
     in.Get("compute_threads", &compute_threads);
     in.Check(workers >= 1 && workers <= 4096, "workers",
              "must be in [1, 4096], got " + ToConfigString(workers));
-    in.Check(mode == "processes" || mode == "threads", "mode",
-             "expected processes or threads, got '" + mode + "'");
+    in.Check(mode == "processes" || mode == "threads" || mode == "virtual",
+             "mode",
+             "expected processes, threads or virtual, got '" + mode + "'");
+    in.Check(!virtual_users() || (users >= 1 && users <= 10000000), "users",
+             "mode virtual needs users in [1, 10000000], got " +
+                 ToConfigString(users));
+    in.Check(executors >= 0 && executors <= 64 &&
+                 (!virtual_users() || executors <= users),
+             "executors",
+             "must be in [0, 64] (0 = one per edge) and at most users, got " +
+                 ToConfigString(executors));
+    in.Check(executor_threads >= 0 && executor_threads <= 64,
+             "executor_threads",
+             "must be in [0, 64] (0 = the cores shared among executors), "
+             "got " +
+                 ToConfigString(executor_threads));
     in.Check(!slowdown.empty(), "slowdown", "must list at least one value");
     for (double s : slowdown) {
       in.Check(s >= 1.0, "slowdown",
@@ -226,6 +261,31 @@ std::vector<std::string> WorkerOverrides(const SimulationOptions& sim, int i,
   return o;
 }
 
+// The settings simulate adds to the worker config for executor `e`.
+std::vector<std::string> ExecutorOverrides(const SimulationOptions& sim, int e,
+                                           const std::string& address,
+                                           const std::string& certs) {
+  const std::string id = "executor-" + std::to_string(e);
+  std::vector<std::string> o = CertOverrides(certs, id);
+  const int cores =
+      std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int threads = sim.executor_threads > 0
+                          ? sim.executor_threads
+                          : std::max(1, cores / sim.executors);
+  std::vector<std::string> rest = {
+      "worker.id=" + id,
+      "server.address=" + address,
+      "executor.first_user=" + std::to_string(sim.FirstUser(e)),
+      "executor.users=" +
+          std::to_string(sim.FirstUser(e + 1) - sim.FirstUser(e)),
+      "executor.population=" + std::to_string(sim.users),
+      "executor.threads=" + std::to_string(threads),
+      "simulation.dropout_prob=" + std::to_string(sim.dropout_prob[0]),
+      "simulation.seed=" + std::to_string(1000 + e)};
+  o.insert(o.end(), rest.begin(), rest.end());
+  return o;
+}
+
 // Reads the port a server wrote to `port_file`; empty when `pid` exited or
 // `deadline` passed first.
 std::string WaitForPort(pid_t pid, const std::string& port_file,
@@ -275,6 +335,13 @@ Status MakeThrowAwayCertificates(const SimulationOptions& sim,
   for (int e = 0; e < sim.edges; ++e) {
     RETURN_IF_ERROR(
         issue("edge-" + std::to_string(e), security::CertRole::kEdge));
+  }
+  if (sim.virtual_users()) {
+    for (int e = 0; e < sim.executors; ++e) {
+      RETURN_IF_ERROR(
+          issue("executor-" + std::to_string(e), security::CertRole::kWorker));
+    }
+    return Status::Ok();
   }
   for (int i = 0; i < sim.workers; ++i) {
     RETURN_IF_ERROR(
@@ -342,6 +409,16 @@ int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
                                           "server.address=127.0.0.1:0",
                                           "--set",
                                           "server.port_file=" + port_file};
+    if (sim.virtual_users()) {
+      // Every edge waits for all the users of its executors (executor i
+      // talks to edge i mod E) before its first round.
+      int users = 0;
+      for (int x = e; x < sim.executors; x += sim.edges) {
+        users += sim.FirstUser(x + 1) - sim.FirstUser(x);
+      }
+      edge_args.push_back("--set");
+      edge_args.push_back("federation.min_available=" + std::to_string(users));
+    }
     for (const std::string& o : CertOverrides(p.certs, id)) {
       edge_args.push_back("--set");
       edge_args.push_back(o);
@@ -359,10 +436,26 @@ int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
     std::printf("edge %s on 127.0.0.1:%s\n", id.c_str(), edge_port.c_str());
   }
   if (worker_addresses.empty()) worker_addresses.push_back("127.0.0.1:" + port);
-  std::printf("starting %d workers\n", sim.workers);
-  std::fflush(stdout);
   std::vector<pid_t> workers;
-  for (int i = 0; i < sim.workers; ++i) {
+  if (sim.virtual_users()) {
+    std::printf("starting %d executors hosting %d users\n", sim.executors,
+                sim.users);
+    for (int e = 0; e < sim.executors; ++e) {
+      const std::string id = "executor-" + std::to_string(e);
+      std::vector<std::string> args{"executor", "--config", p.worker_yaml};
+      for (const std::string& o : ExecutorOverrides(
+               sim, e, worker_addresses[e % worker_addresses.size()],
+               p.certs)) {
+        args.push_back("--set");
+        args.push_back(o);
+      }
+      workers.push_back(Spawn(args, JoinPath(p.logs, id + ".log")));
+    }
+  } else {
+    std::printf("starting %d workers\n", sim.workers);
+  }
+  std::fflush(stdout);
+  for (int i = 0; i < (sim.virtual_users() ? 0 : sim.workers); ++i) {
     std::string id = "worker-" + std::to_string(i);
     std::vector<std::string> args{"worker", "--config", p.worker_yaml};
     for (const std::string& o : WorkerOverrides(
@@ -559,12 +652,17 @@ int RunSimulate(const Args& args) {
     wc.Read(win);
     ConfigReader top = in.Section("topology");
     top.Get("edges", &sim.edges);
-    top.Check(sim.edges >= 0 && sim.edges <= sim.workers, "edges",
-              "must be in [0, simulation.workers] (0 = flat), got " +
-                  ToConfigString(sim.edges));
-    top.Check(sim.edges == 0 || sim.mode == "processes", "edges",
+    if (sim.virtual_users() && sim.executors == 0) {
+      sim.executors = std::max(1, sim.edges);
+    }
+    const int below = sim.virtual_users() ? sim.executors : sim.workers;
+    top.Check(sim.edges >= 0 && sim.edges <= below, "edges",
+              std::string("must be in [0, simulation.") +
+                  (sim.virtual_users() ? "executors" : "workers") +
+                  "] (0 = flat), got " + ToConfigString(sim.edges));
+    top.Check(sim.edges == 0 || sim.mode != "threads", "edges",
               "edges run as their own processes: needs simulation.mode "
-              "processes");
+              "processes or virtual");
     coordinator::EdgeConfig ec;
     ConfigReader ein = in.Section("edge");
     ec.Read(ein);
@@ -572,10 +670,17 @@ int RunSimulate(const Args& args) {
     if (!valid.ok()) return Fail(cmd, valid);
   }
   if (check_only) {
-    std::printf("%s: config OK (%d workers, %s)\n", config_path.c_str(),
-                sim.workers, sim.mode.c_str());
+    if (sim.virtual_users()) {
+      std::printf("%s: config OK (%d users on %d executors, virtual)\n",
+                  config_path.c_str(), sim.users, sim.executors);
+    } else {
+      std::printf("%s: config OK (%d workers, %s)\n", config_path.c_str(),
+                  sim.workers, sim.mode.c_str());
+    }
     return kExitOk;
   }
+  // Who the coordinator counts: workers, or virtual users.
+  const int participants = sim.virtual_users() ? sim.users : sim.workers;
   std::error_code ec;
   fs::remove(p.port_file, ec);
   fs::remove(p.metrics, ec);
@@ -591,15 +696,16 @@ int RunSimulate(const Args& args) {
   if (!s.ok()) return Fail(cmd, s);
   if (!IsSet(coord, "federation", "min_available")) {
     coord["federation"]["min_available"] =
-        sim.edges > 0 ? sim.edges : sim.workers;
+        sim.edges > 0 ? sim.edges : participants;
   }
   if (sim.edges > 0 && !IsSet(edge, "federation", "min_available")) {
-    // Every edge waits for all of its workers before its first round.
+    // Every edge waits for all of its workers before its first round
+    // (virtual users: set per edge when it starts).
     edge["federation"]["min_available"] = sim.workers / sim.edges;
   }
   if (sim.edges > 0 && !IsSet(coord, "dp", "population")) {
     // The cloud cannot count the users behind edges; the simulation can.
-    coord["dp"]["population"] = sim.workers;
+    coord["dp"]["population"] = participants;
   }
   s = WriteFileAtomic(p.coordinator_yaml, ToYaml(coord));
   if (s.ok() && sim.edges > 0) s = WriteFileAtomic(p.edge_yaml, ToYaml(edge));
@@ -674,10 +780,10 @@ int RunSimulate(const Args& args) {
     }
   }
   std::printf(
-      "\n%d rounds aggregated in %.1f s with %d workers (%s); bytes "
+      "\n%d rounds aggregated in %.1f s with %d %s (%s); bytes "
       "up %s, down %s\n",
-      rounds, seconds, sim.workers, sim.mode.c_str(), Mib(up).c_str(),
-      Mib(down).c_str());
+      rounds, seconds, participants, sim.virtual_users() ? "users" : "workers",
+      sim.mode.c_str(), Mib(up).c_str(), Mib(down).c_str());
   if (std::isfinite(epsilon)) {
     std::printf("privacy: (epsilon %.3f, delta %.3g) user-level DP spent\n",
                 epsilon, delta);

@@ -83,17 +83,24 @@ Status FederationClient::WithRetry(const std::string& what, bool idempotent,
   bo.max = milliseconds(options_.backoff_max_ms);
   transport::Backoff backoff(bo);
   while (!stop_) {
+    const std::string used = session();
     grpc::Status s = call();
     if (s.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
       unreachable_since_ = Clock::time_point{};
       return Status::Ok();
     }
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
-      FP_LOG_WARN("client",
-                  "'{}': {} — the server lost our session ({}); "
-                  "registering again",
-                  name_, what, s.error_message());
-      RETURN_IF_ERROR(Register());
+      // Concurrent calls (an executor's users) that all lost the session
+      // register once: the first in; the others find a new session.
+      std::lock_guard<std::mutex> registering(register_mu_);
+      if (session() == used) {
+        FP_LOG_WARN("client",
+                    "'{}': {} — the server lost our session ({}); "
+                    "registering again",
+                    name_, what, s.error_message());
+        RETURN_IF_ERROR(Register());
+      }
       // The work of a task belongs to the session that got it: after a new
       // registration only asking for a task is repeated.
       if (what != "GetTask") {
@@ -107,12 +114,15 @@ Status FederationClient::WithRetry(const std::string& what, bool idempotent,
     if (!transport::IsRetryable(s, idempotent)) {
       return transport::FromGrpcStatus(s, what + " to " + options_.address);
     }
-    if (unreachable_since_ == Clock::time_point{}) {
-      unreachable_since_ = Clock::now();
+    double down = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (unreachable_since_ == Clock::time_point{}) {
+        unreachable_since_ = Clock::now();
+      }
+      down = std::chrono::duration<double>(Clock::now() - unreachable_since_)
+                 .count();
     }
-    double down =
-        std::chrono::duration<double>(Clock::now() - unreachable_since_)
-            .count();
     if (options_.give_up_after_s > 0 && down > options_.give_up_after_s) {
       return Status::Unavailable(
           "server " + options_.address + " unreachable for " +
@@ -289,15 +299,19 @@ StatusOr<std::string> FederationClient::SecAgg(int64_t round,
   return Status::Unavailable("stopped");
 }
 
+std::string FederationClient::SessionOf(const std::string& user) {
+  return user.empty() ? session() : session() + "#" + user;
+}
+
 StatusOr<TensorMap> FederationClient::Download(
     int64_t round, uint64_t cached_round,
     const std::map<std::string, transport::TensorSpec>& expected,
-    uint64_t* bytes) {
+    uint64_t* bytes, const std::string& user) {
   TensorMap result;
   Status decode_error;
   Status s = WithRetry("DownloadAdapter", /*idempotent=*/true, [&]() {
     proto::DownloadRequest req;
-    req.set_session_id(session());
+    req.set_session_id(SessionOf(user));
     req.set_round(static_cast<uint64_t>(round));
     req.set_cached_round(cached_round);
     grpc::ClientContext ctx;
@@ -340,7 +354,7 @@ Status FederationClient::UploadStream(
     const proto::UpdateHeader& header,
     const std::function<
         Status(const std::function<bool(const proto::TensorChunk&)>&)>& tensors,
-    uint64_t* bytes) {
+    uint64_t* bytes, const std::string& user) {
   return WithRetry("UploadUpdate", /*idempotent=*/false, [&]() {
     grpc::ClientContext ctx;
     transport::SetTimeout(
@@ -350,7 +364,7 @@ Status FederationClient::UploadStream(
     auto writer = stub_->UploadUpdate(&ctx, &reply);
     proto::UploadMessage msg;
     *msg.mutable_header() = header;
-    msg.mutable_header()->set_session_id(session());
+    msg.mutable_header()->set_session_id(SessionOf(user));
     uint64_t n = msg.ByteSizeLong();
     if (writer->Write(msg)) {
       Status enc = tensors([&](const proto::TensorChunk& c) {
@@ -375,19 +389,19 @@ Status FederationClient::Upload(proto::UpdateHeader header,
       [&](const std::function<bool(const proto::TensorChunk&)>& write) {
         return transport::EncodeTensors(tensors, chunk_bytes_, write);
       },
-      bytes);
+      bytes, "");
 }
 
 Status FederationClient::Upload(proto::UpdateHeader header,
                                 const transport::WireTensors& tensors,
                                 const transport::Schema* schema,
-                                uint64_t* bytes) {
+                                uint64_t* bytes, const std::string& user) {
   return UploadStream(
       header,
       [&](const std::function<bool(const proto::TensorChunk&)>& write) {
         return transport::WriteTensors(tensors, chunk_bytes_, schema, write);
       },
-      bytes);
+      bytes, user);
 }
 
 StatusOr<EncodedUpdate> EncodeUpdate(const TensorMap& update,

@@ -12,7 +12,8 @@
 // What a participant does with a task is not here: the owner calls GetTask,
 // Download and Upload in its own loop.
 //
-// Thread-safety: one thread drives the calls; Stop() from any thread.
+// Thread-safety: one thread drives the calls, except that an executor's
+// users may Download and Upload concurrently; Stop() from any thread.
 #ifndef FEDPEFT_WORKER_FEDERATION_CLIENT_H_
 #define FEDPEFT_WORKER_FEDERATION_CLIENT_H_
 
@@ -74,6 +75,9 @@ class FederationClient {
 
   // The next task (long poll).
   StatusOr<proto::Task> GetTask();
+  // Download, Upload: with `user` set, on behalf of that virtual user of
+  // this executor (session "<our session>#<user>"); the calls of several
+  // users may run at once, from different threads.
   // The adapter of `round`. With cached_round > 0 the server leaves out
   // tensors unchanged since that round, so the result may be a subset of
   // `expected` (name -> spec); otherwise every expected tensor must come.
@@ -81,7 +85,7 @@ class FederationClient {
   StatusOr<TensorMap> Download(
       int64_t round, uint64_t cached_round,
       const std::map<std::string, transport::TensorSpec>& expected,
-      uint64_t* bytes);
+      uint64_t* bytes, const std::string& user = "");
   // Uploads `tensors` after `header` (its session_id is filled in).
   // `bytes` gets the serialized size sent.
   Status Upload(proto::UpdateHeader header, const TensorMap& tensors,
@@ -90,7 +94,8 @@ class FederationClient {
   // tensors named in it travel by index.
   Status Upload(proto::UpdateHeader header,
                 const transport::WireTensors& tensors,
-                const transport::Schema* schema, uint64_t* bytes);
+                const transport::Schema* schema, uint64_t* bytes,
+                const std::string& user = "");
 
   // One step of the secure aggregation of `round` (proto SecAggRequest):
   // hands `message` over (when not empty), then long-polls until the step's
@@ -114,7 +119,7 @@ class FederationClient {
       const proto::UpdateHeader& header,
       const std::function<Status(
           const std::function<bool(const proto::TensorChunk&)>&)>& tensors,
-      uint64_t* bytes);
+      uint64_t* bytes, const std::string& user);
   template <typename Call>
   Status WithRetry(const std::string& what, bool idempotent, Call call);
   Status RegisterOnce();
@@ -124,6 +129,8 @@ class FederationClient {
                          proto::Role my_role) const;
   void HeartbeatLoop();
   std::string session();
+  // The session a call on behalf of `user` names (ours when empty).
+  std::string SessionOf(const std::string& user);
 
   const std::string name_;  // for logs
   const ConnectionOptions options_;
@@ -131,15 +138,17 @@ class FederationClient {
   std::function<Status(const proto::RegisterReply&)> on_registered_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<proto::Federation::Stub> stub_;
-  size_t chunk_bytes_ = 1 << 20;
+  std::atomic<size_t> chunk_bytes_{1 << 20};
   size_t max_message_bytes_ = 16 << 20;
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> registrations_{0};
+  std::mutex register_mu_;  // one re-registration at a time
   std::mutex mu_;
   std::condition_variable cv_;
   std::string session_;      // GUARDED_BY(mu_)
   int heartbeat_ms_ = 2000;  // GUARDED_BY(mu_)
-  std::chrono::steady_clock::time_point unreachable_since_{};
+  std::chrono::steady_clock::time_point
+      unreachable_since_{};  // GUARDED_BY(mu_)
   std::thread heartbeat_;
 };
 

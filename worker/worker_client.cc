@@ -24,6 +24,7 @@
 #include "worker/distributed_worker.h"
 #include "worker/federation_client.h"
 #include "worker/local_trainer.h"
+#include "worker/round_update.h"
 
 namespace fedpeft {
 namespace worker {
@@ -153,10 +154,8 @@ class WorkerClient::Impl {
   torch::Device device_{torch::kCPU};
   double tokens_per_second_ = 0;
   std::mt19937_64 rng_;  // dropouts and stochastic rounding
-  // Error feedback: the quantization error of the last upload (at rank
-  // residual_rank_), added to the next update.
-  TensorMap residual_;
-  int64_t residual_rank_ = -1;
+  // Error feedback: the quantization error of the last upload.
+  UpdateMemory memory_;
   std::mutex mu_;
   WorkerStats stats_;  // GUARDED_BY(mu_)
 };
@@ -273,7 +272,7 @@ Status WorkerClient::Impl::OnRegistered(const proto::RegisterReply& reply) {
   cache_.clear();
   cache_rank_ = -1;
   cache_round_ = 0;
-  residual_.clear();
+  memory_ = UpdateMemory();
   if (reply.adapter_config_json() == adapter_config_json_ && peft_) {
     return Status::Ok();
   }
@@ -417,64 +416,15 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   for (const auto& kv : peft_->AdapterTensors()) {
     local[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
   }
-  // Rank 0 on the wire: the global adapter's shapes (homogeneous ranks).
-  int64_t upload_rank = task.rank() > 0 ? rank_ : 0;
-  if (spec.prune_threshold() > 0 && upload_rank > 0) {
-    int64_t pruned = peft::PrunedRank(local, spec.prune_threshold());
-    if (pruned < upload_rank) {
-      FP_LOG_INFO("worker",
-                  "'{}' round {}: self-pruned rank {} -> {} (components "
-                  "below {:.3g} of the largest)",
-                  config_.worker.id, round, upload_rank, pruned,
-                  spec.prune_threshold());
-      upload_rank = pruned;
-    }
-  }
-  TensorMap delta;
-  for (const std::string& key : trainer.trained_keys()) {
-    delta[key] = (local.at(key) - global.at(key)).contiguous();
-  }
-  if (upload_rank > 0 && upload_rank < rank_) {
-    delta = aggregation::TruncateRank(delta, upload_rank);
-  }
-  // Error feedback, clipping, quantization, in that order: the carried
-  // quantization error joins this round's update before it is clipped (so
-  // the clip bound holds for what is sent), and the error of this round's
-  // encoding is carried to the next.
-  const transport::CodecOptions codec{
-      spec.upload_bits() > 0 ? static_cast<int>(spec.upload_bits()) : 32,
-      spec.block_size() > 0 ? static_cast<int64_t>(spec.block_size()) : 256};
-  const bool feedback = spec.error_feedback() && codec.bits < 32;
-  if (feedback && residual_rank_ == upload_rank) {
-    for (auto& [key, t] : delta) {
-      auto it = residual_.find(key);
-      if (it != residual_.end() && it->second.sizes().equals(t.sizes())) {
-        t = t + it->second;
-      }
-    }
-  }
-  const double clip = spec.clip_norm();
-  double norm = 0;
-  bool unclipped = true;
-  if (clip > 0) {
-    norm = privacy::ClipToNorm(&delta, clip);
-    unclipped = norm <= clip;
-  }
-  ASSIGN_OR_RETURN(EncodedUpdate encoded,
-                   EncodeUpdate(delta, codec, clip, &rng_));
-  if (feedback) {
-    residual_.clear();
-    for (const auto& [key, t] : delta) {
-      residual_[key] = t - encoded.decoded.at(key);
-    }
-    residual_rank_ = upload_rank;
-  } else {
-    residual_.clear();
-  }
+  ASSIGN_OR_RETURN(
+      RoundUpdate update,
+      BuildRoundUpdate(local, global, trainer.trained_keys(), rank_, task,
+                       config_.worker.id, &memory_, &rng_));
   lease.Release();
+  EncodedUpdate& encoded = update.encoded;
   proto::UpdateHeader header;
   if (secure) {
-    RETURN_IF_ERROR(SecAggMask(*secure, encoded.decoded, unclipped,
+    RETURN_IF_ERROR(SecAggMask(*secure, encoded.decoded, update.unclipped,
                                &encoded.wire, &header));
   }
   if (config_.simulation.emulate_uplink && config_.worker.uplink_mbps > 0) {
@@ -486,26 +436,8 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
         1000.0 * bytes / (config_.worker.uplink_mbps * 1e6 / 8))));
     seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   }
-  header.set_round(static_cast<uint64_t>(round));
-  if (spec.withhold_metrics()) {
-    // Under DP nothing about this user's data travels beside the clipped
-    // (and noised, or masked) update; the losses stay in this log.
-    header.set_metrics_withheld(true);
-    header.set_num_samples(1);
-    header.set_train_loss(0);
-    header.set_eval_loss(std::nan(""));
-  } else {
-    header.set_num_samples(train_.size());
-    header.set_train_loss(r.mean_loss);
-    header.set_eval_loss(ev.tokens > 0 ? ev.loss : std::nan(""));
-    header.set_eval_tokens(static_cast<uint64_t>(ev.tokens));
-    header.set_train_seconds(seconds);
-    header.set_tokens_per_second(seconds > 0 ? r.tokens / seconds : 0);
-  }
-  header.set_num_tensors(static_cast<uint32_t>(encoded.wire.size()));
-  if (!secure) header.set_rank(static_cast<uint32_t>(upload_rank));
-  header.set_kind(proto::UpdateHeader::DELTA);
-  if (!secure) header.set_unclipped(unclipped ? 1.0 : 0.0);
+  header.MergeFrom(RoundUpdateHeader(task, update, r, ev, train_.size(),
+                                     seconds, secure.has_value()));
   if (r.tokens > 0 && seconds > 0) tokens_per_second_ = r.tokens / seconds;
   if (task.deadline_unix_ms() > 0 && NowUnixMs() > task.deadline_unix_ms()) {
     FP_LOG_WARN("worker",
@@ -518,9 +450,9 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
       transport::Schema::OfKeys(peft_->AdapterTensors());
   // Quantized and masked tensors travel by index (a name costs more than a
   // small tensor's 4-bit payload).
-  Status up =
-      client_->Upload(header, encoded.wire,
-                      codec.bits < 16 || secure ? &schema : nullptr, &up_bytes);
+  Status up = client_->Upload(header, encoded.wire,
+                              update.bits < 16 || secure ? &schema : nullptr,
+                              &up_bytes);
   std::unique_lock<std::mutex> lock(mu_);
   stats_.bytes_down += down_bytes;
   stats_.bytes_up += up_bytes;
@@ -532,19 +464,21 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
     return Status::Ok();  // the server decided; go on with the next task
   }
   stats_.rounds_trained++;
-  FP_LOG_INFO("worker",
-              "'{}' round {}: rank {}, {} steps, {} of {} tensors trained, "
-              "train loss {:.4f}, local eval loss {:.4f}, {:.1f}s, up {} B{}, "
-              "down {} B{}",
-              config_.worker.id, round, rank_, r.steps, delta.size(),
-              local.size(), r.mean_loss, ev.loss, seconds, up_bytes,
-              secure            ? std::string(" (masked)")
-              : codec.bits < 32 ? fmt::format(" ({}-bit)", codec.bits)
-                                : std::string(),
-              down_bytes,
-              clip > 0 ? fmt::format(", update norm {:.4g}{} (clip {:.4g})",
-                                     norm, unclipped ? "" : " clipped", clip)
-                       : std::string());
+  FP_LOG_INFO(
+      "worker",
+      "'{}' round {}: rank {}, {} steps, {} of {} tensors trained, "
+      "train loss {:.4f}, local eval loss {:.4f}, {:.1f}s, up {} B{}, "
+      "down {} B{}",
+      config_.worker.id, round, rank_, r.steps, update.tensors_trained,
+      local.size(), r.mean_loss, ev.loss, seconds, up_bytes,
+      secure             ? std::string(" (masked)")
+      : update.bits < 32 ? fmt::format(" ({}-bit)", update.bits)
+                         : std::string(),
+      down_bytes,
+      update.clip > 0
+          ? fmt::format(", update norm {:.4g}{} (clip {:.4g})", update.norm,
+                        update.unclipped ? "" : " clipped", update.clip)
+          : std::string());
   if (secure) {
     lock.unlock();  // the unmask request may be a round's deadline away
     Status unmasked = SecAggUnmask(*secure, task);

@@ -57,6 +57,26 @@ void SimulationProfile::Read(ConfigReader& in) {
                ToConfigString(dropout_prob));
 }
 
+void ExecutorOptions::Read(ConfigReader& in) {
+  in.Get("users", &users);
+  in.Get("first_user", &first_user);
+  in.Get("population", &population);
+  in.Get("threads", &threads);
+  in.Get("state_dir", &state_dir);
+  constexpr int kMax = 10000000;
+  in.Check(users >= 0 && users <= kMax, "users",
+           "must be in [0, 10000000], got " + ToConfigString(users));
+  in.Check(first_user >= 0 && first_user <= kMax, "first_user",
+           "must be in [0, 10000000], got " + ToConfigString(first_user));
+  in.Check(population == 0 || population >= first_user + users, "population",
+           "must be 0 (first_user + users) or at least first_user + users = " +
+               std::to_string(first_user + users) + ", got " +
+               ToConfigString(population));
+  in.Check(
+      threads >= 0 && threads <= 256, "threads",
+      "must be in [0, 256] (0 = one per core), got " + ToConfigString(threads));
+}
+
 void WorkerConfig::Read(ConfigReader& in) {
   ConfigReader w = in.Section("worker");
   worker.Read(w);
@@ -77,6 +97,8 @@ void WorkerConfig::Read(ConfigReader& in) {
   train.Read(t);
   ConfigReader sim = in.Section("simulation");
   simulation.Read(sim);
+  ConfigReader e = in.Section("executor");
+  executor.Read(e);
   ConfigReader l = in.Section("logging");
   logging.Read(l);
 }

@@ -15,6 +15,8 @@
 //               each task)
 //   simulation: slowdown, dropout_prob, emulate_uplink (heterogeneity in
 //               simulations)
+//   executor:   users, first_user, population, threads, state_dir: host
+//               virtual users (`fedpeft executor`, worker/executor.h)
 //   logging:    level, file
 //
 // Thread-safety: plain values.
@@ -73,6 +75,21 @@ struct SimulationProfile {
   void Read(ConfigReader& in);
 };
 
+// `fedpeft executor`: this process hosts virtual users first_user ..
+// first_user + users - 1 of a population of `population` users, whose data
+// are the partitions of `data` (data.partition) into that many parts.
+struct ExecutorOptions {
+  int users = 0;       // hosted here; 0 = not an executor
+  int first_user = 0;  // index of the first
+  int population = 0;  // users the data is split among; 0 = first + users
+  int threads = 0;     // users trained at once; 0 = one per core
+  // Where each user's error-feedback residual waits between its rounds
+  // (one small file per user); empty = in memory.
+  std::string state_dir;
+
+  void Read(ConfigReader& in);
+};
+
 struct WorkerConfig {
   WorkerIdentity worker;
   ConnectionOptions server;
@@ -81,6 +98,7 @@ struct WorkerConfig {
   std::string shard;  // data.shard "i/n"; empty = the whole file
   TrainOptions train;
   SimulationProfile simulation;
+  ExecutorOptions executor;
   LoggingOptions logging;
 
   void Read(ConfigReader& in);
