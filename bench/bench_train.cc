@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "common/process_stats.h"
 #include "common/status.h"
 #include "data/dataset.h"
 #include "model/llama.h"
@@ -207,18 +208,6 @@ StatusOr<Args> ParseArgs(int argc, char** argv) {
   return a;
 }
 
-// Peak resident set size of this process in MiB (VmHWM), or -1.
-double PeakRssMb() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      return std::strtod(line.c_str() + 6, nullptr) / 1024.0;  // kB
-    }
-  }
-  return -1.0;
-}
-
 // The deterministic batch torch_eager_lora.py also builds.
 data::Batch TokenBatch(int64_t batch, int64_t seq, int64_t vocab) {
   torch::Tensor i = torch::arange(batch * seq, torch::kInt64);
@@ -335,7 +324,7 @@ Status Run(const Args& args) {
       << " step_ms_min=" << *std::min_element(times.begin(), times.end());
   out.precision(1);
   out << " tokens_per_s=" << batch * seq / (med / 1e3)
-      << " peak_rss_mb=" << PeakRssMb();
+      << " peak_rss_mb=" << PeakRssMib();
   out.precision(6);
   out << " first_loss=" << first_loss
       << " trainable_layers=" << args.trainable_layers

@@ -46,6 +46,7 @@
 
 #include "cli/cli_util.h"
 #include "cli/commands.h"
+#include "cli/simulate_report.h"
 #include "common/config.h"
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -162,19 +163,6 @@ std::string ToYaml(const YAML::Node& node) {
   YAML::Emitter out;
   out << node;
   return std::string(out.c_str()) + "\n";
-}
-
-std::string Fixed(double v, int digits = 4) {
-  if (!std::isfinite(v)) return "n/a";
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
-  return buf;
-}
-
-std::string Mib(uint64_t b) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%.2f MiB", b / 1048576.0);
-  return buf;
 }
 
 // Starts `fedpeft <args>` with stdout/stderr into `log`. Returns the pid.
@@ -729,65 +717,10 @@ int RunSimulate(const Args& args) {
   if (!s.ok()) return Fail(cmd, s);
 
   // Summary: the metrics of every round, bytes, and what it learned.
-  std::ifstream metrics(p.metrics);
-  std::string line;
-  uint64_t up = 0, down = 0;
-  int rounds = 0;
-  double epsilon = std::nan(""), delta = std::nan("");
-  std::printf(
-      "\nround  answered  dropped  train_loss  eval_loss  server_eval  "
-      "up         down       ranks     frozen  seconds  epsilon\n");
-  while (std::getline(metrics, line)) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-      // A field of an unexpected type would throw from value() below.
-      for (const char* k : {"bytes_up", "bytes_down", "round", "answered",
-                            "selected", "dropped", "rank_min", "rank_max"}) {
-        if (j.contains(k) && !j[k].is_number_integer()) {
-          throw std::invalid_argument(k);
-        }
-      }
-      if (j.contains("aggregated") && !j["aggregated"].is_boolean()) {
-        throw std::invalid_argument("aggregated");
-      }
-    } catch (...) {
-      FP_LOG_WARN("simulate", "{}: skipping a malformed metrics line",
-                  p.metrics);
-      continue;
-    }
-    auto num = [&](const char* k) {
-      return j[k].is_number() ? j[k].get<double>() : std::nan("");
-    };
-    uint64_t bu = j.value("bytes_up", 0ull), bd = j.value("bytes_down", 0ull);
-    up += bu;
-    down += bd;
-    if (j.value("aggregated", false)) ++rounds;
-    std::string ranks = std::to_string(j.value("rank_min", 0ll)) + ".." +
-                        std::to_string(j.value("rank_max", 0ll));
-    std::printf(
-        "%-6lld %3d/%-5d %-8d %-11s %-10s %-12s %-10s %-10s %-9s %4.0f%%   "
-        "%-8.1f %s\n",
-        j.value("round", 0ll), j.value("answered", 0), j.value("selected", 0),
-        j.value("dropped", 0), Fixed(num("train_loss")).c_str(),
-        Fixed(num("eval_loss")).c_str(), Fixed(num("server_eval_loss")).c_str(),
-        Mib(bu).c_str(), Mib(bd).c_str(), ranks.c_str(),
-        100 * num("frozen_fraction"), num("seconds"),
-        std::isfinite(num("epsilon")) ? Fixed(num("epsilon")).c_str() : "-");
-    if (std::isfinite(num("epsilon"))) {
-      epsilon = num("epsilon");
-      delta = num("delta");
-    }
-  }
-  std::printf(
-      "\n%d rounds aggregated in %.1f s with %d %s (%s); bytes "
-      "up %s, down %s\n",
-      rounds, seconds, participants, sim.virtual_users() ? "users" : "workers",
-      sim.mode.c_str(), Mib(up).c_str(), Mib(down).c_str());
-  if (std::isfinite(epsilon)) {
-    std::printf("privacy: (epsilon %.3f, delta %.3g) user-level DP spent\n",
-                epsilon, delta);
-  }
+  PrintRoundTable(p.metrics, seconds,
+                  std::to_string(participants) +
+                      (sim.virtual_users() ? " users" : " workers") + " (" +
+                      sim.mode + ")");
 
   if (sim.sample_tokens > 0) {
     // The coordinator's tokenizer (model.tokenizer), as its server eval used.

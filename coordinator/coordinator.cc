@@ -1,6 +1,7 @@
 #include "coordinator/coordinator.h"
 
 #include "common/logging.h"
+#include "common/process_stats.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -95,8 +96,8 @@ Status Coordinator::Run() {
   }
   FP_LOG_INFO("coordinator",
               "federation '{}' finished {} rounds; telling workers to shut "
-              "down for {:.0f}s",
-              f.id, completed_rounds_, f.shutdown_grace_s);
+              "down for {:.0f}s (peak RSS {:.0f} MiB)",
+              f.id, completed_rounds_, f.shutdown_grace_s, PeakRssMib());
   engine_->Finish();
   return Status::Ok();
 }

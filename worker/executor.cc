@@ -14,6 +14,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/process_stats.h"
 #include "model/loader.h"
 #include "model/safetensors.h"
 #include "peft/peft_io.h"
@@ -25,7 +26,8 @@
 
 namespace fedpeft {
 namespace worker {
-namespace {
+// Named, not anonymous: Executor::Impl holds these (-Wsubobject-linkage).
+namespace executor_internal {
 
 using Clock = std::chrono::steady_clock;
 
@@ -101,7 +103,11 @@ struct ThreadModel {
   uint64_t config_version = 0;
 };
 
-}  // namespace
+}  // namespace executor_internal
+
+using executor_internal::Clock;
+using executor_internal::ThreadModel;
+using executor_internal::UserStateStore;
 
 class Executor::Impl {
  public:
@@ -396,9 +402,15 @@ Status Executor::Impl::TrainUser(ThreadModel& slot, const proto::Task& task) {
   } else {
     FP_LOG_DEBUG("executor",
                  "'{}' round {}: {} examples, {} steps, train loss {:.4f}, "
-                 "{:.2f}s, up {} B",
+                 "{:.2f}s, up {} B{}",
                  user, round, examples.size(), r.steps, r.mean_loss, seconds,
-                 up);
+                 up,
+                 update.clip > 0
+                     ? fmt::format(", update norm {:.4g}{} (clip {:.4g})",
+                                   update.norm,
+                                   update.unclipped ? "" : " clipped",
+                                   update.clip)
+                     : std::string());
   }
   return Status::Ok();
 }
@@ -489,11 +501,12 @@ Status Executor::Impl::Run() {
   FP_LOG_INFO("executor",
               "'{}': {} rounds; {} users trained, {} rejected, {} failed, {} "
               "expired, {} dropped; up {} B, down {} B; per user {:.1f} ms, "
-              "of which {:.1f} ms local training",
+              "of which {:.1f} ms local training; peak RSS {:.0f} MiB",
               config_.worker.id, rounds_seen, s.users_trained, s.users_rejected,
               s.users_failed, s.users_expired, s.users_dropped, s.bytes_up,
               s.bytes_down, uploads > 0 ? 1000 * s.user_seconds / uploads : 0.0,
-              uploads > 0 ? 1000 * s.train_seconds / uploads : 0.0);
+              uploads > 0 ? 1000 * s.train_seconds / uploads : 0.0,
+              PeakRssMib());
   return result;
 }
 

@@ -605,6 +605,37 @@ TEST_F(ServiceTest, AnUploadOfFfaFixedLoraAIsRefused) {
   EXPECT_THAT(s.error_message(), HasSubstr(evil.begin()->first));
 }
 
+// What one registration may declare: an executor's users are bounded, an
+// edge hosts none, and secure aggregation (pairwise masks among the round's
+// participants) is not offered to virtual users.
+TEST_F(ServiceTest, ExecutorRegistrationsAreBounded) {
+  Start(Config({"dp.enabled=true", "dp.clip_norm=1", "secagg.enabled=true",
+                "federation.min_available=3"}));
+  auto reg = [&](const std::string& id, uint32_t users, proto::Role role) {
+    proto::RegisterRequest req;
+    req.mutable_profile()->set_worker_id(id);
+    req.mutable_profile()->set_role(role);
+    req.mutable_profile()->set_hosted_users(users);
+    proto::RegisterReply reply;
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, std::chrono::seconds(10));
+    return stub_->Register(&ctx, req, &reply);
+  };
+  grpc::Status s = reg("x", 100, proto::ROLE_WORKER);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(),
+              ::testing::HasSubstr("not supported for virtual users"));
+  s = reg("x", 20000000, proto::ROLE_WORKER);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("hosted_users"));
+  s = reg("e", 4, proto::ROLE_EDGE);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("an edge cannot host"));
+  // None of them entered anyone; a plain worker still registers.
+  EXPECT_TRUE(reg("w", 0, proto::ROLE_WORKER).ok());
+  EXPECT_EQ(coordinator_->engine().GetStatus().workers.size(), 1u);
+}
+
 }  // namespace
 }  // namespace testing_util
 }  // namespace coordinator

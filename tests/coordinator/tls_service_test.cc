@@ -92,10 +92,12 @@ class TlsServiceTest : public testing_util::ServiceTest {
 
   static grpc::Status Register(proto::Federation::Stub& stub,
                                const std::string& id, std::string* session,
-                               proto::Role role = proto::ROLE_WORKER) {
+                               proto::Role role = proto::ROLE_WORKER,
+                               uint32_t hosted_users = 0) {
     proto::RegisterRequest req;
     req.mutable_profile()->set_worker_id(id);
     req.mutable_profile()->set_role(role);
+    req.mutable_profile()->set_hosted_users(hosted_users);
     req.mutable_profile()->set_num_samples(10);
     proto::RegisterReply reply;
     grpc::ClientContext ctx;
@@ -266,6 +268,41 @@ TEST_F(TlsServiceTest, TheCertificateNameIsTheWorkerId) {
   ASSERT_TRUE(op->GetStatus(&ctx, req, &reply).ok());
   ASSERT_EQ(reply.workers_size(), 1);
   EXPECT_EQ(reply.workers(0).worker_id(), "worker-0");
+}
+
+// An executor's users call with the executor's certificate: a user session
+// is refused with any other, and resolves only under its own executor.
+TEST_F(TlsServiceTest, AVirtualUserCallsWithItsExecutorsCertificateOnly) {
+  Start();
+  auto w0 = Stub("worker-0");
+  auto w1 = Stub("worker-1");
+  std::string executor, worker;
+  ASSERT_TRUE(Register(*w0, "worker-0", &executor, proto::ROLE_WORKER, 2).ok());
+  ASSERT_TRUE(Register(*w1, "worker-1", &worker).ok());
+  RunLoop();
+  // The round selects among worker-1 and the two users, never worker-0:
+  // its task lists its selected users.
+  proto::Task task;
+  ASSERT_TRUE(GetTask(*w0, executor, &task).ok());
+  ASSERT_EQ(task.kind(), proto::Task::USERS);
+  ASSERT_GE(task.user_tasks_size(), 1);
+  const proto::Task& user_task = task.user_tasks(0);
+  EXPECT_EQ(user_task.kind(), proto::Task::TRAIN);
+  EXPECT_THAT(user_task.user_id(), ::testing::StartsWith("worker-0/u"));
+  const std::string user = executor + "#" + user_task.user_id();
+
+  // With the executor's certificate the user downloads its round...
+  EXPECT_TRUE(Download(*w0, user, task.round()).ok());
+  // ... with another, the session is not its to use.
+  grpc::Status s = Heartbeat(*w1, user);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("session belongs to 'worker-0'"));
+  auto stolen = Download(*w1, user, task.round());
+  EXPECT_FALSE(stolen.ok());
+  EXPECT_THAT(stolen.status().message(), HasSubstr("belongs to 'worker-0'"));
+  // A user of worker-0 named under worker-1's session does not exist.
+  s = Heartbeat(*w1, worker + "#" + user_task.user_id());
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << s.error_message();
 }
 
 // The role is the CA's to give: a worker certificate cannot register as an
