@@ -695,6 +695,28 @@ int RunSimulate(const Args& args) {
     // The cloud cannot count the users behind edges; the simulation can.
     coord["dp"]["population"] = participants;
   }
+  if (sim.virtual_users() && sim.edges > 0) {
+    // The coordinator's federation.sampling and fraction say how users are
+    // sampled; behind edges the edges sample them, and the cloud takes
+    // every edge each round. The accountant may then take the edges'
+    // sampling rate (dp.trust_edge_sampling: the simulation runs them).
+    const YAML::Node& c = coord;
+    const YAML::Node f = c["federation"];
+    const std::string sampling =
+        f["sampling"] ? f["sampling"].as<std::string>() : "fixed";
+    const double fraction = f["fraction"] ? f["fraction"].as<double>() : 1.0;
+    edge["federation"]["sampling"] = sampling;
+    edge["federation"]["fraction"] = fraction;
+    coord["federation"]["sampling"] = "fixed";
+    coord["federation"]["fraction"] = 1.0;
+    if (!IsSet(coord, "dp", "trust_edge_sampling")) {
+      coord["dp"]["trust_edge_sampling"] = true;
+    }
+    std::printf(
+        "users sampled at the edges (%s, fraction %g); the cloud takes every "
+        "edge each round\n",
+        sampling.c_str(), fraction);
+  }
   s = WriteFileAtomic(p.coordinator_yaml, ToYaml(coord));
   if (s.ok() && sim.edges > 0) s = WriteFileAtomic(p.edge_yaml, ToYaml(edge));
   if (s.ok()) s = WriteFileAtomic(p.worker_yaml, ToYaml(work));

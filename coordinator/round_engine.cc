@@ -200,10 +200,15 @@ StatusOr<TaskInfo> RoundEngine::GetTask(const std::string& session_id,
       return task;
     }
     if (w->profile.hosted_users > 0 && phase_ == Phase::kCollect) {
-      // An executor: the tasks of its selected users not handed out yet.
-      for (const std::string& user : registry_.HostedBy(id)) {
-        if (!Collecting(user) || !dispatched_.insert(user).second) continue;
-        task.users.push_back(TrainTask(*registry_.Find(user)));
+      // An executor: the tasks of its selected users not handed out yet
+      // (a walk over the round's selection, not the executor's users: this
+      // runs on every wake-up, and an executor may host 10^5 users).
+      for (const std::string& user : round_.selected) {
+        if (round_.answered.count(user) || dispatched_.count(user)) continue;
+        const Participant* u = registry_.Find(user);
+        if (!u || u->host != id) continue;
+        dispatched_.insert(user);
+        task.users.push_back(TrainTask(*u));
         task.users.back().user_id = user;
       }
       if (!task.users.empty()) {

@@ -10,7 +10,7 @@
 # plots of eval loss and epsilon per round in docs/img/population_dp_*.svg.
 #   scripts/population_dp.sh                 all three runs, then the table
 #   RUNS="nodp dp" ROUNDS=10 scripts/population_dp.sh
-#   Z=0.8 C=1.6 PER_ROUND=500 OUT=out/population-dp BIN=build/fedpeft
+#   Z=0.65 C=1.6 PER_ROUND=500 OUT=out/population-dp BIN=build/fedpeft
 # z is chosen so the accountant's epsilon after ROUNDS rounds is at most 8
 # at delta = 1/N^1.1: check with `fedpeft privacy --sampling-rate q
 # --noise-multiplier Z --steps ROUNDS --delta D` (q = PER_ROUND / 6500).
@@ -19,8 +19,8 @@ cd "$(dirname "$0")/.."
 RUNS="${RUNS:-nodp dp adaptive}"
 USERS="${USERS:-6500}"
 PER_ROUND="${PER_ROUND:-500}"
-ROUNDS="${ROUNDS:-40}"
-Z="${Z:-0.8}"
+ROUNDS="${ROUNDS:-20}"
+Z="${Z:-0.65}"
 C="${C:-1.6}"
 LR="${LR:-0.02}"
 OUT="${OUT:-out/population-dp}"

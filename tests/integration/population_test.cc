@@ -35,8 +35,7 @@ TEST_F(FederationTest, VirtualUsersBehindTwoEdgesWithFourBitUploads) {
               {"simulation.users=64", "simulation.executors=2",
                "simulation.executor_threads=1", "topology.edges=2",
                "coordinator.federation.rounds=2",
-               // Poisson at 0.6: about 38 users a round, more than a round
-               // line lists one by one.
+               // Poisson at 0.6, by the edges: about 19 users an edge.
                "coordinator.federation.fraction=0.6",
                "coordinator.federation.round_deadline_s=200",
                "coordinator.train.local_steps=1",
@@ -49,6 +48,8 @@ TEST_F(FederationTest, VirtualUsersBehindTwoEdgesWithFourBitUploads) {
       << Slurp(out + "/logs/edge-0.log") << Slurp(out + "/logs/executor-0.log");
   const std::string text = Slurp(log);
   EXPECT_THAT(text, HasSubstr("starting 2 executors hosting 64 users"));
+  EXPECT_THAT(text, HasSubstr("users sampled at the edges (poisson, fraction "
+                              "0.6); the cloud takes every edge"));
   EXPECT_THAT(text, HasSubstr("2 rounds aggregated"));
   EXPECT_THAT(text, HasSubstr("with 64 users (virtual)"));
   // Executor i talks to edge i mod 2, which waited for its 32 users.
