@@ -293,15 +293,8 @@ Status Executor::Impl::UseRank(ThreadModel& slot, int64_t rank) {
     options = registered_;
     version = config_version_;
   }
-  int64_t r = rank;
-  if (options.method == "lora") {
-    if (r <= 0) r = options.lora.r;
-    if (r != options.lora.r) options = peft::WithUniformRank(options, r);
-  } else if (r > 0) {
-    return Status::InvalidArgument("task rank " + std::to_string(r) +
-                                   " for a " + options.method +
-                                   " adapter (ranks are LoRA's)");
-  }
+  int64_t r = 0;
+  ASSIGN_OR_RETURN(options, OptionsAtRank(options, rank, &r));
   if (slot.peft && slot.rank == r && slot.config_version == version) {
     return Status::Ok();
   }
@@ -338,23 +331,7 @@ Status Executor::Impl::TrainUser(ThreadModel& slot, const proto::Task& task) {
                                       "' has no training example of at "
                                       "least one target token");
   }
-  TrainOptions t = config_.train;
-  t.epochs = std::max(1, spec.local_epochs());
-  t.max_steps = spec.local_steps();
-  t.batch_size = std::max(1, spec.batch_size());
-  t.optim.lr = spec.lr();
-  t.fedprox_mu = spec.fedprox_mu();
-  t.seed = spec.seed();
-  t.progress_bar = false;
-  t.log_every = 0;
-  t.frozen.insert(task.frozen().begin(), task.frozen().end());
-  if (spec.train_b_only()) {
-    for (const auto& kv : global) {
-      if (kv.first.find(".lora_A.") != std::string::npos) {
-        t.frozen.insert(kv.first);
-      }
-    }
-  }
+  TrainOptions t = TaskTrainOptions(config_.train, task, global);
   LocalTrainer trainer(*slot.peft, t, device_);
   if (t.fedprox_mu > 0) trainer.SetProximalAnchor(global);
   const auto t_train = Clock::now();
@@ -400,17 +377,15 @@ Status Executor::Impl::TrainUser(ThreadModel& slot, const proto::Task& task) {
     FP_LOG_WARN("executor", "'{}' round {}: upload rejected: {}", user, round,
                 sent.message());
   } else {
-    FP_LOG_DEBUG("executor",
-                 "'{}' round {}: {} examples, {} steps, train loss {:.4f}, "
-                 "{:.2f}s, up {} B{}",
-                 user, round, examples.size(), r.steps, r.mean_loss, seconds,
-                 up,
-                 update.clip > 0
-                     ? fmt::format(", update norm {:.4g}{} (clip {:.4g})",
-                                   update.norm,
-                                   update.unclipped ? "" : " clipped",
-                                   update.clip)
-                     : std::string());
+    FP_LOG_DEBUG(
+        "executor",
+        "'{}' round {}: {} examples, {} steps, train loss {:.4f}, "
+        "{:.2f}s, up {} B{}",
+        user, round, examples.size(), r.steps, r.mean_loss, seconds, up,
+        update.clip > 0
+            ? fmt::format(", update norm {:.4g}{} (clip {:.4g})", update.norm,
+                          update.unclipped ? "" : " clipped", update.clip)
+            : std::string());
   }
   return Status::Ok();
 }

@@ -1,5 +1,6 @@
 #include "worker/round_update.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "aggregation/hetero_rank.h"
@@ -9,6 +10,46 @@
 
 namespace fedpeft {
 namespace worker {
+
+StatusOr<peft::PeftOptions> OptionsAtRank(const peft::PeftOptions& registered,
+                                          int64_t task_rank, int64_t* rank) {
+  peft::PeftOptions options = registered;
+  int64_t r = task_rank;
+  if (options.method == "lora") {
+    if (r <= 0) r = options.lora.r;
+    if (r != options.lora.r) options = peft::WithUniformRank(options, r);
+  } else if (r > 0) {
+    return Status::InvalidArgument("task rank " + std::to_string(r) +
+                                   " for a " + options.method +
+                                   " adapter (ranks are LoRA's)");
+  }
+  *rank = r;
+  return options;
+}
+
+TrainOptions TaskTrainOptions(const TrainOptions& local,
+                              const proto::Task& task,
+                              const TensorMap& global) {
+  const proto::TrainSpec& spec = task.train();
+  TrainOptions t = local;
+  t.epochs = std::max(1, spec.local_epochs());
+  t.max_steps = spec.local_steps();
+  t.batch_size = std::max(1, spec.batch_size());
+  t.optim.lr = spec.lr();
+  t.fedprox_mu = spec.fedprox_mu();
+  t.seed = spec.seed();
+  t.progress_bar = false;
+  t.log_every = 0;
+  t.frozen.insert(task.frozen().begin(), task.frozen().end());
+  if (spec.train_b_only()) {
+    for (const auto& kv : global) {
+      if (kv.first.find(".lora_A.") != std::string::npos) {
+        t.frozen.insert(kv.first);
+      }
+    }
+  }
+  return t;
+}
 
 StatusOr<RoundUpdate> BuildRoundUpdate(
     const TensorMap& local, const TensorMap& global,

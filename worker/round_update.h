@@ -16,12 +16,24 @@
 
 #include "common/status.h"
 #include "model/llama.h"
+#include "peft/peft_model.h"
 #include "proto/fedpeft.pb.h"
 #include "worker/federation_client.h"
 #include "worker/local_trainer.h"
 
 namespace fedpeft {
 namespace worker {
+
+// The adapter options a task's `rank` asks for (0: the registered rank),
+// and that rank in *rank. InvalidArgument for a rank on a non-LoRA adapter.
+StatusOr<peft::PeftOptions> OptionsAtRank(const peft::PeftOptions& registered,
+                                          int64_t task_rank, int64_t* rank);
+
+// The local training of a task: `local` (the participant's own optimizer
+// settings) with the task's steps, batch, lr, FedProx weight and seed, and
+// its frozen tensors (every lora_A too under FFA-LoRA).
+TrainOptions TaskTrainOptions(const TrainOptions& local,
+                              const proto::Task& task, const TensorMap& global);
 
 // A participant's error feedback across rounds: the quantization error of
 // its last upload, at rank `rank` (-1: none).

@@ -287,16 +287,9 @@ Status WorkerClient::Impl::OnRegistered(const proto::RegisterReply& reply) {
 }
 
 Status WorkerClient::Impl::UseRank(int64_t rank) {
-  peft::PeftOptions options = registered_;
-  int64_t r = rank;
-  if (options.method == "lora") {
-    if (r <= 0) r = options.lora.r;
-    if (r != options.lora.r) options = peft::WithUniformRank(options, r);
-  } else if (r > 0) {
-    return Status::InvalidArgument("task rank " + std::to_string(r) +
-                                   " for a " + options.method +
-                                   " adapter (ranks are LoRA's)");
-  }
+  int64_t r = 0;
+  ASSIGN_OR_RETURN(peft::PeftOptions options,
+                   OptionsAtRank(registered_, rank, &r));
   if (peft_ && r == rank_) return Status::Ok();
   ASSIGN_OR_RETURN(peft_, peft::PeftModel::Create(base_, options, 1));
   peft_->model().to(device_);
@@ -331,7 +324,6 @@ StatusOr<TensorMap> WorkerClient::Impl::FetchAdapter(int64_t round,
 
 Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   const int64_t round = static_cast<int64_t>(task.round());
-  const proto::TrainSpec& spec = task.train();
   RETURN_IF_ERROR(UseRank(task.rank()));
   std::optional<SecAggSession> secure;
   if (task.has_secagg()) {
@@ -349,23 +341,7 @@ Status WorkerClient::Impl::TrainRound(const proto::Task& task) {
   TensorMap global = std::move(fetched).value();
   RETURN_IF_ERROR(peft_->LoadAdapterTensors(global));
 
-  TrainOptions t = config_.train;
-  t.epochs = std::max(1, spec.local_epochs());
-  t.max_steps = spec.local_steps();
-  t.batch_size = std::max(1, spec.batch_size());
-  t.optim.lr = spec.lr();
-  t.fedprox_mu = spec.fedprox_mu();
-  t.seed = spec.seed();
-  t.progress_bar = false;
-  t.log_every = 0;
-  t.frozen.insert(task.frozen().begin(), task.frozen().end());
-  if (spec.train_b_only()) {
-    for (const auto& kv : global) {
-      if (kv.first.find(".lora_A.") != std::string::npos) {
-        t.frozen.insert(kv.first);
-      }
-    }
-  }
+  TrainOptions t = TaskTrainOptions(config_.train, task, global);
   if (group_) {
     // The other ranks train the same round on their shares of each batch.
     RETURN_IF_ERROR(LeadRound(*group_, round, t, *peft_));
