@@ -31,6 +31,20 @@ bool ParseArgs(const std::string& command, const std::string& synopsis,
   return true;
 }
 
+bool ParseConfigArgs(const std::string& command, const Args& args,
+                     const std::string& config_help,
+                     const std::string& set_help, std::string* config_path,
+                     std::vector<std::string>* overrides, int* exit_code) {
+  namespace po = boost::program_options;
+  po::options_description desc("options");
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value(config_path)->required(), config_help.c_str())(
+      "set", po::value(overrides)->composing(), set_help.c_str());
+  po::variables_map vm;
+  return ParseArgs(command, "--config FILE [--set key=value ...]", desc, args,
+                   &vm, exit_code);
+}
+
 int Fail(const std::string& command, const Status& status) {
   std::cerr << "fedpeft " << command << ": error: " << status.message() << "\n";
   return kExitFailure;

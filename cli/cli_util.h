@@ -29,6 +29,13 @@ bool ParseArgs(const std::string& command, const std::string& synopsis,
                const Args& args, boost::program_options::variables_map* vm,
                int* exit_code);
 
+// ParseArgs for the commands that take `--config FILE [--set key=value
+// ...]`: `config_help` and `set_help` describe the two options.
+bool ParseConfigArgs(const std::string& command, const Args& args,
+                     const std::string& config_help,
+                     const std::string& set_help, std::string* config_path,
+                     std::vector<std::string>* overrides, int* exit_code);
+
 // Prints "fedpeft <command>: error: <message>" and returns 1.
 int Fail(const std::string& command, const Status& status);
 

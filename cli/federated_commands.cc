@@ -80,16 +80,11 @@ int RunCoordinator(const Args& args) {
   const std::string cmd = "coordinator";
   std::string config_path;
   std::vector<std::string> overrides;
-  po::options_description desc("options");
-  desc.add_options()("help,h", "show this help")(
-      "config", po::value(&config_path)->required(),
-      "coordinator YAML (e.g. configs/flat/coordinator.yaml)")(
-      "set", po::value(&overrides)->composing(),
-      "override a key: --set federation.rounds=10 (repeatable)");
-  po::variables_map vm;
   int code = 0;
-  if (!ParseArgs(cmd, "--config FILE [--set key=value ...]", desc, args, &vm,
-                 &code)) {
+  if (!ParseConfigArgs(
+          cmd, args, "coordinator YAML (e.g. configs/flat/coordinator.yaml)",
+          "override a key: --set federation.rounds=10 (repeatable)",
+          &config_path, &overrides, &code)) {
     return code;
   }
   auto cfg = coordinator::LoadCoordinatorConfig(config_path, overrides);
@@ -112,16 +107,11 @@ int RunWorker(const Args& args) {
   const std::string cmd = "worker";
   std::string config_path;
   std::vector<std::string> overrides;
-  po::options_description desc("options");
-  desc.add_options()("help,h", "show this help")(
-      "config", po::value(&config_path)->required(),
-      "worker YAML (e.g. configs/flat/worker.yaml)")(
-      "set", po::value(&overrides)->composing(),
-      "override a key: --set worker.id=w3 --set data.shard=3/8 (repeatable)");
-  po::variables_map vm;
   int code = 0;
-  if (!ParseArgs(cmd, "--config FILE [--set key=value ...]", desc, args, &vm,
-                 &code)) {
+  if (!ParseConfigArgs(cmd, args, "worker YAML (e.g. configs/flat/worker.yaml)",
+                       "override a key: --set worker.id=w3 --set "
+                       "data.shard=3/8 (repeatable)",
+                       &config_path, &overrides, &code)) {
     return code;
   }
   auto cfg = worker::LoadWorkerConfig(config_path, overrides);
@@ -160,17 +150,13 @@ int RunExecutor(const Args& args) {
   const std::string cmd = "executor";
   std::string config_path;
   std::vector<std::string> overrides;
-  po::options_description desc("options");
-  desc.add_options()("help,h", "show this help")(
-      "config", po::value(&config_path)->required(),
-      "worker YAML with an `executor` section (users, first_user, "
-      "population, threads, state_dir)")(
-      "set", po::value(&overrides)->composing(),
-      "override a key: --set executor.users=5000 (repeatable)");
-  po::variables_map vm;
   int code = 0;
-  if (!ParseArgs(cmd, "--config FILE [--set key=value ...]", desc, args, &vm,
-                 &code)) {
+  if (!ParseConfigArgs(
+          cmd, args,
+          "worker YAML with an `executor` section (users, first_user, "
+          "population, threads, state_dir)",
+          "override a key: --set executor.users=5000 (repeatable)",
+          &config_path, &overrides, &code)) {
     return code;
   }
   auto cfg = worker::LoadWorkerConfig(config_path, overrides);
@@ -194,16 +180,10 @@ int RunEdge(const Args& args) {
   const std::string cmd = "edge";
   std::string config_path;
   std::vector<std::string> overrides;
-  po::options_description desc("options");
-  desc.add_options()("help,h", "show this help")(
-      "config", po::value(&config_path)->required(),
-      "edge YAML (e.g. configs/hier/edge.yaml)")(
-      "set", po::value(&overrides)->composing(),
-      "override a key: --set edge.id=edge-1 (repeatable)");
-  po::variables_map vm;
   int code = 0;
-  if (!ParseArgs(cmd, "--config FILE [--set key=value ...]", desc, args, &vm,
-                 &code)) {
+  if (!ParseConfigArgs(cmd, args, "edge YAML (e.g. configs/hier/edge.yaml)",
+                       "override a key: --set edge.id=edge-1 (repeatable)",
+                       &config_path, &overrides, &code)) {
     return code;
   }
   auto cfg = coordinator::LoadEdgeConfig(config_path, overrides);
