@@ -11,6 +11,7 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "data/record_filter.h"
 
 namespace fedpeft {
 namespace data {
@@ -656,6 +657,27 @@ std::vector<Example> Tokenize(const std::vector<Record>& records,
                 options.max_seq_len);
   }
   return examples;
+}
+
+std::vector<Record> RecordsWithExamples(std::vector<Record> records,
+                                        const model::Tokenizer& tokenizer,
+                                        const DataOptions& options,
+                                        size_t* dropped) {
+  const size_t window = static_cast<size_t>(std::max(1, options.max_seq_len));
+  std::vector<Record> kept;
+  *dropped = 0;
+  for (Record& record : records) {
+    std::vector<int64_t> ids;
+    std::vector<bool> loss;
+    EncodeRecord(record, tokenizer, &ids, &loss);
+    Example example;
+    if (MakeExample(ids, loss, 0, std::min(ids.size(), window + 1), &example)) {
+      kept.push_back(std::move(record));
+    } else {
+      ++*dropped;
+    }
+  }
+  return kept;
 }
 
 namespace {

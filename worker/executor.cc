@@ -15,6 +15,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/process_stats.h"
+#include "data/record_filter.h"
 #include "model/loader.h"
 #include "model/safetensors.h"
 #include "peft/peft_io.h"
@@ -196,8 +197,26 @@ Status Executor::Impl::Init() {
   // The held-out split is the server's: no user trains on it.
   const std::vector<bool> held_out =
       data::HeldOutMask(all.size(), data_.eval_fraction, data_.seed);
+  std::vector<data::Record> train;
   for (size_t i = 0; i < all.size(); ++i) {
-    if (!held_out[i]) records_.push_back(std::move(all[i]));
+    if (!held_out[i]) train.push_back(std::move(all[i]));
+  }
+  // A user whose records make no example (a prompt longer than
+  // max_seq_len) could never answer: such records go to nobody.
+  size_t unusable = 0;
+  records_ = data::RecordsWithExamples(std::move(train), *tokenizer_, data_,
+                                       &unusable);
+  if (records_.empty()) {
+    return Status::InvalidArgument(
+        "data '" + data_.path + "': no training record makes an example of " +
+        "at least one target token within max_seq_len " +
+        std::to_string(data_.max_seq_len));
+  }
+  if (unusable > 0) {
+    FP_LOG_WARN("executor",
+                "'{}': {} training records make no example within "
+                "max_seq_len {} (prompts too long?): left out",
+                config_.worker.id, unusable, data_.max_seq_len);
   }
   const int population =
       e.population > 0 ? e.population : e.first_user + e.users;

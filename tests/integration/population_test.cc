@@ -149,6 +149,55 @@ TEST_F(FederationTest, AKilledExecutorLosesOnlyItsUsersOfTheRound) {
               HasSubstr("executor 'executor-0' registered hosting 40 users"));
 }
 
+// Instruction records whose prompt fills max_seq_len make no training
+// example; a user holding only such records could never answer, and every
+// round that selected it would wait for its deadline. They go to nobody.
+TEST_F(FederationTest, VirtualUsersGetOnlyRecordsThatTrain) {
+  const std::string out = Path("qa");
+  const std::string log = Path("simulate.txt");
+  // 400 question/answer records; every third question is far longer than
+  // max_seq_len 64.
+  const std::string data = Path("qa.jsonl");
+  {
+    std::ofstream f(data);
+    for (int i = 0; i < 400; ++i) {
+      std::string question = "How many apples are " + std::to_string(i) +
+                             " apples and " + std::to_string(i + 1) + "?";
+      if (i % 3 == 0) {
+        for (int k = 0; k < 30; ++k) question += " Think about it carefully.";
+      }
+      f << nlohmann::json{{"question", question},
+                          {"answer", std::to_string(2 * i + 1) + " apples."}}
+               .dump()
+        << "\n";
+    }
+  }
+  pid_t sim = Spawn(
+      Command({"simulate", "--config", "configs/population/simulate.yaml",
+               "--out", out},
+              {"simulation.users=300", "simulation.executor_threads=1",
+               "simulation.timeout_s=300", "worker.data.path=" + data,
+               "worker.data.packing=truncate", "worker.data.max_seq_len=64",
+               "coordinator.eval.data.path=", "coordinator.federation.rounds=1",
+               "coordinator.federation.fraction=0.2",
+               "coordinator.federation.round_deadline_s=200",
+               "coordinator.train.local_steps=1"}),
+      log);
+  ASSERT_EQ(Wait(sim, std::chrono::seconds(300)), 0)
+      << Slurp(log) << Slurp(out + "/logs/executor-0.log");
+  const std::string executor = Slurp(out + "/logs/executor-0.log");
+  EXPECT_THAT(executor, HasSubstr("make no example within max_seq_len 64"));
+  EXPECT_THAT(executor, ::testing::Not(HasSubstr("has no training example")));
+  std::ifstream metrics(out + "/metrics.jsonl");
+  std::string line;
+  ASSERT_TRUE(std::getline(metrics, line));
+  const nlohmann::json j = nlohmann::json::parse(line);
+  EXPECT_GT(j["selected"].get<int>(), 0);
+  EXPECT_EQ(j["answered"], j["selected"]) << line;
+  // Every user answered, so the round did not wait for its deadline.
+  EXPECT_LT(j["seconds"].get<double>(), 150) << line;
+}
+
 }  // namespace
 }  // namespace testing_util
 }  // namespace fedpeft
