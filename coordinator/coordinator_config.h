@@ -6,7 +6,8 @@
 //   federation: id, rounds, min_available, fraction, min_workers,
 //               max_workers, quorum, round_deadline_s, on_quorum_miss,
 //               max_retries, heartbeat_interval_ms, worker_timeout_s,
-//               task_wait_ms, shutdown_grace_s, seed
+//               task_wait_ms, shutdown_grace_s, seed, sampling (fixed |
+//               poisson)
 //   model:      the base model (adapter shapes, export, server-side eval)
 //   peft:       the global adapter (sent to workers at registration)
 //   strategy:   aggregation (aggregation/strategy.h)
@@ -21,7 +22,8 @@
 //               target_quantile, clip_learning_rate, count_stddev,
 //               target_epsilon, budget, delta, population, noise_seed
 //   compression: bits, block_size, error_feedback (uploads), download_bits
-//   eval:       optional server-side eval on held-out data
+//   eval:       optional server-side eval on held-out data: data,
+//               batch_size, every (rounds between evaluations)
 //   checkpoint: dir, keep
 //   logging:    level, file, metrics_file
 //   limits:     max_update_mb

@@ -7,6 +7,8 @@
 # and the saving and eval gap against APF off.
 #   scripts/population_apf.sh
 #   ROUNDS=60 PER_ROUND=200 THRESHOLDS="0.3 0.5" WARMUP=3 OUT=out/population-apf
+# A run whose metrics.jsonl exists is kept (same settings assumed); RERUN=1
+# runs everything again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-60}"
@@ -29,6 +31,10 @@ common=(--set simulation.users=6500 --set simulation.executors=1
   --set coordinator.eval.every=10)
 run() {
   local name="$1"; shift
+  if [[ -f "$OUT/$name/metrics.jsonl" && "${RERUN:-0}" != 1 ]]; then
+    echo "== $name: kept from an earlier run (RERUN=1 runs it again)"
+    return
+  fi
   echo "== $name"
   "$BIN" simulate --config configs/population/simulate.yaml \
     --out "$OUT/$name" "${common[@]}" "$@" > "$OUT/$name.log" 2>&1 ||
