@@ -2,7 +2,7 @@
 # The engine's figures for populations of virtual users (the README's
 # "Populations of virtual users"): for each N, `simulate` in mode virtual
 # (configs/population/simulate.yaml: one user per tiny-shakespeare speech,
-# users past the 6,500 training speeches repeating them with their own
+# users past the 6,387 training speeches repeating them with their own
 # seeds) with about PER_ROUND users Poisson-sampled a round, 1 local step of
 # batch 8 each. Prints, per N: wall time of the rounds, the coordinator's
 # and the executors' peak RSS, users trained, the time per user in the

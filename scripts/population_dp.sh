@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# User-level DP-FedAvg with a population (the README's "User-level DP with
-# a population"): 6,500 virtual users, one tiny-shakespeare training speech
-# each (configs/population/simulate.yaml), about PER_ROUND of them
+# User-level DP-FedAvg with a population (the README's "User-level DP that
+# learns"): 6,500 virtual users, one tiny-shakespeare training speech each
+# (of 6,387: 113 serve two users; configs/population/simulate.yaml), about
+# PER_ROUND of them
 # Poisson-sampled a round, FFA-LoRA (only lora_B trains) at rank 2, 1 local
 # step each, ROUNDS rounds. Three runs of the same population, rounds and
 # sampling: no DP, DP at a fixed clip norm C, and DP with adaptive clipping
