@@ -425,29 +425,23 @@ int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
   }
   if (worker_addresses.empty()) worker_addresses.push_back("127.0.0.1:" + port);
   std::vector<pid_t> workers;
-  if (sim.virtual_users()) {
+  // Worker processes, or executor processes hosting the virtual users.
+  const bool v = sim.virtual_users();
+  const int processes = v ? sim.executors : sim.workers;
+  if (v) {
     std::printf("starting %d executors hosting %d users\n", sim.executors,
                 sim.users);
-    for (int e = 0; e < sim.executors; ++e) {
-      const std::string id = "executor-" + std::to_string(e);
-      std::vector<std::string> args{"executor", "--config", p.worker_yaml};
-      for (const std::string& o : ExecutorOverrides(
-               sim, e, worker_addresses[e % worker_addresses.size()],
-               p.certs)) {
-        args.push_back("--set");
-        args.push_back(o);
-      }
-      workers.push_back(Spawn(args, JoinPath(p.logs, id + ".log")));
-    }
   } else {
     std::printf("starting %d workers\n", sim.workers);
   }
   std::fflush(stdout);
-  for (int i = 0; i < (sim.virtual_users() ? 0 : sim.workers); ++i) {
-    std::string id = "worker-" + std::to_string(i);
-    std::vector<std::string> args{"worker", "--config", p.worker_yaml};
-    for (const std::string& o : WorkerOverrides(
-             sim, i, worker_addresses[i % worker_addresses.size()], p.certs)) {
+  for (int i = 0; i < processes; ++i) {
+    const std::string id = (v ? "executor-" : "worker-") + std::to_string(i);
+    const std::string& address = worker_addresses[i % worker_addresses.size()];
+    std::vector<std::string> args{v ? "executor" : "worker", "--config",
+                                  p.worker_yaml};
+    for (const std::string& o : v ? ExecutorOverrides(sim, i, address, p.certs)
+                                  : WorkerOverrides(sim, i, address, p.certs)) {
       args.push_back("--set");
       args.push_back(o);
     }

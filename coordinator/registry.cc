@@ -16,20 +16,17 @@ uint64_t UnixMillis() {
 Registry::Registry(std::string federation_id, double timeout_s)
     : federation_id_(std::move(federation_id)), timeout_s_(timeout_s) {}
 
-Participant& Registry::Open(const WorkerProfile& profile, bool* rejoin,
-                            std::vector<std::string>* added_users) {
+Participant& Registry::Open(const WorkerProfile& profile, bool* rejoin) {
   if (profile.hosted_users > 0 || hosted_.count(profile.worker_id)) {
     // Users it hosted before and no longer does stop being alive with it.
     std::vector<std::string>& users = hosted_[profile.worker_id];
-    std::vector<std::string> before;
-    before.swap(users);
-    users.clear();
+    const std::vector<std::string> before = std::move(users);
+    users.clear();  // a moved-from vector's state is unspecified
     users.reserve(profile.hosted_users);
     for (uint32_t i = 0; i < profile.hosted_users; ++i) {
       const std::string id =
           HostedUserId(profile.worker_id, profile.first_user + i);
       Participant& u = Entry(id);
-      const bool added = u.host != profile.worker_id;
       u.profile = profile;
       u.profile.worker_id = id;
       u.profile.hosted_users = 0;
@@ -40,7 +37,6 @@ Participant& Registry::Open(const WorkerProfile& profile, bool* rejoin,
         sessions_.erase(u.session_id);
         u.session_id.clear();
       }
-      if (added && added_users) added_users->push_back(id);
       users.push_back(id);
     }
     if (!before.empty()) {

@@ -45,10 +45,9 @@ class Registry {
 
   // Opens a new session for profile.worker_id (closing the one it had) and
   // marks it heard from now. *rejoin says whether it had a session. For an
-  // executor, its users are entered (or moved to it); `added_users` gets
-  // the ids of those not hosted by it before.
-  Participant& Open(const WorkerProfile& profile, bool* rejoin,
-                    std::vector<std::string>* added_users = nullptr);
+  // executor, its users are entered (or moved to it), and those it no
+  // longer declares stop being alive.
+  Participant& Open(const WorkerProfile& profile, bool* rejoin);
   // The participant of an open session, or the user a user session names;
   // nullptr when unknown.
   Participant* FindSession(const std::string& session_id);

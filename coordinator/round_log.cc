@@ -32,9 +32,6 @@ nlohmann::json UploadSummary(const std::map<std::string, uint64_t>& bytes) {
           {"total", total}};
 }
 
-}  // namespace
-namespace {
-
 nlohmann::json NumberOrNull(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }

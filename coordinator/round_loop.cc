@@ -127,11 +127,8 @@ bool RoundEngine::RunRound(int64_t round, int attempt, double deadline_s,
     deadline_unix_ms_ = UnixMillis() + static_cast<uint64_t>(deadline_s * 1000);
     for (RoundStage* s : pipeline_.order) s->OnOpen(round_, m);
     m->users_alive = n;
-    m->population = 0;  // edges count by their users, below
-    for (const std::string& id : alive) {
-      const Participant* p = registry_.Find(id);
-      if (p && !p->profile.edge) ++m->population;
-    }
+    // Edges count by their users, added when their updates are in.
+    m->population = registry_.AliveCounts().direct;
     // broadcast: waiting GetTask calls wake up and take the task
     phase_ = Phase::kCollect;
     m->selected = k;

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -57,10 +58,17 @@ class UserStateStore {
     UpdateMemory m;
     m.residual = std::move(c.tensors);
     auto rank = c.metadata.find("rank");
-    if (rank == c.metadata.end()) {
-      return Status::Corruption(path + ": no 'rank' in its metadata");
+    char* end = nullptr;
+    if (rank != c.metadata.end()) {
+      m.rank = std::strtoll(rank->second.c_str(), &end, 10);
     }
-    m.rank = std::stoll(rank->second);
+    if (rank == c.metadata.end() || rank->second.empty() || *end != '\0' ||
+        m.rank < 0) {
+      return Status::Corruption(
+          path + ": metadata 'rank' must be a rank >= 0, got " +
+          (rank == c.metadata.end() ? std::string("none")
+                                    : "'" + rank->second + "'"));
+    }
     return m;
   }
 
@@ -136,10 +144,6 @@ class Executor::Impl {
   }
 
  private:
-  struct UserTask {
-    proto::Task task;
-  };
-
   proto::WorkerProfile Profile();
   Status OnRegistered(const proto::RegisterReply& reply);
   void ComputeLoop();
@@ -168,7 +172,7 @@ class Executor::Impl {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<UserTask> queue_;       // GUARDED_BY(mu_)
+  std::deque<proto::Task> queue_;    // GUARDED_BY(mu_)
   uint64_t round_ = 0;               // newest round seen; GUARDED_BY
   bool stopping_ = false;            // GUARDED_BY(mu_)
   peft::PeftOptions registered_;     // GUARDED_BY(mu_)
@@ -368,11 +372,16 @@ Status Executor::Impl::TrainUser(ThreadModel& slot, const proto::Task& task) {
   for (const auto& kv : slot.peft->AdapterTensors()) {
     local[kv.first] = kv.second.detach().to(torch::kCPU, torch::kFloat32);
   }
-  ASSIGN_OR_RETURN(UpdateMemory memory, store_.Load(user));
+  // The store is touched only when uploads carry error feedback.
+  const bool feedback = UsesErrorFeedback(task);
+  UpdateMemory memory;
+  if (feedback) {
+    ASSIGN_OR_RETURN(memory, store_.Load(user));
+  }
   ASSIGN_OR_RETURN(RoundUpdate update,
                    BuildRoundUpdate(local, global, trainer.trained_keys(),
                                     slot.rank, task, user, &memory, &rng));
-  RETURN_IF_ERROR(store_.Save(user, memory));
+  if (feedback) RETURN_IF_ERROR(store_.Save(user, memory));
   const double seconds =
       std::chrono::duration<double>(Clock::now() - t0).count();
   const proto::UpdateHeader header = RoundUpdateHeader(
@@ -412,48 +421,34 @@ Status Executor::Impl::TrainUser(ThreadModel& slot, const proto::Task& task) {
 void Executor::Impl::ComputeLoop() {
   ThreadModel slot;
   while (true) {
-    UserTask next;
+    proto::Task next;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
       if (stopping_) return;
       next = std::move(queue_.front());
       queue_.pop_front();
-      if (next.task.round() < round_) {
+      if (next.round() < round_) {
         // A newer round has opened: this one closed without it.
         ++stats_.users_expired;
         continue;
       }
     }
-    Status s = TrainUser(slot, next.task);
+    Status s = TrainUser(slot, next);
     if (!s.ok() && !client_->stopped()) {
       Count(&ExecutorStats::users_failed);
-      FP_LOG_WARN("executor", "'{}' round {}: {}", next.task.user_id(),
-                  next.task.round(), s.message());
+      FP_LOG_WARN("executor", "'{}' round {}: {}", next.user_id(), next.round(),
+                  s.message());
     }
   }
 }
 
 Status Executor::Impl::Run() {
-  {
-    // One timed step of a throwaway adapter on the first user's data: the
-    // throughput each user reports (they share this machine).
-    auto pm = peft::PeftModel::Create(base_, peft::PeftOptions{}, 1);
-    auto examples =
-        ExamplesOf(static_cast<uint32_t>(config_.executor.first_user));
-    if (pm.ok() && !examples.empty()) {
-      std::vector<size_t> order{0};
-      auto batches = data::MakeBatches(examples, order, 1);
-      TrainOptions t;
-      t.progress_bar = false;
-      LocalTrainer trainer(**pm, t, device_);
-      const auto t0 = Clock::now();
-      trainer.Step(batches, 1);
-      const double secs =
-          std::chrono::duration<double>(Clock::now() - t0).count();
-      if (secs > 0) tokens_per_second_ = batches[0].num_target_tokens / secs;
-    }
-  }
+  // Timed on the first user's data: every user reports this machine's
+  // throughput (they share it).
+  tokens_per_second_ = MeasureTokensPerSecond(
+      base_, ExamplesOf(static_cast<uint32_t>(config_.executor.first_user)),
+      device_);
   RETURN_IF_ERROR(client_->Register());
   client_->StartHeartbeat();
   std::vector<std::thread> threads;
@@ -481,7 +476,7 @@ Status Executor::Impl::Run() {
       ++rounds_seen;
     }
     for (proto::Task& user : *task->mutable_user_tasks()) {
-      queue_.push_back(UserTask{std::move(user)});
+      queue_.push_back(std::move(user));
     }
     FP_LOG_INFO("executor", "'{}' round {}: {} users to train ({} queued)",
                 config_.worker.id, task->round(), task->user_tasks_size(),

@@ -396,5 +396,24 @@ TrainResult LocalTrainer::Train(
   return result;
 }
 
+double MeasureTokensPerSecond(std::shared_ptr<const model::LlamaWeights> base,
+                              const std::vector<data::Example>& examples,
+                              torch::Device device) {
+  auto pm = peft::PeftModel::Create(std::move(base), peft::PeftOptions{}, 1);
+  if (!pm.ok()) return 0;
+  std::vector<size_t> order{0};
+  auto batches = data::MakeBatches(examples, order, 1);
+  if (batches.empty()) return 0;
+  TrainOptions t;
+  t.progress_bar = false;
+  LocalTrainer trainer(**pm, t, device);
+  const auto t0 = std::chrono::steady_clock::now();
+  trainer.Step(batches, 1);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  return secs > 0 ? batches[0].num_target_tokens / secs : 0;
+}
+
 }  // namespace worker
 }  // namespace fedpeft

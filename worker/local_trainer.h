@@ -121,6 +121,14 @@ struct EvalResult {
 torch::Tensor LanguageModelLoss(model::LlamaModel& model,
                                 const data::Batch& batch, bool chunked = true);
 
+// Target tokens per second of one timed training step of a throwaway
+// adapter over `base` on the first of `examples`: the throughput a
+// participant reports so the server can size its work. 0 when there is
+// nothing to time.
+double MeasureTokensPerSecond(std::shared_ptr<const model::LlamaWeights> base,
+                              const std::vector<data::Example>& examples,
+                              torch::Device device);
+
 // Loss of `examples` under no_grad, weighted by target tokens; batches
 // without targets are skipped.
 EvalResult Evaluate(model::LlamaModel& model,

@@ -51,6 +51,11 @@ TrainOptions TaskTrainOptions(const TrainOptions& local,
   return t;
 }
 
+bool UsesErrorFeedback(const proto::Task& task) {
+  const uint32_t bits = task.train().upload_bits();
+  return task.train().error_feedback() && bits > 0 && bits < 32;
+}
+
 StatusOr<RoundUpdate> BuildRoundUpdate(
     const TensorMap& local, const TensorMap& global,
     const std::set<std::string>& trained, int64_t rank, const proto::Task& task,
@@ -86,7 +91,7 @@ StatusOr<RoundUpdate> BuildRoundUpdate(
       spec.upload_bits() > 0 ? static_cast<int>(spec.upload_bits()) : 32,
       spec.block_size() > 0 ? static_cast<int64_t>(spec.block_size()) : 256};
   out.bits = codec.bits;
-  const bool feedback = spec.error_feedback() && codec.bits < 32;
+  const bool feedback = UsesErrorFeedback(task);
   if (feedback && memory->rank == out.upload_rank) {
     for (auto& [key, t] : delta) {
       auto it = memory->residual.find(key);

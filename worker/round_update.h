@@ -42,6 +42,10 @@ struct UpdateMemory {
   int64_t rank = -1;
 };
 
+// Whether the task's uploads carry error feedback (quantized, with
+// compression.error_feedback): only then does UpdateMemory matter.
+bool UsesErrorFeedback(const proto::Task& task);
+
 struct RoundUpdate {
   EncodedUpdate encoded;
   size_t tensors_trained = 0;  // in the delta

@@ -232,22 +232,10 @@ Status WorkerClient::Impl::Init() {
 }
 
 double WorkerClient::Impl::MeasureTokensPerSecond() {
-  // One timed training step of a throwaway adapter on a local batch: the
-  // throughput this worker reports so the server can size its work.
-  auto pm = peft::PeftModel::Create(base_, peft::PeftOptions{}, 1);
-  if (!pm.ok()) return 0;
-  std::vector<size_t> order{0};
-  auto batches = data::MakeBatches(train_, order, 1);
-  if (batches.empty()) return 0;
-  TrainOptions t;
-  t.progress_bar = false;
   ComputeSlots::Lease lease = AcquireCompute();
-  LocalTrainer trainer(**pm, t, device_);
-  auto t0 = Clock::now();
-  trainer.Step(batches, 1);
-  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  secs *= std::max(1.0, config_.simulation.slowdown);
-  return secs > 0 ? batches[0].num_target_tokens / secs : 0;
+  // A simulated slow device reports the speed it emulates.
+  return worker::MeasureTokensPerSecond(base_, train_, device_) /
+         std::max(1.0, config_.simulation.slowdown);
 }
 
 proto::WorkerProfile WorkerClient::Impl::Profile() {
