@@ -7,13 +7,14 @@
 # and the saving and eval gap against APF off.
 #   scripts/population_apf.sh
 #   ROUNDS=60 PER_ROUND=200 THRESHOLDS="0.3 0.5" WARMUP=3 OUT=out/population-apf
+# (default thresholds: 0.3 0.4 0.45 0.5, the README's table)
 # A run whose metrics.jsonl exists is kept (same settings assumed); RERUN=1
 # runs everything again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-60}"
 PER_ROUND="${PER_ROUND:-200}"
-THRESHOLDS="${THRESHOLDS:-0.3 0.5}"
+THRESHOLDS="${THRESHOLDS:-0.3 0.4 0.45 0.5}"
 WARMUP="${WARMUP:-3}"
 OUT="${OUT:-out/population-apf}"
 BIN="${BIN:-build/fedpeft}"
