@@ -357,55 +357,57 @@ StatusOr<ChatFamily> DetectChatTemplateFile(const std::string& path) {
   return family;
 }
 
-StatusOr<std::vector<Segment>> RenderChat(
-    ChatFamily family, const std::vector<ChatMessage>& msgs) {
+namespace {
+
+// Renders `msgs` into `out` as `family`'s template does with
+// add_generation_prompt false; checks roles and alternation.
+Status CheckRoles(const std::vector<ChatMessage>& msgs) {
   if (msgs.empty()) return Status::InvalidArgument("messages: empty list");
-  bool any_assistant = false;
   for (size_t i = 0; i < msgs.size(); ++i) {
     const std::string& r = msgs[i].role;
     if (r != "system" && r != "user" && r != "assistant") {
       return RoleError(i, msgs[i],
                        "unknown role; expected system, user or assistant");
     }
-    any_assistant = any_assistant || r == "assistant";
   }
-  if (!any_assistant) {
-    return Status::InvalidArgument(
-        "messages: no 'assistant' message, so nothing to train on");
-  }
+  return Status::Ok();
+}
+
+Status RenderInto(ChatFamily family, const std::vector<ChatMessage>& msgs,
+                  Layout* out) {
+  RETURN_IF_ERROR(CheckRoles(msgs));
   const size_t first = msgs.front().role == "system" ? 1 : 0;
-  Layout out;
   switch (family) {
     case ChatFamily::kChatml:
-      RenderChatml(msgs, nullptr, &out);
+      RenderChatml(msgs, nullptr, out);
       break;
     case ChatFamily::kQwen25:
-      RenderChatml(msgs, kQwenSystem, &out);
+      RenderChatml(msgs, kQwenSystem, out);
       break;
     case ChatFamily::kSmollm2:
-      RenderChatml(msgs, kSmolSystem, &out);
+      RenderChatml(msgs, kSmolSystem, out);
       break;
     case ChatFamily::kQwen3:
-      RenderQwen3(msgs, &out);
+      RenderQwen3(msgs, out);
       break;
     case ChatFamily::kLlama3:
     case ChatFamily::kLlama31:
-      RenderLlama3(msgs, family == ChatFamily::kLlama31, &out);
+      RenderLlama3(msgs, family == ChatFamily::kLlama31, out);
       break;
     case ChatFamily::kLlama2:
       RETURN_IF_ERROR(CheckAlternation(msgs, first));
-      RenderLlama2(msgs, first, &out);
+      RenderLlama2(msgs, first, out);
       break;
     case ChatFamily::kMistral:
       RETURN_IF_ERROR(CheckAlternation(msgs, first));
-      RenderMistral(msgs, first, &out);
+      RenderMistral(msgs, first, out);
       break;
     case ChatFamily::kGemma:
       RETURN_IF_ERROR(CheckAlternation(msgs, first));
-      RenderGemma(msgs, first, &out);
+      RenderGemma(msgs, first, out);
       break;
     case ChatFamily::kPhi3:
-      RenderPhi3(msgs, &out);
+      RenderPhi3(msgs, out);
       break;
     case ChatFamily::kAlpaca:
       return Status::InvalidArgument(
@@ -413,7 +415,85 @@ StatusOr<std::vector<Segment>> RenderChat(
           "data.chat_template to one of " +
           Choices());
   }
+  return Status::Ok();
+}
+
+}  // namespace
+
+StatusOr<std::vector<Segment>> RenderChat(
+    ChatFamily family, const std::vector<ChatMessage>& msgs) {
+  RETURN_IF_ERROR(CheckRoles(msgs));
+  bool any_assistant = false;
+  for (const ChatMessage& m : msgs) {
+    any_assistant = any_assistant || m.role == "assistant";
+  }
+  if (!any_assistant) {
+    return Status::InvalidArgument(
+        "messages: no 'assistant' message, so nothing to train on");
+  }
+  Layout out;
+  RETURN_IF_ERROR(RenderInto(family, msgs, &out));
   return out.Take();
+}
+
+StatusOr<std::string> RenderChatPrompt(ChatFamily family,
+                                       const std::vector<ChatMessage>& msgs) {
+  RETURN_IF_ERROR(CheckRoles(msgs));
+  if (msgs.back().role != "user") {
+    return RoleError(msgs.size() - 1, msgs.back(),
+                     "the last message must be the user's, for the "
+                     "assistant to answer");
+  }
+  Layout out;
+  RETURN_IF_ERROR(RenderInto(family, msgs, &out));
+  std::string text;
+  for (const Segment& s : out.Take()) text += s.text;
+  switch (family) {
+    case ChatFamily::kChatml:
+    case ChatFamily::kQwen25:
+    case ChatFamily::kSmollm2:
+    case ChatFamily::kQwen3:  // thinking on: no empty <think> block
+      return text + "<|im_start|>assistant\n";
+    case ChatFamily::kLlama3:
+    case ChatFamily::kLlama31:
+      return text + "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case ChatFamily::kGemma:
+      return text + "<start_of_turn>model\n";
+    case ChatFamily::kPhi3: {
+      // The template ends with eos_token only without a generation prompt.
+      const std::string eos = "<|endoftext|>";
+      text.resize(text.size() - eos.size());
+      return text + "<|assistant|>\n";
+    }
+    case ChatFamily::kLlama2:   // the templates have no generation prompt:
+    case ChatFamily::kMistral:  // the answer follows [/INST]
+    case ChatFamily::kAlpaca:
+      break;
+  }
+  return text;
+}
+
+std::string EndOfTurnToken(ChatFamily family) {
+  switch (family) {
+    case ChatFamily::kChatml:
+    case ChatFamily::kQwen25:
+    case ChatFamily::kSmollm2:
+    case ChatFamily::kQwen3:
+      return "<|im_end|>";
+    case ChatFamily::kLlama3:
+    case ChatFamily::kLlama31:
+      return "<|eot_id|>";
+    case ChatFamily::kGemma:
+      return "<end_of_turn>";
+    case ChatFamily::kPhi3:
+      return "<|end|>";
+    case ChatFamily::kLlama2:
+    case ChatFamily::kMistral:
+      return "</s>";
+    case ChatFamily::kAlpaca:
+      break;
+  }
+  return "";
 }
 
 std::vector<SpecialToken> SpecialTokens(ChatFamily family) {

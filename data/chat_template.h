@@ -111,6 +111,20 @@ StatusOr<ChatFamily> DetectChatTemplateFile(const std::string& path);
 StatusOr<std::vector<Segment>> RenderChat(ChatFamily family,
                                           const std::vector<ChatMessage>& msgs);
 
+// The prompt of a conversation that asks for the assistant's next turn: the
+// rendering with add_generation_prompt true (the assistant header the
+// family's template appends; Llama-2 and Mistral append none, Phi-3 drops
+// its final <|endoftext|>). Qwen3's is its thinking-on prompt (no empty
+// <think> block). The last message must be the user's; errors as
+// RenderChat's. REQUIRES: family != kAlpaca.
+StatusOr<std::string> RenderChatPrompt(ChatFamily family,
+                                       const std::vector<ChatMessage>& msgs);
+
+// The token that ends an assistant turn in the family's template
+// (<|im_end|>, <|eot_id|>, </s>, ...): where generation of a chat answer
+// stops. Empty for kAlpaca.
+std::string EndOfTurnToken(ChatFamily family);
+
 // Strings the family's rendering holds that tokenizers of that family have
 // as added (special) tokens, matched before BPE. `required` ones must have
 // an id (see SpecialTokenId); the others are special only where the

@@ -206,6 +206,38 @@ TEST_F(ChatTemplateTest, FixturesRenderLikeTheRealTemplates) {
   EXPECT_GE(cases, 60);
 }
 
+// Serving prompts (add_generation_prompt true) equal the real templates'
+// renderings; generation stops at the family's end-of-turn token.
+TEST_F(ChatTemplateTest, PromptsForAnAnswerRenderLikeTheRealTemplates) {
+  int prompts = 0;
+  for (const Json& fixture : Fixtures()) {
+    const std::string family_name = fixture["family"];
+    auto family = ParseChatTemplateName(family_name);
+    ASSERT_TRUE(family.ok()) << family_name;
+    ASSERT_TRUE(fixture.contains("prompts")) << family_name;
+    for (const Json& p : fixture["prompts"]) {
+      SCOPED_TRACE(family_name + "/" + p["name"].get<std::string>());
+      std::vector<ChatMessage> msgs;
+      for (const Json& m : p["messages"])
+        msgs.push_back({m["role"], m["content"]});
+      auto rendered = RenderChatPrompt(*family, msgs);
+      ASSERT_TRUE(rendered.ok()) << rendered.status().ToString();
+      EXPECT_EQ(*rendered, p["rendered"].get<std::string>());
+      ++prompts;
+    }
+    EXPECT_FALSE(EndOfTurnToken(*family).empty()) << family_name;
+  }
+  EXPECT_GE(prompts, 60);
+  // An answer is asked of the user's turn only.
+  auto after_assistant = RenderChatPrompt(
+      ChatFamily::kChatml, {{"user", "Hi"}, {"assistant", "Hello"}});
+  ASSERT_FALSE(after_assistant.ok());
+  EXPECT_NE(after_assistant.status().message().find(
+                "the last message must be the user's"),
+            std::string::npos)
+      << after_assistant.status().ToString();
+}
+
 // Ids equal encoding the whole rendered string with added tokens matched
 // first; the trained tokens are exactly the assistant spans (content and
 // end-of-turn token), the rest exactly the prompt text.

@@ -3,7 +3,9 @@
 // (the engine transformers.js uses; an implementation independent of ours),
 // add_generation_prompt false (the training layout), plus the trainable
 // spans fedpeft should mask in (each assistant turn's content as rendered
-// and its end-of-turn token), located in order in the rendered string.
+// and its end-of-turn token), located in order in the rendered string;
+// and `prompts`: each case's messages up to its last user turn rendered with
+// add_generation_prompt true (what `fedpeft serve` sends the model).
 //
 // Run (outside the repository; nothing fetched here is committed):
 //   mkdir -p /work/npm-chat && cd /work/npm-chat
@@ -254,6 +256,21 @@ for (const [family, spec] of Object.entries(FAMILIES)) {
     if (segments.map((s) => s.text).join("") !== rendered) throw new Error("segments do not cover");
     cases.push({ name: c.name, record: c.record, rendered, segments });
   }
+  // Serving prompts (add_generation_prompt true): every case's messages up
+  // to and including its last user turn.
+  const prompts = [];
+  for (const c of CASES) {
+    if (c.name === "reasoning" && family !== "qwen3" && family !== "chatml") continue;
+    const all = toMessages(c.record);
+    let last = all.length - 1;
+    while (last >= 0 && all[last].role !== "user") --last;
+    const messages = all.slice(0, last + 1);
+    const rendered = template.render({
+      messages, add_generation_prompt: true,
+      bos_token: config.bos_token ?? "", eos_token: config.eos_token ?? "",
+    });
+    prompts.push({ name: c.name, messages, rendered });
+  }
   const out = {
     family,
     generated_by: "tests/reference/chat_template_fixtures.mjs",
@@ -261,6 +278,7 @@ for (const [family, spec] of Object.entries(FAMILIES)) {
     add_generation_prompt: false,
     source,
     cases,
+    prompts,
   };
   writeFileSync(join(args.out, `${family}.json`), JSON.stringify(out, null, 1) + "\n");
   console.log(`${family}: ${cases.length} cases`);
