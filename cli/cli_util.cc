@@ -1,5 +1,8 @@
 #include "cli/cli_util.h"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <iostream>
 
 #include "common/logging.h"
@@ -86,6 +89,31 @@ StatusOr<LoadedBase> LoadBase(const std::string& model_path,
         " (maybe the wrong --tokenizer?)");
   }
   return base;
+}
+
+SignalWatcher::SignalWatcher(std::function<void()> on_signal) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);  // used by the destructor to wake the thread
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  thread_ = std::thread([set, on_signal, this] {
+    int sig = 0;
+    while (sigwait(&set, &sig) == 0) {
+      if (sig == SIGUSR1 && done_) return;
+      if (sig == SIGINT || sig == SIGTERM) {
+        FP_LOG_WARN("cli", "signal {}: shutting down", sig);
+        on_signal();
+      }
+    }
+  });
+}
+
+SignalWatcher::~SignalWatcher() {
+  done_ = true;
+  pthread_kill(thread_.native_handle(), SIGUSR1);
+  thread_.join();
 }
 
 }  // namespace cli

@@ -4,9 +4,12 @@
 #ifndef FEDPEFT_CLI_CLI_UTIL_H_
 #define FEDPEFT_CLI_CLI_UTIL_H_
 
+#include <atomic>
 #include <boost/program_options.hpp>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "cli/commands.h"
 #include "common/status.h"
@@ -41,6 +44,19 @@ int Fail(const std::string& command, const Status& status);
 
 // Sets the log level and adds a log file when `file` is not empty.
 Status SetUpLogging(const std::string& level, const std::string& file);
+
+// Blocks SIGINT/SIGTERM in every thread started after it and calls
+// `on_signal` from a dedicated thread when one arrives, so shutdown runs as
+// ordinary code.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(std::function<void()> on_signal);
+  ~SignalWatcher();
+
+ private:
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
 
 struct LoadedBase {
   std::shared_ptr<const model::LlamaWeights> weights;

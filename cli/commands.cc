@@ -605,19 +605,14 @@ int RunExport(const Args& args) {
                            gguf_options);
   }
   if (!checkpoint_dir.empty()) {
-    auto ckpt = PathExists(JoinPath(checkpoint_dir, "state.json"))
-                    ? coordinator::LoadCheckpointFolder(checkpoint_dir)
-                    : coordinator::LoadLatestCheckpoint(checkpoint_dir);
+    auto ckpt = coordinator::LoadCheckpointAdapter(checkpoint_dir);
     if (!ckpt.ok()) return Fail(cmd, ckpt.status());
-    auto options = peft::AdapterConfigFromJson(
-        ckpt->adapter_config.dump(), checkpoint_dir + " (state.json)");
-    if (!options.ok()) return Fail(cmd, options.status());
-    if (model_path.empty()) model_path = ckpt->base_model;
+    if (model_path.empty()) model_path = ckpt->adapter.base_model;
     auto weights = model::LoadModel(model_path);
     if (!weights.ok()) return Fail(cmd, weights.status());
-    auto created = peft::PeftModel::Create(*weights, *options, 0);
+    auto created = peft::PeftModel::Create(*weights, ckpt->adapter.options, 0);
     if (!created.ok()) return Fail(cmd, created.status());
-    Status s = (*created)->LoadAdapterTensors(ckpt->global);
+    Status s = (*created)->LoadAdapterTensors(ckpt->adapter.tensors);
     if (!s.ok()) return Fail(cmd, s);
     pm = std::move(created).value();
     FP_LOG_INFO("export", "checkpoint {}: round {} of federation '{}'",

@@ -28,6 +28,7 @@ int RunSimulate(const Args& args);
 int RunPrivacy(const Args& args);
 int RunCerts(const Args& args);
 int RunTokenize(const Args& args);
+int RunServe(const Args& args);
 
 }  // namespace cli
 }  // namespace fedpeft

@@ -41,39 +41,6 @@ namespace po = boost::program_options;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-// Blocks SIGINT/SIGTERM in every thread and calls `on_signal` from a
-// dedicated thread when one arrives, so shutdown runs as ordinary code.
-class SignalWatcher {
- public:
-  explicit SignalWatcher(std::function<void()> on_signal) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGUSR1);  // used by the destructor to wake the thread
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    thread_ = std::thread([set, on_signal, this] {
-      int sig = 0;
-      while (sigwait(&set, &sig) == 0) {
-        if (sig == SIGUSR1 && done_) return;
-        if (sig == SIGINT || sig == SIGTERM) {
-          FP_LOG_WARN("cli", "signal {}: shutting down", sig);
-          on_signal();
-        }
-      }
-    });
-  }
-  ~SignalWatcher() {
-    done_ = true;
-    pthread_kill(thread_.native_handle(), SIGUSR1);
-    thread_.join();
-  }
-
- private:
-  std::atomic<bool> done_{false};
-  std::thread thread_;
-};
-
 }  // namespace
 
 int RunCoordinator(const Args& args) {

@@ -21,11 +21,13 @@ constexpr const char* kUsage =
     "  eval      eval loss and perplexity of a model (+ adapter) on data\n"
     "  generate  text from a model (+ adapter), greedy at temperature 0\n"
     "  export    write an adapter (or a checkpoint's global adapter) in PEFT\n"
-    "            format, or a merged model folder\n"
+    "            or GGUF format, or a merged model\n"
     "  tokenize  the token ids of a text (tokenizer.json, tokenizer.model,\n"
     "            llama2.c .bin) as a JSON array\n"
     "  init-model  a random-weight checkpoint from a config.json, full size\n"
     "            or shrunk (--layers, --hidden, ...) for tests\n"
+    "  serve     a base and its adapters by name behind an OpenAI-compatible\n"
+    "            HTTP API (--config YAML)\n"
     "\n"
     "federated:\n"
     "  coordinator  schedule rounds, aggregate, checkpoint (--config YAML)\n"
@@ -56,6 +58,7 @@ constexpr Command kCommands[] = {
     {"generate", fedpeft::cli::RunGenerate},
     {"export", fedpeft::cli::RunExport},
     {"tokenize", fedpeft::cli::RunTokenize},
+    {"serve", fedpeft::cli::RunServe},
     {"init-model", fedpeft::cli::RunInitModel},
     {"coordinator", fedpeft::cli::RunCoordinator},
     {"worker", fedpeft::cli::RunWorker},

@@ -339,4 +339,9 @@ bool ConfigReader::Convert(const YAML::Node& node,
   return ConvertMap<double>(node, out, &ConfigReader::Convert);
 }
 
+bool ConfigReader::Convert(const YAML::Node& node,
+                           std::map<std::string, std::string>* out) {
+  return ConvertMap<std::string>(node, out, &ConfigReader::Convert);
+}
+
 }  // namespace fedpeft

@@ -81,7 +81,8 @@ class ConfigReader {
   // error naming the key when the value has the wrong type.
   // T: bool, int, int64_t, uint64_t, double, std::string,
   //    std::vector<std::string>, std::vector<int>, std::vector<double>,
-  //    std::map<std::string, int>, std::map<std::string, double> (a mapping
+  //    std::map<std::string, int>, std::map<std::string, double>,
+  //    std::map<std::string, std::string> (a mapping
   //    whose keys are data, e.g. lora.rank_pattern; they are not checked as
   //    config keys).
   template <typename T>
@@ -127,6 +128,8 @@ class ConfigReader {
   static bool Convert(const YAML::Node& node, std::map<std::string, int>* out);
   static bool Convert(const YAML::Node& node,
                       std::map<std::string, double>* out);
+  static bool Convert(const YAML::Node& node,
+                      std::map<std::string, std::string>* out);
   static const char* TypeName(const bool*) { return "a boolean"; }
   static const char* TypeName(const int*) { return "an integer"; }
   static const char* TypeName(const int64_t*) { return "an integer"; }
@@ -149,6 +152,9 @@ class ConfigReader {
   }
   static const char* TypeName(const std::map<std::string, double>*) {
     return "a mapping of names to numbers";
+  }
+  static const char* TypeName(const std::map<std::string, std::string>*) {
+    return "a mapping of names to strings";
   }
   template <typename T>
   static constexpr bool IsDataMap(const T*) {

@@ -179,5 +179,21 @@ StatusOr<Checkpoint> LoadLatestCheckpoint(const std::string& dir) {
   return LoadCheckpointFolder(JoinPath(dir, name));
 }
 
+StatusOr<CheckpointAdapter> LoadCheckpointAdapter(const std::string& path) {
+  StatusOr<Checkpoint> ckpt =
+      PathExists(JoinPath(path, "state.json")) ? LoadCheckpointFolder(path)
+                                               : LoadLatestCheckpoint(path);
+  if (!ckpt.ok()) return ckpt.status();
+  CheckpointAdapter out;
+  ASSIGN_OR_RETURN(out.adapter.options,
+                   peft::AdapterConfigFromJson(ckpt->adapter_config.dump(),
+                                               path + " (state.json)"));
+  out.adapter.tensors = std::move(ckpt->global);
+  out.adapter.base_model = ckpt->base_model;
+  out.round = ckpt->round;
+  out.federation_id = ckpt->federation_id;
+  return out;
+}
+
 }  // namespace coordinator
 }  // namespace fedpeft

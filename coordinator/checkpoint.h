@@ -21,6 +21,7 @@
 
 #include "common/status.h"
 #include "model/llama.h"
+#include "peft/peft_io.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -51,6 +52,17 @@ StatusOr<Checkpoint> LoadLatestCheckpoint(const std::string& dir);
 
 // Loads one round folder.
 StatusOr<Checkpoint> LoadCheckpointFolder(const std::string& folder);
+
+// The global adapter of a checkpoint as a saved adapter (options from its
+// adapter_config, base_model from its state), from a round folder (it has
+// state.json) or a checkpoint directory (its LATEST); `round` and
+// `federation_id` say which. Errors name the path.
+struct CheckpointAdapter {
+  peft::SavedAdapter adapter;
+  int64_t round = 0;
+  std::string federation_id;
+};
+StatusOr<CheckpointAdapter> LoadCheckpointAdapter(const std::string& path);
 
 // A short hex digest of the tensors' names and bytes (FNV-1a 64), for logs
 // that show a reload is bit-identical.

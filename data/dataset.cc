@@ -92,14 +92,6 @@ bool ParseSpeakerLine(const std::string& raw, std::string* name) {
   return true;
 }
 
-std::string InstructionPrompt(const std::string& instruction,
-                              const std::string& input) {
-  std::string prompt = "### Instruction:\n" + instruction + "\n\n";
-  if (!input.empty()) prompt += "### Input:\n" + input + "\n\n";
-  prompt += "### Response:\n";
-  return prompt;
-}
-
 const char* JsonTypeName(const Json& v) { return v.type_name(); }
 
 std::string ChatNameList() {
@@ -429,6 +421,15 @@ bool MakeExample(const std::vector<int64_t>& ids, const std::vector<bool>& loss,
 }
 
 }  // namespace
+
+std::string InstructionPrompt(const std::string& instruction,
+                              const std::string& input) {
+  std::string prompt = "### Instruction:\n" + instruction + "\n\n";
+  if (!input.empty()) prompt += "### Input:\n" + input + "\n\n";
+  prompt += "### Response:\n";
+  return prompt;
+}
+
 
 void DataOptions::Read(ConfigReader& in) {
   in.Get("path", &path);

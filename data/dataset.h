@@ -100,6 +100,12 @@ Status ResolveChatTemplate(const std::string& model_path,
                            const model::Tokenizer& tokenizer,
                            DataOptions* options);
 
+// The alpaca prompt of an instruction record (what "alpaca" lays out and
+// trains the response after): "### Instruction:\n{instruction}\n\n"
+// ["### Input:\n{input}\n\n"] "### Response:\n".
+std::string InstructionPrompt(const std::string& instruction,
+                              const std::string& input);
+
 // Largest data file LoadRecords reads. The file, its records and their
 // tokens are all held in memory (a JSON array's parse tree alone is several
 // times the file), about ten times the file in all; Alpaca is 22 MB,

@@ -64,7 +64,8 @@ int64_t Pick(const torch::Tensor& logits_row, const GenerateOptions& options,
 
 std::vector<int64_t> Generate(LlamaModel& model,
                               const std::vector<int64_t>& prompt,
-                              const GenerateOptions& options) {
+                              const GenerateOptions& options,
+                              const TokenCallback& on_token) {
   TORCH_CHECK(!prompt.empty(), "Generate: the prompt is empty");
   std::vector<int64_t> out;
   const int64_t context = model.config().context_length();
@@ -90,7 +91,12 @@ std::vector<int64_t> Generate(LlamaModel& model,
          prompt_len + static_cast<int64_t>(out.size()) < context) {
     const int64_t next = Pick(logits[0][logits.size(1) - 1], options, rng);
     if (options.stop_at_eos && next == model.config().eos_id) break;
+    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) !=
+        options.stop_ids.end()) {
+      break;
+    }
     out.push_back(next);
+    if (on_token && !on_token(next)) break;
     if (static_cast<int64_t>(out.size()) >= options.max_new_tokens ||
         prompt_len + static_cast<int64_t>(out.size()) >= context) {
       break;

@@ -7,6 +7,7 @@
 #define FEDPEFT_MODEL_GENERATE_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/llama.h"
@@ -20,14 +21,23 @@ struct GenerateOptions {
   double top_p = 1.0;        // nucleus sampling when < 1
   uint64_t seed = 0;
   bool stop_at_eos = true;
+  // More ids that end the answer (not included), e.g. a chat template's
+  // end-of-turn token.
+  std::vector<int64_t> stop_ids;
 };
 
-// Returns only the new token ids (prompt excluded). Stops at EOS (not
-// included) or at max_new_tokens, or when the context is full.
+// Called with each new token id as it is chosen; returning false stops
+// generation there (the token is kept).
+using TokenCallback = std::function<bool(int64_t)>;
+
+// Returns only the new token ids (prompt excluded). Stops at EOS or a stop
+// id (not included), at max_new_tokens, when the context is full, or when
+// `on_token` returns false.
 // REQUIRES: !prompt.empty().
 std::vector<int64_t> Generate(LlamaModel& model,
                               const std::vector<int64_t>& prompt,
-                              const GenerateOptions& options);
+                              const GenerateOptions& options,
+                              const TokenCallback& on_token = nullptr);
 
 }  // namespace model
 }  // namespace fedpeft

@@ -28,6 +28,8 @@ PACKAGES=(
   # tokenizer.json (model/hf_tokenizer.h): PCRE2 for the Split regexes
   # (Unicode classes, look-ahead), utf8proc for NFC
   libpcre2-dev libutf8proc-dev
+  # `fedpeft serve`'s HTTP server (compiled with OpenSSL, zlib, brotli)
+  libcpp-httplib-dev
 )
 SETUP="${FEDPEFT_SETUP:-all}"
 if [[ "$SETUP" != cli ]]; then

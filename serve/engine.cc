@@ -1,0 +1,285 @@
+#include "serve/engine.h"
+
+#include <chrono>
+#include <random>
+#include <utility>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "coordinator/checkpoint.h"
+#include "data/dataset.h"
+#include "model/generate.h"
+#include "model/loader.h"
+#include "peft/peft_io.h"
+#include "peft/peft_model.h"
+#include "serve/text_stream.h"
+
+namespace fedpeft {
+namespace serve {
+
+// One model name: the base alone, or an adapter's saved tensors, with the
+// instances not in use.
+struct Engine::Served {
+  std::string name;
+  std::string source;  // the folder, for messages
+  bool base = false;
+  peft::SavedAdapter saved;
+  std::string describe;
+  mutable std::mutex mu;
+  mutable std::vector<std::unique_ptr<Instance>> idle;  // GUARDED_BY(mu)
+};
+
+struct Engine::Instance {
+  std::unique_ptr<peft::PeftModel> peft;
+  std::unique_ptr<model::LlamaModel> plain;
+  model::LlamaModel* model = nullptr;
+};
+
+namespace {
+
+// An adapter folder (adapter_config.json) or a coordinator checkpoint.
+StatusOr<peft::SavedAdapter> LoadServedAdapter(const std::string& dir,
+                                               std::string* what) {
+  if (PathExists(JoinPath(dir, "adapter_config.json"))) {
+    *what = "PEFT adapter";
+    return peft::LoadAdapter(dir);
+  }
+  ASSIGN_OR_RETURN(coordinator::CheckpointAdapter ckpt,
+                   coordinator::LoadCheckpointAdapter(dir));
+  *what = "checkpoint of federation '" + ckpt.federation_id + "', round " +
+          std::to_string(ckpt.round);
+  return std::move(ckpt.adapter);
+}
+
+std::string DescribeAdapter(const peft::PeftOptions& o) {
+  if (o.method != "lora") return o.method;
+  std::string s = "lora r=" + std::to_string(o.lora.r);
+  if (!o.lora.rank_pattern.empty()) s += " (rank_pattern)";
+  if (o.lora.use_rslora) s += " rslora";
+  return s;
+}
+
+}  // namespace
+
+Engine::~Engine() = default;
+
+StatusOr<std::unique_ptr<Engine>> Engine::Create(
+    const ServeConfig& config, std::shared_ptr<const model::LlamaWeights> weights,
+    std::unique_ptr<model::Tokenizer> tokenizer) {
+  std::unique_ptr<Engine> e(new Engine());
+  e->weights_ = std::move(weights);
+  e->tokenizer_ = std::move(tokenizer);
+  ASSIGN_OR_RETURN(e->device_, model::ParseDevice(config.model.device));
+  e->parallel_ = config.serve.parallel;
+  e->max_waiting_ = config.serve.max_waiting;
+  data::DataOptions chat;
+  chat.chat_template = config.serve.chat_template;
+  RETURN_IF_ERROR(data::ResolveChatTemplate(
+      config.model.path, config.model.tokenizer, *e->tokenizer_, &chat));
+  ASSIGN_OR_RETURN(e->family_, data::ParseChatTemplateName(chat.chat_template));
+
+  if (!config.serve.base_name.empty()) {
+    auto served = std::make_unique<Served>();
+    served->name = config.serve.base_name;
+    served->source = config.model.path;
+    served->base = true;
+    served->describe = "the base alone (" + config.model.path + ")";
+    e->served_[served->name] = std::move(served);
+  }
+  for (const auto& [name, dir] : config.serve.adapters) {
+    auto served = std::make_unique<Served>();
+    served->name = name;
+    served->source = dir;
+    std::string what;
+    auto saved = LoadServedAdapter(dir, &what);
+    if (!saved.ok()) {
+      return saved.status().WithContext("serve.adapters." + name);
+    }
+    served->saved = std::move(saved).value();
+    served->describe = DescribeAdapter(served->saved.options) + ", " + what +
+                       " (" + dir + ")";
+    // Build one instance now: it checks every tensor against the base.
+    auto instance = e->Take(*served);
+    if (!instance.ok()) {
+      return instance.status().WithContext("serve.adapters." + name + " ('" +
+                                           dir + "')");
+    }
+    e->Give(*served, std::move(instance).value());
+    e->served_[name] = std::move(served);
+  }
+  return e;
+}
+
+std::vector<std::string> Engine::Models() const {
+  std::vector<std::string> names;
+  for (const auto& kv : served_) names.push_back(kv.first);
+  return names;
+}
+
+std::vector<std::string> Engine::Describe() const {
+  std::vector<std::string> lines;
+  for (const auto& [name, served] : served_) {
+    lines.push_back(name + ": " + served->describe);
+  }
+  return lines;
+}
+
+StatusOr<const Engine::Served*> Engine::Find(const std::string& name) const {
+  auto it = served_.find(name);
+  if (it == served_.end()) {
+    std::string names;
+    for (const auto& kv : served_) {
+      names += (names.empty() ? "" : ", ") + kv.first;
+    }
+    return Status::NotFound("model '" + name +
+                            "' is not served here; models: " + names);
+  }
+  return it->second.get();
+}
+
+StatusOr<std::unique_ptr<Engine::Instance>> Engine::Take(const Served& served) {
+  {
+    std::lock_guard<std::mutex> lock(served.mu);
+    if (!served.idle.empty()) {
+      std::unique_ptr<Instance> instance = std::move(served.idle.back());
+      served.idle.pop_back();
+      return instance;
+    }
+  }
+  auto instance = std::make_unique<Instance>();
+  if (served.base) {
+    instance->plain = std::make_unique<model::LlamaModel>(weights_);
+    instance->model = instance->plain.get();
+  } else {
+    ASSIGN_OR_RETURN(instance->peft,
+                     peft::PeftModel::Create(weights_, served.saved.options, 0));
+    RETURN_IF_ERROR(instance->peft->LoadAdapterTensors(served.saved.tensors));
+    instance->model = &instance->peft->model();
+  }
+  instance->model->to(device_);
+  instance->model->eval();
+  return instance;
+}
+
+void Engine::Give(const Served& served, std::unique_ptr<Instance> instance) {
+  std::lock_guard<std::mutex> lock(served.mu);
+  served.idle.push_back(std::move(instance));
+}
+
+Status Engine::Prompt(const CompletionRequest& request,
+                      std::vector<int64_t>* ids,
+                      std::vector<int64_t>* stop_ids) const {
+  if (!request.chat) {
+    *ids = tokenizer_->Encode(request.prompt, true, false);
+  } else if (family_ == data::ChatFamily::kAlpaca) {
+    if (request.messages.size() != 1 || request.messages[0].role != "user") {
+      return Status::InvalidArgument(
+          "messages: this model has no chat template (alpaca layout), which "
+          "takes exactly one user message; got " +
+          std::to_string(request.messages.size()) + " messages");
+    }
+    *ids = tokenizer_->Encode(
+        data::InstructionPrompt(request.messages[0].content, ""), true, false);
+  } else {
+    ASSIGN_OR_RETURN(std::string text,
+                     data::RenderChatPrompt(family_, request.messages));
+    std::vector<bool> unused;
+    data::EncodeSegments(family_, {{text, false}}, *tokenizer_, ids, &unused);
+    const int64_t eot = data::SpecialTokenId(
+        family_, data::EndOfTurnToken(family_), *tokenizer_);
+    if (eot >= 0) stop_ids->push_back(eot);
+  }
+  const int64_t context = weights_->config.context_length();
+  if (ids->empty()) return Status::InvalidArgument("prompt: no tokens");
+  if (static_cast<int64_t>(ids->size()) >= context) {
+    return Status::InvalidArgument(
+        std::string(request.chat ? "messages" : "prompt") + ": " +
+        std::to_string(ids->size()) +
+        " tokens fill the model's context of " + std::to_string(context) +
+        ", leaving no room for an answer");
+  }
+  return Status::Ok();
+}
+
+Status Engine::Check(const CompletionRequest& request) const {
+  RETURN_IF_ERROR(Find(request.model).status());
+  std::vector<int64_t> ids, stop_ids;
+  return Prompt(request, &ids, &stop_ids);
+}
+
+Status Engine::Complete(const CompletionRequest& request,
+                        const DeltaCallback& on_delta,
+                        CompletionResult* result) {
+  ASSIGN_OR_RETURN(const Served* served, Find(request.model));
+  model::GenerateOptions options;
+  std::vector<int64_t> prompt;
+  RETURN_IF_ERROR(Prompt(request, &prompt, &options.stop_ids));
+  options.max_new_tokens = request.max_tokens;
+  options.temperature = request.temperature;
+  options.top_p = request.top_p;
+  options.seed = request.has_seed ? request.seed : std::random_device{}();
+
+  // Admission: serve.parallel at once, serve.max_waiting in line.
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (running_ >= parallel_ && waiting_ >= max_waiting_) {
+      return Status::Unavailable(
+          "busy: " + std::to_string(running_) + " generations running and " +
+          std::to_string(waiting_) +
+          " waiting (serve.parallel, serve.max_waiting); retry later");
+    }
+    ++waiting_;
+    turn_.wait(lock, [this] { return running_ < parallel_; });
+    --waiting_;
+    ++running_;
+  }
+  struct Leave {
+    Engine* e;
+    ~Leave() {
+      std::lock_guard<std::mutex> lock(e->mu_);
+      --e->running_;
+      e->turn_.notify_one();
+    }
+  } leave{this};
+
+  ASSIGN_OR_RETURN(std::unique_ptr<Instance> instance, Take(*served));
+  const auto start = std::chrono::steady_clock::now();
+  TextStream stream(request.stop);
+  std::vector<int64_t> answer;
+  bool gone = false;
+  auto on_token = [&](int64_t id) {
+    answer.push_back(id);
+    const std::string piece = stream.Update(tokenizer_->Decode(answer));
+    if (!piece.empty() && !on_delta(piece)) {
+      gone = true;
+      return false;
+    }
+    return !stream.stopped();
+  };
+  model::Generate(*instance->model, prompt, options, on_token);
+  Give(*served, std::move(instance));
+  if (!gone) {
+    const std::string rest = stream.Finish();
+    if (!rest.empty()) on_delta(rest);
+  }
+  const int64_t context = weights_->config.context_length();
+  const bool full = static_cast<int64_t>(answer.size()) >= request.max_tokens ||
+                    static_cast<int64_t>(prompt.size() + answer.size()) >= context;
+  result->text = stream.sent();
+  result->finish_reason = !stream.stopped() && full ? "length" : "stop";
+  result->prompt_tokens = static_cast<int64_t>(prompt.size());
+  result->completion_tokens = static_cast<int64_t>(answer.size());
+  const double seconds = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - start)
+                             .count();
+  FP_LOG_INFO("serve",
+              "{}: {} prompt + {} new tokens in {:.0f} ms ({:.1f} tokens/s){}",
+              request.model, result->prompt_tokens, result->completion_tokens,
+              seconds * 1e3,
+              seconds > 0 ? result->completion_tokens / seconds : 0.0,
+              gone ? "; the client went away" : "");
+  return Status::Ok();
+}
+
+}  // namespace serve
+}  // namespace fedpeft

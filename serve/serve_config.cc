@@ -1,0 +1,96 @@
+#include "serve/serve_config.h"
+
+#include <cctype>
+
+#include "data/chat_template.h"
+
+namespace fedpeft {
+namespace serve {
+
+Status ParseListenAddress(const std::string& address, std::string* host,
+                          int* port) {
+  const size_t colon = address.rfind(':');
+  auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument("serve.listen: expected host:port, got '" +
+                                   address + "' (" + why + ")");
+  };
+  if (colon == std::string::npos || colon == 0) return bad("no host");
+  std::string h = address.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
+    h = h.substr(1, h.size() - 2);
+  }
+  const std::string p = address.substr(colon + 1);
+  if (p.empty() || p.size() > 5) return bad("the port must be 0 to 65535");
+  for (char c : p) {
+    if (!std::isdigit(static_cast<unsigned char>(c))) {
+      return bad("the port must be 0 to 65535");
+    }
+  }
+  const int value = std::stoi(p);
+  if (value > 65535) return bad("the port must be 0 to 65535");
+  *host = h;
+  *port = value;
+  return Status::Ok();
+}
+
+void ServeOptions::Read(ConfigReader& in) {
+  in.Get("listen", &listen);
+  in.Get("base_name", &base_name);
+  in.Get("adapters", &adapters);
+  in.Get("chat_template", &chat_template);
+  in.Get("max_tokens", &max_tokens);
+  in.Get("parallel", &parallel);
+  in.Get("max_waiting", &max_waiting);
+  in.Get("http_threads", &http_threads);
+  in.Get("max_body_bytes", &max_body_bytes);
+  std::string host;
+  int port = 0;
+  Status listen_ok = ParseListenAddress(listen, &host, &port);
+  in.Check(listen_ok.ok(), "listen", listen_ok.message());
+  in.Check(!adapters.empty() || !base_name.empty(), "adapters",
+           "nothing to serve: name an adapter, or keep base_name");
+  for (const auto& [name, dir] : adapters) {
+    in.Check(!name.empty() && name != base_name, "adapters",
+             "the name '" + name + "' is empty or the base's (base_name)");
+    in.Check(!dir.empty(), "adapters." + name, "must name a folder");
+  }
+  in.Check(chat_template == "auto" ||
+               data::ParseChatTemplateName(chat_template).ok(),
+           "chat_template",
+           "expected auto or a chat template name, got '" + chat_template +
+               "'");
+  in.Check(max_tokens >= 1 && max_tokens <= 1 << 20, "max_tokens",
+           "must be in [1, 1048576], got " + ToConfigString(max_tokens));
+  in.Check(parallel >= 1 && parallel <= 256, "parallel",
+           "must be in [1, 256], got " + ToConfigString(parallel));
+  in.Check(max_waiting >= 0, "max_waiting",
+           "must be >= 0, got " + ToConfigString(max_waiting));
+  in.Check(http_threads >= 1 && http_threads <= 1024, "http_threads",
+           "must be in [1, 1024], got " + ToConfigString(http_threads));
+  in.Check(max_body_bytes >= 1024, "max_body_bytes",
+           "must be >= 1024, got " + ToConfigString(max_body_bytes));
+}
+
+void ServeConfig::Read(ConfigReader& in) {
+  ConfigReader m = in.Section("model");
+  model.Read(m);
+  ConfigReader s = in.Section("serve");
+  serve.Read(s);
+  ConfigReader t = in.Section("tls");
+  tls.Read(t, security::kTlsServer);
+  ConfigReader l = in.Section("logging");
+  logging.Read(l);
+}
+
+StatusOr<ServeConfig> LoadServeConfig(
+    const std::string& path, const std::vector<std::string>& overrides) {
+  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
+  ConfigReader in(root, path);
+  ServeConfig config;
+  config.Read(in);
+  RETURN_IF_ERROR(in.Finish());
+  return config;
+}
+
+}  // namespace serve
+}  // namespace fedpeft

@@ -1,0 +1,76 @@
+// The config of `fedpeft serve` (configs/serve/serve.yaml):
+//
+//   model:        # the base, as every command takes it (worker/train_config.h)
+//     path: assets/stories260K
+//     base_dtype: auto
+//     threads: 0
+//   serve:
+//     listen: 127.0.0.1:8080   # port 0 picks a free port (logged)
+//     base_name: base          # the model name of the base alone ("" = none)
+//     adapters:                # model name -> PEFT adapter folder or a
+//       support: out/support   #   coordinator checkpoint (directory or
+//       legal: out/ckpt        #   round folder)
+//     chat_template: auto      # auto | a data.chat_template name
+//     max_tokens: 512          # most new tokens a request may ask for
+//     parallel: 2              # generations at once
+//     max_waiting: 64          # requests queued beyond those; more get 503
+//     http_threads: 8          # connections served at once
+//     max_body_bytes: 1048576  # larger request bodies get 413
+//   tls:                       # as the coordinator's (security/tls.h);
+//     insecure: true           #   with `enabled`, clients need a
+//                              #   certificate the CA signed (mutual TLS)
+//   logging:
+//     level: info
+//
+// Thread-safety: plain values.
+#ifndef FEDPEFT_SERVE_SERVE_CONFIG_H_
+#define FEDPEFT_SERVE_SERVE_CONFIG_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "common/status.h"
+#include "security/tls_options.h"
+#include "worker/train_config.h"
+
+namespace fedpeft {
+namespace serve {
+
+struct ServeOptions {
+  std::string listen = "127.0.0.1:8080";
+  std::string base_name = "base";
+  std::map<std::string, std::string> adapters;
+  std::string chat_template = "auto";
+  int max_tokens = 512;
+  int parallel = 2;
+  int max_waiting = 64;
+  int http_threads = 8;
+  int64_t max_body_bytes = 1 << 20;
+
+  void Read(ConfigReader& in);
+};
+
+struct ServeConfig {
+  worker::ModelOptions model;
+  ServeOptions serve;
+  security::TlsOptions tls;
+  worker::LoggingOptions logging;
+
+  void Read(ConfigReader& in);
+};
+
+StatusOr<ServeConfig> LoadServeConfig(const std::string& path,
+                                      const std::vector<std::string>& overrides);
+
+// "host:port" (port 0 to 65535; "[::1]:80" for IPv6) -> host and port.
+// The error names serve.listen and the value.
+Status ParseListenAddress(const std::string& address, std::string* host,
+                          int* port);
+
+}  // namespace serve
+}  // namespace fedpeft
+
+#endif  // FEDPEFT_SERVE_SERVE_CONFIG_H_
