@@ -7,6 +7,7 @@
 
 #include "cli/cli_util.h"
 #include "cli/commands.h"
+#include "common/file_util.h"
 #include "common/logging.h"
 #include "serve/engine.h"
 #include "serve/http_server.h"
@@ -43,8 +44,8 @@ int RunServe(const Args& args) {
   if (!load_options.ok()) return Fail(cmd, load_options.status());
   auto base = LoadBase(cfg->model.path, cfg->model.tokenizer, *load_options);
   if (!base.ok()) return Fail(cmd, base.status());
-  auto engine = serve::Engine::Create(*cfg, base->weights,
-                                      std::move(base->tokenizer));
+  auto engine =
+      serve::Engine::Create(*cfg, base->weights, std::move(base->tokenizer));
   if (!engine.ok()) return Fail(cmd, engine.status());
   auto created = serve::HttpServer::Create(cfg->serve, cfg->tls, engine->get());
   if (!created.ok()) return Fail(cmd, created.status());
@@ -62,6 +63,11 @@ int RunServe(const Args& args) {
   FP_LOG_INFO("serve", "listening on {}://{}:{} ({} at once, {} may wait)",
               cfg->tls.enabled ? "https" : "http", host, server->port(),
               cfg->serve.parallel, cfg->serve.max_waiting);
+  if (!cfg->serve.port_file.empty()) {
+    s = WriteFileAtomic(cfg->serve.port_file,
+                        std::to_string(server->port()) + "\n");
+    if (!s.ok()) return Fail(cmd, s.WithContext("serve.port_file"));
+  }
   s = server->Run();
   if (!s.ok()) return Fail(cmd, s);
   FP_LOG_INFO("serve", "stopped");

@@ -64,7 +64,8 @@ std::string DescribeAdapter(const peft::PeftOptions& o) {
 Engine::~Engine() = default;
 
 StatusOr<std::unique_ptr<Engine>> Engine::Create(
-    const ServeConfig& config, std::shared_ptr<const model::LlamaWeights> weights,
+    const ServeConfig& config,
+    std::shared_ptr<const model::LlamaWeights> weights,
     std::unique_ptr<model::Tokenizer> tokenizer) {
   std::unique_ptr<Engine> e(new Engine());
   e->weights_ = std::move(weights);
@@ -96,8 +97,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(
       return saved.status().WithContext("serve.adapters." + name);
     }
     served->saved = std::move(saved).value();
-    served->describe = DescribeAdapter(served->saved.options) + ", " + what +
-                       " (" + dir + ")";
+    served->describe =
+        DescribeAdapter(served->saved.options) + ", " + what + " (" + dir + ")";
     // Build one instance now: it checks every tensor against the base.
     auto instance = e->Take(*served);
     if (!instance.ok()) {
@@ -151,8 +152,8 @@ StatusOr<std::unique_ptr<Engine::Instance>> Engine::Take(const Served& served) {
     instance->plain = std::make_unique<model::LlamaModel>(weights_);
     instance->model = instance->plain.get();
   } else {
-    ASSIGN_OR_RETURN(instance->peft,
-                     peft::PeftModel::Create(weights_, served.saved.options, 0));
+    ASSIGN_OR_RETURN(instance->peft, peft::PeftModel::Create(
+                                         weights_, served.saved.options, 0));
     RETURN_IF_ERROR(instance->peft->LoadAdapterTensors(served.saved.tensors));
     instance->model = &instance->peft->model();
   }
@@ -194,9 +195,8 @@ Status Engine::Prompt(const CompletionRequest& request,
   if (static_cast<int64_t>(ids->size()) >= context) {
     return Status::InvalidArgument(
         std::string(request.chat ? "messages" : "prompt") + ": " +
-        std::to_string(ids->size()) +
-        " tokens fill the model's context of " + std::to_string(context) +
-        ", leaving no room for an answer");
+        std::to_string(ids->size()) + " tokens fill the model's context of " +
+        std::to_string(context) + ", leaving no room for an answer");
   }
   return Status::Ok();
 }
@@ -263,21 +263,21 @@ Status Engine::Complete(const CompletionRequest& request,
     if (!rest.empty()) on_delta(rest);
   }
   const int64_t context = weights_->config.context_length();
-  const bool full = static_cast<int64_t>(answer.size()) >= request.max_tokens ||
-                    static_cast<int64_t>(prompt.size() + answer.size()) >= context;
+  const bool full =
+      static_cast<int64_t>(answer.size()) >= request.max_tokens ||
+      static_cast<int64_t>(prompt.size() + answer.size()) >= context;
   result->text = stream.sent();
   result->finish_reason = !stream.stopped() && full ? "length" : "stop";
   result->prompt_tokens = static_cast<int64_t>(prompt.size());
   result->completion_tokens = static_cast<int64_t>(answer.size());
-  const double seconds = std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - start)
-                             .count();
-  FP_LOG_INFO("serve",
-              "{}: {} prompt + {} new tokens in {:.0f} ms ({:.1f} tokens/s){}",
-              request.model, result->prompt_tokens, result->completion_tokens,
-              seconds * 1e3,
-              seconds > 0 ? result->completion_tokens / seconds : 0.0,
-              gone ? "; the client went away" : "");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  FP_LOG_INFO(
+      "serve", "{}: {} prompt + {} new tokens in {:.0f} ms ({:.1f} tokens/s){}",
+      request.model, result->prompt_tokens, result->completion_tokens,
+      seconds * 1e3, seconds > 0 ? result->completion_tokens / seconds : 0.0,
+      gone ? "; the client went away" : "");
   return Status::Ok();
 }
 

@@ -119,8 +119,7 @@ void HttpServer::Impl::HandleCompletion(const httplib::Request& req,
         Status s = b->Complete(
             request,
             [&](const std::string& delta) {
-              const bool ok =
-                  send(ChunkBody(request, id, delta, "", first));
+              const bool ok = send(ChunkBody(request, id, delta, "", first));
               first = false;
               return ok;
             },
@@ -140,11 +139,11 @@ void HttpServer::Impl::HandleCompletion(const httplib::Request& req,
 }
 
 void HttpServer::Impl::Routes() {
-  server->Get("/health", [this](const httplib::Request& req,
-                                httplib::Response& res) {
-    if (!Admitted(req, res)) return;
-    res.set_content("{\"status\":\"ok\"}", "application/json");
-  });
+  server->Get("/health",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                if (!Admitted(req, res)) return;
+                res.set_content("{\"status\":\"ok\"}", "application/json");
+              });
   server->Get("/v1/models", [this](const httplib::Request& req,
                                    httplib::Response& res) {
     if (!Admitted(req, res)) return;
@@ -161,23 +160,23 @@ void HttpServer::Impl::Routes() {
                });
   // Every status httplib sets on its own (no route, body too large, bad
   // request line) gets a JSON body too.
-  server->set_error_handler([](const httplib::Request& req,
-                               httplib::Response& res) {
-    if (!res.body.empty()) return;
-    ApiError e;
-    e.http_status = res.status;
-    if (res.status == 404) {
-      e.type = "not_found_error";
-      e.message = "no route " + req.method + " " + req.path +
-                  " (routes: GET /health, GET /v1/models, POST "
-                  "/v1/completions, POST /v1/chat/completions)";
-    } else if (res.status == 413) {
-      e.message = "the request body is larger than serve.max_body_bytes";
-    } else {
-      e.message = "HTTP " + std::to_string(res.status);
-    }
-    SendError(res, e);
-  });
+  server->set_error_handler(
+      [](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return;
+        ApiError e;
+        e.http_status = res.status;
+        if (res.status == 404) {
+          e.type = "not_found_error";
+          e.message = "no route " + req.method + " " + req.path +
+                      " (routes: GET /health, GET /v1/models, POST "
+                      "/v1/completions, POST /v1/chat/completions)";
+        } else if (res.status == 413) {
+          e.message = "the request body is larger than serve.max_body_bytes";
+        } else {
+          e.message = "HTTP " + std::to_string(res.status);
+        }
+        SendError(res, e);
+      });
   server->set_exception_handler([](const httplib::Request& req,
                                    httplib::Response& res,
                                    std::exception_ptr ep) {
@@ -215,9 +214,9 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(
     auto server = std::make_unique<httplib::SSLServer>(
         tls.cert.c_str(), tls.key.c_str(), tls.ca.c_str());
     if (!server->is_valid()) {
-      return Status::InvalidArgument(
-          "tls: cannot serve HTTPS with tls.cert '" + tls.cert +
-          "', tls.key and tls.ca '" + tls.ca + "'");
+      return Status::InvalidArgument("tls: cannot serve HTTPS with tls.cert '" +
+                                     tls.cert + "', tls.key and tls.ca '" +
+                                     tls.ca + "'");
     }
     impl->server = std::move(server);
     ASSIGN_OR_RETURN(impl->allowlist, security::Allowlist::Create(tls));
@@ -240,8 +239,8 @@ StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(
     impl->port = -1;
   }
   if (impl->port <= 0) {
-    return Status::Unavailable("serve.listen: cannot bind '" +
-                               options.listen + "' (in use, or no such host)");
+    return Status::Unavailable("serve.listen: cannot bind '" + options.listen +
+                               "' (in use, or no such host)");
   }
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }

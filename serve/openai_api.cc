@@ -52,9 +52,9 @@ bool ContentText(const Json& content, const std::string& param,
     return true;
   }
   if (!content.is_array()) {
-    return Refuse(error, param,
-                  "expected a string or a list of text parts, got " +
-                      Got(content));
+    return Refuse(
+        error, param,
+        "expected a string or a list of text parts, got " + Got(content));
   }
   out->clear();
   for (size_t i = 0; i < content.size(); ++i) {
@@ -120,9 +120,9 @@ bool ParsePrompt(const Json& body, CompletionRequest* out, ApiError* error) {
   } else if (it->is_array() && it->size() == 1 && (*it)[0].is_string()) {
     out->prompt = (*it)[0].get<std::string>();
   } else {
-    return Refuse(error, "prompt",
-                  "expected a string (or a list of one string), got " +
-                      Got(*it));
+    return Refuse(
+        error, "prompt",
+        "expected a string (or a list of one string), got " + Got(*it));
   }
   if (out->prompt.empty()) return Refuse(error, "prompt", "is empty");
   return true;
@@ -226,8 +226,8 @@ bool ParseCompletionRequest(const std::string& text, bool chat,
     return Refuse(error, "", "the request body is not valid JSON");
   }
   if (!body.is_object()) {
-    return Refuse(error, "", "the request body must be a JSON object, got " +
-                                 Got(body));
+    return Refuse(error, "",
+                  "the request body must be a JSON object, got " + Got(body));
   }
   auto model = body.find("model");
   if (model == body.end() || !model->is_string() ||
@@ -311,8 +311,7 @@ std::string CompletionBody(const CompletionRequest& request,
     choice["message"] = {{"role", "assistant"}, {"content", result.text}};
   } else {
     body = Envelope(id, "text_completion");
-    choice["text"] =
-        request.echo ? request.prompt + result.text : result.text;
+    choice["text"] = request.echo ? request.prompt + result.text : result.text;
     choice["logprobs"] = nullptr;
   }
   body["choices"] = Json::array({choice});
@@ -323,9 +322,9 @@ std::string CompletionBody(const CompletionRequest& request,
 std::string ChunkBody(const CompletionRequest& request, const ResponseId& id,
                       const std::string& delta,
                       const std::string& finish_reason, bool first) {
-  Json choice = {{"index", 0},
-                 {"finish_reason",
-                  finish_reason.empty() ? Json() : Json(finish_reason)}};
+  Json choice = {
+      {"index", 0},
+      {"finish_reason", finish_reason.empty() ? Json() : Json(finish_reason)}};
   Json body;
   if (request.chat) {
     body = Envelope(id, "chat.completion.chunk");
@@ -351,8 +350,7 @@ std::string UsageChunkBody(const CompletionRequest& request,
   return Dump(body);
 }
 
-std::string ModelsBody(const std::vector<std::string>& names,
-                       int64_t created) {
+std::string ModelsBody(const std::vector<std::string>& names, int64_t created) {
   Json data = Json::array();
   for (const std::string& name : names) {
     data.push_back({{"id", name},

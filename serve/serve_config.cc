@@ -35,6 +35,7 @@ Status ParseListenAddress(const std::string& address, std::string* host,
 
 void ServeOptions::Read(ConfigReader& in) {
   in.Get("listen", &listen);
+  in.Get("port_file", &port_file);
   in.Get("base_name", &base_name);
   in.Get("adapters", &adapters);
   in.Get("chat_template", &chat_template);
@@ -54,11 +55,11 @@ void ServeOptions::Read(ConfigReader& in) {
              "the name '" + name + "' is empty or the base's (base_name)");
     in.Check(!dir.empty(), "adapters." + name, "must name a folder");
   }
-  in.Check(chat_template == "auto" ||
-               data::ParseChatTemplateName(chat_template).ok(),
-           "chat_template",
-           "expected auto or a chat template name, got '" + chat_template +
-               "'");
+  in.Check(
+      chat_template == "auto" ||
+          data::ParseChatTemplateName(chat_template).ok(),
+      "chat_template",
+      "expected auto or a chat template name, got '" + chat_template + "'");
   in.Check(max_tokens >= 1 && max_tokens <= 1 << 20, "max_tokens",
            "must be in [1, 1048576], got " + ToConfigString(max_tokens));
   in.Check(parallel >= 1 && parallel <= 256, "parallel",

@@ -6,6 +6,7 @@
 //     threads: 0
 //   serve:
 //     listen: 127.0.0.1:8080   # port 0 picks a free port (logged)
+//     port_file: ""            # the port and a newline, once listening
 //     base_name: base          # the model name of the base alone ("" = none)
 //     adapters:                # model name -> PEFT adapter folder or a
 //       support: out/support   #   coordinator checkpoint (directory or
@@ -41,6 +42,7 @@ namespace serve {
 
 struct ServeOptions {
   std::string listen = "127.0.0.1:8080";
+  std::string port_file;
   std::string base_name = "base";
   std::map<std::string, std::string> adapters;
   std::string chat_template = "auto";
@@ -62,8 +64,8 @@ struct ServeConfig {
   void Read(ConfigReader& in);
 };
 
-StatusOr<ServeConfig> LoadServeConfig(const std::string& path,
-                                      const std::vector<std::string>& overrides);
+StatusOr<ServeConfig> LoadServeConfig(
+    const std::string& path, const std::vector<std::string>& overrides);
 
 // "host:port" (port 0 to 65535; "[::1]:80" for IPv6) -> host and port.
 // The error names serve.listen and the value.
