@@ -180,9 +180,9 @@ StatusOr<Checkpoint> LoadLatestCheckpoint(const std::string& dir) {
 }
 
 StatusOr<CheckpointAdapter> LoadCheckpointAdapter(const std::string& path) {
-  StatusOr<Checkpoint> ckpt =
-      PathExists(JoinPath(path, "state.json")) ? LoadCheckpointFolder(path)
-                                               : LoadLatestCheckpoint(path);
+  StatusOr<Checkpoint> ckpt = PathExists(JoinPath(path, "state.json"))
+                                  ? LoadCheckpointFolder(path)
+                                  : LoadLatestCheckpoint(path);
   if (!ckpt.ok()) return ckpt.status();
   CheckpointAdapter out;
   ASSIGN_OR_RETURN(out.adapter.options,

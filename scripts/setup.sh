@@ -85,16 +85,19 @@ if [[ "$TESTS" == ON ]]; then
   fi
   # The GGUF check's llama.cpp and GGUF parser (scripts/gguf_check.sh):
   # npm packages pinned by tests/gguf/package-lock.json, the linux-x64 CPU
-  # binary only (~90 MB, ~8 s). node >= 20 is not in Debian 12; without it
-  # the check is SKIPPED.
+  # binary only (~90 MB, ~8 s); and OpenAI's Node client for
+  # scripts/serve_check.sh (tests/serve, 14 MB). node >= 20 is not in
+  # Debian 12; without it these checks are SKIPPED.
   if command -v npm >/dev/null &&
      node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)'; then
-    (cd tests/gguf && npm install --omit=optional --ignore-scripts \
-       --no-audit --no-fund --loglevel=error) ||
-      { [[ -n "${CI:-}" ]] && exit 1
-        echo "setup: npm install in tests/gguf failed; the GGUF check will be SKIPPED" >&2; }
+    for dir in tests/gguf tests/serve; do
+      (cd "$dir" && npm install --omit=optional --ignore-scripts \
+         --no-audit --no-fund --loglevel=error) ||
+        { [[ -n "${CI:-}" ]] && exit 1
+          echo "setup: npm install in $dir failed; its check will be SKIPPED" >&2; }
+    done
   else
-    echo "setup: no node >= 20 with npm; the GGUF check will be SKIPPED" >&2
+    echo "setup: no node >= 20 with npm; the GGUF and serve checks will be SKIPPED" >&2
   fi
 fi
 if [[ "$SETUP" == cli ]]; then

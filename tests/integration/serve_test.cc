@@ -6,6 +6,7 @@
 
 #include <set>
 
+#include "peft/peft_io.h"
 #include "tests/integration/federation_fixture.h"
 
 namespace fedpeft {
@@ -165,8 +166,21 @@ std::string CompletionJson(const std::string& model, int max_tokens,
 // for both adapters arrive at once.
 TEST_F(ServeTest, TwoAdaptersInOneProcessAnswerAsGenerateDoes) {
   const std::string a = Adapter("a"), b = Adapter("b");
-  const int port =
-      StartServe({"serve.adapters.a=" + a, "serve.adapters.b=" + b});
+  // Adapter a's tensors as a coordinator checkpoint's global adapter: served
+  // from the checkpoint directory (its LATEST round), it answers as a.
+  auto saved = peft::LoadAdapter(a);
+  ASSERT_TRUE(saved.ok()) << saved.status().ToString();
+  coordinator::Checkpoint ckpt;
+  ckpt.round = 3;
+  ckpt.federation_id = "serve-test";
+  ckpt.strategy = "fedavg";
+  ckpt.base_model = "assets/stories260K";
+  ckpt.adapter_config =
+      peft::AdapterConfigToJson(saved->options, ckpt.base_model);
+  ckpt.global = saved->tensors;
+  ASSERT_TRUE(coordinator::SaveCheckpoint(Path("ckpt"), ckpt, 1).ok());
+  const int port = StartServe({"serve.adapters.a=" + a, "serve.adapters.b=" + b,
+                               "serve.adapters.ckpt=" + Path("ckpt")});
   ASSERT_GT(port, 0) << Slurp(Path("serve.log"));
   httplib::Client client("127.0.0.1", port);
   client.set_read_timeout(std::chrono::seconds(60));
@@ -176,11 +190,15 @@ TEST_F(ServeTest, TwoAdaptersInOneProcessAnswerAsGenerateDoes) {
   std::set<std::string> names;
   const Json listed = Body(models);
   for (const Json& m : listed["data"]) names.insert(m["id"]);
-  EXPECT_EQ(names, (std::set<std::string>{"a", "b", "base"}));
+  EXPECT_EQ(names, (std::set<std::string>{"a", "b", "base", "ckpt"}));
+  EXPECT_THAT(Slurp(Path("serve.log")),
+              testing::HasSubstr("model ckpt: lora r=8, checkpoint of "
+                                 "federation 'serve-test', round 3"));
 
   const int n = 32;
   std::map<std::string, std::string> want = {
       {"a", Generate(a, n)}, {"b", Generate(b, n)}, {"base", Generate("", n)}};
+  want["ckpt"] = want["a"];
   EXPECT_NE(want["a"], want["b"]);
   EXPECT_NE(want["a"], want["base"]);
   EXPECT_NE(want["b"], want["base"]);
