@@ -43,6 +43,9 @@ int FuzzAppConfig(const uint8_t* data, size_t size);
 int FuzzHfTokenizer(const uint8_t* data, size_t size);
 // model::GgufReader, model::LoadGgufModel and the GGUF tokenizer.
 int FuzzGguf(const uint8_t* data, size_t size);
+// serve::ParseCompletionRequest (an HTTP body to `fedpeft serve`), the
+// response bodies of what parses, and the TextStream with its stops.
+int FuzzOpenaiRequest(const uint8_t* data, size_t size);
 
 }  // namespace fuzz
 }  // namespace fedpeft

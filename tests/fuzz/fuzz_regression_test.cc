@@ -100,6 +100,10 @@ TEST(FuzzRegressionTest, AppConfig) {
   EXPECT_GT(Replay("app_config", &FuzzAppConfig), 0u);
 }
 
+TEST(FuzzRegressionTest, OpenaiRequest) {
+  EXPECT_GT(Replay("openai_request", &FuzzOpenaiRequest), 0u);
+}
+
 TEST(FuzzRegressionTest, HfTokenizer) {
   EXPECT_GT(Replay("hf_tokenizer", &FuzzHfTokenizer), 0u);
 }
@@ -110,7 +114,7 @@ TEST(FuzzRegressionTest, TinyInputs) {
   for (Target target :
        {&FuzzTensorStream, &FuzzDecodeTensor, &FuzzSafetensors, &FuzzConfig,
         &FuzzTokenizer, &FuzzSecaggMessages, &FuzzHfConfig, &FuzzAdapterConfig,
-        &FuzzLlama2c, &FuzzAppConfig, &FuzzHfTokenizer}) {
+        &FuzzLlama2c, &FuzzAppConfig, &FuzzHfTokenizer, &FuzzOpenaiRequest}) {
     EXPECT_EQ(target(bytes, 0), 0);
     EXPECT_EQ(target(bytes, 1), 0);
     EXPECT_EQ(target(bytes, 2), 0);
