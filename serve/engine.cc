@@ -256,7 +256,15 @@ Status Engine::Complete(const CompletionRequest& request,
     }
     return !stream.stopped();
   };
-  model::Generate(*instance->model, prompt, options, on_token);
+  try {
+    model::Generate(*instance->model, prompt, options, on_token);
+  } catch (const std::exception& e) {
+    // A LibTorch error (e.g. out of memory): this request fails, the
+    // instance is dropped rather than reused, the server goes on.
+    FP_LOG_ERROR("serve", "{}: generation failed: {}", request.model,
+                 e.what());
+    return Status::Internal("generation failed: " + std::string(e.what()));
+  }
   Give(*served, std::move(instance));
   if (!gone) {
     const std::string rest = stream.Finish();
