@@ -311,6 +311,17 @@ void CoordinatorConfig::Read(ConfigReader& in) {
   federation.Read(f);
   ConfigReader m = in.Section("model");
   model.Read(m);
+  m.Check(!model.upstream(), "source",
+          "the cloud coordinator has no upstream: it serves model.path to "
+          "the edges and workers that fetch it");
+  // A block travels in one message (with a few bytes of framing).
+  m.Check(model.block_size + (4 << 10) <=
+              static_cast<int64_t>(server.max_message_mb) << 20,
+          "block_size",
+          "a block of " + ToConfigString(model.block_size) +
+              " bytes does not fit in a message of server.max_message_mb " +
+              ToConfigString(server.max_message_mb) +
+              " MiB: lower it or raise server.max_message_mb");
   ConfigReader p = in.Section("peft");
   peft.Read(p);
   ConfigReader st = in.Section("strategy");

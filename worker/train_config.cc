@@ -1,5 +1,7 @@
 #include "worker/train_config.h"
 
+#include "delivery/model_manifest.h"
+
 namespace fedpeft {
 namespace worker {
 
@@ -10,7 +12,21 @@ void ModelOptions::Read(ConfigReader& in) {
   in.Get("base_dtype", &base_dtype);
   in.Get("device", &device);
   in.Get("threads", &threads);
+  in.Get("source", &source);
+  in.Get("cache_dir", &cache_dir);
+  in.Get("block_size", &block_size);
   in.Check(!path.empty(), "path", "must name a model folder or .bin file");
+  in.Check(source == "local" || source == "upstream", "source",
+           "expected local or upstream, got '" + source + "'");
+  in.Check(!upstream() || !cache_dir.empty(), "cache_dir",
+           "is required with model.source upstream (where the fetched "
+           "blocks and the assembled model are kept)");
+  in.Check(block_size >= static_cast<int64_t>(delivery::kMinBlockSize) &&
+               block_size <= static_cast<int64_t>(delivery::kMaxBlockSize),
+           "block_size",
+           "must be in [" + std::to_string(delivery::kMinBlockSize) + ", " +
+               std::to_string(delivery::kMaxBlockSize) + "] bytes, got " +
+               ToConfigString(block_size));
   in.Check(dtype == "float32" || dtype == "bfloat16" || dtype == "float16",
            "dtype",
            "expected float32, bfloat16 or float16, got '" + dtype + "'");
@@ -69,6 +85,9 @@ void SampleOptions::Read(ConfigReader& in) {
 void TrainJobConfig::Read(ConfigReader& in) {
   ConfigReader model_in = in.Section("model");
   model.Read(model_in);
+  model_in.Check(!model.upstream(), "source",
+                 "upstream is for a federated worker, executor or edge "
+                 "(fetched from its server); `fedpeft train` reads model.path");
   ConfigReader peft_in = in.Section("peft");
   peft.Read(peft_in);
   ConfigReader data_in = in.Section("data");
