@@ -13,7 +13,8 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
   std::unique_ptr<Coordinator> c(new Coordinator());
   ASSIGN_OR_RETURN(c->engine_, RoundEngine::Create(config, /*cloud=*/true));
   c->model_source_ = std::make_unique<delivery::LocalModelSource>(
-      config.model.path, static_cast<uint64_t>(config.model.block_size));
+      config.model.path,
+      config.model.BlockSizeFor(config.server.max_message_mb));
   c->checkpoints_ =
       std::make_unique<CheckpointStore>(config.checkpoint, *c->engine_);
   ASSIGN_OR_RETURN(c->completed_rounds_, c->checkpoints_->Restore());

@@ -38,6 +38,7 @@ void EdgeConfig::Read(ConfigReader& in) {
   rounds.Read(f);
   ConfigReader m = in.Section("model");
   model.Read(m);
+  if (!model.upstream()) CheckBlockSizeFits(m, model, server);
   ConfigReader l = in.Section("logging");
   logging.metrics_file.clear();
   logging.Read(l);
@@ -250,7 +251,7 @@ Status Edge::Impl::SetUpModel(std::string* model_path) {
   if (!m.upstream()) {
     *model_path = m.path;
     model_source_ = std::make_unique<delivery::LocalModelSource>(
-        m.path, static_cast<uint64_t>(m.block_size));
+        m.path, m.BlockSizeFor(config_.server.max_message_mb));
     return Status::Ok();
   }
   cloud_blocks_ =

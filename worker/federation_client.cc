@@ -299,6 +299,17 @@ StatusOr<std::string> FederationClient::SecAgg(int64_t round,
   return Status::Unavailable("stopped");
 }
 
+namespace {
+
+// The delivery calls have no session: a NOT_FOUND from them (a server
+// without its model file) must not make WithRetry register again.
+grpc::Status SessionlessStatus(const grpc::Status& s) {
+  if (s.error_code() != grpc::StatusCode::NOT_FOUND) return s;
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, s.error_message());
+}
+
+}  // namespace
+
 StatusOr<proto::ModelManifest> FederationClient::GetModelManifest(
     proto::Role my_role) {
   proto::ModelManifest manifest;
@@ -311,7 +322,7 @@ StatusOr<proto::ModelManifest> FederationClient::GetModelManifest(
     grpc::Status got =
         stub_->GetModelManifest(&ctx, proto::ModelManifestRequest(), &manifest);
     if (got.ok()) role_ok = CheckServerRole(ctx, my_role);
-    return got;
+    return SessionlessStatus(got);
   });
   RETURN_IF_ERROR(s);
   RETURN_IF_ERROR(role_ok);
@@ -341,7 +352,7 @@ Status FederationClient::GetModelBlocks(
     }
     grpc::Status done = reader->Finish();
     // Our own refusal is final: not a failure of the call to retry.
-    return refused.ok() ? done : grpc::Status::OK;
+    return refused.ok() ? SessionlessStatus(done) : grpc::Status::OK;
   });
   RETURN_IF_ERROR(refused);
   return s;

@@ -1,5 +1,7 @@
 #include "worker/train_config.h"
 
+#include <algorithm>
+
 #include "delivery/model_manifest.h"
 
 namespace fedpeft {
@@ -21,10 +23,12 @@ void ModelOptions::Read(ConfigReader& in) {
   in.Check(!upstream() || !cache_dir.empty(), "cache_dir",
            "is required with model.source upstream (where the fetched "
            "blocks and the assembled model are kept)");
-  in.Check(block_size >= static_cast<int64_t>(delivery::kMinBlockSize) &&
-               block_size <= static_cast<int64_t>(delivery::kMaxBlockSize),
+  in.Check(block_size == 0 ||
+               (block_size >= static_cast<int64_t>(delivery::kMinBlockSize) &&
+                block_size <= static_cast<int64_t>(delivery::kMaxBlockSize)),
            "block_size",
-           "must be in [" + std::to_string(delivery::kMinBlockSize) + ", " +
+           "must be 0 (automatic) or in [" +
+               std::to_string(delivery::kMinBlockSize) + ", " +
                std::to_string(delivery::kMaxBlockSize) + "] bytes, got " +
                ToConfigString(block_size));
   in.Check(dtype == "float32" || dtype == "bfloat16" || dtype == "float16",
@@ -38,6 +42,12 @@ void ModelOptions::Read(ConfigReader& in) {
            "must be >= 0 (0 = default), got " + ToConfigString(threads));
   in.Check(model::ParseDevice(device).ok(), "device",
            "expected cpu, cuda or cuda:N, got '" + device + "'");
+}
+
+uint64_t ModelOptions::BlockSizeFor(int max_message_mb) const {
+  if (block_size > 0) return static_cast<uint64_t>(block_size);
+  return std::min<uint64_t>(delivery::kDefaultBlockSize,
+                            static_cast<uint64_t>(max_message_mb) << 19);
 }
 
 StatusOr<model::LoadOptions> ModelOptions::ToLoadOptions() const {

@@ -50,11 +50,15 @@ struct ModelOptions {
   std::string source = "local";
   std::string cache_dir;  // required with source upstream
   // A server's (cloud or edge with a local model): the bytes of one block
-  // of the model it delivers, in [4 KiB, 8 MiB].
-  int64_t block_size = 4 << 20;
+  // of the model it delivers, in [4 KiB, 8 MiB]; 0 = 4 MiB, or half of the
+  // server's max_message_mb when that is less (BlockSizeFor).
+  int64_t block_size = 0;
 
   void Read(ConfigReader& in);
   bool upstream() const { return source == "upstream"; }
+  // The block size a server whose messages carry at most max_message_mb
+  // MiB delivers its model in.
+  uint64_t BlockSizeFor(int max_message_mb) const;
   // The LoadOptions these options describe (dtype and device parsed).
   StatusOr<model::LoadOptions> ToLoadOptions() const;
 };

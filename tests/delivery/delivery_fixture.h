@@ -17,6 +17,7 @@
 
 #include "delivery/model_fetch.h"
 #include "delivery/model_source.h"
+#include "tests/process_fixture.h"
 #include "tests/test_paths.h"
 
 namespace fedpeft {
@@ -36,21 +37,12 @@ inline void WriteAll(const fs::path& path, const std::string& data) {
   out << data;
 }
 
-class DeliveryTest : public ::testing::Test {
+// A scratch folder per test (tests/process_fixture.h; kept when the test
+// fails).
+class DeliveryTest : public ProcessTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("fedpeft_delivery_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-  std::string Path(const std::string& name) const {
-    return (dir_ / name).string();
-  }
+  DeliveryTest() : ProcessTest("fedpeft_delivery_") {}
+
   // A copy of the shipped model (assets/stories260K) at Path(name).
   std::string CopyModel(const std::string& name) {
     const fs::path to = dir_ / name;
@@ -58,8 +50,6 @@ class DeliveryTest : public ::testing::Test {
              fs::copy_options::recursive);
     return to.string();
   }
-
-  fs::path dir_;
 };
 
 // Serves a model folder like a server would, counting every block sent.
