@@ -140,7 +140,8 @@ TEST(ModelSourceConfigTest, KeysAreCheckedWhereTheyApply) {
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(c.status().message(),
               HasSubstr("does not fit in a message of server.max_message_mb"));
-  c = LoadCoordinatorConfig("", with({"server.max_message_mb=1"}));
+  c = LoadCoordinatorConfig(
+      "", with({"server.max_message_mb=1", "server.chunk_kb=64"}));
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(c->model.BlockSizeFor(c->server.max_message_mb), 512u << 10);
   auto e = LoadEdgeConfig(
