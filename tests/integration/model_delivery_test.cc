@@ -22,9 +22,10 @@ constexpr uint64_t kDeliveryBlock = 64 << 10;
 
 class ModelDeliveryTest : public FederationTest {
  protected:
-  std::vector<std::string> CloudArgs(int rounds) {
+  std::vector<std::string> CloudArgs(int rounds,
+                                     std::vector<std::string> extra = {}) {
     return Command(
-        {"coordinator", "--config", "configs/hier/coordinator.yaml"},
+        {"coordinator", "--config", cloud_config_},
         FastFederation(
             {"server.address=127.0.0.1:0",
              "server.port_file=" + Path("coordinator.port"),
@@ -34,30 +35,40 @@ class ModelDeliveryTest : public FederationTest {
              "train.local_steps=2", "eval.data.max_records=200",
              "eval.data.max_seq_len=64", "checkpoint.dir=" + Path("ckpt"),
              "logging.metrics_file=" + Path("metrics.jsonl"), "model.threads=1",
-             "model.block_size=" + std::to_string(kDeliveryBlock)}));
+             "model.block_size=" + std::to_string(kDeliveryBlock)}),
+        extra);
   }
   // No local model: model.path names nothing.
-  pid_t StartEdge(int cloud_port) {
+  pid_t StartEdge(int cloud_port, int min_workers = 3,
+                  std::vector<std::string> extra = {}) {
     return Spawn(
         Command(
-            {"edge", "--config", "configs/hier/edge.yaml"},
+            {"edge", "--config", edge_config_},
             FastFederation(
                 {"upstream.address=127.0.0.1:" + std::to_string(cloud_port),
                  "upstream.task_wait_ms=1000", "upstream.backoff_max_ms=1000",
                  "server.address=127.0.0.1:0",
                  "server.port_file=" + Path("edge.port"),
-                 "federation.min_available=3", "federation.shutdown_grace_s=3",
-                 "model.threads=1", "model.path=/nonexistent/model",
-                 "model.source=upstream",
-                 "model.cache_dir=" + Path("edge-cache")})),
+                 "federation.min_available=" + std::to_string(min_workers),
+                 "federation.shutdown_grace_s=3", "model.threads=1",
+                 "model.path=/nonexistent/model", "model.source=upstream",
+                 "model.cache_dir=" + Path("edge-cache")}),
+            extra),
         Path("edge.log"));
   }
-  pid_t StartUpstreamWorker(int edge_port, int i) {
-    return StartWorker(
-        edge_port, i, 4,
-        {"--set", "model.path=/nonexistent/model", "--set",
-         "model.source=upstream", "--set",
-         "model.cache_dir=" + Path("cache-" + std::to_string(i))});
+  pid_t StartUpstreamWorker(int edge_port, int i,
+                            std::vector<std::string> extra = {}) {
+    std::vector<std::string> sets = {
+        "--set", "model.path=/nonexistent/model",
+        "--set", "model.source=upstream",
+        "--set", "model.cache_dir=" + Path("cache-" + std::to_string(i))};
+    sets.insert(sets.end(), extra.begin(), extra.end());
+    return StartWorker(edge_port, i, 4, sets);
+  }
+  // Runs `fedpeft <args>` to its end (output in certs.txt); true on exit 0.
+  bool RunToEnd(const std::vector<std::string>& args) {
+    pid_t p = Spawn(args, Path("certs.txt"));
+    return Wait(p, std::chrono::seconds(30)) == 0;
   }
   // The latest bytes_model_down_total of the cloud's metrics (-1: none).
   int64_t CloudModelBytes() {
@@ -73,6 +84,9 @@ class ModelDeliveryTest : public FederationTest {
     return WorkerLog(i).find("'worker-" + std::to_string(i) + "' round ") !=
            std::string::npos;
   }
+
+  std::string cloud_config_ = "configs/hier/coordinator.yaml";
+  std::string edge_config_ = "configs/hier/edge.yaml";
 };
 
 TEST_F(ModelDeliveryTest,
@@ -147,6 +161,54 @@ TEST_F(ModelDeliveryTest,
       << Logs();
   // The federation's remaining rounds are not this test's: TearDown ends
   // the processes.
+}
+
+// The same over mutual TLS (configs/tls/): the edge fetches with its edge
+// certificate from the coordinator's, the worker with its worker
+// certificate from the edge's.
+TEST_F(ModelDeliveryTest, OverMutualTlsAWorkerWithoutAModelTrainsBehindAnEdge) {
+  const std::string certs = Path("certs");
+  ASSERT_TRUE(RunToEnd({"certs", "init", "--out", certs}))
+      << Slurp(Path("certs.txt"));
+  for (const auto& [role, name] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"coordinator", "coordinator"},
+           {"edge", "edge-0"},
+           {"worker", "worker-0"}}) {
+    ASSERT_TRUE(RunToEnd({"certs", "issue", "--role", role, "--name", name,
+                          "--ca", certs, "--out", certs}))
+        << Slurp(Path("certs.txt"));
+  }
+  auto tls = [&](const std::string& name) {
+    return std::vector<std::string>{
+        "--set", "tls.ca=" + certs + "/ca.crt",
+        "--set", "tls.cert=" + certs + "/" + name + ".crt",
+        "--set", "tls.key=" + certs + "/" + name + ".key"};
+  };
+  cloud_config_ = "configs/tls/coordinator.yaml";
+  edge_config_ = "configs/tls/edge.yaml";
+  worker_config_ = "configs/tls/worker.yaml";
+  pid_t cloud =
+      Spawn(CloudArgs(30, tls("coordinator")), Path("coordinator.log"));
+  const int cloud_port = WaitForPort(cloud, Path("coordinator.port"));
+  ASSERT_GT(cloud_port, 0) << Logs();
+  pid_t edge = StartEdge(cloud_port, 1, tls("edge-0"));
+  const int edge_port = WaitForPort(edge, Path("edge.port"));
+  ASSERT_GT(edge_port, 0) << Logs();
+  StartUpstreamWorker(edge_port, 0, tls("worker-0"));
+  ASSERT_TRUE(WaitFor([&] { return Trained(0); }, std::chrono::seconds(300)))
+      << Logs();
+  StatusOr<delivery::ModelManifest> manifest =
+      delivery::BuildManifest(kModel, kDeliveryBlock);
+  ASSERT_TRUE(manifest.ok());
+  const std::string fetched =
+      "fetched " + std::to_string(manifest->total_blocks()) + " blocks (" +
+      std::to_string(manifest->total_bytes()) + " B)";
+  EXPECT_THAT(Slurp(Path("edge.log")), HasSubstr(fetched));
+  EXPECT_THAT(WorkerLog(0), HasSubstr(fetched));
+  // Each side named the certificate it served.
+  EXPECT_THAT(Slurp(Path("edge.log")), HasSubstr("to 'worker-0'"));
+  EXPECT_THAT(Slurp(Path("coordinator.log")), HasSubstr("to 'edge-0'"));
 }
 
 }  // namespace
