@@ -65,11 +65,6 @@ class ModelDeliveryTest : public FederationTest {
     sets.insert(sets.end(), extra.begin(), extra.end());
     return StartWorker(edge_port, i, 4, sets);
   }
-  // Runs `fedpeft <args>` to its end (output in certs.txt); true on exit 0.
-  bool RunToEnd(const std::vector<std::string>& args) {
-    pid_t p = Spawn(args, Path("certs.txt"));
-    return Wait(p, std::chrono::seconds(30)) == 0;
-  }
   // The latest bytes_model_down_total of the cloud's metrics (-1: none).
   int64_t CloudModelBytes() {
     std::vector<nlohmann::json> rows = Metrics();
@@ -168,23 +163,11 @@ TEST_F(ModelDeliveryTest,
 // certificate from the edge's.
 TEST_F(ModelDeliveryTest, OverMutualTlsAWorkerWithoutAModelTrainsBehindAnEdge) {
   const std::string certs = Path("certs");
-  ASSERT_TRUE(RunToEnd({"certs", "init", "--out", certs}))
+  ASSERT_TRUE(MakeCerts(certs, {{"coordinator", "coordinator"},
+                                {"edge", "edge-0"},
+                                {"worker", "worker-0"}}))
       << Slurp(Path("certs.txt"));
-  for (const auto& [role, name] :
-       std::vector<std::pair<std::string, std::string>>{
-           {"coordinator", "coordinator"},
-           {"edge", "edge-0"},
-           {"worker", "worker-0"}}) {
-    ASSERT_TRUE(RunToEnd({"certs", "issue", "--role", role, "--name", name,
-                          "--ca", certs, "--out", certs}))
-        << Slurp(Path("certs.txt"));
-  }
-  auto tls = [&](const std::string& name) {
-    return std::vector<std::string>{
-        "--set", "tls.ca=" + certs + "/ca.crt",
-        "--set", "tls.cert=" + certs + "/" + name + ".crt",
-        "--set", "tls.key=" + certs + "/" + name + ".key"};
-  };
+  auto tls = [&](const std::string& name) { return TlsSets(certs, name); };
   cloud_config_ = "configs/tls/coordinator.yaml";
   edge_config_ = "configs/tls/edge.yaml";
   worker_config_ = "configs/tls/worker.yaml";
