@@ -30,6 +30,7 @@
 #include "security/tls.h"
 #include "worker/distributed_worker.h"
 #include "worker/executor.h"
+#include "worker/model_download.h"
 #include "worker/worker_client.h"
 #include "worker/worker_config.h"
 
@@ -40,6 +41,17 @@ namespace {
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+
+// model.source upstream: fetches the base model from the server (cached
+// blocks are not fetched again) and points model.path at it.
+Status UseUpstreamModel(worker::WorkerConfig* cfg) {
+  if (!cfg->model.upstream()) return Status::Ok();
+  ASSIGN_OR_RETURN(
+      cfg->model.path,
+      worker::FetchUpstreamModel(cfg->model, cfg->server, cfg->worker.id));
+  cfg->model.source = "local";
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -86,6 +98,8 @@ int RunWorker(const Args& args) {
   Status s = SetUpLogging(cfg->logging.level, cfg->logging.file);
   if (!s.ok()) return Fail(cmd, s);
   torch::set_num_threads(cfg->worker.threads);
+  s = UseUpstreamModel(&*cfg);
+  if (!s.ok()) return Fail(cmd, s);
   auto base = worker::LoadWorkerBase(cfg->model);
   if (!base.ok()) return Fail(cmd, base.status());
   if (cfg->worker.distributed.rank > 0) {
@@ -132,6 +146,8 @@ int RunExecutor(const Args& args) {
   if (!s.ok()) return Fail(cmd, s);
   // Several users train at once, each on one core.
   torch::set_num_threads(cfg->executor.threads == 1 ? cfg->worker.threads : 1);
+  s = UseUpstreamModel(&*cfg);
+  if (!s.ok()) return Fail(cmd, s);
   auto base = worker::LoadWorkerBase(cfg->model);
   if (!base.ok()) return Fail(cmd, base.status());
   auto executor =

@@ -12,6 +12,9 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
     const CoordinatorConfig& config) {
   std::unique_ptr<Coordinator> c(new Coordinator());
   ASSIGN_OR_RETURN(c->engine_, RoundEngine::Create(config, /*cloud=*/true));
+  c->model_source_ = std::make_unique<delivery::LocalModelSource>(
+      config.model.path,
+      config.model.BlockSizeFor(config.server.max_message_mb));
   c->checkpoints_ =
       std::make_unique<CheckpointStore>(config.checkpoint, *c->engine_);
   ASSIGN_OR_RETURN(c->completed_rounds_, c->checkpoints_->Restore());
@@ -52,7 +55,7 @@ Status Coordinator::Run() {
               engine_->AdapterTemplate().size(), config.checkpoint.dir);
   auto write_log = [this](const RoundMetrics& m) {
     const RoundEngine::Totals t = engine_->totals();
-    log_->Write(m, t.up, t.down);
+    log_->Write(m, t.up, t.down, model_source_->stats().bytes_served);
   };
   for (int64_t round = completed_rounds_ + 1;
        round <= f.rounds && !engine_->stopped(); ++round) {

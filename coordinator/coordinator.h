@@ -27,6 +27,7 @@
 #include "coordinator/coordinator_config.h"
 #include "coordinator/round_engine.h"
 #include "coordinator/round_log.h"
+#include "delivery/model_source.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -42,6 +43,10 @@ class Coordinator {
 
   // What the gRPC service serves (service.h).
   RoundEngine& engine() { return *engine_; }
+  // The base model it delivers to edges and workers that fetch it
+  // (model.source upstream on their side): model.path in blocks of
+  // model.block_size, hashed on the first request.
+  delivery::ModelSource& model_source() { return *model_source_; }
 
   // Runs every remaining round; returns when done (after the shutdown
   // grace) or after Stop(). Not reentrant.
@@ -60,6 +65,7 @@ class Coordinator {
   bool BudgetAllows(int64_t round);
 
   std::unique_ptr<RoundEngine> engine_;
+  std::unique_ptr<delivery::LocalModelSource> model_source_;
   std::unique_ptr<CheckpointStore> checkpoints_;
   std::unique_ptr<RoundLog> log_;
   int64_t completed_rounds_ = 0;  // round loop only

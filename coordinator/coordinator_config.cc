@@ -302,6 +302,20 @@ void CoordinatorLogging::Read(ConfigReader& in) {
            "expected debug, info, warn or error, got '" + level + "'");
 }
 
+void CheckBlockSizeFits(ConfigReader& model_in,
+                        const worker::ModelOptions& model,
+                        const ServerOptions& server) {
+  const uint64_t block = model.BlockSizeFor(server.max_message_mb);
+  model_in.Check(
+      block + (4 << 10) <= static_cast<uint64_t>(server.max_message_mb) << 20,
+      "block_size",
+      "a block of " + std::to_string(block) +
+          " bytes does not fit in a message of "
+          "server.max_message_mb " +
+          ToConfigString(server.max_message_mb) +
+          " MiB: lower it or raise server.max_message_mb");
+}
+
 void CoordinatorConfig::Read(ConfigReader& in) {
   ConfigReader s = in.Section("server");
   server.Read(s);
@@ -311,6 +325,11 @@ void CoordinatorConfig::Read(ConfigReader& in) {
   federation.Read(f);
   ConfigReader m = in.Section("model");
   model.Read(m);
+  m.Check(!model.upstream(), "source",
+          "the cloud coordinator has no upstream: it serves model.path to "
+          "the edges and workers that fetch it");
+  // A block travels in one message (with a few bytes of framing).
+  CheckBlockSizeFits(m, model, server);
   ConfigReader p = in.Section("peft");
   peft.Read(p);
   ConfigReader st = in.Section("strategy");

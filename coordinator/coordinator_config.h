@@ -8,7 +8,9 @@
 //               max_retries, heartbeat_interval_ms, worker_timeout_s,
 //               task_wait_ms, shutdown_grace_s, seed, sampling (fixed |
 //               poisson)
-//   model:      the base model (adapter shapes, export, server-side eval)
+//   model:      the base model (adapter shapes, export, server-side eval),
+//               delivered in blocks of block_size to edges and workers
+//               whose model.source is upstream
 //   peft:       the global adapter (sent to workers at registration)
 //   strategy:   aggregation (aggregation/strategy.h)
 //   train:      the local training spec sent with every task
@@ -251,6 +253,13 @@ struct CoordinatorConfig {
 
   void Read(ConfigReader& in);
 };
+
+// Checks that `model`'s delivery blocks (model.block_size) fit in the
+// messages of `server` (the block and a little framing); the error goes to
+// `model_in` (the `model` section).
+void CheckBlockSizeFits(ConfigReader& model_in,
+                        const worker::ModelOptions& model,
+                        const ServerOptions& server);
 
 StatusOr<CoordinatorConfig> LoadCoordinatorConfig(
     const std::string& path, const std::vector<std::string>& overrides);

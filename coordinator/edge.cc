@@ -2,11 +2,14 @@
 
 #include <cmath>
 
+#include "common/file_util.h"
 #include "common/logging.h"
 #include "coordinator/edge_rounds.h"
 #include "coordinator/service.h"
+#include "delivery/model_source.h"
 #include "peft/peft_io.h"
 #include "worker/federation_client.h"
+#include "worker/model_download.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -35,6 +38,7 @@ void EdgeConfig::Read(ConfigReader& in) {
   rounds.Read(f);
   ConfigReader m = in.Section("model");
   model.Read(m);
+  if (!model.upstream()) CheckBlockSizeFits(m, model, server);
   ConfigReader l = in.Section("logging");
   logging.metrics_file.clear();
   logging.Read(l);
@@ -71,9 +75,18 @@ class Edge::Impl {
   Status OnRegistered(const proto::RegisterReply& reply);
   Status Serve(const proto::Task& task);
 
+  // The base model its workers fetch (model.source upstream on their
+  // side): its own files, or (model.source upstream here) the blocks it
+  // fetched from the cloud, cached once for all its workers. Sets
+  // *model_path to the model the edge loads itself.
+  Status SetUpModel(std::string* model_path);
+
   const EdgeConfig config_;
   std::atomic<bool> stop_{false};
   std::unique_ptr<worker::FederationClient> uplink_;
+  std::unique_ptr<worker::GrpcBlockRemote> cloud_blocks_;
+  std::unique_ptr<delivery::BlockStore> block_store_;
+  std::unique_ptr<delivery::ModelSource> model_source_;
   std::shared_ptr<EdgeRounds> rounds_;
   std::unique_ptr<FederationServer> server_;
   std::string federation_id_;
@@ -233,11 +246,46 @@ Status Edge::Impl::Serve(const proto::Task& task) {
   return Status::Ok();
 }
 
+Status Edge::Impl::SetUpModel(std::string* model_path) {
+  const worker::ModelOptions& m = config_.model;
+  if (!m.upstream()) {
+    *model_path = m.path;
+    model_source_ = std::make_unique<delivery::LocalModelSource>(
+        m.path, m.BlockSizeFor(config_.server.max_message_mb));
+    return Status::Ok();
+  }
+  cloud_blocks_ =
+      std::make_unique<worker::GrpcBlockRemote>(*uplink_, proto::ROLE_EDGE);
+  delivery::ModelManifest manifest;
+  ASSIGN_OR_RETURN(*model_path,
+                   delivery::DeliverModel(*cloud_blocks_, m.cache_dir,
+                                          config_.id, nullptr, &manifest));
+  if (manifest.block_size + (4 << 10) >
+      static_cast<uint64_t>(config_.server.max_message_mb) << 20) {
+    return Status::InvalidArgument(
+        "server.max_message_mb: " +
+        std::to_string(config_.server.max_message_mb) +
+        " MiB cannot carry the cloud's model blocks of " +
+        std::to_string(manifest.block_size) + " bytes to this edge's workers");
+  }
+  block_store_ =
+      std::make_unique<delivery::BlockStore>(JoinPath(m.cache_dir, "blocks"));
+  model_source_ = std::make_unique<delivery::CachedModelSource>(
+      std::make_shared<const delivery::ModelManifest>(std::move(manifest)),
+      *block_store_, *cloud_blocks_);
+  return Status::Ok();
+}
+
 Status Edge::Impl::Run() {
   uplink_ = std::make_unique<worker::FederationClient>(
       config_.id, config_.upstream, [this] { return Profile(); },
       [this](const proto::RegisterReply& r) { return OnRegistered(r); });
   RETURN_IF_ERROR(uplink_->Connect());
+  // The model first: nothing to serve without it.
+  std::string model_path;
+  Status model = SetUpModel(&model_path);
+  if (stop_) return Status::Ok();
+  RETURN_IF_ERROR(model);
   RETURN_IF_ERROR(uplink_->Register());
   if (stop_) return Status::Ok();
 
@@ -249,6 +297,8 @@ Status Edge::Impl::Run() {
   cfg.federation = config_.rounds;
   cfg.federation.id = federation_id_ + "/" + config_.id;
   cfg.model = config_.model;
+  cfg.model.path = model_path;
+  cfg.model.source = "local";
   ASSIGN_OR_RETURN(cfg.peft,
                    peft::AdapterConfigFromJson(adapter_config_json_,
                                                "the cloud's adapter config"));
@@ -260,7 +310,8 @@ Status Edge::Impl::Run() {
   whole_adapter_ =
       plan.heterogeneity.enabled && plan.heterogeneity.method == "stack";
   ASSIGN_OR_RETURN(server_,
-                   FederationServer::Start(rounds_->engine(), cfg.server));
+                   FederationServer::Start(rounds_->engine(), cfg.server,
+                                           model_source_.get()));
   if (stop_) rounds_->Stop();
   FP_LOG_INFO("edge",
               "'{}': serving workers for federation '{}' (cloud {}); merge {}",
@@ -291,6 +342,13 @@ Status Edge::Impl::Run() {
   rounds_->Finish();
   uplink_->Stop();
   server_->Shutdown();
+  const delivery::SourceStats st = model_source_->stats();
+  FP_LOG_INFO("edge",
+              "'{}': model blocks: {} ({} B) served to workers, {} ({} B) "
+              "fetched from the cloud after start-up, {} requests shared a "
+              "fetch",
+              config_.id, st.blocks_served, st.bytes_served, st.blocks_fetched,
+              st.bytes_fetched, st.joined_fetches);
   return result;
 }
 

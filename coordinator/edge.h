@@ -13,6 +13,12 @@
 // same round engine the cloud runs (edge_rounds.h, round_engine.h) behind
 // the same gRPC service, so workers cannot tell an edge from the cloud.
 //
+// Its base model is model.path, or (model.source upstream) fetched from the
+// cloud into model.cache_dir before it registers; either way it delivers
+// that model to its workers that fetch it (delivery/model_source.h), a
+// fetched one from its cache, so the cloud sends the model once for all of
+// them.
+//
 // A restarted edge registers again under its id and rejoins the cloud
 // round in progress if that is still open to it; its workers re-register on
 // their own (their calls get NOT_FOUND).

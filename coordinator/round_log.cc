@@ -69,7 +69,7 @@ StatusOr<std::unique_ptr<RoundLog>> RoundLog::Open(RoundLogOptions options) {
 }
 
 void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
-                     uint64_t total_down) {
+                     uint64_t total_down, uint64_t total_model_down) {
   std::string eval = std::isfinite(m.eval_loss)
                          ? fmt::format("{:.4f}", m.eval_loss)
                          : std::string("n/a");
@@ -148,6 +148,7 @@ void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
       {"population", m.population},
       {"bytes_up_total", total_up},
       {"bytes_down_total", total_down},
+      {"bytes_model_down_total", total_model_down},
       {"strategy", options_.strategy},
       {"unix_ms", UnixMillis()},
   };

@@ -38,8 +38,11 @@ class RoundLog {
   // Opens (appends to) options.metrics_file, creating its folder.
   static StatusOr<std::unique_ptr<RoundLog>> Open(RoundLogOptions options);
 
-  // Logs `m` and appends its metrics line with the running byte totals.
-  void Write(const RoundMetrics& m, uint64_t total_up, uint64_t total_down);
+  // Logs `m` and appends its metrics line with the running byte totals;
+  // `total_model_down`: base-model block bytes this server has sent since
+  // it started (bytes_model_down_total; model delivery).
+  void Write(const RoundMetrics& m, uint64_t total_up, uint64_t total_down,
+             uint64_t total_model_down = 0);
 
  private:
   explicit RoundLog(RoundLogOptions options) : options_(std::move(options)) {}

@@ -5,8 +5,10 @@
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "delivery/sha256.h"
 #include "proto/grpc_util.h"
 #include "proto/tensor_codec.h"
+#include "worker/model_download.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -97,8 +99,10 @@ void ToProto(const TaskInfo& task, proto::Task* out) {
 
 FederationService::FederationService(
     RoundEngine& engine, size_t chunk_bytes, size_t max_message_bytes,
-    std::unique_ptr<security::Allowlist> allowlist)
+    std::unique_ptr<security::Allowlist> allowlist,
+    delivery::ModelSource* models)
     : engine_(engine),
+      models_(models),
       chunk_bytes_(chunk_bytes),
       max_message_bytes_(max_message_bytes),
       allowlist_(std::move(allowlist)) {}
@@ -475,8 +479,103 @@ grpc::Status FederationService::SecAgg(grpc::ServerContext* ctx,
   }
 }
 
+grpc::Status FederationService::AuthenticateFetch(
+    const grpc::ServerContext& ctx, const char* call, std::string* name) {
+  security::CertRole role = security::CertRole::kWorker;
+  grpc::Status auth = Authenticate(ctx, call, nullptr, name, &role);
+  if (!auth.ok()) return auth;
+  if (!name->empty() && role != security::CertRole::kWorker &&
+      role != security::CertRole::kEdge) {
+    FP_LOG_WARN("service", "{} from '{}' (role {}): refused", call, *name,
+                security::CertRoleName(role));
+    return Denied(std::string(call) +
+                  ": needs a worker or edge certificate; '" + *name +
+                  "' has role " + security::CertRoleName(role));
+  }
+  if (models_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        std::string(call) +
+                            ": this server delivers no model; set "
+                            "model.source local and model.path on the client");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status FederationService::GetModelManifest(
+    grpc::ServerContext* ctx, const proto::ModelManifestRequest* req,
+    proto::ModelManifest* reply) {
+  try {
+    std::string peer;
+    grpc::Status auth = AuthenticateFetch(*ctx, "GetModelManifest", &peer);
+    if (!auth.ok()) return auth;
+    auto manifest = models_->Manifest();
+    if (!manifest.ok()) {
+      FP_LOG_ERROR("service", "GetModelManifest: {}",
+                   manifest.status().message());
+      return Grpc(manifest.status().WithContext("GetModelManifest"));
+    }
+    worker::ManifestToProto(**manifest, reply);
+    return grpc::Status::OK;
+  } catch (const std::exception& e) {
+    return InternalError("GetModelManifest", e);
+  }
+}
+
+grpc::Status FederationService::GetModelBlocks(
+    grpc::ServerContext* ctx, const proto::ModelBlocksRequest* req,
+    grpc::ServerWriter<proto::ModelBlock>* writer) {
+  try {
+    std::string peer;
+    grpc::Status auth = AuthenticateFetch(*ctx, "GetModelBlocks", &peer);
+    if (!auth.ok()) return auth;
+    const int n = req->hashes_size();
+    if (n < 1 || static_cast<size_t>(n) > delivery::kMaxBlocksPerRequest) {
+      return Grpc(Status::InvalidArgument(
+          "GetModelBlocks: hashes: expected 1 to " +
+          std::to_string(delivery::kMaxBlocksPerRequest) +
+          " block names, got " + std::to_string(n)));
+    }
+    for (int i = 0; i < n; ++i) {
+      if (!delivery::IsSha256Hex(req->hashes(i))) {
+        return Grpc(Status::InvalidArgument(
+            "GetModelBlocks: hashes[" + std::to_string(i) +
+            "]: expected 64 lowercase hex digits (SHA-256), got '" +
+            req->hashes(i).substr(0, 80) + "'"));
+      }
+    }
+    uint64_t bytes = 0;
+    int sent = 0;
+    for (int i = 0; i < n; ++i) {
+      StatusOr<std::string> data = models_->ReadBlock(req->hashes(i));
+      if (!data.ok()) {
+        FP_LOG_WARN("service", "GetModelBlocks from '{}': {}", peer,
+                    data.status().message());
+        return Grpc(data.status().WithContext("GetModelBlocks: hashes[" +
+                                              std::to_string(i) + "]"));
+      }
+      proto::ModelBlock block;
+      block.set_hash(req->hashes(i));
+      bytes += data->size();
+      block.set_data(std::move(data).value());
+      if (!writer->Write(block)) break;  // the client went away
+      ++sent;
+    }
+    const delivery::SourceStats st = models_->stats();
+    FP_LOG_INFO("service",
+                "model blocks: {} ({} B) to '{}'; {} blocks ({} B) served in "
+                "all, {} ({} B) fetched from upstream",
+                sent, bytes, peer.empty() ? ctx->peer() : peer,
+                st.blocks_served, st.bytes_served, st.blocks_fetched,
+                st.bytes_fetched);
+    return grpc::Status::OK;
+  } catch (const std::exception& e) {
+    return InternalError("GetModelBlocks", e);
+  }
+}
+
 StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
-    RoundEngine& engine, const ServerOptions& options) {
+    RoundEngine& engine, const ServerOptions& options,
+    delivery::ModelSource* models) {
   const size_t max_message = static_cast<size_t>(options.max_message_mb) << 20;
   size_t chunk = std::min(static_cast<size_t>(options.chunk_kb) << 10,
                           transport::ChunkBytesForMessageLimit(max_message));
@@ -491,7 +590,7 @@ StatusOr<std::unique_ptr<FederationServer>> FederationServer::Start(
   }
   std::unique_ptr<FederationServer> server(new FederationServer());
   server->service_ = std::make_unique<FederationService>(
-      engine, chunk, max_message, std::move(allowlist));
+      engine, chunk, max_message, std::move(allowlist), models);
   grpc::ServerBuilder builder;
   transport::ServerBuilderDefaults(&builder, max_message);
   // Long polls hold a thread each: allow one per worker and then some.

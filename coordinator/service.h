@@ -22,6 +22,13 @@
 // was opened with, so a session id alone is worth nothing. A plaintext
 // server (tls.insecure) trusts the profile's worker_id.
 //
+// Base-model delivery (GetModelManifest, GetModelBlocks; delivery/
+// model_source.h) needs no session: the model is fetched before
+// registering. With TLS the caller's certificate must be allowed and of
+// role worker or edge. A request for more than kMaxBlocksPerRequest blocks,
+// or for a name that is not a block of the manifest, is INVALID_ARGUMENT
+// naming the field.
+//
 // Thread-safety: gRPC calls handlers on its own threads; the service holds
 // no state of its own beyond immutable settings.
 #ifndef FEDPEFT_COORDINATOR_SERVICE_H_
@@ -34,6 +41,7 @@
 
 #include "common/status.h"
 #include "coordinator/coordinator.h"
+#include "delivery/model_source.h"
 #include "proto/fedpeft.grpc.pb.h"
 #include "security/certs.h"
 #include "security/tls.h"
@@ -46,9 +54,13 @@ class FederationService final : public proto::Federation::Service {
   // REQUIRES: `engine` outlives the service. `allowlist`: null on a
   // plaintext server (no identities to check); with TLS, the names that may
   // call.
+  // `models`: what GetModelManifest and GetModelBlocks answer from (null:
+  // FAILED_PRECONDITION, this server delivers no model); must outlive the
+  // service.
   FederationService(RoundEngine& engine, size_t chunk_bytes,
                     size_t max_message_bytes,
-                    std::unique_ptr<security::Allowlist> allowlist = nullptr);
+                    std::unique_ptr<security::Allowlist> allowlist = nullptr,
+                    delivery::ModelSource* models = nullptr);
 
   grpc::Status Register(grpc::ServerContext* ctx,
                         const proto::RegisterRequest* req,
@@ -69,6 +81,12 @@ class FederationService final : public proto::Federation::Service {
                          proto::StatusReply* reply) override;
   grpc::Status SecAgg(grpc::ServerContext* ctx, const proto::SecAggRequest* req,
                       proto::SecAggReply* reply) override;
+  grpc::Status GetModelManifest(grpc::ServerContext* ctx,
+                                const proto::ModelManifestRequest* req,
+                                proto::ModelManifest* reply) override;
+  grpc::Status GetModelBlocks(
+      grpc::ServerContext* ctx, const proto::ModelBlocksRequest* req,
+      grpc::ServerWriter<proto::ModelBlock>* writer) override;
 
  private:
   // With TLS: sets *name to the caller's certificate name and *role to the
@@ -80,7 +98,13 @@ class FederationService final : public proto::Federation::Service {
                             const std::string* session, std::string* name,
                             security::CertRole* role = nullptr);
 
+  // Authenticate for base-model delivery: a worker's or edge's
+  // certificate (any caller on a plaintext server), and a model to deliver.
+  grpc::Status AuthenticateFetch(const grpc::ServerContext& ctx,
+                                 const char* call, std::string* name);
+
   RoundEngine& engine_;
+  delivery::ModelSource* const models_;
   const size_t chunk_bytes_;
   const size_t max_message_bytes_;
   const std::unique_ptr<security::Allowlist> allowlist_;
@@ -93,12 +117,14 @@ class FederationServer {
   // the credentials of options.tls and starts serving. Writes the port to
   // options.port_file when set. Errors name the tls.* key of a certificate
   // or key that cannot be read.
+  // `models`: the model it delivers (null: none); must outlive the server.
   static StatusOr<std::unique_ptr<FederationServer>> Start(
-      RoundEngine& engine, const ServerOptions& options);
-  // The cloud coordinator's engine.
+      RoundEngine& engine, const ServerOptions& options,
+      delivery::ModelSource* models = nullptr);
+  // The cloud coordinator's engine, delivering its model.
   static StatusOr<std::unique_ptr<FederationServer>> Start(
       Coordinator& coordinator, const ServerOptions& options) {
-    return Start(coordinator.engine(), options);
+    return Start(coordinator.engine(), options, &coordinator.model_source());
   }
   ~FederationServer();  // shuts down
 

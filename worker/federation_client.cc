@@ -299,6 +299,65 @@ StatusOr<std::string> FederationClient::SecAgg(int64_t round,
   return Status::Unavailable("stopped");
 }
 
+namespace {
+
+// The delivery calls have no session: a NOT_FOUND from them (a server
+// without its model file) must not make WithRetry register again.
+grpc::Status SessionlessStatus(const grpc::Status& s) {
+  if (s.error_code() != grpc::StatusCode::NOT_FOUND) return s;
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, s.error_message());
+}
+
+}  // namespace
+
+StatusOr<proto::ModelManifest> FederationClient::GetModelManifest(
+    proto::Role my_role) {
+  proto::ModelManifest manifest;
+  Status role_ok;
+  Status s = WithRetry("GetModelManifest", /*idempotent=*/true, [&]() {
+    grpc::ClientContext ctx;
+    transport::SetTimeout(
+        &ctx,
+        milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
+    grpc::Status got =
+        stub_->GetModelManifest(&ctx, proto::ModelManifestRequest(), &manifest);
+    if (got.ok()) role_ok = CheckServerRole(ctx, my_role);
+    return SessionlessStatus(got);
+  });
+  RETURN_IF_ERROR(s);
+  RETURN_IF_ERROR(role_ok);
+  return manifest;
+}
+
+Status FederationClient::GetModelBlocks(
+    const std::vector<std::string>& hashes,
+    const std::function<Status(proto::ModelBlock&)>& on_block) {
+  Status refused;
+  Status s = WithRetry("GetModelBlocks", /*idempotent=*/true, [&]() {
+    proto::ModelBlocksRequest req;
+    for (const std::string& h : hashes) req.add_hashes(h);
+    grpc::ClientContext ctx;
+    transport::SetTimeout(
+        &ctx,
+        milliseconds(static_cast<int64_t>(options_.rpc_timeout_s * 1000)));
+    auto reader = stub_->GetModelBlocks(&ctx, req);
+    proto::ModelBlock block;
+    refused = Status::Ok();
+    while (reader->Read(&block)) {
+      refused = on_block(block);
+      if (!refused.ok()) {
+        ctx.TryCancel();
+        break;
+      }
+    }
+    grpc::Status done = reader->Finish();
+    // Our own refusal is final: not a failure of the call to retry.
+    return refused.ok() ? SessionlessStatus(done) : grpc::Status::OK;
+  });
+  RETURN_IF_ERROR(refused);
+  return s;
+}
+
 std::string FederationClient::SessionOf(const std::string& user) {
   return user.empty() ? session() : session() + "#" + user;
 }

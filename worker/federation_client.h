@@ -26,6 +26,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/status.h"
 #include "model/llama.h"
@@ -104,6 +105,17 @@ class FederationClient {
   StatusOr<std::string> SecAgg(int64_t round, proto::SecAggRequest::Step step,
                                const std::string& message,
                                std::chrono::steady_clock::time_point until);
+
+  // Base-model delivery (no session needed; callable before Register).
+  // The server's model manifest; with TLS, first checks that the server's
+  // certificate serves a client of `my_role` (as Register does).
+  StatusOr<proto::ModelManifest> GetModelManifest(proto::Role my_role);
+  // Streams the blocks `hashes` names, calling on_block for each; an error
+  // from on_block ends the call with it. Retried (from the start) while the
+  // server is unreachable.
+  Status GetModelBlocks(
+      const std::vector<std::string>& hashes,
+      const std::function<Status(proto::ModelBlock&)>& on_block);
 
   void Stop();
   bool stopped() const { return stop_; }

@@ -1,5 +1,9 @@
 #include "worker/train_config.h"
 
+#include <algorithm>
+
+#include "delivery/model_manifest.h"
+
 namespace fedpeft {
 namespace worker {
 
@@ -10,7 +14,23 @@ void ModelOptions::Read(ConfigReader& in) {
   in.Get("base_dtype", &base_dtype);
   in.Get("device", &device);
   in.Get("threads", &threads);
+  in.Get("source", &source);
+  in.Get("cache_dir", &cache_dir);
+  in.Get("block_size", &block_size);
   in.Check(!path.empty(), "path", "must name a model folder or .bin file");
+  in.Check(source == "local" || source == "upstream", "source",
+           "expected local or upstream, got '" + source + "'");
+  in.Check(!upstream() || !cache_dir.empty(), "cache_dir",
+           "is required with model.source upstream (where the fetched "
+           "blocks and the assembled model are kept)");
+  in.Check(block_size == 0 ||
+               (block_size >= static_cast<int64_t>(delivery::kMinBlockSize) &&
+                block_size <= static_cast<int64_t>(delivery::kMaxBlockSize)),
+           "block_size",
+           "must be 0 (automatic) or in [" +
+               std::to_string(delivery::kMinBlockSize) + ", " +
+               std::to_string(delivery::kMaxBlockSize) + "] bytes, got " +
+               ToConfigString(block_size));
   in.Check(dtype == "float32" || dtype == "bfloat16" || dtype == "float16",
            "dtype",
            "expected float32, bfloat16 or float16, got '" + dtype + "'");
@@ -22,6 +42,12 @@ void ModelOptions::Read(ConfigReader& in) {
            "must be >= 0 (0 = default), got " + ToConfigString(threads));
   in.Check(model::ParseDevice(device).ok(), "device",
            "expected cpu, cuda or cuda:N, got '" + device + "'");
+}
+
+uint64_t ModelOptions::BlockSizeFor(int max_message_mb) const {
+  if (block_size > 0) return static_cast<uint64_t>(block_size);
+  return std::min<uint64_t>(delivery::kDefaultBlockSize,
+                            static_cast<uint64_t>(max_message_mb) << 19);
 }
 
 StatusOr<model::LoadOptions> ModelOptions::ToLoadOptions() const {
@@ -69,6 +95,9 @@ void SampleOptions::Read(ConfigReader& in) {
 void TrainJobConfig::Read(ConfigReader& in) {
   ConfigReader model_in = in.Section("model");
   model.Read(model_in);
+  model_in.Check(!model.upstream(), "source",
+                 "upstream is for a federated worker, executor or edge "
+                 "(fetched from its server); `fedpeft train` reads model.path");
   ConfigReader peft_in = in.Section("peft");
   peft.Read(peft_in);
   ConfigReader data_in = in.Section("data");

@@ -42,8 +42,23 @@ struct ModelOptions {
   std::string base_dtype = "auto";
   std::string device = "cpu";  // cpu | cuda | cuda:N
   int threads = 0;             // intra-op threads; 0 = LibTorch default
+  // Where the base model comes from (delivery/model_fetch.h): "local" =
+  // `path` on this machine; "upstream" = fetched from the server (a
+  // worker's server.address, an edge's upstream) as content-addressed
+  // blocks into `cache_dir`, then loaded from there (`path` is ignored).
+  // Only workers, executors and edges may fetch.
+  std::string source = "local";
+  std::string cache_dir;  // required with source upstream
+  // A server's (cloud or edge with a local model): the bytes of one block
+  // of the model it delivers, in [4 KiB, 8 MiB]; 0 = 4 MiB, or half of the
+  // server's max_message_mb when that is less (BlockSizeFor).
+  int64_t block_size = 0;
 
   void Read(ConfigReader& in);
+  bool upstream() const { return source == "upstream"; }
+  // The block size a server whose messages carry at most max_message_mb
+  // MiB delivers its model in.
+  uint64_t BlockSizeFor(int max_message_mb) const;
   // The LoadOptions these options describe (dtype and device parsed).
   StatusOr<model::LoadOptions> ToLoadOptions() const;
 };

@@ -86,6 +86,11 @@ void WorkerConfig::Read(ConfigReader& in) {
   server.tls.Read(tls, security::kTlsClient);
   ConfigReader m = in.Section("model");
   model.Read(m);
+  // The other processes of a distributed worker never dial the server.
+  m.Check(!model.upstream() || !worker.distributed.enabled(), "source",
+          "upstream needs one process per worker (worker.distributed."
+          "world_size 1): copy the model to every process's machine and "
+          "use model.source local");
   ConfigReader d = in.Section("data");
   data.Read(d);
   d.Get("shard", &shard);

@@ -8,7 +8,9 @@
 //   tls:        enabled | insecure (one is required), ca, cert, key,
 //               server_name (security/tls.h); with TLS, worker.id must be
 //               the certificate's common name
-//   model:      the base model (must be the coordinator's)
+//   model:      the base model (must be the coordinator's); source:
+//               upstream fetches it from the server into cache_dir
+//               (worker/model_download.h)
 //   data:       local data (data/dataset.h) plus `shard: i/n` to take one
 //               partition of a shared file (data.partition picks how)
 //   train:      local optimizer settings (steps, batch and lr come with

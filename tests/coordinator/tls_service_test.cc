@@ -336,6 +336,28 @@ TEST_F(TlsServiceTest, ARegistrationTakesTheRoleOfItsCertificate) {
   EXPECT_THAT(ids, ::testing::UnorderedElementsAre("edge-0", "worker-0"));
 }
 
+// Base-model delivery: workers and edges fetch, an operator does not.
+TEST_F(TlsServiceTest, OnlyWorkersAndEdgesFetchTheModel) {
+  Start();
+  for (const char* name : {"worker-0", "edge-0", "operator"}) {
+    auto stub = Stub(name);
+    proto::ModelManifest manifest;
+    grpc::ClientContext ctx;
+    transport::SetTimeout(&ctx, std::chrono::seconds(10));
+    grpc::Status s =
+        stub->GetModelManifest(&ctx, proto::ModelManifestRequest(), &manifest);
+    if (std::string(name) == "operator") {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+      EXPECT_THAT(s.error_message(),
+                  HasSubstr("needs a worker or edge certificate; 'operator' "
+                            "has role operator"));
+    } else {
+      EXPECT_TRUE(s.ok()) << name << ": " << s.error_message();
+      EXPECT_GT(manifest.files_size(), 0);
+    }
+  }
+}
+
 // The role is read from the signed subject; a certificate without one (the
 // CA's own here, or one issued before roles existed) is refused with a hint.
 TEST_F(TlsServiceTest, TheRoleIsReadFromTheCertificate) {

@@ -157,6 +157,33 @@ class FederationTest : public ProcessTest {
         Path("worker-" + std::to_string(i) + ".log"));
   }
 
+  // `fedpeft certs init --out dir`, then `certs issue` of each {role,
+  // name}; the tools' output in certs.txt. False when one fails.
+  bool MakeCerts(
+      const std::string& dir,
+      const std::vector<std::pair<std::string, std::string>>& issue) {
+    std::vector<std::vector<std::string>> runs = {
+        {"certs", "init", "--out", dir}};
+    for (const auto& [role, name] : issue) {
+      runs.push_back({"certs", "issue", "--role", role, "--name", name, "--ca",
+                      dir, "--out", dir});
+    }
+    for (const auto& args : runs) {
+      if (Wait(Spawn(args, Path("certs.txt")), std::chrono::seconds(30)) != 0) {
+        return false;
+      }
+    }
+    return true;
+  }
+  // The --set arguments that put process `name` on mutual TLS with the
+  // certificates MakeCerts made in `dir`.
+  static std::vector<std::string> TlsSets(const std::string& dir,
+                                          const std::string& name) {
+    return {"--set", "tls.ca=" + dir + "/ca.crt",
+            "--set", "tls.cert=" + dir + "/" + name + ".crt",
+            "--set", "tls.key=" + dir + "/" + name + ".key"};
+  }
+
   std::vector<nlohmann::json> Metrics() {
     std::vector<nlohmann::json> rows;
     std::istringstream in(Slurp(Path("metrics.jsonl")));

@@ -225,30 +225,16 @@ TEST_F(FederationTest, ConfigErrorsNameTheKeyAndExitNonZero) {
 // certificate; a worker whose id is not its certificate's name stops.
 TEST_F(FederationTest, MutualTlsWithCertsCommands) {
   const std::string certs = Path("certs");
-  pid_t init = Spawn({"certs", "init", "--out", certs}, Path("certs.txt"));
-  ASSERT_EQ(Wait(init, std::chrono::seconds(30)), 0)
+  ASSERT_TRUE(MakeCerts(certs, {{"coordinator", "coordinator"},
+                                {"worker", "worker-0"},
+                                {"worker", "worker-1"},
+                                {"operator", "operator"}}))
       << Slurp(Path("certs.txt"));
-  for (const auto& [role, name] :
-       std::vector<std::pair<std::string, std::string>>{
-           {"coordinator", "coordinator"},
-           {"worker", "worker-0"},
-           {"worker", "worker-1"},
-           {"operator", "operator"}}) {
-    pid_t p = Spawn({"certs", "issue", "--role", role, "--name", name, "--ca",
-                     certs, "--out", certs},
-                    Path("certs.txt"));
-    ASSERT_EQ(Wait(p, std::chrono::seconds(30)), 0) << Slurp(Path("certs.txt"));
-  }
   {
     std::ofstream allow(Path("allowlist.yaml"));
     allow << "allowed_names: [worker-0, worker-1, operator]\n";
   }
-  auto tls = [&](const std::string& name) {
-    return std::vector<std::string>{
-        "--set", "tls.ca=" + certs + "/ca.crt",
-        "--set", "tls.cert=" + certs + "/" + name + ".crt",
-        "--set", "tls.key=" + certs + "/" + name + ".key"};
-  };
+  auto tls = [&](const std::string& name) { return TlsSets(certs, name); };
   coordinator_config_ = "configs/tls/coordinator.yaml";
   worker_config_ = "configs/tls/worker.yaml";
   std::vector<std::string> extra = tls("coordinator");
