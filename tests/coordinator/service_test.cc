@@ -17,6 +17,7 @@
 #include "security/dp.h"
 #include "security/rdp_accountant.h"
 #include "security/tls.h"
+#include "serve/serve_config.h"
 #include "tests/coordinator/service_fixture.h"
 #include "worker/federation_client.h"
 #include "worker/train_config.h"
@@ -474,6 +475,9 @@ TEST(ShippedConfigsTest, EveryConfigLoads) {
       std::string cmd = "cd " + kSource + " && " + std::string(FEDPEFT_BINARY) +
                         " simulate --check --config " + path + " >/dev/null";
       EXPECT_EQ(std::system(cmd.c_str()), 0);
+    } else if (root["serve"]) {
+      auto cfg = serve::LoadServeConfig(path, {});
+      EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
     } else if (name == "coordinator.yaml") {
       auto cfg = LoadCoordinatorConfig(path, {});
       EXPECT_TRUE(cfg.ok()) << cfg.status().ToString();
