@@ -44,6 +44,14 @@ StatusOr<peft::SavedAdapter> LoadServedAdapter(const std::string& dir,
     *what = "PEFT adapter";
     return peft::LoadAdapter(dir);
   }
+  if (!PathExists(JoinPath(dir, "state.json")) &&
+      !PathExists(JoinPath(dir, "LATEST"))) {
+    return Status::InvalidArgument(
+        "'" + dir +
+        "' is neither a PEFT adapter folder (adapter_config.json) nor a "
+        "coordinator checkpoint (a round folder with state.json, or a "
+        "directory with LATEST)");
+  }
   ASSIGN_OR_RETURN(coordinator::CheckpointAdapter ckpt,
                    coordinator::LoadCheckpointAdapter(dir));
   *what = "checkpoint of federation '" + ckpt.federation_id + "', round " +
@@ -261,8 +269,7 @@ Status Engine::Complete(const CompletionRequest& request,
   } catch (const std::exception& e) {
     // A LibTorch error (e.g. out of memory): this request fails, the
     // instance is dropped rather than reused, the server goes on.
-    FP_LOG_ERROR("serve", "{}: generation failed: {}", request.model,
-                 e.what());
+    FP_LOG_ERROR("serve", "{}: generation failed: {}", request.model, e.what());
     return Status::Internal("generation failed: " + std::string(e.what()));
   }
   Give(*served, std::move(instance));

@@ -349,6 +349,26 @@ TEST_F(ServeTest, BadRequestsGetJsonErrorsAndTheServerGoesOn) {
   EXPECT_EQ(health->status, 200);
 }
 
+// A server that cannot serve what its config names does not start: the
+// error names the key and what was expected, and the exit code is 1.
+TEST_F(ServeTest, ABadAdapterOrKeyStopsTheStartNamingIt) {
+  pid_t pid = Spawn(Command({"serve", "--config", "configs/serve/serve.yaml"},
+                            {"serve.listen=127.0.0.1:0",
+                             "serve.adapters.x=" + Path("nothing")}),
+                    Path("bad_adapter.log"));
+  EXPECT_EQ(Wait(pid, std::chrono::seconds(60)), 1);
+  EXPECT_THAT(Slurp(Path("bad_adapter.log")),
+              testing::HasSubstr("serve.adapters.x: '" + Path("nothing") +
+                                 "' is neither a PEFT adapter folder"));
+  pid = Spawn(Command({"serve", "--config", "configs/serve/serve.yaml"},
+                      {"serve.parallel=0", "serve.listen=localhost"}),
+              Path("bad_key.log"));
+  EXPECT_EQ(Wait(pid, std::chrono::seconds(60)), 1);
+  const std::string log = Slurp(Path("bad_key.log"));
+  EXPECT_THAT(log, testing::HasSubstr("serve.parallel: must be in [1, 256]"));
+  EXPECT_THAT(log, testing::HasSubstr("serve.listen: expected host:port"));
+}
+
 // With tls.enabled the server speaks HTTPS, requires a client certificate
 // the CA signed, and answers 403 to one the allowlist does not name.
 TEST_F(ServeTest, MutualTlsAdmitsOnlyAllowedCertificates) {
