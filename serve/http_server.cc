@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <signal.h>
 
 #include <atomic>
 #include <chrono>
@@ -203,6 +204,10 @@ HttpServer::~HttpServer() { Stop(); }
 StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(
     const ServeOptions& options, const security::TlsOptions& tls,
     Backend* backend) {
+  // A client that hangs up while a TLS response is written would otherwise
+  // kill the process: OpenSSL writes with write(2), which raises SIGPIPE
+  // (plain sockets use MSG_NOSIGNAL). The error is handled where it occurs.
+  ::signal(SIGPIPE, SIG_IGN);
   auto impl = std::make_unique<Impl>();
   impl->backend = backend;
   impl->max_tokens = options.max_tokens;
