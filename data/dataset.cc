@@ -430,7 +430,6 @@ std::string InstructionPrompt(const std::string& instruction,
   return prompt;
 }
 
-
 void DataOptions::Read(ConfigReader& in) {
   in.Get("path", &path);
   in.Get("format", &format);
