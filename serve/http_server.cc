@@ -93,7 +93,10 @@ void HttpServer::Impl::HandleCompletion(const httplib::Request& req,
     FP_LOG_INFO("serve", "400 {}: {}", req.path, error.message);
     return SendError(res, error);
   }
-  if (Status s = backend->Check(request); !s.ok()) {
+  // A streamed request is checked before its 200 and first event; a plain
+  // one gets the same errors from Complete.
+  if (Status s = request.stream ? backend->Check(request) : Status::Ok();
+      !s.ok()) {
     const ApiError e = ToApiError(s);
     FP_LOG_INFO("serve", "{} {}: {}", e.http_status, req.path, e.message);
     return SendError(res, e);
@@ -103,7 +106,11 @@ void HttpServer::Impl::HandleCompletion(const httplib::Request& req,
     CompletionResult result;
     Status s = backend->Complete(
         request, [](const std::string&) { return true; }, &result);
-    if (!s.ok()) return SendError(res, ToApiError(s));
+    if (!s.ok()) {
+      const ApiError e = ToApiError(s);
+      FP_LOG_INFO("serve", "{} {}: {}", e.http_status, req.path, e.message);
+      return SendError(res, e);
+    }
     res.set_content(CompletionBody(request, id, result), "application/json");
     return;
   }

@@ -47,14 +47,19 @@ class FederationTest : public ProcessTest {
  protected:
   FederationTest() : ProcessTest("fedpeft_fed_") {}
 
-  // Starts `fedpeft <args>` in the source tree, output into `log`.
-  pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
+  // Starts `fedpeft <args>` in the source tree, output into `log` (stderr
+  // into `err_log` instead when given).
+  pid_t Spawn(const std::vector<std::string>& args, const std::string& log,
+              const std::string& err_log = "") {
     pid_t pid = fork();
     if (pid == 0) {
       if (chdir(kSource.c_str()) != 0) _exit(126);
       int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       dup2(fd, 1);
-      dup2(fd, 2);
+      dup2(err_log.empty()
+               ? fd
+               : open(err_log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644),
+           2);
       std::vector<char*> argv{const_cast<char*>(kBinary.c_str())};
       for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);

@@ -78,20 +78,7 @@ class ServeTest : public testing_util::FederationTest {
     if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
     const std::string out = Path("generate.out");
     fs::remove(out);
-    pid_t pid = fork();
-    if (pid == 0) {
-      if (chdir(kSource.c_str()) != 0) _exit(126);
-      int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      int null = open("/dev/null", O_WRONLY);
-      dup2(null, 2);
-      std::vector<char*> argv{const_cast<char*>(testing_util::kBinary.c_str())};
-      for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execv(testing_util::kBinary.c_str(), argv.data());
-      _exit(127);
-    }
-    pids_.push_back(pid);
+    pid_t pid = Spawn(args, out, Path("generate.err"));
     EXPECT_EQ(Wait(pid, std::chrono::seconds(60)), 0);
     std::string text = Slurp(out);
     if (!text.empty() && text.back() == '\n') text.pop_back();
