@@ -17,13 +17,14 @@ double Uniform(std::mt19937_64& rng) {
   return static_cast<double>(rng() >> 11) * (1.0 / 9007199254740992.0);
 }
 
-// Picks the next token from one row of logits.
-int64_t Pick(const torch::Tensor& logits_row, const GenerateOptions& options,
-             std::mt19937_64& rng) {
+}  // namespace
+
+int64_t PickToken(const torch::Tensor& logits_row, double temperature,
+                  double top_p, std::mt19937_64& rng) {
   torch::Tensor row = logits_row.to(torch::kCPU, torch::kFloat64).contiguous();
   const double* l = row.data_ptr<double>();
   const int64_t n = row.numel();
-  if (options.temperature <= 0.0) {
+  if (temperature <= 0.0) {
     // Greedy; ties go to the lowest id.
     return std::max_element(l, l + n) - l;
   }
@@ -32,19 +33,19 @@ int64_t Pick(const torch::Tensor& logits_row, const GenerateOptions& options,
   std::vector<double> probs(n);
   double total = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    probs[i] = std::exp((l[i] - max_logit) / options.temperature);
+    probs[i] = std::exp((l[i] - max_logit) / temperature);
     total += probs[i];
   }
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
   int64_t keep = n;
-  if (options.top_p < 1.0) {
+  if (top_p < 1.0) {
     // Nucleus: the most probable tokens whose mass first reaches top_p.
     std::stable_sort(
         order.begin(), order.end(),
         [&probs](int64_t a, int64_t b) { return probs[a] > probs[b]; });
     double mass = 0.0;
-    const double target = std::max(options.top_p, 0.0) * total;
+    const double target = std::max(top_p, 0.0) * total;
     for (keep = 0; keep < n;) {
       mass += probs[order[keep]];
       ++keep;
@@ -59,8 +60,6 @@ int64_t Pick(const torch::Tensor& logits_row, const GenerateOptions& options,
   }
   return order[keep - 1];  // rounding left u >= 0
 }
-
-}  // namespace
 
 std::vector<int64_t> Generate(LlamaModel& model,
                               const std::vector<int64_t>& prompt,
@@ -86,10 +85,14 @@ std::vector<int64_t> Generate(LlamaModel& model,
   KvCache cache;
   torch::Tensor tokens =
       torch::tensor(prompt, torch::kInt64).view({1, prompt_len}).to(device);
-  torch::Tensor logits = model.Forward(tokens, &cache);
+  // Only the last position's logits are needed: the output layer runs on
+  // one row (a [prompt, vocab] product would be wasted).
+  torch::Tensor hidden = model.Hidden(tokens, &cache);
+  torch::Tensor logits = model.Logits(hidden.narrow(1, prompt_len - 1, 1));
   while (static_cast<int64_t>(out.size()) < options.max_new_tokens &&
          prompt_len + static_cast<int64_t>(out.size()) < context) {
-    const int64_t next = Pick(logits[0][logits.size(1) - 1], options, rng);
+    const int64_t next =
+        PickToken(logits[0][0], options.temperature, options.top_p, rng);
     if (options.stop_at_eos && next == model.config().eos_id) break;
     if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) !=
         options.stop_ids.end()) {

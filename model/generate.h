@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <vector>
 
 #include "model/llama.h"
@@ -29,6 +30,13 @@ struct GenerateOptions {
 // Called with each new token id as it is chosen; returning false stops
 // generation there (the token is kept).
 using TokenCallback = std::function<bool(int64_t)>;
+
+// The next token from one row of logits [vocab]: the argmax at temperature
+// 0 (ties to the lowest id), otherwise a draw from softmax(logits /
+// temperature), cut to the nucleus `top_p`, with `rng`. What Generate does
+// per step; a pipeline's last stage does the same.
+int64_t PickToken(const torch::Tensor& logits_row, double temperature,
+                  double top_p, std::mt19937_64& rng);
 
 // Returns only the new token ids (prompt excluded). Stops at EOS or a stop
 // id (not included), at max_new_tokens, when the context is full, or when

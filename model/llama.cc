@@ -125,19 +125,29 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
     : torch::nn::Module("LlamaModel"), weights_(std::move(weights)) {
   TORCH_CHECK(weights_ != nullptr, "LlamaModel: weights are null");
   const LlamaConfig& c = weights_->config;
-  final_norm_ = weights_->Get("model.norm.weight");
-  options_ = final_norm_.options();
+  const LayerSpan& span = weights_->span;
+  first_layer_ = span.begin;
+  const int64_t end = span.End(c.n_layers);
+  TORCH_CHECK(span.Validate(c.n_layers).ok(),
+              "LlamaModel: ", span.Validate(c.n_layers).message());
   const bool frozen = !weights_->frozen.empty();
-  const std::string lm_head_key =
-      c.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  if (frozen) {
-    embed_frozen_ = &weights_->frozen.at("model.embed_tokens.weight");
-    lm_head_frozen_ = &weights_->frozen.at(lm_head_key);
+  if (span.io) {
+    final_norm_ = weights_->Get("model.norm.weight");
+    options_ = final_norm_.options();
+    const std::string lm_head_key =
+        c.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    if (frozen) {
+      embed_frozen_ = &weights_->frozen.at("model.embed_tokens.weight");
+      lm_head_frozen_ = &weights_->frozen.at(lm_head_key);
+    } else {
+      embed_ = weights_->Get("model.embed_tokens.weight");
+      lm_head_ = weights_->Get(lm_head_key);
+    }
   } else {
-    embed_ = weights_->Get("model.embed_tokens.weight");
-    lm_head_ = weights_->Get(lm_head_key);
+    options_ = weights_->Get(LayerPrefix(span.begin) + "input_layernorm.weight")
+                   .options();
   }
-  for (int64_t l = 0; l < c.n_layers; ++l) {
+  for (int64_t l = span.begin; l < end; ++l) {
     auto layer = std::make_unique<Layer>();
     layer->dtype = options_.dtype().toScalarType();
     layer->attn_norm = weights_->Get(LayerPrefix(l) + "input_layernorm.weight");
@@ -198,9 +208,10 @@ LlamaModel::RopeTables LlamaModel::RopeFor(int64_t start, int64_t length) {
 LlamaModel::~LlamaModel() = default;
 
 LlamaModel::Layer& LlamaModel::LayerAt(int64_t layer) {
-  TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers_.size()),
-              "layer ", layer, " out of range [0, ", layers_.size(), ")");
-  return *layers_[layer];
+  const int64_t end = first_layer_ + static_cast<int64_t>(layers_.size());
+  TORCH_CHECK(layer >= first_layer_ && layer < end, "layer ", layer,
+              " out of range [", first_layer_, ", ", end, ")");
+  return *layers_[layer - first_layer_];
 }
 
 const std::vector<torch::Tensor>& LlamaModel::CausalMasks(int64_t start,
@@ -413,6 +424,10 @@ torch::Tensor LlamaModel::RunLayerCheckpointed(int64_t index,
 
 torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
   const LlamaConfig& c = config();
+  TORCH_CHECK(span().Whole(c.n_layers),
+              "Hidden needs the whole model; this "
+              "one holds ",
+              span().Describe(c.n_layers));
   TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T], got ", tokens.sizes());
   const int64_t T = tokens.size(1);
   const int64_t start = cache != nullptr ? cache->length : 0;
@@ -447,6 +462,44 @@ torch::Tensor LlamaModel::Hidden(const torch::Tensor& tokens, KvCache* cache) {
   }
   if (cache != nullptr) cache->length += T;
   return RmsNorm(x, final_norm_, c.norm_eps);
+}
+
+torch::Tensor LlamaModel::Embed(const torch::Tensor& tokens) {
+  TORCH_CHECK(span().io, "Embed: this model part holds no embeddings (",
+              span().Describe(config().n_layers), ")");
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be [B, T], got ", tokens.sizes());
+  const torch::Tensor ids = tokens.to(options_.device(), torch::kInt64);
+  return embed_frozen_ != nullptr
+             ? embed_frozen_->Gather(ids, options_.dtype().toScalarType())
+             : torch::embedding(embed_, ids);
+}
+
+torch::Tensor LlamaModel::RunLayers(const torch::Tensor& x, KvCache* cache) {
+  const LlamaConfig& c = config();
+  TORCH_CHECK(cache != nullptr, "RunLayers needs a KV cache");
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == c.dim, "hidden states must be [B, ",
+              "T, ", c.dim, "], got ", x.sizes());
+  const int64_t T = x.size(1);
+  const int64_t start = cache->length;
+  TORCH_CHECK(T >= 1, "hidden states must hold at least one position");
+  TORCH_CHECK(start + T <= c.context_length(), "sequence of ", start + T,
+              " tokens exceeds the model's context of ", c.context_length());
+  const RopeTables rope = RopeFor(start, T);
+  cache->k.resize(c.n_layers);
+  cache->v.resize(c.n_layers);
+  torch::Tensor h = x.to(options_.device(), options_.dtype());
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    h = RunLayer(*layers_[i], h, first_layer_ + static_cast<int64_t>(i), start,
+                 rope, cache);
+  }
+  cache->length += T;
+  return h;
+}
+
+torch::Tensor LlamaModel::Head(const torch::Tensor& x) {
+  TORCH_CHECK(span().io, "Head: this model part holds no output layer (",
+              span().Describe(config().n_layers), ")");
+  return Logits(RmsNorm(x, final_norm_, config().norm_eps));
 }
 
 torch::Tensor LlamaModel::Logits(const torch::Tensor& hidden) {
@@ -546,6 +599,9 @@ void LlamaModel::Unmerge() {
 }
 
 std::shared_ptr<LlamaWeights> LlamaModel::ExportWeights() {
+  TORCH_CHECK(span().Whole(config().n_layers),
+              "ExportWeights needs the whole model; this one holds ",
+              span().Describe(config().n_layers));
   torch::NoGradGuard no_grad;
   auto out = std::make_shared<LlamaWeights>();
   out->config = weights_->config;

@@ -106,6 +106,33 @@ struct LlamaConfig {
   int64_t NumParameters() const;
 };
 
+// The part of a model one process holds: layers [begin, end) and, with
+// `io`, the embeddings, the final norm and the output layer. A pipeline
+// stage (serve/pipeline_stage.h) holds one contiguous span; every other
+// user holds the whole model (the default).
+struct LayerSpan {
+  int64_t begin = 0;
+  int64_t end = -1;  // one past the last layer; -1: through the last
+  bool io = true;
+
+  // `end` resolved against n_layers.
+  int64_t End(int64_t n_layers) const { return end < 0 ? n_layers : end; }
+  bool Whole(int64_t n_layers) const {
+    return io && begin == 0 && End(n_layers) == n_layers;
+  }
+  bool HoldsLayer(int64_t layer, int64_t n_layers) const {
+    return layer >= begin && layer < End(n_layers);
+  }
+  // Whether a tensor of ExpectedTensorShapes belongs to the span: a layer's
+  // by its index, the others by `io`.
+  bool Holds(const std::string& name, int64_t n_layers) const;
+  // "layers 0-7 + io", for messages.
+  std::string Describe(int64_t n_layers) const;
+  // begin <= end <= n_layers, and at least one layer or io; names the
+  // field otherwise.
+  Status Validate(int64_t n_layers) const;
+};
+
 // The frozen base weights, HF names and layout, requires_grad false, never
 // modified after load.
 //
@@ -129,6 +156,8 @@ struct LlamaWeights {
   // llama2.c and random weights): what `export --merge` writes.
   torch::Dtype stored_dtype = torch::kFloat32;
   std::string source;  // path it was loaded from, for messages and export
+  // The part held (LoadOptions::span); tensors outside it are absent.
+  LayerSpan span;
 
   // Checks presence and shape of every tensor the config implies (in
   // `tensors`, or as part of a `frozen` block); names the tensor, the shape
@@ -163,6 +192,13 @@ bool BaseIsPlain(BaseDtype base_dtype, torch::Dtype compute_dtype);
 // self_attn.q_norm/k_norm [head_dim] only with qk_norm).
 std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
     const LlamaConfig& config);
+// Those of them `span` holds.
+std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
+    const LlamaConfig& config, const LayerSpan& span);
+
+// Drops every tensor and frozen block of `weights` outside `span` and sets
+// weights->span (for loaders that cannot read a part alone).
+void RestrictToSpan(LlamaWeights* weights, const LayerSpan& span);
 
 // Re-stores each layer's q/k/v_proj weights as adjacent row blocks of one
 // buffer (and gate/up_proj likewise), replacing the map entries by views of
@@ -228,6 +264,20 @@ class LlamaModel : public torch::nn::Module {
 
   // Output projection of hidden states to logits.
   torch::Tensor Logits(const torch::Tensor& hidden);
+
+  // The pieces of Forward for a model over part of the layers (a pipeline
+  // stage, LlamaWeights::span); a whole model may use them too, and
+  // Head(RunLayers(Embed(tokens), cache)) == Forward(tokens, cache).
+  // Embed: token ids [B, T] -> hidden [B, T, dim]. REQUIRES: span.io.
+  torch::Tensor Embed(const torch::Tensor& tokens);
+  // Runs the layers held on hidden states [B, T, dim] at positions
+  // cache->length.., appending their keys/values; cache->length += T.
+  // Throws c10::Error past context_length().
+  torch::Tensor RunLayers(const torch::Tensor& x, KvCache* cache);
+  // Final norm and output layer: hidden [B, T, dim] after the last layer
+  // -> logits [B, T, vocab] (float32). REQUIRES: span.io.
+  torch::Tensor Head(const torch::Tensor& x);
+  const LayerSpan& span() const { return weights_->span; }
 
   // The output projection [vocab, dim] Logits multiplies by (the embedding
   // when tied); frozen, never merged. Aliases. For losses that fuse it with
@@ -315,10 +365,11 @@ class LlamaModel : public torch::nn::Module {
   Layer& LayerAt(int64_t layer);
 
   std::shared_ptr<const LlamaWeights> weights_;
-  std::vector<std::unique_ptr<Layer>> layers_;
-  torch::TensorOptions options_;  // compute dtype and device
-  torch::Tensor embed_;           // [vocab, dim]; undefined for a frozen base
-  torch::Tensor lm_head_;         // [vocab, dim] (== embed_ when tied)
+  std::vector<std::unique_ptr<Layer>> layers_;  // span().begin.. end
+  int64_t first_layer_ = 0;                     // span().begin
+  torch::TensorOptions options_;                // compute dtype and device
+  torch::Tensor embed_;    // [vocab, dim]; undefined for a frozen base
+  torch::Tensor lm_head_;  // [vocab, dim] (== embed_ when tied)
   // A frozen base's (LlamaWeights::frozen); null otherwise.
   const FrozenWeight* embed_frozen_ = nullptr;
   const FrozenWeight* lm_head_frozen_ = nullptr;

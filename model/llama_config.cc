@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <optional>
 
@@ -445,6 +446,73 @@ std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
   return shapes;
 }
 
+std::map<std::string, std::vector<int64_t>> ExpectedTensorShapes(
+    const LlamaConfig& c, const LayerSpan& span) {
+  std::map<std::string, std::vector<int64_t>> shapes = ExpectedTensorShapes(c);
+  if (span.Whole(c.n_layers)) return shapes;
+  for (auto it = shapes.begin(); it != shapes.end();) {
+    it = span.Holds(it->first, c.n_layers) ? std::next(it) : shapes.erase(it);
+  }
+  return shapes;
+}
+
+namespace {
+
+// The N of "model.layers.N.<rest>", or -1 for a name outside the layers.
+int64_t LayerOfName(const std::string& name) {
+  static const std::string kPrefix = "model.layers.";
+  if (name.rfind(kPrefix, 0) != 0) return -1;
+  int64_t layer = 0;
+  size_t pos = kPrefix.size();
+  const size_t digits = pos;
+  while (pos < name.size() && name[pos] >= '0' && name[pos] <= '9' &&
+         pos - digits < 9) {
+    layer = layer * 10 + (name[pos++] - '0');
+  }
+  return pos == digits || pos >= name.size() || name[pos] != '.' ? -1 : layer;
+}
+
+}  // namespace
+
+bool LayerSpan::Holds(const std::string& name, int64_t n_layers) const {
+  const int64_t layer = LayerOfName(name);
+  return layer < 0 ? io : HoldsLayer(layer, n_layers);
+}
+
+std::string LayerSpan::Describe(int64_t n_layers) const {
+  const int64_t e = End(n_layers);
+  std::string s = e > begin ? "layers " + std::to_string(begin) + "-" +
+                                  std::to_string(e - 1)
+                            : "no layers";
+  if (io) s += " + embeddings and output layer";
+  return s;
+}
+
+Status LayerSpan::Validate(int64_t n_layers) const {
+  const int64_t e = End(n_layers);
+  if (begin < 0 || begin > e || e > n_layers) {
+    return Status::InvalidArgument(
+        "layer span [" + std::to_string(begin) + ", " + std::to_string(e) +
+        ") is not within the model's " + std::to_string(n_layers) + " layers");
+  }
+  if (begin == e && !io) {
+    return Status::InvalidArgument("layer span holds nothing");
+  }
+  return Status::Ok();
+}
+
+void RestrictToSpan(LlamaWeights* weights, const LayerSpan& span) {
+  const int64_t n = weights->config.n_layers;
+  for (auto it = weights->tensors.begin(); it != weights->tensors.end();) {
+    it = span.Holds(it->first, n) ? std::next(it) : weights->tensors.erase(it);
+  }
+  for (auto it = weights->frozen.begin(); it != weights->frozen.end();) {
+    it = span.Holds(it->first, n) ? std::next(it) : weights->frozen.erase(it);
+  }
+  weights->span = span;
+  weights->span.end = span.End(n);
+}
+
 void PackProjections(LlamaWeights* weights) {
   torch::NoGradGuard no_grad;
   auto pack = [weights](const std::vector<std::string>& names) {
@@ -459,7 +527,8 @@ void PackProjections(LlamaWeights* weights) {
       row += rows;
     }
   };
-  for (int64_t l = 0; l < weights->config.n_layers; ++l) {
+  const LayerSpan& span = weights->span;
+  for (int64_t l = span.begin; l < span.End(weights->config.n_layers); ++l) {
     pack({ProjectionKey(l, kQ), ProjectionKey(l, kK), ProjectionKey(l, kV)});
     pack({ProjectionKey(l, kGate), ProjectionKey(l, kUp)});
   }

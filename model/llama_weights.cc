@@ -116,16 +116,18 @@ void FreezeWeights(LlamaWeights* weights, BaseDtype base_dtype) {
   weights->base_dtype = base_dtype;
   if (BaseIsPlain(base_dtype, weights->compute_dtype)) return;
   FreezeEmbeddings(weights, base_dtype);
-  for (int64_t l = 0; l < weights->config.n_layers; ++l) {
+  const LayerSpan& span = weights->span;
+  for (int64_t l = span.begin; l < span.End(weights->config.n_layers); ++l) {
     FreezeLayer(weights, l, base_dtype);
   }
 }
 
 Status LlamaWeights::Validate() const {
   RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(span.Validate(config.n_layers));
   std::vector<std::string> errors;
   std::optional<torch::Dtype> dtype;
-  for (const auto& [name, shape] : ExpectedTensorShapes(config)) {
+  for (const auto& [name, shape] : ExpectedTensorShapes(config, span)) {
     auto it = tensors.find(name);
     if (it == tensors.end() || !it->second.defined()) {
       std::optional<FrozenSlice> f = FindFrozen(*this, name);

@@ -179,8 +179,18 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadModel(
   if (!PathExists(path)) {
     return Status::NotFound("model path '" + path + "' does not exist");
   }
-  if (EndsWith(path, ".bin")) return LoadLlama2cModel(path, options);
-  if (EndsWith(path, ".gguf")) return LoadGgufModel(path, options);
+  // llama2.c and GGUF files are read whole, then cut to the span.
+  auto part = [&options](StatusOr<std::shared_ptr<const LlamaWeights>> w)
+      -> StatusOr<std::shared_ptr<const LlamaWeights>> {
+    if (!w.ok() || options.span.Whole((*w)->config.n_layers)) return w;
+    RETURN_IF_ERROR(
+        options.span.Validate((*w)->config.n_layers).WithContext((*w)->source));
+    auto cut = std::make_shared<LlamaWeights>(**w);
+    RestrictToSpan(cut.get(), options.span);
+    return std::shared_ptr<const LlamaWeights>(std::move(cut));
+  };
+  if (EndsWith(path, ".bin")) return part(LoadLlama2cModel(path, options));
+  if (EndsWith(path, ".gguf")) return part(LoadGgufModel(path, options));
   return Status::InvalidArgument(
       "model '" + path +
       "': unknown layout; expected a Hugging Face folder (config.json + "
@@ -280,9 +290,14 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
                                    " (maybe wrong base model?)");
   }
 
+  RETURN_IF_ERROR(options.span.Validate(config.n_layers).WithContext(dir));
+  const LayerSpan span{options.span.begin, options.span.End(config.n_layers),
+                       options.span.io};
+  const auto held = ExpectedTensorShapes(config, span);
   auto weights = std::make_shared<LlamaWeights>();
   weights->config = config;
   weights->source = dir;
+  weights->span = span;
   weights->compute_dtype = options.dtype;
   weights->stored_dtype =
       found.at(internal::ProjectionKey(0, internal::kQ)).entry->torch_dtype;
@@ -321,14 +336,16 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
         }
       }
     }
-    for (const auto& [name, shape] : expected) {
+    for (const auto& [name, shape] : held) {
       if (big.count(name) == 0) read(name, true);
     }
     if (!plain) {
-      read("model.embed_tokens.weight", false);
-      if (!config.tie_embeddings) read("lm_head.weight", false);
-      internal::FreezeEmbeddings(weights.get(), base);
-      for (int64_t l = 0; l < config.n_layers; ++l) {
+      if (span.io) {
+        read("model.embed_tokens.weight", false);
+        if (!config.tie_embeddings) read("lm_head.weight", false);
+        internal::FreezeEmbeddings(weights.get(), base);
+      }
+      for (int64_t l = span.begin; l < span.end; ++l) {
         for (int p = 0; p < internal::kNumProjections; ++p) {
           read(internal::ProjectionKey(l, p), false);
         }
@@ -342,12 +359,16 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
   RETURN_IF_ERROR(weights->Validate());
   if (plain) PackProjections(weights.get());
   FP_LOG_INFO("model",
-              "loaded {} (HF, {} shard(s)): {} layers, dim {}, {} heads / {} "
-              "kv, vocab {}, {} parameters, compute {}, base {} ({:.1f} MiB)",
-              dir, shard_paths.size(), config.n_layers, config.dim,
-              config.n_heads, config.n_kv_heads, config.vocab_size,
-              config.NumParameters(), c10::toString(options.dtype),
-              BaseDtypeName(base),
+              "loaded {} (HF, {} shard(s)){}: {} layers, dim {}, {} heads / "
+              "{} kv, vocab {}, {} parameters, compute {}, base {} ({:.1f} "
+              "MiB)",
+              dir, shard_paths.size(),
+              span.Whole(config.n_layers)
+                  ? std::string()
+                  : ", holding " + span.Describe(config.n_layers),
+              config.n_layers, config.dim, config.n_heads, config.n_kv_heads,
+              config.vocab_size, config.NumParameters(),
+              c10::toString(options.dtype), BaseDtypeName(base),
               static_cast<double>(weights->nbytes()) / (1 << 20));
   return std::shared_ptr<const LlamaWeights>(std::move(weights));
 }

@@ -43,6 +43,9 @@ struct LoadOptions {
   // (quantized at load, dequantized per layer in forward and backward).
   // Norms, biases and adapters stay in the compute dtype.
   std::optional<BaseDtype> base_dtype;
+  // The part to hold (a pipeline stage): only its tensors are read from a
+  // Hugging Face folder; llama2.c and GGUF files are read whole and cut.
+  LayerSpan span;
 };
 
 // Dispatches on the path: a directory -> Hugging Face folder; a file ending

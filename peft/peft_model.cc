@@ -238,6 +238,7 @@ StatusOr<std::unique_ptr<PeftModel>> PeftModel::Create(
     if (options.method == "lora") {
       const LoraOptions& o = options.lora;
       for (int64_t layer : LayersOf(o.layers_to_transform, config.n_layers)) {
+        if (!base->span.HoldsLayer(layer, config.n_layers)) continue;
         // ProjectionNames() order, so targets listed twice inject once.
         for (const std::string& proj : model::ProjectionNames()) {
           if (!Contains(o.target_modules, proj)) continue;
@@ -269,6 +270,7 @@ StatusOr<std::unique_ptr<PeftModel>> PeftModel::Create(
     } else {
       const BottleneckOptions& o = options.bottleneck;
       for (int64_t layer : LayersOf(o.layers_to_transform, config.n_layers)) {
+        if (!base->span.HoldsLayer(layer, config.n_layers)) continue;
         for (const std::string place : {"attn", "mlp"}) {
           if (!Contains(o.places, place)) continue;
           const std::string path = LayerPath(layer) + "." + place + "_adapter";

@@ -75,7 +75,9 @@ class BottleneckAdapter;
 
 class PeftModel {
  public:
-  // Injects fresh adapters into a new LlamaModel over `base`.
+  // Injects fresh adapters into a new LlamaModel over `base` (into the
+  // layers its span holds: a pipeline stage carries its own part of an
+  // adapter).
   // Deterministic for `seed`. Fails on an invalid option (names it).
   static StatusOr<std::unique_ptr<PeftModel>> Create(
       std::shared_ptr<const model::LlamaWeights> base,

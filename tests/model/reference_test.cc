@@ -35,7 +35,7 @@ constexpr int64_t kVocab = 512;
 // with another summation order. Observed max |fedpeft - NumPy| (x86-64, 2
 // cores): 1.1e-5 for both loaders and both sequences, i.e. 6 float32 ulps of
 // logits up to |20.5|. A real bug moves logits by far more than 1e-4.
-constexpr double kReferenceTol = 1e-4;
+constexpr double kForwardReferenceTol = 1e-4;
 
 struct ReferenceSequence {
   std::string name;
@@ -119,7 +119,8 @@ void ExpectMatchesReference(const std::string& model_path) {
     logits.push_back(model.Forward(test::Tokens(s.ids))[0]);
     ASSERT_EQ(logits.back().sizes(), s.logits.sizes()) << s.name;
     const double err = test::MaxAbsDiff(logits.back(), s.logits);
-    EXPECT_LE(err, kReferenceTol) << model_path << ", sequence " << s.name;
+    EXPECT_LE(err, kForwardReferenceTol)
+        << model_path << ", sequence " << s.name;
     char err_text[32];
     std::snprintf(err_text, sizeof(err_text), "%.3g", err);
     ::testing::Test::RecordProperty(s.name + "_max_abs_error", err_text);
