@@ -5,12 +5,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <optional>
 #include <thread>
 
 #include "aggregation/hetero_rank.h"
 #include "common/logging.h"
+#include "common/process_stats.h"
 #include "model/loader.h"
 #include "peft/peft_io.h"
 #include "peft/rank_assignment.h"
@@ -32,17 +32,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-uint64_t AvailableRamBytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kb = 0;
-  std::string unit;
-  while (in >> key >> kb >> unit) {
-    if (key == "MemAvailable:") return kb * 1024;
-  }
-  return 0;
-}
 
 uint64_t NowUnixMs() {
   return static_cast<uint64_t>(
