@@ -35,9 +35,6 @@ struct Engine::Instance {
   model::LlamaModel* model = nullptr;
 };
 
-namespace {
-
-// An adapter folder (adapter_config.json) or a coordinator checkpoint.
 StatusOr<peft::SavedAdapter> LoadServedAdapter(const std::string& dir,
                                                std::string* what) {
   if (PathExists(JoinPath(dir, "adapter_config.json"))) {
@@ -67,7 +64,98 @@ std::string DescribeAdapter(const peft::PeftOptions& o) {
   return s;
 }
 
-}  // namespace
+Status BuildPrompt(const CompletionRequest& request,
+                   const model::Tokenizer& tokenizer, data::ChatFamily family,
+                   int64_t context, std::vector<int64_t>* ids,
+                   std::vector<int64_t>* stop_ids) {
+  if (!request.chat) {
+    *ids = tokenizer.Encode(request.prompt, true, false);
+  } else if (family == data::ChatFamily::kAlpaca) {
+    if (request.messages.size() != 1 || request.messages[0].role != "user") {
+      return Status::InvalidArgument(
+          "messages: this model has no chat template (alpaca layout), which "
+          "takes exactly one user message; got " +
+          std::to_string(request.messages.size()) + " messages");
+    }
+    *ids = tokenizer.Encode(
+        data::InstructionPrompt(request.messages[0].content, ""), true, false);
+  } else {
+    ASSIGN_OR_RETURN(std::string text,
+                     data::RenderChatPrompt(family, request.messages));
+    std::vector<bool> unused;
+    data::EncodeSegments(family, {{text, false}}, tokenizer, ids, &unused);
+    const int64_t eot =
+        data::SpecialTokenId(family, data::EndOfTurnToken(family), tokenizer);
+    if (eot >= 0) stop_ids->push_back(eot);
+  }
+  if (ids->empty()) return Status::InvalidArgument("prompt: no tokens");
+  if (static_cast<int64_t>(ids->size()) >= context) {
+    return Status::InvalidArgument(
+        std::string(request.chat ? "messages" : "prompt") + ": " +
+        std::to_string(ids->size()) + " tokens fill the model's context of " +
+        std::to_string(context) + ", leaving no room for an answer");
+  }
+  return Status::Ok();
+}
+
+void Admission::Configure(int parallel, int max_waiting) {
+  std::lock_guard<std::mutex> lock(mu_);
+  parallel_ = parallel;
+  max_waiting_ = max_waiting;
+}
+
+StatusOr<Admission::Ticket> Admission::Enter() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (running_ >= parallel_ && waiting_ >= max_waiting_) {
+    return Status::Unavailable(
+        "busy: " + std::to_string(running_) + " generations running and " +
+        std::to_string(waiting_) +
+        " waiting (serve.parallel, serve.max_waiting); retry later");
+  }
+  ++waiting_;
+  turn_.wait(lock, [this] { return running_ < parallel_; });
+  --waiting_;
+  ++running_;
+  return Ticket(this);
+}
+
+void Admission::Leave() {
+  std::lock_guard<std::mutex> lock(mu_);
+  --running_;
+  turn_.notify_one();
+}
+
+AnswerStream::AnswerStream(const CompletionRequest& request,
+                           const model::Tokenizer& tokenizer,
+                           const Backend::DeltaCallback& on_delta)
+    : request_(request),
+      tokenizer_(tokenizer),
+      on_delta_(on_delta),
+      stream_(request.stop) {}
+
+bool AnswerStream::Add(int64_t id) {
+  answer_.push_back(id);
+  const std::string piece = stream_.Update(tokenizer_.Decode(answer_));
+  if (!piece.empty() && !on_delta_(piece)) {
+    gone_ = true;
+    return false;
+  }
+  return !stream_.stopped();
+}
+
+void AnswerStream::Finish(int64_t prompt_tokens, int64_t context,
+                          CompletionResult* result) {
+  if (!gone_) {
+    const std::string rest = stream_.Finish();
+    if (!rest.empty()) on_delta_(rest);
+  }
+  const int64_t n = static_cast<int64_t>(answer_.size());
+  const bool full = n >= request_.max_tokens || prompt_tokens + n >= context;
+  result->text = stream_.sent();
+  result->finish_reason = !stream_.stopped() && full ? "length" : "stop";
+  result->prompt_tokens = prompt_tokens;
+  result->completion_tokens = n;
+}
 
 Engine::~Engine() = default;
 
@@ -79,8 +167,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(
   e->weights_ = std::move(weights);
   e->tokenizer_ = std::move(tokenizer);
   ASSIGN_OR_RETURN(e->device_, model::ParseDevice(config.model.device));
-  e->parallel_ = config.serve.parallel;
-  e->max_waiting_ = config.serve.max_waiting;
+  e->admission_.Configure(config.serve.parallel, config.serve.max_waiting);
   data::DataOptions chat;
   chat.chat_template = config.serve.chat_template;
   RETURN_IF_ERROR(data::ResolveChatTemplate(
@@ -175,44 +262,11 @@ void Engine::Give(const Served& served, std::unique_ptr<Instance> instance) {
   served.idle.push_back(std::move(instance));
 }
 
-Status Engine::Prompt(const CompletionRequest& request,
-                      std::vector<int64_t>* ids,
-                      std::vector<int64_t>* stop_ids) const {
-  if (!request.chat) {
-    *ids = tokenizer_->Encode(request.prompt, true, false);
-  } else if (family_ == data::ChatFamily::kAlpaca) {
-    if (request.messages.size() != 1 || request.messages[0].role != "user") {
-      return Status::InvalidArgument(
-          "messages: this model has no chat template (alpaca layout), which "
-          "takes exactly one user message; got " +
-          std::to_string(request.messages.size()) + " messages");
-    }
-    *ids = tokenizer_->Encode(
-        data::InstructionPrompt(request.messages[0].content, ""), true, false);
-  } else {
-    ASSIGN_OR_RETURN(std::string text,
-                     data::RenderChatPrompt(family_, request.messages));
-    std::vector<bool> unused;
-    data::EncodeSegments(family_, {{text, false}}, *tokenizer_, ids, &unused);
-    const int64_t eot = data::SpecialTokenId(
-        family_, data::EndOfTurnToken(family_), *tokenizer_);
-    if (eot >= 0) stop_ids->push_back(eot);
-  }
-  const int64_t context = weights_->config.context_length();
-  if (ids->empty()) return Status::InvalidArgument("prompt: no tokens");
-  if (static_cast<int64_t>(ids->size()) >= context) {
-    return Status::InvalidArgument(
-        std::string(request.chat ? "messages" : "prompt") + ": " +
-        std::to_string(ids->size()) + " tokens fill the model's context of " +
-        std::to_string(context) + ", leaving no room for an answer");
-  }
-  return Status::Ok();
-}
-
 Status Engine::Check(const CompletionRequest& request) const {
   RETURN_IF_ERROR(Find(request.model).status());
   std::vector<int64_t> ids, stop_ids;
-  return Prompt(request, &ids, &stop_ids);
+  return BuildPrompt(request, *tokenizer_, family_,
+                     weights_->config.context_length(), &ids, &stop_ids);
 }
 
 Status Engine::Complete(const CompletionRequest& request,
@@ -221,51 +275,21 @@ Status Engine::Complete(const CompletionRequest& request,
   ASSIGN_OR_RETURN(const Served* served, Find(request.model));
   model::GenerateOptions options;
   std::vector<int64_t> prompt;
-  RETURN_IF_ERROR(Prompt(request, &prompt, &options.stop_ids));
+  const int64_t context = weights_->config.context_length();
+  RETURN_IF_ERROR(BuildPrompt(request, *tokenizer_, family_, context, &prompt,
+                              &options.stop_ids));
   options.max_new_tokens = request.max_tokens;
   options.temperature = request.temperature;
   options.top_p = request.top_p;
   options.seed = request.has_seed ? request.seed : std::random_device{}();
 
-  // Admission: serve.parallel at once, serve.max_waiting in line.
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (running_ >= parallel_ && waiting_ >= max_waiting_) {
-      return Status::Unavailable(
-          "busy: " + std::to_string(running_) + " generations running and " +
-          std::to_string(waiting_) +
-          " waiting (serve.parallel, serve.max_waiting); retry later");
-    }
-    ++waiting_;
-    turn_.wait(lock, [this] { return running_ < parallel_; });
-    --waiting_;
-    ++running_;
-  }
-  struct Leave {
-    Engine* e;
-    ~Leave() {
-      std::lock_guard<std::mutex> lock(e->mu_);
-      --e->running_;
-      e->turn_.notify_one();
-    }
-  } leave{this};
-
+  ASSIGN_OR_RETURN(Admission::Ticket ticket, admission_.Enter());
   ASSIGN_OR_RETURN(std::unique_ptr<Instance> instance, Take(*served));
   const auto start = std::chrono::steady_clock::now();
-  TextStream stream(request.stop);
-  std::vector<int64_t> answer;
-  bool gone = false;
-  auto on_token = [&](int64_t id) {
-    answer.push_back(id);
-    const std::string piece = stream.Update(tokenizer_->Decode(answer));
-    if (!piece.empty() && !on_delta(piece)) {
-      gone = true;
-      return false;
-    }
-    return !stream.stopped();
-  };
+  AnswerStream answer(request, *tokenizer_, on_delta);
   try {
-    model::Generate(*instance->model, prompt, options, on_token);
+    model::Generate(*instance->model, prompt, options,
+                    [&answer](int64_t id) { return answer.Add(id); });
   } catch (const std::exception& e) {
     // A LibTorch error (e.g. out of memory): this request fails, the
     // instance is dropped rather than reused, the server goes on.
@@ -273,18 +297,7 @@ Status Engine::Complete(const CompletionRequest& request,
     return Status::Internal("generation failed: " + std::string(e.what()));
   }
   Give(*served, std::move(instance));
-  if (!gone) {
-    const std::string rest = stream.Finish();
-    if (!rest.empty()) on_delta(rest);
-  }
-  const int64_t context = weights_->config.context_length();
-  const bool full =
-      static_cast<int64_t>(answer.size()) >= request.max_tokens ||
-      static_cast<int64_t>(prompt.size() + answer.size()) >= context;
-  result->text = stream.sent();
-  result->finish_reason = !stream.stopped() && full ? "length" : "stop";
-  result->prompt_tokens = static_cast<int64_t>(prompt.size());
-  result->completion_tokens = static_cast<int64_t>(answer.size());
+  answer.Finish(static_cast<int64_t>(prompt.size()), context, result);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count();
@@ -292,7 +305,7 @@ Status Engine::Complete(const CompletionRequest& request,
       "serve", "{}: {} prompt + {} new tokens in {:.0f} ms ({:.1f} tokens/s){}",
       request.model, result->prompt_tokens, result->completion_tokens,
       seconds * 1e3, seconds > 0 ? result->completion_tokens / seconds : 0.0,
-      gone ? "; the client went away" : "");
+      answer.client_gone() ? "; the client went away" : "");
   return Status::Ok();
 }
 

@@ -32,11 +32,87 @@
 #include "data/chat_template.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "peft/peft_io.h"
 #include "serve/openai_api.h"
 #include "serve/serve_config.h"
+#include "serve/text_stream.h"
 
 namespace fedpeft {
 namespace serve {
+
+// An adapter folder (adapter_config.json) or a coordinator checkpoint (its
+// latest round); `what` describes it for the log. Errors name the folder.
+StatusOr<peft::SavedAdapter> LoadServedAdapter(const std::string& dir,
+                                               std::string* what);
+// "lora r=8 rslora", for the log.
+std::string DescribeAdapter(const peft::PeftOptions& options);
+
+// The prompt's ids for `request` (see above) and the ids that end the
+// answer; InvalidArgument naming prompt/messages for a prompt that cannot
+// be rendered or leaves no room in `context`.
+Status BuildPrompt(const CompletionRequest& request,
+                   const model::Tokenizer& tokenizer, data::ChatFamily family,
+                   int64_t context, std::vector<int64_t>* ids,
+                   std::vector<int64_t>* stop_ids);
+
+// serve.parallel generations at once, serve.max_waiting more in line
+// (arrival order), the rest refused with Unavailable (503).
+class Admission {
+ public:
+  // Held while a generation runs; leaving frees its place.
+  class Ticket {
+   public:
+    Ticket(Ticket&& other) noexcept : owner_(other.owner_) {
+      other.owner_ = nullptr;
+    }
+    Ticket& operator=(Ticket&&) = delete;
+    ~Ticket() {
+      if (owner_ != nullptr) owner_->Leave();
+    }
+
+   private:
+    friend class Admission;
+    explicit Ticket(Admission* owner) : owner_(owner) {}
+    Admission* owner_;
+  };
+
+  void Configure(int parallel, int max_waiting);
+  // Waits for a place, or Unavailable at once when the line is full.
+  StatusOr<Ticket> Enter();
+
+ private:
+  void Leave();
+  std::mutex mu_;
+  std::condition_variable turn_;
+  int parallel_ = 1;     // GUARDED_BY(mu_)
+  int max_waiting_ = 0;  // GUARDED_BY(mu_)
+  int running_ = 0;      // GUARDED_BY(mu_)
+  int waiting_ = 0;      // GUARDED_BY(mu_)
+};
+
+// The text of an answer as its tokens arrive: streamed pieces to the
+// client (serve/text_stream.h: whole characters, stop strings cut), and
+// the result's text, counts and finish reason at the end.
+class AnswerStream {
+ public:
+  AnswerStream(const CompletionRequest& request,
+               const model::Tokenizer& tokenizer,
+               const Backend::DeltaCallback& on_delta);
+  // Takes a new token; false when the answer is complete (a stop string)
+  // or the client went away.
+  bool Add(int64_t id);
+  bool client_gone() const { return gone_; }
+  // Flushes what is held back and fills `result`.
+  void Finish(int64_t prompt_tokens, int64_t context, CompletionResult* result);
+
+ private:
+  const CompletionRequest& request_;
+  const model::Tokenizer& tokenizer_;
+  const Backend::DeltaCallback& on_delta_;
+  TextStream stream_;
+  std::vector<int64_t> answer_;
+  bool gone_ = false;
+};
 
 class Engine : public Backend {
  public:
@@ -64,9 +140,6 @@ class Engine : public Backend {
   struct Served;
   struct Instance;
   Engine() = default;
-  // The prompt's ids and the ids that end the answer.
-  Status Prompt(const CompletionRequest& request, std::vector<int64_t>* ids,
-                std::vector<int64_t>* stop_ids) const;
   StatusOr<const Served*> Find(const std::string& name) const;
   StatusOr<std::unique_ptr<Instance>> Take(const Served& served);
   void Give(const Served& served, std::unique_ptr<Instance> instance);
@@ -75,14 +148,8 @@ class Engine : public Backend {
   std::unique_ptr<model::Tokenizer> tokenizer_;
   torch::Device device_{torch::kCPU};
   data::ChatFamily family_ = data::ChatFamily::kAlpaca;
-  int parallel_ = 1;
-  int max_waiting_ = 0;
   std::map<std::string, std::unique_ptr<Served>> served_;
-
-  std::mutex mu_;
-  std::condition_variable turn_;
-  int running_ = 0;  // GUARDED_BY(mu_)
-  int waiting_ = 0;  // GUARDED_BY(mu_)
+  Admission admission_;
 };
 
 }  // namespace serve
