@@ -60,34 +60,39 @@ Status SetUpLogging(const std::string& level, const std::string& file) {
   return Status::Ok();
 }
 
+StatusOr<std::unique_ptr<model::Tokenizer>> LoadModelTokenizer(
+    const std::string& model_path, const std::string& tokenizer_path,
+    int64_t vocab_size) {
+  std::string tok = tokenizer_path;
+  if (tok.empty()) {
+    ASSIGN_OR_RETURN(tok, model::FindTokenizerForModel(model_path, vocab_size));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<model::Tokenizer> tokenizer,
+                   model::LoadTokenizer(tok, vocab_size));
+  // Models trained with a tokenizer.json pad their embedding beyond the
+  // tokenizer's ids (Qwen3: 151,669 tokens, 151,936 rows): fewer tokens
+  // than rows is fine there; SentencePiece and llama2.c must match.
+  const int64_t tokens = tokenizer->vocab_size();
+  const bool padded_ok = tok.size() >= 5 &&
+                         tok.compare(tok.size() - 5, 5, ".json") == 0 &&
+                         tokens < vocab_size;
+  if (tokens != vocab_size && !padded_ok) {
+    return Status::InvalidArgument(
+        "tokenizer '" + tok + "' has " + std::to_string(tokens) +
+        " tokens but the model '" + model_path + "' expects " +
+        std::to_string(vocab_size) + " (maybe the wrong --tokenizer?)");
+  }
+  return tokenizer;
+}
+
 StatusOr<LoadedBase> LoadBase(const std::string& model_path,
                               const std::string& tokenizer_path,
                               const model::LoadOptions& options) {
   LoadedBase base;
   ASSIGN_OR_RETURN(base.weights, model::LoadModel(model_path, options));
-  std::string tok = tokenizer_path;
-  if (tok.empty()) {
-    ASSIGN_OR_RETURN(tok, model::FindTokenizerForModel(
-                              model_path, base.weights->config.vocab_size));
-  }
   ASSIGN_OR_RETURN(base.tokenizer,
-                   model::LoadTokenizer(tok, base.weights->config.vocab_size));
-  // Models trained with a tokenizer.json pad their embedding beyond the
-  // tokenizer's ids (Qwen3: 151,669 tokens, 151,936 rows): fewer tokens
-  // than rows is fine there; SentencePiece and llama2.c must match.
-  const int64_t tokens = base.tokenizer->vocab_size();
-  const int64_t rows = base.weights->config.vocab_size;
-  const bool padded_ok = tok.size() >= 5 &&
-                         tok.compare(tok.size() - 5, 5, ".json") == 0 &&
-                         tokens < rows;
-  if (tokens != rows && !padded_ok) {
-    return Status::InvalidArgument(
-        "tokenizer '" + tok + "' has " +
-        std::to_string(base.tokenizer->vocab_size()) +
-        " tokens but the model '" + model_path + "' expects " +
-        std::to_string(base.weights->config.vocab_size) +
-        " (maybe the wrong --tokenizer?)");
-  }
+                   LoadModelTokenizer(model_path, tokenizer_path,
+                                      base.weights->config.vocab_size));
   return base;
 }
 

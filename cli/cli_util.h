@@ -63,6 +63,13 @@ struct LoadedBase {
   std::unique_ptr<model::Tokenizer> tokenizer;
 };
 
+// Loads the tokenizer of the model at `model_path` with `vocab_size`
+// embedding rows (`tokenizer_path` overrides the one found beside it) and
+// checks that the vocabularies agree.
+StatusOr<std::unique_ptr<model::Tokenizer>> LoadModelTokenizer(
+    const std::string& model_path, const std::string& tokenizer_path,
+    int64_t vocab_size);
+
 // Loads the base model and its tokenizer (`tokenizer_path` overrides the
 // one found beside the model) and checks that their vocabularies agree.
 StatusOr<LoadedBase> LoadBase(const std::string& model_path,

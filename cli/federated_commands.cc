@@ -181,15 +181,86 @@ int RunEdge(const Args& args) {
   return 0;
 }
 
+namespace {
+
+// `fedpeft status --pipeline`: GetPipelineStatus of a pipeline's head.
+int PrintPipelineStatus(const std::shared_ptr<grpc::Channel>& channel,
+                        const std::string& address, bool json) {
+  auto stub = proto::Pipeline::NewStub(channel);
+  grpc::ClientContext ctx;
+  transport::SetTimeout(&ctx, std::chrono::seconds(5));
+  proto::StatusRequest req;
+  proto::PipelineStatusReply s;
+  grpc::Status st = stub->GetPipelineStatus(&ctx, req, &s);
+  if (!st.ok()) {
+    return Fail("status", transport::FromGrpcStatus(
+                              st, "GetPipelineStatus to " + address));
+  }
+  if (json) {
+    nlohmann::json j = {{"epoch", s.epoch()},
+                        {"ring_up", s.ring_up()},
+                        {"down_reason", s.down_reason()},
+                        {"in_flight", s.in_flight()},
+                        {"stages", nlohmann::json::array()}};
+    for (const auto& r : s.stages()) {
+      j["stages"].push_back({{"stage", r.stage()},
+                             {"address", r.address()},
+                             {"state", r.state()},
+                             {"epoch", r.epoch()},
+                             {"layer_begin", r.layer_begin()},
+                             {"layer_end", r.layer_end()},
+                             {"weight_bytes", r.weight_bytes()},
+                             {"rss_bytes", r.rss_bytes()},
+                             {"peak_rss_bytes", r.peak_rss_bytes()},
+                             {"busy_fraction", r.busy_fraction()},
+                             {"busy_seconds", r.busy_seconds()},
+                             {"uptime_seconds", r.uptime_seconds()},
+                             {"bandwidth_gbps", r.bandwidth_gbps()},
+                             {"memory_bytes", r.memory_bytes()},
+                             {"sequences", r.sequences()},
+                             {"downstream_ok", r.downstream_ok()},
+                             {"downstream_error", r.downstream_error()}});
+    }
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("ring        %s (epoch %llu), %u sequence(s) in flight%s%s\n",
+              s.ring_up() ? "up" : "down",
+              static_cast<unsigned long long>(s.epoch()), s.in_flight(),
+              s.ring_up() ? "" : ": ", s.down_reason().c_str());
+  for (const auto& r : s.stages()) {
+    std::printf(
+        "  stage %u  %-21s layers [%u, %u)%s  weights %llu MiB  RSS %llu MiB "
+        "(peak %llu)  busy %.0f%% (%.0f%% since start)%s%s\n",
+        r.stage(), r.address().c_str(), r.layer_begin(), r.layer_end(),
+        r.stage() == 0 ? " + io" : "",
+        static_cast<unsigned long long>(r.weight_bytes() >> 20),
+        static_cast<unsigned long long>(r.rss_bytes() >> 20),
+        static_cast<unsigned long long>(r.peak_rss_bytes() >> 20),
+        100 * r.busy_fraction(),
+        r.uptime_seconds() > 0 ? 100 * r.busy_seconds() / r.uptime_seconds()
+                               : 0.0,
+        r.downstream_ok() ? "" : "  relay: ",
+        r.downstream_ok() ? "" : r.downstream_error().c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
 int RunStatus(const Args& args) {
   const std::string cmd = "status";
   std::string address;
   bool json = false;
+  bool pipeline = false;
   security::TlsOptions tls;
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
       "address", po::value(&address)->required(), "coordinator HOST:PORT")(
       "json", po::bool_switch(&json), "print the raw status as JSON")(
+      "pipeline", po::bool_switch(&pipeline),
+      "--address is a pipeline head (`fedpeft serve` with a pipeline: "
+      "section): each stage's layers, memory and busy fraction")(
       "ca", po::value(&tls.ca),
       "mutual TLS: CA certificate that verifies the server (with --cert, "
       "--key; without them: plaintext)")(
@@ -202,8 +273,8 @@ int RunStatus(const Args& args) {
   po::variables_map vm;
   int code = 0;
   if (!ParseArgs(cmd,
-                 "--address HOST:PORT [--ca FILE --cert FILE --key FILE] "
-                 "[--json]",
+                 "--address HOST:PORT [--pipeline] [--ca FILE --cert FILE "
+                 "--key FILE] [--json]",
                  desc, args, &vm, &code)) {
     return code;
   }
@@ -226,6 +297,7 @@ int RunStatus(const Args& args) {
   channel_options.tls_server_name = tls.server_name;
   auto channel = transport::MakeChannel(address, channel_options);
   if (!channel.ok()) return Fail(cmd, channel.status());
+  if (pipeline) return PrintPipelineStatus(*channel, address, json);
   auto stub = proto::Federation::NewStub(*channel);
   grpc::ClientContext ctx;
   transport::SetTimeout(&ctx, std::chrono::seconds(5));

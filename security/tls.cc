@@ -62,7 +62,8 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   if (!options.enabled) {
     FP_LOG_WARN(component,
                 "tls.insecure: serving PLAINTEXT: anyone who reaches this "
-                "port can register as any worker and read the adapter");
+                "port can call it as any participant and read what it "
+                "sends");
     return grpc::InsecureServerCredentials();
   }
   ASSIGN_OR_RETURN(Pem pem, LoadPem(options, component));

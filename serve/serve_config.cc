@@ -1,5 +1,6 @@
 #include "serve/serve_config.h"
 
+#include <algorithm>
 #include <cctype>
 
 #include "data/chat_template.h"
@@ -31,6 +32,14 @@ Status ParseListenAddress(const std::string& address, std::string* host,
   *host = h;
   *port = value;
   return Status::Ok();
+}
+
+std::vector<std::string> ServeOptions::Names() const {
+  std::vector<std::string> names;
+  if (!base_name.empty()) names.push_back(base_name);
+  for (const auto& kv : adapters) names.push_back(kv.first);
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 void ServeOptions::Read(ConfigReader& in) {
@@ -72,13 +81,68 @@ void ServeOptions::Read(ConfigReader& in) {
            "must be >= 1024, got " + ToConfigString(max_body_bytes));
 }
 
+void PipelineOptions::Read(ConfigReader& in) {
+  in.Get("stages", &stages);
+  in.Get("stage", &stage);
+  in.Get("listen", &listen);
+  in.Get("advertise", &advertise);
+  in.Get("port_file", &port_file);
+  in.Get("head", &head);
+  in.Get("layers", &layers);
+  in.Get("memory_mb", &memory_mb);
+  in.Get("heartbeat_ms", &heartbeat_ms);
+  in.Get("stage_timeout_ms", &stage_timeout_ms);
+  in.Check(stages >= 0 && stages <= 64, "stages",
+           "must be in [0, 64], got " + ToConfigString(stages));
+  if (!enabled()) return;
+  in.Check(stage >= 0 && stage < stages, "stage",
+           "must be in [0, stages - 1] = [0, " + std::to_string(stages - 1) +
+               "], got " + ToConfigString(stage));
+  std::string host;
+  int port = 0;
+  Status ok = ParseListenAddress(listen, &host, &port);
+  in.Check(ok.ok(), "listen", ok.message());
+  if (!advertise.empty()) {
+    ok = ParseListenAddress(advertise, &host, &port);
+    in.Check(ok.ok() && port > 0, "advertise",
+             "expected host:port with a port, got '" + advertise + "'");
+  }
+  ok = ParseListenAddress(head, &host, &port);
+  in.Check(ok.ok() && (is_head() || port > 0), "head",
+           "expected the head's host:port" +
+               std::string(is_head() ? "" : " with a port") + ", got '" + head +
+               "'");
+  if (!layers.empty()) {
+    in.Check(static_cast<int>(layers.size()) == stages, "layers",
+             "lists " + std::to_string(layers.size()) +
+                 " stages, pipeline.stages is " + std::to_string(stages));
+    for (size_t i = 0; i < layers.size(); ++i) {
+      in.Check(layers[i] >= (i == 0 ? 0 : 1), "layers",
+               "stage " + std::to_string(i) + " is given " +
+                   std::to_string(layers[i]) +
+                   " layers; expected >= " + (i == 0 ? "0" : "1"));
+    }
+  }
+  in.Check(memory_mb >= 0, "memory_mb",
+           "must be >= 0, got " + ToConfigString(memory_mb));
+  in.Check(heartbeat_ms >= 10 && heartbeat_ms <= 60000, "heartbeat_ms",
+           "must be in [10, 60000], got " + ToConfigString(heartbeat_ms));
+  in.Check(stage_timeout_ms >= 2 * heartbeat_ms, "stage_timeout_ms",
+           "must be at least twice heartbeat_ms, got " +
+               ToConfigString(stage_timeout_ms));
+}
+
 void ServeConfig::Read(ConfigReader& in) {
   ConfigReader m = in.Section("model");
   model.Read(m);
   ConfigReader s = in.Section("serve");
   serve.Read(s);
+  ConfigReader p = in.Section("pipeline");
+  pipeline.Read(p);
   ConfigReader t = in.Section("tls");
-  tls.Read(t, security::kTlsServer);
+  // A pipeline stage also dials: the next stage, and the head.
+  tls.Read(t, pipeline.enabled() ? security::kTlsServer | security::kTlsClient
+                                 : security::kTlsServer);
   ConfigReader l = in.Section("logging");
   logging.Read(l);
 }

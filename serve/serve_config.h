@@ -17,6 +17,21 @@
 //     max_waiting: 64          # requests queued beyond those; more get 503
 //     http_threads: 8          # connections served at once
 //     max_body_bytes: 1048576  # larger request bodies get 413
+//   pipeline:                  # a model split across processes
+//     stages: 0                # K; 0 = the whole model here (default)
+//     stage: 0                 # this process: 0 = the head (HTTP front)
+//     head: 127.0.0.1:7100     # the head listens here (port 0: any,
+//                              #   logged); the other stages dial it
+//     listen: 127.0.0.1:0      # stages 1..K-1: their activations in
+//     advertise: ""            # the address others dial ("" = the
+//                              #   listening host and the port bound)
+//     port_file: ""            # the port bound and a newline
+//     layers: []               # head: layers per stage by hand, e.g.
+//                              #   [8, 16]; [] = by memory and speed
+//     memory_mb: 0             # this stage's weight budget (0 = 90% of
+//                              #   MemAvailable)
+//     heartbeat_ms: 500        # a stage's join/heartbeat period
+//     stage_timeout_ms: 3000   # a stage silent this long is down
 //   tls:                       # as the coordinator's (security/tls.h);
 //     insecure: true           #   with `enabled`, clients need a
 //                              #   certificate the CA signed (mutual TLS)
@@ -52,12 +67,39 @@ struct ServeOptions {
   int http_threads = 8;
   int64_t max_body_bytes = 1 << 20;
 
+  // The model names served: base_name (unless empty) and the adapters',
+  // sorted.
+  std::vector<std::string> Names() const;
+  void Read(ConfigReader& in);
+};
+
+// The `pipeline` section (serve/pipeline_head.h). serve.parallel is the
+// number of sequences in flight around the ring.
+struct PipelineOptions {
+  int stages = 0;
+  int stage = 0;
+  std::string head = "127.0.0.1:7100";
+  std::string listen = "127.0.0.1:0";
+  std::string advertise;
+  std::string port_file;
+  std::vector<int> layers;
+  int64_t memory_mb = 0;
+  int heartbeat_ms = 500;
+  int stage_timeout_ms = 3000;
+
+  bool enabled() const { return stages > 0; }
+  bool is_head() const { return stage == 0; }
+  // Where this process's pipeline server listens: `head` for the head.
+  const std::string& listen_address() const {
+    return is_head() ? head : listen;
+  }
   void Read(ConfigReader& in);
 };
 
 struct ServeConfig {
   worker::ModelOptions model;
   ServeOptions serve;
+  PipelineOptions pipeline;
   security::TlsOptions tls;
   worker::LoggingOptions logging;
 
