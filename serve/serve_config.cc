@@ -102,6 +102,13 @@ void PipelineOptions::Read(ConfigReader& in) {
   int port = 0;
   Status ok = ParseListenAddress(listen, &host, &port);
   in.Check(ok.ok(), "listen", ok.message());
+  const std::string own = listen_address();
+  if (advertise.empty() && ParseListenAddress(own, &host, &port).ok() &&
+      (host == "0.0.0.0" || host == "::")) {
+    in.Check(false, "advertise",
+             "needed when this process listens on all addresses ('" + own +
+                 "'): the address the other stages dial");
+  }
   if (!advertise.empty()) {
     ok = ParseListenAddress(advertise, &host, &port);
     in.Check(ok.ok() && port > 0, "advertise",
