@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -260,6 +261,10 @@ grpc::Status PipelineHead::Impl::Join(const proto::StageReport& r,
     return refuse("pipeline.stage " + std::to_string(r.stage()) +
                   " is not a stage after the head (1 to " +
                   std::to_string(K_ - 1) + ")");
+  }
+  if (!(r.bandwidth_gbps() > 0) || !std::isfinite(r.bandwidth_gbps())) {
+    return refuse("bandwidth_gbps must be a positive number, got " +
+                  std::to_string(r.bandwidth_gbps()));
   }
   const model::LlamaConfig& c = identity_.config;
   const proto::StageModel& m = r.model();
