@@ -227,8 +227,9 @@ Status RunPipelineStage(const ServeConfig& config,
     report.set_downstream_error(link_error);
 
     grpc::ClientContext ctx;
-    transport::SetTimeout(&ctx,
-                          milliseconds(std::max(1000, 2 * p.heartbeat_ms)));
+    // A join waits as long as the head waits for it: over a slow link it
+    // queues behind activations.
+    transport::SetTimeout(&ctx, milliseconds(p.stage_timeout_ms));
     proto::StageAssignment assignment;
     const grpc::Status s = stub->Join(&ctx, report, &assignment);
     if (!s.ok()) {
