@@ -202,11 +202,6 @@ bool RelayLink::ok(std::string* error) const {
   return ok_;
 }
 
-size_t RelayLink::queued() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return queue_.size();
-}
-
 void RelayLink::Loop() {
   // One open stream: its channel, call and writer.
   struct Stream {

@@ -96,8 +96,6 @@ class RelayLink {
   void Send(proto::Activation message);
   // Whether the stream to the target works; `error` says why not.
   bool ok(std::string* error) const;
-  // Messages queued and not yet written.
-  size_t queued() const;
 
  private:
   void Loop();

@@ -74,14 +74,6 @@ StatusOr<std::unique_ptr<StageRuntime>> StageRuntime::Create(
   return r;
 }
 
-std::vector<std::string> StageRuntime::Served() const {
-  std::vector<std::string> names;
-  for (const auto& kv : plain_) names.push_back(kv.first);
-  for (const auto& kv : adapters_) names.push_back(kv.first);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 StatusOr<torch::Tensor> StageRuntime::Run(uint64_t sequence,
                                           const std::string& name,
                                           int64_t position,

@@ -37,8 +37,6 @@ class StageRuntime {
       std::shared_ptr<const model::LlamaWeights> part);
   ~StageRuntime();
 
-  // The names served (base_name and adapters), sorted.
-  std::vector<std::string> Served() const;
   const model::LlamaWeights& part() const { return *part_; }
 
   // Runs the layers held on hidden states [1, rows, dim] at `position` of
