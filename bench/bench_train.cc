@@ -19,7 +19,9 @@
 //   step_ms_median=... step_ms_min=... tokens_per_s=... peak_rss_mb=...
 //   first_loss=... trainable_layers=... trainable_params=...
 //   gradient_checkpointing=0|1 loss=chunked|full
-//   base_dtype=... load_s=... weights_mb=...
+//   base_dtype=... load_s=... weights_mb=... heap=kept|default
+// heap=kept: freed memory stays in the heap as in `fedpeft` itself
+// (common/heap.h); FEDPEFT_HEAP=default measures glibc's defaults.
 // The token batch is deterministic (tokens[i] = i*7919 mod vocab, targets
 // the next element of that sequence) and identical to the Python side, so
 // on stories260K both print the same first_loss (fresh LoRA B is zero).
@@ -38,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "common/heap.h"
 #include "common/process_stats.h"
 #include "common/status.h"
 #include "data/dataset.h"
@@ -53,6 +56,8 @@
 namespace fedpeft {
 namespace bench {
 namespace {
+
+bool heap_kept = false;  // set by main: KeepFreedMemory took effect
 
 // Keep in sync with PRESETS in bench/torch_eager_lora.py.
 struct Preset {
@@ -334,7 +339,8 @@ Status Run(const Args& args) {
   out.precision(2);
   out << " base_dtype=" << model::BaseDtypeName(weights->base_dtype)
       << " load_s=" << load_s
-      << " weights_mb=" << static_cast<double>(weights->nbytes()) / (1 << 20);
+      << " weights_mb=" << static_cast<double>(weights->nbytes()) / (1 << 20)
+      << " heap=" << (heap_kept ? "kept" : "default");
 
   if (args.breakdown) {
     // The same forward+loss and backward outside Step(). rest_ms, the step
@@ -367,6 +373,7 @@ Status Run(const Args& args) {
 
 int main(int argc, char** argv) {
   using fedpeft::bench::kUsage;
+  fedpeft::bench::heap_kept = fedpeft::KeepFreedMemory();
   auto args = fedpeft::bench::ParseArgs(argc, argv);
   if (!args.ok()) {
     std::cerr << args.status().message() << "\n" << kUsage;

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "aggregation/hetero_rank.h"
+#include "common/heap.h"
 #include "common/logging.h"
 #include "common/process_stats.h"
 #include "model/loader.h"
@@ -597,6 +598,10 @@ Status WorkerClient::Impl::RunRounds() {
         return Status::Ok();
       case proto::Task::TRAIN: {
         Status t = TrainRound(*task);
+        // Alone in its process, a worker idles until the next round with
+        // its step's peak resident; workers sharing one process do not
+        // trim under each other's steps.
+        if (!slots_) ReturnFreedMemory();
         if (!t.ok()) {
           // The ranks of a broken group may disagree: stop, do not go on.
           if (group_ && !group_->status().ok()) return group_->status();
