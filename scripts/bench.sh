@@ -28,6 +28,10 @@
 #                       (no cmake/ninja), e.g. while someone else builds there
 #   PYTHON=/usr/bin/python3   the interpreter with Debian's python3-torch
 #   OUT=                file to also write the raw result lines to
+#   SAME_HEAP=1         also run PyTorch with the heap settings fedpeft uses
+#                       (common/heap.h: glibc mmap threshold 1 GiB, no trim,
+#                       through GLIBC_TUNABLES), a third column that shows how
+#                       much of the gap is the allocator; 0 skips it
 #   OMP_WAIT_POLICY=PASSIVE  passed to both sides. LibTorch runs elementwise
 #                       ops on libgomp's pool and matmuls on OpenBLAS's own
 #                       pthread pool; with libgomp's default spin-waiting the
@@ -133,6 +137,12 @@ run_py() {  # flags py-flags threads
   OMP_NUM_THREADS="$3" OPENBLAS_NUM_THREADS="$3" \
     "$PYTHON" bench/torch_eager_lora.py $1 $2 --threads "$3" 2>/dev/null
 }
+# PyTorch with fedpeft's heap settings (common/heap.h), labelled pytorch_heap.
+run_py_heap() {
+  GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647 \
+    run_py "$@" | sed 's/impl=pytorch /impl=pytorch_heap /'
+}
+SAME_HEAP="${SAME_HEAP:-1}"
 
 for run in "${runs[@]}"; do
   IFS='|' read -r label flags cpp_flags py_flags <<<"$run"
@@ -149,6 +159,10 @@ for run in "${runs[@]}"; do
       fi
       echo "$line_c repeat=$r" | tee -a "$raw" >&2
       echo "$line_p repeat=$r" | tee -a "$raw" >&2
+      if [[ "$SAME_HEAP" == 1 ]]; then
+        line_h="$(run_py_heap "$flags" "$py_flags" "$t")" || die "PyTorch (same heap) bench failed ($label, $t threads)"
+        echo "$line_h repeat=$r" | tee -a "$raw" >&2
+      fi
     done
   done
 done
@@ -169,10 +183,17 @@ for line in open(sys.argv[1]):
 def med(rows, key):
     return statistics.median(float(r[key]) for r in rows)
 
+same_heap = any(by.get("pytorch_heap") for by in runs.values())
 print("| preset | threads | batch x seq | C++ step ms | PyTorch step ms "
       "| C++ / PyTorch | C++ tokens/s | PyTorch tokens/s | C++ peak RSS MB "
-      "| PyTorch peak RSS MB | first loss C++ / PyTorch |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+      "| PyTorch peak RSS MB | first loss C++ / PyTorch |"
+      + (" PyTorch, same heap, ms | C++ / PyTorch, same heap |" if same_heap else ""))
+print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if same_heap else ""))
+
+def paired(c, p):
+    pairs = {r["repeat"]: r for r in p}
+    return [float(r["step_ms_median"]) / float(pairs[r["repeat"]]["step_ms_median"])
+            for r in c if r["repeat"] in pairs]
 verdicts = []
 for (preset, threads, _, _), by in runs.items():
     # A model folder (preset=DIR on both sides) shows as its basename.
@@ -188,7 +209,10 @@ for (preset, threads, _, _), by in runs.items():
           f"| {ratio:.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
           f"| {med(c, 'tokens_per_s'):.0f} | {med(p, 'tokens_per_s'):.0f} "
           f"| {med(c, 'peak_rss_mb'):.0f} | {med(p, 'peak_rss_mb'):.0f} "
-          f"| {float(c[0]['first_loss']):.5f} / {float(p[0]['first_loss']):.5f} |")
+          f"| {float(c[0]['first_loss']):.5f} / {float(p[0]['first_loss']):.5f} |"
+          + (f" {med(by['pytorch_heap'], 'step_ms_median'):.1f} "
+             f"| {statistics.median(paired(c, by['pytorch_heap'])):.2f} |"
+             if by.get("pytorch_heap") else (" | |" if same_heap else "")))
     verdicts.append((f"{preset} {c[0]['batch']}x{c[0]['seq']}", threads, ratio))
 print()
 print(f"Medians of {len(c)} interleaved runs each; C++ / PyTorch is the median "
@@ -199,6 +223,10 @@ print("First loss: the same weights and tokens give the same loss on "
 if os.environ.get("MODELS"):
     print(f"MODELS rows: base dtype {os.environ.get('BASE_DTYPE', 'float32')} "
           "(C++ --base-dtype, PyTorch --dtype).")
+if same_heap:
+    print("PyTorch, same heap: PyTorch eager run with fedpeft's heap settings "
+          "(GLIBC_TUNABLES mmap threshold 1 GiB, no trim); the target is "
+          "against idiomatic PyTorch, the column shows the allocator's share.")
 print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '<default>')}. "
       f"Load average at the end (1/5/15 min, {os.cpu_count()} CPUs): "
       f"{os.environ.get('LOAD_AFTER', '?')}.")
