@@ -57,8 +57,6 @@ namespace fedpeft {
 namespace bench {
 namespace {
 
-bool heap_kept = false;  // set by main: KeepFreedMemory took effect
-
 // Keep in sync with PRESETS in bench/torch_eager_lora.py.
 struct Preset {
   std::string model_dir;      // relative to the source tree; empty = random
@@ -261,6 +259,7 @@ Status Run(const Args& args) {
     weights = random;
   }
   const double load_s = MsSince(load_start) / 1e3;
+  const bool heap_kept = KeepFreedMemory();  // as `train` and `worker` do
 
   peft::PeftOptions peft_options;
   peft_options.method = "lora";
@@ -373,7 +372,6 @@ Status Run(const Args& args) {
 
 int main(int argc, char** argv) {
   using fedpeft::bench::kUsage;
-  fedpeft::bench::heap_kept = fedpeft::KeepFreedMemory();
   auto args = fedpeft::bench::ParseArgs(argc, argv);
   if (!args.ok()) {
     std::cerr << args.status().message() << "\n" << kUsage;

@@ -11,6 +11,7 @@
 
 #include "cli/cli_util.h"
 #include "common/file_util.h"
+#include "common/heap.h"
 #include "common/logging.h"
 #include "coordinator/checkpoint.h"
 #include "data/dataset.h"
@@ -179,6 +180,7 @@ int RunTrain(const Args& args) {
   if (!load_opts.ok()) return Fail(cmd, load_opts.status());
   auto base = LoadBase(cfg.model.path, cfg.model.tokenizer, *load_opts);
   if (!base.ok()) return Fail(cmd, base.status());
+  KeepFreedMemory();  // the steps reuse their memory
   auto device = model::ParseDevice(cfg.model.device);
   if (!device.ok()) return Fail(cmd, device.status());
 

@@ -18,6 +18,7 @@
 #include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "common/file_util.h"
+#include "common/heap.h"
 #include "common/logging.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
@@ -102,6 +103,7 @@ int RunWorker(const Args& args) {
   if (!s.ok()) return Fail(cmd, s);
   auto base = worker::LoadWorkerBase(cfg->model);
   if (!base.ok()) return Fail(cmd, base.status());
+  KeepFreedMemory();  // one trainer per process: steps reuse their memory
   if (cfg->worker.distributed.rank > 0) {
     // Another process of a worker over several (worker.distributed): it
     // trains what rank 0 hands it and never dials the server.
@@ -150,6 +152,7 @@ int RunExecutor(const Args& args) {
   if (!s.ok()) return Fail(cmd, s);
   auto base = worker::LoadWorkerBase(cfg->model);
   if (!base.ok()) return Fail(cmd, base.status());
+  KeepFreedMemory();  // executor.threads trainers, one user after another
   auto executor =
       worker::Executor::Create(*cfg, base->weights, base->tokenizer);
   if (!executor.ok()) return Fail(cmd, executor.status());

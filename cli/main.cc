@@ -10,7 +10,6 @@
 #include <string>
 
 #include "cli/commands.h"
-#include "common/heap.h"
 
 namespace {
 
@@ -87,7 +86,6 @@ void EnsurePassiveOpenMpWait(char** argv) {
 
 int main(int argc, char** argv) {
   EnsurePassiveOpenMpWait(argv);
-  fedpeft::KeepFreedMemory();  // a step's tensors reused, not re-faulted
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 ||
       std::strcmp(argv[1], "-h") == 0 || std::strcmp(argv[1], "help") == 0) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);

@@ -49,6 +49,7 @@
 #include "cli/simulate_report.h"
 #include "common/config.h"
 #include "common/file_util.h"
+#include "common/heap.h"
 #include "common/logging.h"
 #include "coordinator/checkpoint.h"
 #include "coordinator/coordinator.h"
@@ -483,23 +484,37 @@ int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
   return kExitOk;
 }
 
+// Whether a coordinator and the workers load the same frozen base.
+bool SameBase(const worker::ModelOptions& a, const worker::ModelOptions& b) {
+  return !a.upstream() && !b.upstream() && a.path == b.path &&
+         a.dtype == b.dtype && a.base_dtype == b.base_dtype &&
+         a.device == b.device;
+}
+
 int RunThreads(const SimulationOptions& sim, const RunPaths& p,
                const std::string& cmd) {
   auto ccfg = coordinator::LoadCoordinatorConfig(p.coordinator_yaml, {});
   if (!ccfg.ok()) return Fail(cmd, ccfg.status());
   torch::set_num_threads(1);  // many trainers share the cores
-  auto coord = coordinator::Coordinator::Create(*ccfg);
-  if (!coord.ok()) return Fail(cmd, coord.status());
-  auto server = coordinator::FederationServer::Start(**coord, ccfg->server);
-  if (!server.ok()) return Fail(cmd, server.status());
-  auto base_cfg = worker::LoadWorkerConfig(p.worker_yaml, {});
-  if (!base_cfg.ok()) return Fail(cmd, base_cfg.status());
-  auto base = worker::LoadWorkerBase(base_cfg->model);
-  if (!base.ok()) return Fail(cmd, base.status());
   const int slots =
       sim.compute_threads > 0
           ? sim.compute_threads
           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  // Only `slots` threads run steps at a time; with glibc's default arenas
+  // (8 per core) each would keep a step's peak of free memory.
+  LimitArenas(slots);
+  auto base_cfg = worker::LoadWorkerConfig(p.worker_yaml, {});
+  if (!base_cfg.ok()) return Fail(cmd, base_cfg.status());
+  auto base = worker::LoadWorkerBase(base_cfg->model);
+  if (!base.ok()) return Fail(cmd, base.status());
+  // The coordinator reads the same frozen weights (adapter shapes,
+  // server-side eval): one copy in the process when both name the same.
+  const bool same_base = SameBase(ccfg->model, base_cfg->model);
+  auto coord = coordinator::Coordinator::Create(
+      *ccfg, same_base ? base->weights : nullptr);
+  if (!coord.ok()) return Fail(cmd, coord.status());
+  auto server = coordinator::FederationServer::Start(**coord, ccfg->server);
+  if (!server.ok()) return Fail(cmd, server.status());
   auto compute = std::make_shared<worker::ComputeSlots>(slots);
   std::vector<std::unique_ptr<worker::WorkerClient>> clients;
   for (int i = 0; i < sim.workers; ++i) {
@@ -514,8 +529,9 @@ int RunThreads(const SimulationOptions& sim, const RunPaths& p,
   }
   std::printf(
       "coordinator on 127.0.0.1:%d; %d workers as threads sharing "
-      "one base model, at most %d computing at once\n",
-      (*server)->port(), sim.workers, slots);
+      "one base model%s, at most %d computing at once\n",
+      (*server)->port(), sim.workers, same_base ? " with the coordinator" : "",
+      slots);
   std::fflush(stdout);
   std::vector<std::thread> threads;
   for (auto& c : clients) {

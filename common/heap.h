@@ -13,15 +13,29 @@
 
 namespace fedpeft {
 
-// Sets glibc's mmap threshold to 1 GiB and turns automatic trimming off, so
-// freed blocks below 1 GiB are reused instead of unmapped and faulted in
-// again. The peak resident size does not grow (the same blocks are reused);
-// the resident size stays at the peak until ReturnFreedMemory. Does nothing
-// when the environment already sets the allocator (GLIBC_TUNABLES naming
-// glibc.malloc, MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_), when
-// FEDPEFT_HEAP=default, or on a C library other than glibc. Returns whether
-// it changed anything. Call once, early in main, before threads start.
+// Trims the heap (what loading a model freed goes back), then sets glibc's
+// mmap threshold to 1 GiB and turns automatic trimming off, so blocks freed
+// from then on below 1 GiB are reused instead of unmapped and faulted in
+// again. For a process with one trainer, or a few (`fedpeft train`,
+// `worker`, `executor`), after the model is loaded: loading with the
+// defaults keeps each large tensor in its own mapping, so its transients
+// leave no holes. Not for many training threads: each of glibc's arenas
+// would keep a step's peak (thread-mode simulation with 100 workers on a
+// Qwen2.5-0.5B base: 3.9 GB of arenas). The resident size then stays at the
+// peak until ReturnFreedMemory. Does nothing when the environment sets the
+// allocator (GLIBC_TUNABLES naming glibc.malloc, MALLOC_MMAP_THRESHOLD_ or
+// MALLOC_TRIM_THRESHOLD_), when FEDPEFT_HEAP=default, or on a C library
+// other than glibc. Returns whether it changed anything.
 bool KeepFreedMemory();
+
+// At most `arenas` malloc arenas (glibc makes up to 8 per core, one per
+// thread that contends). Each arena keeps its own free memory, so a process
+// whose many threads take turns at large steps holds up to one step's peak
+// per arena: for thread-mode simulation, with `arenas` its compute slots.
+// Call before the threads start. Respects the environment as
+// KeepFreedMemory does (and MALLOC_ARENA_MAX). Returns whether it took
+// effect.
+bool LimitArenas(int arenas);
 
 // Returns the heap's free memory to the kernel (malloc_trim). For a
 // process about to idle with its peak still resident.

@@ -9,9 +9,11 @@ namespace coordinator {
 Coordinator::~Coordinator() = default;
 
 StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
-    const CoordinatorConfig& config) {
+    const CoordinatorConfig& config,
+    std::shared_ptr<const model::LlamaWeights> base) {
   std::unique_ptr<Coordinator> c(new Coordinator());
-  ASSIGN_OR_RETURN(c->engine_, RoundEngine::Create(config, /*cloud=*/true));
+  ASSIGN_OR_RETURN(
+      c->engine_, RoundEngine::Create(config, /*cloud=*/true, std::move(base)));
   c->model_source_ = std::make_unique<delivery::LocalModelSource>(
       config.model.path,
       config.model.BlockSizeFor(config.server.max_message_mb));

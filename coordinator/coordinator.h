@@ -36,9 +36,11 @@ class Coordinator {
  public:
   // Loads the base model, builds the initial global adapter (or resumes from
   // the latest checkpoint in config.checkpoint.dir), the stages, and the
-  // metrics file.
+  // metrics file. `base`: the model config.model describes, when the caller
+  // already holds it (RoundEngine::Create).
   static StatusOr<std::unique_ptr<Coordinator>> Create(
-      const CoordinatorConfig& config);
+      const CoordinatorConfig& config,
+      std::shared_ptr<const model::LlamaWeights> base = nullptr);
   ~Coordinator();
 
   // What the gRPC service serves (service.h).

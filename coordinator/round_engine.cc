@@ -25,15 +25,19 @@ RoundEngine::RoundEngine(const CoordinatorConfig& config, bool cloud)
 RoundEngine::~RoundEngine() = default;
 
 StatusOr<std::unique_ptr<RoundEngine>> RoundEngine::Create(
-    const CoordinatorConfig& config, bool cloud) {
+    const CoordinatorConfig& config, bool cloud,
+    std::shared_ptr<const model::LlamaWeights> base) {
   std::unique_ptr<RoundEngine> e(new RoundEngine(config, cloud));
+  e->base_ = std::move(base);
   RETURN_IF_ERROR(e->Init());
   return e;
 }
 
 Status RoundEngine::Init() {
-  ASSIGN_OR_RETURN(model::LoadOptions load, config_.model.ToLoadOptions());
-  ASSIGN_OR_RETURN(base_, model::LoadModel(config_.model.path, load));
+  if (base_ == nullptr) {
+    ASSIGN_OR_RETURN(model::LoadOptions load, config_.model.ToLoadOptions());
+    ASSIGN_OR_RETURN(base_, model::LoadModel(config_.model.path, load));
+  }
   // The initial global adapter: PEFT's initialisation from adapter_seed.
   ASSIGN_OR_RETURN(
       std::unique_ptr<peft::PeftModel> init,

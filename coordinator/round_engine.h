@@ -57,8 +57,12 @@ class RoundEngine {
   // Loads the base model, builds the initial global adapter (PEFT's
   // initialisation from adapter_seed), the stages of `cloud`'s role and the
   // merge. Logs say "round N/total" for the cloud, "edge round N" else.
+  // `base`, when given, is the model config.model describes, already
+  // loaded (thread-mode simulation shares the workers' copy); otherwise it
+  // is loaded from config.model.
   static StatusOr<std::unique_ptr<RoundEngine>> Create(
-      const CoordinatorConfig& config, bool cloud);
+      const CoordinatorConfig& config, bool cloud,
+      std::shared_ptr<const model::LlamaWeights> base = nullptr);
   ~RoundEngine();
 
   // ---- handlers (thread-safe) -------------------------------------------
