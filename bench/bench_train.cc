@@ -19,7 +19,9 @@
 //   step_ms_median=... step_ms_min=... tokens_per_s=... peak_rss_mb=...
 //   first_loss=... trainable_layers=... trainable_params=...
 //   gradient_checkpointing=0|1 loss=chunked|full
-//   base_dtype=... load_s=... weights_mb=... heap=kept|default
+//   base_dtype=... load_s=... weights_mb=... mapped_mb=... heap=kept|default
+// mapped_mb: of weights_mb, the pages of the model file itself
+// (LoadOptions::map_weights), shared by every process that maps it.
 // heap=kept: freed memory stays in the heap as in `fedpeft` itself
 // (common/heap.h); FEDPEFT_HEAP=default measures glibc's defaults.
 // The token batch is deterministic (tokens[i] = i*7919 mod vocab, targets
@@ -108,6 +110,7 @@ struct Args {
   // TrainOptions::chunked_loss = false: cross_entropy over the whole
   // [tokens, vocab] logits, as before the fused loss.
   bool full_logits = false;
+  bool no_map = false;       // copy the base even where it could stay mapped
   bool breakdown = false;    // also time forward+loss and backward alone
   bool show_config = false;  // at::show_config() to stderr
   std::string profile;       // chrome trace of the timed steps to this file
@@ -118,7 +121,7 @@ const char kUsage[] =
     "  [--threads N=2] [--batch B] [--seq T] [--steps K=10] [--warmup W=3]\n"
     "  [--rank R=8] [--alpha A=16] [--targets q_proj,k_proj,v_proj,o_proj]\n"
     "  [--lr 2e-3] [--trainable-layers K=0 (all)] [--source-dir DIR]\n"
-    "  [--gradient-checkpointing] [--full-logits]\n"
+    "  [--gradient-checkpointing] [--full-logits] [--no-map]\n"
     "  [--breakdown] [--show-config] [--profile trace.json]\n"
     "  [--model HF_DIR] [--base-dtype "
     "auto|float32|bfloat16|float16|int8|nf4]\n";
@@ -151,6 +154,10 @@ StatusOr<Args> ParseArgs(int argc, char** argv) {
     }
     if (flag == "--full-logits") {
       a.full_logits = true;
+      continue;
+    }
+    if (flag == "--no-map") {
+      a.no_map = true;
       continue;
     }
     if (flag == "-h" || flag == "--help") {
@@ -241,6 +248,7 @@ Status Run(const Args& args) {
   const int64_t seq = args.seq ? args.seq : preset.seq;
 
   model::LoadOptions load;
+  load.map_weights = !args.no_map;
   if (args.base_dtype != "auto") {
     ASSIGN_OR_RETURN(load.base_dtype, model::ParseBaseDtype(args.base_dtype));
   }
@@ -339,6 +347,7 @@ Status Run(const Args& args) {
   out << " base_dtype=" << model::BaseDtypeName(weights->base_dtype)
       << " load_s=" << load_s
       << " weights_mb=" << static_cast<double>(weights->nbytes()) / (1 << 20)
+      << " mapped_mb=" << static_cast<double>(weights->mapped_bytes) / (1 << 20)
       << " heap=" << (heap_kept ? "kept" : "default");
 
   if (args.breakdown) {

@@ -160,8 +160,14 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
         TORCH_CHECK(s.has_value(), "frozen weights lack ", ProjectionKey(l, p));
         layer->slice[p] = *s;
       }
-      layer->qkv_frozen = &weights_->frozen.at(QkvKey(l));
-      layer->gu_frozen = &weights_->frozen.at(GateUpKey(l));
+      // Packed blocks, unless the weights stay in the mapped file
+      // (one block per projection).
+      auto packed = [this](const std::string& key) -> const FrozenWeight* {
+        auto it = weights_->frozen.find(key);
+        return it == weights_->frozen.end() ? nullptr : &it->second;
+      };
+      layer->qkv_frozen = packed(QkvKey(l));
+      layer->gu_frozen = packed(GateUpKey(l));
     } else {
       for (int p = 0; p < kNumProjections; ++p) {
         layer->base[p] = weights_->Get(ProjectionKey(l, p));
@@ -292,9 +298,11 @@ torch::Tensor LlamaModel::Attention(Layer& layer, const torch::Tensor& x,
           layer.qkv_bias.split_with_sizes({c.q_dim(), c.kv_dim(), c.kv_dim()});
     }
     for (int p = kQ; p <= kV; ++p) {
+      const torch::Tensor b = bias.empty() ? torch::Tensor() : bias[p];
+      const FrozenWeight* whole = layer.WholeFrozen(p);
       qkv[p] = Project(layer, p, x,
-                       torch::linear(x, layer.W(p),
-                                     bias.empty() ? torch::Tensor() : bias[p]));
+                       whole != nullptr ? FrozenLinear(x, *whole, b)
+                                        : torch::linear(x, layer.W(p), b));
     }
   }
   torch::Tensor q = qkv[kQ].view({B, T, H, hd});

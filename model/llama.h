@@ -158,6 +158,10 @@ struct LlamaWeights {
   std::string source;  // path it was loaded from, for messages and export
   // The part held (LoadOptions::span); tensors outside it are absent.
   LayerSpan span;
+  // Of nbytes(), the bytes that are pages of the model file, mapped
+  // read-only and shared with other processes that map it
+  // (LoadOptions::map_weights).
+  int64_t mapped_bytes = 0;
 
   // Checks presence and shape of every tensor the config implies (in
   // `tensors`, or as part of a `frozen` block); names the tensor, the shape

@@ -62,8 +62,11 @@ std::optional<FrozenSlice> FindFrozen(const LlamaWeights& w,
 // layer `layer`'s seven projections (plain tensors of any float dtype in
 // w->tensors) become its QkvKey, GateUpKey, o_proj and down_proj blocks;
 // the embeddings and untied output layer become dense blocks (bfloat16 for
-// int8/nf4).
-void FreezeLayer(LlamaWeights* w, int64_t layer, BaseDtype kind);
+// int8/nf4). `in_place`: the tensors are views of the mapped file, already
+// in `kind`'s dense dtype; they stay there, each projection under its own
+// name (no packed blocks, which would copy).
+void FreezeLayer(LlamaWeights* w, int64_t layer, BaseDtype kind,
+                 bool in_place = false);
 void FreezeEmbeddings(LlamaWeights* w, BaseDtype kind);
 
 }  // namespace internal

@@ -69,7 +69,8 @@ std::optional<FrozenSlice> FindFrozen(const LlamaWeights& w,
   return std::nullopt;
 }
 
-void FreezeLayer(LlamaWeights* w, int64_t layer, BaseDtype kind) {
+void FreezeLayer(LlamaWeights* w, int64_t layer, BaseDtype kind,
+                 bool in_place) {
   torch::NoGradGuard no_grad;
   auto take = [w](const std::string& name) {
     auto it = w->tensors.find(name);
@@ -85,6 +86,13 @@ void FreezeLayer(LlamaWeights* w, int64_t layer, BaseDtype kind) {
     return FrozenWeight::From(fused.defined() ? fused : torch::cat(parts, 0),
                               kind);
   };
+  if (in_place) {
+    for (int p = 0; p < kNumProjections; ++p) {
+      const std::string key = ProjectionKey(layer, p);
+      w->frozen[key] = FrozenWeight::Dense(take(key));
+    }
+    return;
+  }
   w->frozen[QkvKey(layer)] = block({kQ, kK, kV});
   w->frozen[GateUpKey(layer)] = block({kGate, kUp});
   for (int p : {kO, kDown}) {

@@ -215,7 +215,7 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
   RETURN_IF_ERROR(FindShards(dir, &shard_paths, &weight_map));
 
   // Map and validate every header before allocating any tensor.
-  std::vector<std::unique_ptr<MappedFile>> files;
+  std::vector<std::shared_ptr<MappedFile>> files;
   std::vector<SafetensorsHeader> headers;
   for (const std::string& path : shard_paths) {
     ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
@@ -326,6 +326,30 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
       weights->tensors[name] =
           to_compute ? t.to(device, options.dtype) : t.to(device);
     };
+    // A frozen matrix already in its dense dtype stays in the file's pages
+    // (LoadOptions::map_weights): a tensor over the mapping, which it keeps
+    // alive. False (then it is copied) for another dtype or a misaligned
+    // offset.
+    const bool may_map =
+        options.map_weights && !plain && !IsQuantized(base) && device.is_cpu();
+    auto map = [&](const std::string& name) {
+      if (!may_map) return false;
+      const Located& where = found.at(name);
+      const SafetensorsEntry& e = *where.entry;
+      const char* p = files[where.shard]->bytes().data() +
+                      headers[where.shard].data_start + e.begin;
+      if (e.torch_dtype != DenseStorageDtype(base) ||
+          reinterpret_cast<uintptr_t>(p) % c10::elementSize(e.torch_dtype) !=
+              0) {
+        return false;
+      }
+      std::shared_ptr<MappedFile> file = files[where.shard];
+      weights->tensors[name] = torch::from_blob(
+          const_cast<char*>(p), e.shape, [file](void*) {},
+          torch::TensorOptions().dtype(e.torch_dtype));
+      weights->mapped_bytes += static_cast<int64_t>(e.end - e.begin);
+      return true;
+    };
     std::set<std::string> big;
     if (!plain) {
       big.insert("model.embed_tokens.weight");
@@ -341,15 +365,23 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
     }
     if (!plain) {
       if (span.io) {
-        read("model.embed_tokens.weight", false);
-        if (!config.tie_embeddings) read("lm_head.weight", false);
+        for (const char* name :
+             {"model.embed_tokens.weight", "lm_head.weight"}) {
+          if (config.tie_embeddings && name[0] == 'l') continue;
+          if (!map(name)) read(name, false);
+        }
         internal::FreezeEmbeddings(weights.get(), base);
       }
       for (int64_t l = span.begin; l < span.end; ++l) {
+        bool in_place = true;
         for (int p = 0; p < internal::kNumProjections; ++p) {
-          read(internal::ProjectionKey(l, p), false);
+          const std::string key = internal::ProjectionKey(l, p);
+          if (!map(key)) {
+            read(key, false);
+            in_place = false;
+          }
         }
-        internal::FreezeLayer(weights.get(), l, base);
+        internal::FreezeLayer(weights.get(), l, base, in_place);
       }
     }
   } catch (const std::exception& e) {

@@ -46,6 +46,14 @@ struct LoadOptions {
   // The part to hold (a pipeline stage): only its tensors are read from a
   // Hugging Face folder; llama2.c and GGUF files are read whole and cut.
   LayerSpan span;
+  // A frozen base whose dense dtype is the file's (base_dtype bfloat16 on a
+  // bfloat16 safetensors checkpoint, float16 on float16, float32 on a
+  // float32 file with another compute dtype) stays in the file's pages, on
+  // the CPU: the read-only mapping is the weights, shared through the page
+  // cache by every process that maps the file, nothing is copied, and each
+  // projection is its own block (no packed q/k/v, gate/up). The file must
+  // not change while it is mapped. false: always copy.
+  bool map_weights = true;
 };
 
 // Dispatches on the path: a directory -> Hugging Face folder; a file ending

@@ -8,10 +8,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/file_util.h"
@@ -275,6 +278,80 @@ TEST(FrozenBaseTest, SavesAsAHuggingFaceFolder) {
   auto text = ReadFileToString(dir.path() + "/config.json");
   ASSERT_TRUE(text.ok());
   EXPECT_EQ(nlohmann::json::parse(*text)["torch_dtype"], "bfloat16");
+}
+
+// The [begin, end) addresses /proc/self/maps gives `path`'s mappings.
+std::vector<std::pair<uintptr_t, uintptr_t>> MappingsOf(
+    const std::string& path) {
+  std::vector<std::pair<uintptr_t, uintptr_t>> out;
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    if (line.size() < path.size() ||
+        line.compare(line.size() - path.size(), path.size(), path) != 0) {
+      continue;
+    }
+    const size_t dash = line.find('-');
+    const size_t space = line.find(' ');
+    out.emplace_back(
+        std::stoull(line.substr(0, dash), nullptr, 16),
+        std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16));
+  }
+  return out;
+}
+
+// A bfloat16 checkpoint held as base_dtype bfloat16 stays in the file's
+// pages (LoadOptions::map_weights): the projections and embeddings are
+// tensors over the read-only mapping, which outlives the loader, and the
+// model computes what the copied, packed base computes.
+TEST(FrozenBaseTest, BaseInTheFileDtypeStaysInTheMappedFile) {
+  auto f32 = test::LoadOrDie(kHfDir);
+  ASSERT_NE(f32, nullptr);
+  test::TempDir dir;
+  ASSERT_TRUE(SaveHfModel(*f32, dir.path(), torch::kBFloat16).ok());
+  LoadOptions opts;
+  opts.base_dtype = BaseDtype::kBFloat16;
+  auto mapped = test::LoadOrDie(dir.path(), opts);
+  opts.map_weights = false;
+  auto copied = test::LoadOrDie(dir.path(), opts);
+  ASSERT_NE(mapped, nullptr);
+  ASSERT_NE(copied, nullptr);
+  EXPECT_EQ(copied->mapped_bytes, 0);
+  const LlamaConfig& c = mapped->config;
+  const int64_t embed = c.vocab_size * c.dim * 2;  // tied: held once
+  EXPECT_GT(mapped->mapped_bytes, embed);
+  EXPECT_LE(mapped->mapped_bytes, mapped->nbytes());
+
+  const auto ranges = MappingsOf(dir.path() + "/model.safetensors");
+  ASSERT_FALSE(ranges.empty()) << "the file is not mapped after the load";
+  auto in_file = [&](const void* p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    for (const auto& [begin, end] : ranges) {
+      if (a >= begin && a < end) return true;
+    }
+    return false;
+  };
+  const std::string q = "model.layers.2.self_attn.q_proj.weight";
+  ASSERT_EQ(mapped->frozen.count(q), 1u) << "q_proj was packed";
+  EXPECT_TRUE(in_file(mapped->frozen.at(q).data().data_ptr()));
+  EXPECT_TRUE(in_file(
+      mapped->frozen.at("model.embed_tokens.weight").data().data_ptr()));
+  ASSERT_EQ(copied->frozen.count(q), 0u);
+  EXPECT_FALSE(in_file(
+      copied->frozen.at("model.embed_tokens.weight").data().data_ptr()));
+
+  for (bool fused : {false, true}) {
+    SCOPED_TRACE(fused ? "chunked loss, checkpointed" : "plain loss");
+    LlamaModel a(mapped), b(copied);
+    auto [loss_m, grads_m] = LossAndGrads(a, fused);
+    auto [loss_c, grads_c] = LossAndGrads(b, fused);
+    EXPECT_NEAR(loss_m, loss_c, 1e-5);
+    ASSERT_EQ(grads_m.size(), grads_c.size());
+    for (size_t i = 0; i < grads_m.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(grads_m[i], grads_c[i], 1e-4, 1e-7))
+          << "parameter " << i;
+    }
+  }
 }
 
 }  // namespace
