@@ -299,7 +299,8 @@ Status Run(const Args& args) {
   const std::vector<data::Batch> micro = {
       TokenBatch(batch, seq, weights->config.vocab_size)};
   const int64_t total_steps = args.warmup + args.steps;
-  std::cerr << "cpp: preset " << args.preset << ", "
+  std::cerr << "cpp: preset "
+            << (args.model_dir.empty() ? args.preset : args.model_dir) << ", "
             << peft->NumTrainableParameters() << " trainable in "
             << peft->TrainableParameters().size() << " tensors ("
             << trained_params << " in " << trainer.trained_keys().size()

@@ -176,9 +176,11 @@ TEST_F(FederationTest, SimulateRunsTheWholeFederation) {
     std::string text = Slurp(log);
     EXPECT_THAT(text, HasSubstr("2 rounds aggregated"));
     if (mode == "threads") {
-      // Six worker threads, never more than two of them computing.
+      // Six worker threads, never more than two of them computing, and the
+      // coordinator reading the same copy of the base.
       EXPECT_THAT(text, HasSubstr("6 workers as threads sharing one base "
-                                  "model, at most 2 computing at once"));
+                                  "model with the coordinator, at most 2 "
+                                  "computing at once"));
       std::smatch m;
       ASSERT_TRUE(std::regex_search(
           text, m, std::regex(R"(compute slots: (\d+) of 2 used at most)")))
