@@ -21,7 +21,8 @@ namespace fedpeft {
 // defaults keeps each large tensor in its own mapping, so its transients
 // leave no holes. Not for many training threads: each of glibc's arenas
 // would keep a step's peak (thread-mode simulation with 100 workers on a
-// Qwen2.5-0.5B base: 3.9 GB of arenas). The resident size then stays at the
+// Qwen2.5-0.5B base: 61 arena heaps, 3.9 GB, as they registered). The
+// resident size stays at the
 // peak until ReturnFreedMemory. Does nothing when the environment sets the
 // allocator (GLIBC_TUNABLES naming glibc.malloc, MALLOC_MMAP_THRESHOLD_ or
 // MALLOC_TRIM_THRESHOLD_), when FEDPEFT_HEAP=default, or on a C library
@@ -32,13 +33,16 @@ bool KeepFreedMemory();
 // thread that contends). Each arena keeps its own free memory, so a process
 // whose many threads take turns at large steps holds up to one step's peak
 // per arena: for thread-mode simulation, with `arenas` its compute slots.
-// Call before the threads start. Respects the environment as
-// KeepFreedMemory does (and MALLOC_ARENA_MAX). Returns whether it took
-// effect.
+// Call before the threads start. Does nothing when the environment sets
+// MALLOC_ARENA_MAX, a glibc.malloc tunable or FEDPEFT_HEAP=default. Returns
+// whether it took effect.
 bool LimitArenas(int arenas);
 
-// Returns the heap's free memory to the kernel (malloc_trim). For a
-// process about to idle with its peak still resident.
+// Returns the heap's free memory to the kernel (malloc_trim) if
+// KeepFreedMemory took effect in this process; otherwise glibc trims by
+// itself and this does nothing (so threads sharing a default heap never trim
+// under each other's steps). For a process about to idle with its peak
+// still resident.
 void ReturnFreedMemory();
 
 }  // namespace fedpeft

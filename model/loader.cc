@@ -365,9 +365,9 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
     }
     if (!plain) {
       if (span.io) {
-        for (const char* name :
-             {"model.embed_tokens.weight", "lm_head.weight"}) {
-          if (config.tie_embeddings && name[0] == 'l') continue;
+        std::vector<std::string> names = {"model.embed_tokens.weight"};
+        if (!config.tie_embeddings) names.push_back("lm_head.weight");
+        for (const std::string& name : names) {
           if (!map(name)) read(name, false);
         }
         internal::FreezeEmbeddings(weights.get(), base);
@@ -387,7 +387,9 @@ StatusOr<std::shared_ptr<const LlamaWeights>> LoadHfModel(
   } catch (const std::exception& e) {
     return Status::Internal(dir + ": while reading tensors: " + e.what());
   }
-  files.clear();  // unmap before packing, which copies q/k/v and gate/up
+  // Unmap before packing, which copies q/k/v and gate/up; a file whose
+  // pages hold weights (map_weights) stays mapped by those tensors.
+  files.clear();
   RETURN_IF_ERROR(weights->Validate());
   if (plain) PackProjections(weights.get());
   FP_LOG_INFO("model",

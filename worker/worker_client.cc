@@ -598,10 +598,9 @@ Status WorkerClient::Impl::RunRounds() {
         return Status::Ok();
       case proto::Task::TRAIN: {
         Status t = TrainRound(*task);
-        // Alone in its process, a worker idles until the next round with
-        // its step's peak resident; workers sharing one process do not
-        // trim under each other's steps.
-        if (!slots_) ReturnFreedMemory();
+        // Idle until the next round without the step's peak resident
+        // (a no-op unless this process keeps freed memory).
+        ReturnFreedMemory();
         if (!t.ok()) {
           // The ranks of a broken group may disagree: stop, do not go on.
           if (group_ && !group_->status().ok()) return group_->status();

@@ -38,9 +38,7 @@ TEST(HeapTest, FreedLargeBlockStaysInTheHeap) {
   ReturnFreedMemory();
   EXPECT_LT(mallinfo2().fordblks, kBytes) << "malloc_trim kept the block";
 }
-#endif
 
-#ifdef __GLIBC__
 // Counts the arenas malloc_info reports (<heap nr="i">).
 int ArenaCount() {
   char* text = nullptr;
