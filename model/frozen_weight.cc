@@ -5,6 +5,8 @@
 #include <utility>
 #include <vector>
 
+#include "model/quant_codec.h"
+
 namespace fedpeft {
 namespace model {
 
@@ -70,38 +72,12 @@ const std::array<float, 16>& Nf4Levels() {
 
 namespace {
 
-torch::Tensor LevelsTensor(torch::Device device) {
-  static const torch::Tensor kCpu =
-      torch::tensor(std::vector<float>(Nf4Levels().begin(), Nf4Levels().end()));
-  return device.is_cpu() ? kCpu : kCpu.to(device);
-}
-
-// Midpoints between adjacent levels: bucketize against them rounds to the
-// nearest level (ties to the lower one).
-torch::Tensor Midpoints(torch::Device device) {
-  torch::Tensor l = LevelsTensor(device);
-  return (l.narrow(0, 0, 15) + l.narrow(0, 1, 15)) / 2;
-}
-
 // Zero-pads a 1-D tensor to a multiple of `block`.
 torch::Tensor PadTo(const torch::Tensor& flat, int64_t block) {
   const int64_t n = flat.numel();
   const int64_t padded = (n + block - 1) / block * block;
   if (padded == n) return flat;
   return torch::cat({flat, torch::zeros({padded - n}, flat.options())});
-}
-
-// Symmetric int8 codes of each row of `rows` [n, k] with its absmax / 127
-// scale (1 for an all-zero row): the int8 format, and NF4's double
-// quantization of its block scales.
-std::pair<torch::Tensor, torch::Tensor> Int8Rows(const torch::Tensor& rows) {
-  torch::Tensor absmax = rows.abs().amax(1);
-  torch::Tensor scale =
-      torch::where(absmax > 0, absmax / 127.0, torch::ones_like(absmax));
-  torch::Tensor codes = torch::round(rows / scale.unsqueeze(1))
-                            .clamp_(-127, 127)
-                            .to(torch::kInt8);
-  return {codes, scale.contiguous()};
 }
 
 }  // namespace
@@ -142,23 +118,12 @@ FrozenWeight FrozenWeight::From(const torch::Tensor& w, BaseDtype kind) {
   f.cols_ = w.size(1);
   torch::Tensor wf = w.to(torch::kFloat32);
   if (kind == BaseDtype::kInt8) {
-    std::tie(f.data_, f.scale_) = Int8Rows(wf);
-    f.data_ = f.data_.contiguous();
+    std::tie(f.data_, f.scale_) = quant::Int8EncodeRows(wf);
     return f;
   }
-  // nf4
-  torch::Tensor blocks = PadTo(wf.reshape({-1}), kNf4BlockSize)
-                             .view({-1, kNf4BlockSize});  // [nb, 64]
-  torch::Tensor absmax = blocks.abs().amax(1);            // [nb]
-  torch::Tensor safe =
-      torch::where(absmax > 0, absmax, torch::ones_like(absmax));
-  torch::Tensor codes =
-      torch::bucketize(blocks / safe.unsqueeze(1), Midpoints(w.device()))
-          .to(torch::kUInt8)
-          .view({-1, 2});
-  f.data_ = codes.select(1, 0)
-                .bitwise_or(codes.select(1, 1).bitwise_left_shift(4))
-                .contiguous();  // [nb * 32]
+  // nf4: codes [nb * 32], block absmax [nb]
+  torch::Tensor absmax;
+  std::tie(f.data_, absmax) = quant::Nf4Encode(wf.reshape({-1}));
   // Double quantization of the block absmax values.
   const int64_t nb = absmax.numel();
   // The mean in double, then float: the value every dequantization adds.
@@ -167,7 +132,7 @@ FrozenWeight FrozenWeight::From(const torch::Tensor& w, BaseDtype kind) {
   torch::Tensor groups = PadTo(absmax - f.absmax_mean_, kNf4AbsmaxBlockSize)
                              .view({-1, kNf4AbsmaxBlockSize});
   torch::Tensor absmax_codes;
-  std::tie(absmax_codes, f.scale2_) = Int8Rows(groups);
+  std::tie(absmax_codes, f.scale2_) = quant::Int8EncodeRows(groups);
   f.scale_ = absmax_codes.reshape({-1}).narrow(0, 0, nb).contiguous();
   return f;
 }
@@ -200,21 +165,15 @@ torch::Tensor FrozenWeight::DequantizeNf4(int64_t begin, int64_t end) const {
   const int64_t nblocks = b1 - b0;
   torch::Tensor bytes =
       data_.narrow(0, b0 * kNf4BlockSize / 2, nblocks * kNf4BlockSize / 2);
-  torch::Tensor idx =
-      torch::stack({bytes.bitwise_and(15), bytes.bitwise_right_shift(4)}, 1)
-          .reshape({-1})
-          .to(torch::kInt64);
   // Block absmax values back from their int8 codes.
   torch::Tensor group =
-      torch::arange(b0, b1, idx.options()).div(kNf4AbsmaxBlockSize, "floor");
+      torch::arange(b0, b1, data_.options().dtype(torch::kInt64))
+          .div(kNf4AbsmaxBlockSize, "floor");
   torch::Tensor absmax = scale_.narrow(0, b0, nblocks).to(torch::kFloat32) *
                              scale2_.index_select(0, group) +
                          absmax_mean_;
-  torch::Tensor values = LevelsTensor(data_.device())
-                             .index_select(0, idx)
-                             .view({nblocks, kNf4BlockSize})
-                             .mul_(absmax.unsqueeze(1));
-  return values.view({-1}).narrow(0, begin - b0 * kNf4BlockSize, end - begin);
+  return quant::Nf4Decode(bytes, absmax)
+      .narrow(0, begin - b0 * kNf4BlockSize, end - begin);
 }
 
 torch::Tensor FrozenWeight::Rows(int64_t begin, int64_t count,
@@ -224,8 +183,8 @@ torch::Tensor FrozenWeight::Rows(int64_t begin, int64_t count,
   torch::NoGradGuard no_grad;
   switch (kind_) {
     case BaseDtype::kInt8:
-      return (data_.narrow(0, begin, count).to(torch::kFloat32) *
-              scale_.narrow(0, begin, count).unsqueeze(1))
+      return quant::Int8DecodeRows(data_.narrow(0, begin, count),
+                                   scale_.narrow(0, begin, count))
           .to(dtype);
     case BaseDtype::kNf4:
       return DequantizeNf4(begin * cols_, (begin + count) * cols_)
@@ -250,8 +209,13 @@ torch::Tensor FrozenWeight::Gather(const torch::Tensor& ids,
 
 namespace {
 
+// Rows per block: at most block_elems elements (at least one row), the
+// rows split evenly (a 4864-row matrix in two blocks of 2432, not 4681 and
+// 183).
 int64_t BlockRows(const FrozenWeight& w, int64_t block_elems) {
-  return std::max<int64_t>(1, block_elems / w.cols());
+  const int64_t most = std::max<int64_t>(1, block_elems / w.cols());
+  const int64_t blocks = (w.rows() + most - 1) / most;
+  return (w.rows() + blocks - 1) / blocks;
 }
 
 torch::Tensor BlockedForward(const torch::Tensor& x, const FrozenWeight& w,

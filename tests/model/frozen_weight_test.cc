@@ -21,6 +21,7 @@
 #include "model/chunked_loss.h"
 #include "model/llama.h"
 #include "model/loader.h"
+#include "model/quant_codec.h"
 #include "tests/model/llama_test_util.h"
 
 namespace fedpeft {
@@ -98,6 +99,48 @@ TEST(FrozenWeightTest, ParseNamesTheChoices) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("'fp4'"), std::string::npos);
   EXPECT_NE(bad.status().message().find("int8 or nf4"), std::string::npos);
+}
+
+// The CPU loops of quant_codec.h give the tensor ops' bits (the path off
+// the CPU): lengths that end inside a block, an all-zero block, values
+// exactly on a midpoint between two levels, large and tiny magnitudes.
+TEST(FrozenWeightTest, CpuCodecEqualsTheTensorOps) {
+  torch::manual_seed(11);
+  for (int64_t n : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{1000},
+                    int64_t{64 * 300 + 17}}) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    torch::Tensor v = torch::randn({n}) * 0.05;
+    if (n >= 192) {
+      // Block 0: absmax 1 and every midpoint between two levels, exactly.
+      v[0] = 1.0;
+      for (int i = 0; i < 15; ++i) {
+        v[1 + i] = (Nf4Levels()[i] + Nf4Levels()[i + 1]) / 2.0f;
+      }
+      v.narrow(0, 64, 64).zero_();  // block 1: all zero
+      v[128] = -1e30;               // block 2: huge next to tiny
+      v[129] = 1e-30;
+    }
+    auto [codes, absmax] = quant::Nf4Encode(v);
+    auto [codes_ops, absmax_ops] = quant::ops::Nf4Encode(v);
+    EXPECT_TRUE(torch::equal(codes, codes_ops));
+    EXPECT_TRUE(torch::equal(absmax, absmax_ops));
+    EXPECT_TRUE(torch::equal(quant::Nf4Decode(codes, absmax),
+                             quant::ops::Nf4Decode(codes, absmax)));
+
+    torch::Tensor rows = v.view({1, n}).repeat({3, 1});
+    rows[1].zero_();  // an all-zero row, or one of scale 1 and ties:
+    if (n >= 5) {     // round half to even, as torch::round
+      rows[1].narrow(0, 0, 5).copy_(
+          torch::tensor({127.0, 0.5, 1.5, 2.5, -2.5}));
+    }
+    rows[2].mul_(-1e3);
+    auto [q, scale] = quant::Int8EncodeRows(rows);
+    auto [q_ops, scale_ops] = quant::ops::Int8EncodeRows(rows);
+    EXPECT_TRUE(torch::equal(q, q_ops));
+    EXPECT_TRUE(torch::equal(scale, scale_ops));
+    EXPECT_TRUE(torch::equal(quant::Int8DecodeRows(q, scale),
+                             quant::ops::Int8DecodeRows(q, scale)));
+  }
 }
 
 // FrozenLinear equals x W^T with W the dequantized matrix, forward and
