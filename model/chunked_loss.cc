@@ -57,26 +57,39 @@ double ChunkedSum(const torch::Tensor& h, const torch::Tensor& weight,
 // so the vocabulary is walked in blocks instead, each converted, multiplied
 // and dropped, with an online log-sum-exp (running max and rescaled sum).
 // The gradient takes a second walk that recomputes each block's logits.
+// One buffer for the converted block and one for its logits serve every
+// block of both walks: no large allocation per block.
 double BlockedVocabSum(const torch::Tensor& h, const torch::Tensor& weight,
                        const torch::Tensor& targets, int64_t block,
                        double grad_scale, torch::Tensor dh) {
   const int64_t n = h.size(0), vocab = weight.size(0), dim = weight.size(1);
   if (block == 0) {
-    block = std::max<int64_t>(1, kLossChunkElements / std::max(n, dim));
+    block = std::max<int64_t>(1, kVocabBlockElements / std::max(n, dim));
   }
+  block = std::min(block, vocab);
   const auto f32 = h.options().dtype(torch::kFloat32);
+  torch::Tensor w_buf = torch::empty({block * dim}, h.options());
+  torch::Tensor logits_buf = torch::empty({n * block}, f32);
   const torch::Tensor t = targets.unsqueeze(1);
   torch::Tensor max =
       torch::full({n, 1}, -std::numeric_limits<float>::infinity(), f32);
   torch::Tensor sum = torch::zeros({n, 1}, f32);
   torch::Tensor target_logit = torch::zeros({n, 1}, f32);
-  // Block [v0, v0 + rows) of the logits, and where each row's target is.
+  // Block [v0, v0 + rows) of the logits (a view of logits_buf), and where
+  // each row's target is.
   auto logits_of = [&](int64_t v0, int64_t rows, torch::Tensor* w,
                        torch::Tensor* in_block, torch::Tensor* col) {
-    *w = weight.narrow(0, v0, rows).to(h.scalar_type());
+    *w = w_buf.narrow(0, 0, rows * dim).view({rows, dim});
+    w->copy_(weight.narrow(0, v0, rows));
     *in_block = (t >= v0).logical_and_(t < v0 + rows);
     *col = (t - v0).clamp_(0, rows - 1);
-    return torch::mm(h, w->t()).to(torch::kFloat32);
+    torch::Tensor logits = logits_buf.narrow(0, 0, n * rows).view({n, rows});
+    if (h.scalar_type() == torch::kFloat32) {
+      torch::mm_out(logits, h, w->t());
+    } else {
+      logits.copy_(torch::mm(h, w->t()));
+    }
+    return logits;
   };
   for (int64_t v0 = 0; v0 < vocab; v0 += block) {
     const int64_t rows = std::min(block, vocab - v0);
