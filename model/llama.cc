@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
@@ -188,8 +189,11 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
     layers_.push_back(std::move(layer));
   }
   // Dynamic scaling leaves positions up to max_seq_len unscaled (RopeFor).
+  // The tables start short and grow with the longest forward: a table of
+  // length n is the first n rows of the longer one, and Llama-3.2's 131,072
+  // positions would be 64 MiB in float32 for a model trained at 512.
   rope_ = SharedRope(
-      c.max_seq_len,
+      std::min(c.max_seq_len, kInitialRopeLength),
       ComputeRopeFrequencies(c.rope_scaling, c.head_dim(), c.rope_theta,
                              c.max_seq_len, c.max_seq_len),
       options_);
@@ -198,6 +202,15 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
 LlamaModel::RopeTables LlamaModel::RopeFor(int64_t start, int64_t length) {
   const LlamaConfig& c = config();
   if (start + length <= c.max_seq_len) {
+    int64_t have = rope_->cos.size(0);
+    if (have < start + length) {  // double up to the forward, max_seq_len
+      while (have < start + length) have *= 2;
+      rope_ = SharedRope(
+          std::min(have, c.max_seq_len),
+          ComputeRopeFrequencies(c.rope_scaling, c.head_dim(), c.rope_theta,
+                                 c.max_seq_len, c.max_seq_len),
+          options_);
+    }
     return RopeTables{rope_->cos.narrow(0, start, length),
                       rope_->sin_signed.narrow(0, start, length)};
   }

@@ -344,8 +344,10 @@ class LlamaModel : public torch::nn::Module {
   static std::shared_ptr<const RopeTables> SharedRope(
       int64_t length, const RopeFrequencies& freqs,
       torch::TensorOptions options);
-  // Tables for positions start..start+T-1: views of rope_, or fresh ones
-  // when dynamic scaling applies to this forward.
+  // Tables for positions start..start+T-1: views of rope_ (grown first
+  // when the forward reaches past it), or fresh ones when dynamic scaling
+  // applies to this forward.
+  static constexpr int64_t kInitialRopeLength = 4096;
   RopeTables RopeFor(int64_t start, int64_t length);
   torch::Tensor RunLayer(Layer& layer, const torch::Tensor& x, int64_t index,
                          int64_t start, const RopeTables& rope, KvCache* cache);
@@ -378,8 +380,10 @@ class LlamaModel : public torch::nn::Module {
   const FrozenWeight* embed_frozen_ = nullptr;
   const FrozenWeight* lm_head_frozen_ = nullptr;
   torch::Tensor final_norm_;
-  std::shared_ptr<const RopeTables> rope_;  // shared by equal configs
-  std::vector<torch::Tensor> masks_;        // last CausalMasks
+  // Positions [0, n) for the longest forward so far (n a power of two
+  // times kInitialRopeLength, at most max_seq_len); shared by equal configs.
+  std::shared_ptr<const RopeTables> rope_;
+  std::vector<torch::Tensor> masks_;  // last CausalMasks
   int64_t mask_start_ = -1;
   int64_t mask_length_ = -1;
   int64_t first_trainable_ = 0;
