@@ -20,6 +20,9 @@
 //   first_loss=... trainable_layers=... trainable_params=...
 //   gradient_checkpointing=0|1 loss=chunked|full
 //   base_dtype=... load_s=... weights_mb=... mapped_mb=... heap=kept|default
+//   rss_start_mb=... rss_loaded_mb=... peak_loaded_mb=...
+// rss_start_mb: before the model (the libraries); rss_loaded_mb and
+// peak_loaded_mb: once it is loaded, before the first step.
 // mapped_mb: of weights_mb, the pages of the model file itself
 // (LoadOptions::map_weights), shared by every process that maps it.
 // heap=kept: freed memory stays in the heap as in `fedpeft` itself
@@ -34,7 +37,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -242,6 +244,7 @@ double MsSince(std::chrono::steady_clock::time_point t0) {
 
 Status Run(const Args& args) {
   torch::set_num_threads(args.threads);
+  const double rss_start = RssMib();  // the libraries, before any model
   if (args.show_config) std::cerr << at::show_config() << "\n";
   const Preset& preset = Presets().at(args.preset);
   const int64_t batch = args.batch ? args.batch : preset.batch;
@@ -268,6 +271,7 @@ Status Run(const Args& args) {
   }
   const double load_s = MsSince(load_start) / 1e3;
   const bool heap_kept = KeepFreedMemory();  // as `train` and `worker` do
+  const double rss_loaded = RssMib(), peak_loaded = PeakRssMib();
 
   peft::PeftOptions peft_options;
   peft_options.method = "lora";
@@ -350,6 +354,9 @@ Status Run(const Args& args) {
       << " weights_mb=" << static_cast<double>(weights->nbytes()) / (1 << 20)
       << " mapped_mb=" << static_cast<double>(weights->mapped_bytes) / (1 << 20)
       << " heap=" << (heap_kept ? "kept" : "default");
+  out.precision(1);
+  out << " rss_start_mb=" << rss_start << " rss_loaded_mb=" << rss_loaded
+      << " peak_loaded_mb=" << peak_loaded;
 
   if (args.breakdown) {
     // The same forward+loss and backward outside Step(). rest_ms, the step
