@@ -22,11 +22,10 @@ namespace fedpeft {
 // leave no holes. Not for many training threads: each of glibc's arenas
 // would keep a step's peak (thread-mode simulation with 100 workers on a
 // Qwen2.5-0.5B base: 61 arena heaps, 3.9 GB, as they registered). The
-// resident size stays at the
-// peak until ReturnFreedMemory. Does nothing when the environment sets the
-// allocator (GLIBC_TUNABLES naming glibc.malloc, MALLOC_MMAP_THRESHOLD_ or
-// MALLOC_TRIM_THRESHOLD_), when FEDPEFT_HEAP=default, or on a C library
-// other than glibc. Returns whether it changed anything.
+// resident size stays at the peak until ReturnFreedMemory. Does nothing when
+// the environment sets the allocator (GLIBC_TUNABLES naming glibc.malloc,
+// MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_), when FEDPEFT_HEAP=default,
+// or on a C library other than glibc. Returns whether it changed anything.
 bool KeepFreedMemory();
 
 // At most `arenas` malloc arenas (glibc makes up to 8 per core, one per

@@ -70,18 +70,6 @@ const std::array<float, 16>& Nf4Levels() {
   return kLevels;
 }
 
-namespace {
-
-// Zero-pads a 1-D tensor to a multiple of `block`.
-torch::Tensor PadTo(const torch::Tensor& flat, int64_t block) {
-  const int64_t n = flat.numel();
-  const int64_t padded = (n + block - 1) / block * block;
-  if (padded == n) return flat;
-  return torch::cat({flat, torch::zeros({padded - n}, flat.options())});
-}
-
-}  // namespace
-
 FrozenWeight FrozenWeight::Dense(torch::Tensor w) {
   TORCH_CHECK(w.dim() == 2 && w.is_floating_point(),
               "FrozenWeight::Dense needs a 2-D floating tensor, got ",
@@ -129,8 +117,9 @@ FrozenWeight FrozenWeight::From(const torch::Tensor& w, BaseDtype kind) {
   // The mean in double, then float: the value every dequantization adds.
   f.absmax_mean_ =
       static_cast<float>(absmax.to(torch::kFloat64).mean().item<double>());
-  torch::Tensor groups = PadTo(absmax - f.absmax_mean_, kNf4AbsmaxBlockSize)
-                             .view({-1, kNf4AbsmaxBlockSize});
+  torch::Tensor groups =
+      quant::ZeroPadTo(absmax - f.absmax_mean_, kNf4AbsmaxBlockSize)
+          .view({-1, kNf4AbsmaxBlockSize});
   torch::Tensor absmax_codes;
   std::tie(absmax_codes, f.scale2_) = quant::Int8EncodeRows(groups);
   f.scale_ = absmax_codes.reshape({-1}).narrow(0, 0, nb).contiguous();

@@ -188,25 +188,22 @@ LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights)
     }
     layers_.push_back(std::move(layer));
   }
-  // Dynamic scaling leaves positions up to max_seq_len unscaled (RopeFor).
-  // The tables start short and grow with the longest forward: a table of
-  // length n is the first n rows of the longer one, and Llama-3.2's 131,072
-  // positions would be 64 MiB in float32 for a model trained at 512.
-  rope_ = SharedRope(
-      std::min(c.max_seq_len, kInitialRopeLength),
-      ComputeRopeFrequencies(c.rope_scaling, c.head_dim(), c.rope_theta,
-                             c.max_seq_len, c.max_seq_len),
-      options_);
+  // rope_ is made by the first forward (RopeFor).
 }
 
 LlamaModel::RopeTables LlamaModel::RopeFor(int64_t start, int64_t length) {
   const LlamaConfig& c = config();
   if (start + length <= c.max_seq_len) {
-    int64_t have = rope_->cos.size(0);
-    if (have < start + length) {  // double up to the forward, max_seq_len
-      while (have < start + length) have *= 2;
+    // Dynamic scaling leaves positions up to max_seq_len unscaled. The
+    // tables grow with the longest forward, doubling from
+    // kInitialRopeLength: a table of length n is the first n rows of a
+    // longer one, and Llama-3.2's 131,072 positions would be 64 MiB in
+    // float32 for a model trained at 512.
+    if (!rope_ || rope_->cos.size(0) < start + length) {
+      int64_t n = kInitialRopeLength;
+      while (n < start + length) n *= 2;
       rope_ = SharedRope(
-          std::min(have, c.max_seq_len),
+          std::min(n, c.max_seq_len),
           ComputeRopeFrequencies(c.rope_scaling, c.head_dim(), c.rope_theta,
                                  c.max_seq_len, c.max_seq_len),
           options_);

@@ -57,17 +57,19 @@ void CheckFloat(const torch::Tensor& t, const char* what) {
 
 }  // namespace
 
+torch::Tensor ZeroPadTo(const torch::Tensor& flat, int64_t multiple) {
+  const int64_t n = flat.numel();
+  const int64_t padded = (n + multiple - 1) / multiple * multiple;
+  if (padded == n) return flat;
+  return torch::cat({flat, torch::zeros({padded - n}, flat.options())});
+}
+
 namespace ops {
 
 std::pair<torch::Tensor, torch::Tensor> Nf4Encode(const torch::Tensor& values) {
   CheckFloat(values, "Nf4Encode: values");
-  torch::Tensor flat = values.reshape({-1});
-  const int64_t n = flat.numel();
-  const int64_t padded = (n + kBlock - 1) / kBlock * kBlock;
-  if (padded != n) {
-    flat = torch::cat({flat, torch::zeros({padded - n}, flat.options())});
-  }
-  torch::Tensor blocks = flat.view({-1, kBlock});
+  torch::Tensor blocks =
+      ZeroPadTo(values.reshape({-1}), kBlock).view({-1, kBlock});
   torch::Tensor absmax = blocks.abs().amax(1);
   torch::Tensor safe =
       torch::where(absmax > 0, absmax, torch::ones_like(absmax));

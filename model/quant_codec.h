@@ -46,6 +46,10 @@ std::pair<torch::Tensor, torch::Tensor> Int8EncodeRows(
 torch::Tensor Int8DecodeRows(const torch::Tensor& q,
                              const torch::Tensor& scale);
 
+// `flat` (1-D) zero-padded to a multiple of `multiple` (itself if it is
+// one): NF4's last block, its double quantization's last group.
+torch::Tensor ZeroPadTo(const torch::Tensor& flat, int64_t multiple);
+
 // The tensor-op implementations, used off the CPU and by tests that hold
 // the CPU loops to them.
 namespace ops {
