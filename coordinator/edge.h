@@ -33,29 +33,10 @@
 #include <vector>
 
 #include "common/status.h"
-#include "coordinator/coordinator_config.h"
-#include "worker/worker_config.h"
+#include "coordinator/edge_config.h"
 
 namespace fedpeft {
 namespace coordinator {
-
-struct EdgeConfig {
-  std::string id = "edge-0";           // edge.id: its name at the cloud
-                                       // (with TLS: its certificate's name)
-  worker::ConnectionOptions upstream;  // the cloud coordinator
-  ServerOptions server;                // where its workers connect
-  // The `tls` section sets both server.tls and upstream.tls: one
-  // certificate (role edge: serverAuth and clientAuth) for both sides.
-  FederationOptions rounds;    // `federation`: edge-round options
-  worker::ModelOptions model;  // the base model (shapes, init)
-  CoordinatorLogging logging;
-  int max_update_mb = 256;
-
-  void Read(ConfigReader& in);
-};
-
-StatusOr<EdgeConfig> LoadEdgeConfig(const std::string& path,
-                                    const std::vector<std::string>& overrides);
 
 class Edge {
  public:
