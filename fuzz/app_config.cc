@@ -2,22 +2,25 @@
 // loaders (a scratch file: the loaders read paths) with --set overrides:
 // coordinator::LoadCoordinatorConfig (`fedpeft coordinator`, `simulate`),
 // worker::LoadWorkerConfig (`fedpeft worker`), worker::LoadTrainJobConfig
-// (`fedpeft train`) and security::ReadAllowlistFile (tls.allowlist_file,
-// which the servers re-read while running). An edge's config
-// (coordinator::LoadEdgeConfig) is not here: it lives in coordinator/edge.cc
-// beside the edge's gRPC server, which the fuzz build does not compile.
+// (`fedpeft train`), security::ReadAllowlistFile (tls.allowlist_file,
+// which the servers re-read while running), coordinator::LoadEdgeConfig
+// (`fedpeft edge`) and serve::LoadServeConfig (`fedpeft serve`, also a
+// pipeline's head and stages).
 //
-// Input: a byte choosing the loader (value % 4: 0 coordinator, 1 worker,
-// 2 train job, 3 allowlist; the seeds use the digits '0' to '3' and a
-// newline), then YAML text and --set overrides (fuzz_util.h,
-// SplitConfigInput; the allowlist takes none).
+// Input: a byte choosing the loader (value % 6: 0 coordinator, 1 worker,
+// 2 train job, 3 allowlist, 4 edge, 5 serve; the seeds use the digits '0'
+// to '5', which are 0 to 5 modulo 6, and a newline), then YAML text and
+// --set overrides (fuzz_util.h, SplitConfigInput; the allowlist takes
+// none).
 #include <string>
 #include <vector>
 
 #include "coordinator/coordinator_config.h"
+#include "coordinator/edge_config.h"
 #include "fuzz/fuzz_targets.h"
 #include "fuzz/fuzz_util.h"
 #include "security/tls.h"
+#include "serve/serve_config.h"
 #include "worker/train_config.h"
 #include "worker/worker_config.h"
 
@@ -28,7 +31,7 @@ int FuzzAppConfig(const uint8_t* data, size_t size) {
   // Removed at exit.
   static ScratchFile file("-config.yaml");
   InputReader in(data, size);
-  const int loader = in.Byte() % 4;
+  const int loader = in.Byte() % 6;
   const ConfigInput input = SplitConfigInput(in.Rest());
   file.Write(input.yaml);
 
@@ -45,8 +48,14 @@ int FuzzAppConfig(const uint8_t* data, size_t size) {
     case 2:
       s = worker::LoadTrainJobConfig(file.path(), input.overrides).status();
       break;
-    default:
+    case 3:
       s = security::ReadAllowlistFile(file.path()).status();
+      break;
+    case 4:
+      s = coordinator::LoadEdgeConfig(file.path(), input.overrides).status();
+      break;
+    default:
+      s = serve::LoadServeConfig(file.path(), input.overrides).status();
       break;
   }
   if (!s.ok()) {

@@ -502,6 +502,7 @@ void AppConfigSeeds(const std::string& source, const std::string& dir) {
   for (const auto& entry : fs::recursive_directory_iterator(configs)) {
     if (entry.path().extension() != ".yaml") continue;
     const std::string file = entry.path().filename().string();
+    const std::string parent = entry.path().parent_path().filename().string();
     char loader = 0;
     if (file == "coordinator.yaml") {
       loader = '0';
@@ -512,8 +513,12 @@ void AppConfigSeeds(const std::string& source, const std::string& dir) {
       loader = '2';
     } else if (file == "allowlist.yaml") {
       loader = '3';
+    } else if (file == "edge.yaml") {
+      loader = '4';
+    } else if (parent == "serve" || parent == "pipeline") {
+      loader = '5';
     } else {
-      continue;  // simulate and edge configs: no loader in the fuzz build
+      continue;  // simulate configs: their loader is in cli/
     }
     std::string name = fs::relative(entry.path(), configs).string();
     for (char& ch : name) ch = ch == '/' ? '_' : ch;
