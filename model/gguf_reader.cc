@@ -179,6 +179,13 @@ float GgufHalfToFloat(uint16_t bits) {
   return static_cast<float>(h);
 }
 
+// The tensor types ReadTensor reads; Parse bounds the extent of these
+// only, so nothing may be computed from another type's info.
+bool GgufReadable(GgufTensorType type) {
+  return type == GgufTensorType::kF32 || type == GgufTensorType::kF16 ||
+         type == GgufTensorType::kQ8_0;
+}
+
 }  // namespace
 
 std::vector<int64_t> GgufTensorInfo::Shape() const {
@@ -288,10 +295,7 @@ StatusOr<GgufReader> GgufReader::Parse(std::string_view bytes,
   r.data_offset_ = (in.pos() + r.alignment_ - 1) / r.alignment_ * r.alignment_;
   for (const GgufTensorInfo& t : r.tensors_) {
     const auto type = static_cast<GgufTensorType>(t.type);
-    if (type != GgufTensorType::kF32 && type != GgufTensorType::kF16 &&
-        type != GgufTensorType::kQ8_0) {
-      continue;  // size unknown here; ReadTensor refuses it
-    }
+    if (!GgufReadable(type)) continue;  // size unknown; ReadTensor refuses it
     if (type == GgufTensorType::kQ8_0 && t.ne[0] % kQ8_0BlockValues != 0) {
       return Status::Corruption(
           src + ": tensor '" + t.name + "' is Q8_0 with rows of " +
@@ -414,6 +418,15 @@ StatusOr<std::vector<double>> GgufReader::GetNumberArray(
 StatusOr<torch::Tensor> GgufReader::ReadTensor(
     const GgufTensorInfo& info) const {
   const auto type = static_cast<GgufTensorType>(info.type);
+  // Before the offset or the size is used: Parse checked them against the
+  // file for the readable types alone (a Q4_K tensor's offset may point
+  // anywhere, its numel may be 2^61).
+  if (!GgufReadable(type)) {
+    return Status::Unimplemented(
+        source_ + ": tensor '" + info.name + "' has ggml type " +
+        std::to_string(info.type) +
+        ", only F32 (0), F16 (1) and Q8_0 (8) can be read");
+  }
   const int64_t n = info.numel();
   const char* p = bytes_.data() + data_offset_ + info.offset;
   torch::Tensor out = torch::empty({n}, torch::kFloat32);
@@ -429,7 +442,7 @@ StatusOr<torch::Tensor> GgufReader::ReadTensor(
         dst[i] = GgufHalfToFloat(bits);
       }
       break;
-    case GgufTensorType::kQ8_0:
+    default:  // kQ8_0, the last readable type
       for (int64_t b = 0; b < n / kQ8_0BlockValues; ++b) {
         const char* block = p + b * kQ8_0BlockBytes;
         uint16_t bits = 0;
@@ -441,11 +454,6 @@ StatusOr<torch::Tensor> GgufReader::ReadTensor(
         }
       }
       break;
-    default:
-      return Status::Unimplemented(
-          source_ + ": tensor '" + info.name + "' has ggml type " +
-          std::to_string(info.type) +
-          ", only F32 (0), F16 (1) and Q8_0 (8) can be read");
   }
   return out.reshape(info.Shape());
 }

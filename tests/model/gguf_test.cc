@@ -179,6 +179,36 @@ TEST(GgufReaderTest, BadInputNamesTheFileTheFieldAndTheValues) {
                                               "missing"));
 }
 
+// A tensor of a type ReadTensor cannot read (Q4_K here) is refused before
+// its info is used: Parse cannot bound such a tensor's extent, so its dims
+// and offset may be anything. (Found by the gguf fuzzer: the offset was
+// added to the file's address, an overflow, before the type was checked;
+// dims like these made torch::empty throw.)
+TEST(GgufReaderTest, UnreadableTypeIsRefusedBeforeItsInfoIsUsed) {
+  std::string bytes = SmallGguf();
+  // Tensor 't': name length (u64) 1, "t", 2 dims (u32), then the dims
+  // (2 x u64), the type (u32) and the offset (u64).
+  const std::string name_and_rank("\x01\0\0\0\0\0\0\0t\x02\0\0\0", 13);
+  const size_t at = bytes.find(name_and_rank);
+  ASSERT_NE(at, std::string::npos);
+  char* info = &bytes[at + name_and_rank.size()];
+  const uint64_t dims[2] = {uint64_t{1} << 31, uint64_t{1} << 30};
+  const uint32_t q4_k = 12;
+  const uint64_t offset = ~uint64_t{31};  // aligned, 32 bytes below 2^64
+  std::memcpy(info, dims, 16);
+  std::memcpy(info + 16, &q4_k, 4);
+  std::memcpy(info + 20, &offset, 8);
+  auto r = GgufReader::Parse(bytes, "q4k.gguf");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->tensors().size(), 1u);
+  EXPECT_EQ(r->tensors()[0].numel(), int64_t{1} << 61);
+  auto t = r->ReadTensor(r->tensors()[0]);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kUnimplemented);
+  EXPECT_THAT(t.status().message(),
+              HasSubstr("q4k.gguf: tensor 't' has ggml type 12"));
+}
+
 // A model of `model_type` with GQA (and Qwen's bias or q/k norm) whose
 // weights are random: written as F32 GGUF and loaded back it is the same
 // model, tensor for tensor, and the q/k rows in the file are in llama.cpp's
