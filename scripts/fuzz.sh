@@ -82,8 +82,10 @@ cmake --build "$BUILD_DIR" -j "$(nproc)" \
 # same bugs): with its defaults it hands freed pages back to the kernel
 # every few seconds and faults them in again, and on this VM (TLB
 # shootdowns) the config target fell from 2,800 to 680 executions/s within
-# 8 minutes, a third of its time in the kernel; never releasing them held
-# it above 2,000/s. A smaller quarantine (64 MiB, use-after-free still
+# 8 minutes, a third of its time in the kernel. Never releasing them, the
+# kernel's share fell to ~1.5% and its run of 10^7 averaged 1,443/s (the
+# rest is ASan's allocator under yaml-cpp's many small allocations, and the
+# inputs growing to 4 KB). A smaller quarantine (64 MiB, use-after-free still
 # caught for the last 64 MiB freed) and 5-frame allocation stacks keep the
 # RSS that adds under -rss_limit_mb. Reproducing an input by hand (below)
 # runs with ASan's defaults and full stacks.
