@@ -442,7 +442,7 @@ StatusOr<torch::Tensor> GgufReader::ReadTensor(
         dst[i] = GgufHalfToFloat(bits);
       }
       break;
-    default:  // kQ8_0, the last readable type
+    case GgufTensorType::kQ8_0:
       for (int64_t b = 0; b < n / kQ8_0BlockValues; ++b) {
         const char* block = p + b * kQ8_0BlockBytes;
         uint16_t bits = 0;
