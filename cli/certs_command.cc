@@ -81,7 +81,8 @@ int RunIssue(const Args& args) {
   po::options_description desc("options");
   desc.add_options()("help,h", "show this help")(
       "role", po::value(&role)->required(),
-      "coordinator (serverAuth) | worker (clientAuth) | edge (both)")(
+      "coordinator (serverAuth) | worker (clientAuth) | edge (both) | "
+      "operator (clientAuth; `status` only, cannot register)")(
       "name", po::value(&options.name)->required(),
       "common name = the participant id (worker.id / edge.id)")(
       "ca", po::value(&ca_dir)->required(), "CA directory (from certs init)")(

@@ -354,8 +354,8 @@ int RunEval(const Args& args) {
   po::variables_map vm;
   int code = kExitOk;
   if (!ParseArgs(cmd,
-                 "--model PATH [--adapter DIR] --data FILE [--split "
-                 "all|eval|train]",
+                 "(--data FILE | --config FILE) [--model PATH] [--adapter "
+                 "DIR] [--set k=v ...] [--split all|eval|train]",
                  desc, args, &vm, &code)) {
     return code;
   }

@@ -61,6 +61,7 @@ Status RoundEngine::Init() {
   adapter_config_ = peft::AdapterConfigToJson(config_.peft, config_.model.path);
   adapter_config_json_ = adapter_config_.dump();
   rng_.seed(config_.federation.seed);
+  secret_selection_ = config_.dp.enabled && config_.dp.noise_seed == 0;
   round_.label = label_;
   round_.registry = &registry_;
   round_.changed = &cv_;
@@ -93,6 +94,19 @@ StatusOr<Registration> RoundEngine::Register(const WorkerProfile& profile) {
     return Status::InvalidArgument(
         "worker_id: expected 1 to 128 characters, got " +
         std::to_string(profile.worker_id.size()));
+  }
+  if (profile.num_samples > kMaxNumSamples) {
+    return Status::InvalidArgument("profile.num_samples: expected at most " +
+                                   std::to_string(kMaxNumSamples) + ", got " +
+                                   std::to_string(profile.num_samples));
+  }
+  if (profile.edge && !cloud_) {
+    // One level of edges: the cloud bounds what an edge declares
+    // (dp.max_users_per_edge); an edge would not bound another.
+    return Status::FailedPrecondition(
+        "edge '" + profile.worker_id +
+        "': an edge aggregator admits workers only; edges register with the "
+        "cloud coordinator");
   }
   if (profile.hosted_users > 0) {
     // An executor's users are participants like any other: these bound

@@ -191,6 +191,8 @@ class RoundEngine {
 
   RoundEngine(const CoordinatorConfig& config, bool cloud);
   Status Init();
+  // `n` uniform 64-bit draws for a round's selection (round loop).
+  std::vector<uint64_t> SelectionDraws(size_t n);
   Status Merged(int64_t round, std::vector<Update> updates, RoundMetrics* m);
   // SubmitUpdate for a masked upload (not under mu_).
   Status SubmitMasked(const std::string& session_id,
@@ -241,6 +243,10 @@ class RoundEngine {
   bool started_ = false;              // min_available was met  GUARDED_BY(mu_)
   std::map<std::string, UpdateHeader> last_round_headers_;  // round loop
   std::mt19937_64 rng_;                                     // round loop
+  // Under DP without dp.noise_seed the selection is drawn from OpenSSL's
+  // DRBG instead of rng_: sampling amplifies privacy only if nobody can
+  // predict who is selected, and rng_ follows from federation.seed.
+  bool secret_selection_ = false;
   std::atomic<bool> stop_{false};
 };
 

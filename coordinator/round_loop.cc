@@ -3,10 +3,13 @@
 // round_engine.cc.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include "common/logging.h"
 #include "coordinator/round_engine.h"
+#include "security/secagg_crypto.h"
 
 namespace fedpeft {
 namespace coordinator {
@@ -97,16 +100,20 @@ bool RoundEngine::RunRound(int64_t round, int attempt, double deadline_s,
     int n = static_cast<int>(alive.size());
     if (f.sampling == "poisson") {
       // Each independently with probability `fraction` (what the DP
-      // accountant assumes), from the checkpointed rng.
+      // accountant assumes).
+      const std::vector<uint64_t> draws = SelectionDraws(alive.size());
       round_.selected.clear();
-      for (const auto& id : alive) {
-        const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
-        if (u < f.fraction) round_.selected.insert(id);
+      for (size_t i = 0; i < alive.size(); ++i) {
+        const double u = static_cast<double>(draws[i] >> 11) * 0x1.0p-53;
+        if (u < f.fraction) round_.selected.insert(alive[i]);
       }
     } else {
       const int k = SelectedOf(f, n);
-      for (int i = n - 1; i > 0; --i) {  // Fisher-Yates, the checkpointed rng
-        std::swap(alive[i], alive[rng_() % static_cast<uint64_t>(i + 1)]);
+      const std::vector<uint64_t> draws =
+          SelectionDraws(n > 1 ? static_cast<size_t>(n - 1) : 0);
+      for (int i = n - 1; i > 0; --i) {  // Fisher-Yates
+        const uint64_t d = draws[static_cast<size_t>(n - 1 - i)];
+        std::swap(alive[i], alive[d % static_cast<uint64_t>(i + 1)]);
       }
       round_.selected = std::set<std::string>(alive.begin(), alive.begin() + k);
     }
@@ -368,6 +375,24 @@ RoundEngine::Totals RoundEngine::totals() {
 void RoundEngine::set_totals(const Totals& t) {
   std::lock_guard<std::mutex> lock(mu_);
   totals_ = t;
+}
+
+std::vector<uint64_t> RoundEngine::SelectionDraws(size_t n) {
+  std::vector<uint64_t> draws(n);
+  if (!secret_selection_) {
+    for (uint64_t& d : draws) d = rng_();  // checkpointed: reproducible
+    return draws;
+  }
+  Status s = secagg::SystemRandom().Fill(
+      reinterpret_cast<uint8_t*>(draws.data()), n * sizeof(uint64_t));
+  if (!s.ok()) {
+    // As for DP noise (security/dp.cc): a predictable selection would void
+    // the accounted amplification, so there is no fallback.
+    std::fprintf(stderr, "fedpeft: cannot draw the round's selection: %s\n",
+                 s.ToString().c_str());
+    std::abort();
+  }
+  return draws;
 }
 
 std::string RoundEngine::RngState() const {

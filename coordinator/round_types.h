@@ -96,9 +96,14 @@ struct SecAggResult {
   std::string message;  // the step's result (secagg_messages.h bytes)
 };
 
+// The most examples one registration or update may claim (2^40, ~1.1e12):
+// FedAvg weights and a round's sums stay exact and far from int64's range,
+// whatever a participant says.
+constexpr uint64_t kMaxNumSamples = uint64_t{1} << 40;
+
 struct UpdateHeader {
   int64_t round = 0;
-  uint64_t num_samples = 0;
+  uint64_t num_samples = 0;  // in [1, kMaxNumSamples]
   double train_loss = 0;
   double eval_loss = 0;  // NaN = not reported
   uint64_t eval_tokens = 0;

@@ -276,15 +276,20 @@ double PrivacyStage::NoisedUnclippedCount(const std::vector<Update>& updates,
   return count;
 }
 
-double PrivacyStage::SamplingRate(const std::vector<Update>& updates) const {
+double PrivacyStage::SamplingRate(const std::vector<Update>& updates,
+                                  double* cloud_q) const {
   // q: the largest chance any one user had of taking part, counted over
   // the population when the round selected. With Poisson sampling it is the
   // rate itself; with fixed-size selection, selected / alive (accounted as
   // Poisson sampling at that rate, as Opacus and TF Privacy do). Behind an
   // edge it is the edge's chance times the share of its users it selected,
   // which the cloud cannot check: 1 unless dp.trust_edge_sampling (and 1
-  // for a selected edge that did not answer).
+  // for a selected edge that did not answer). Against the cloud only that
+  // inner share counts: the cloud selected the edges itself, so it knows
+  // whether a user's edge took part, and its own sampling hides nothing
+  // from it.
   const Selection& s = selection_;
+  *cloud_q = 1.0;
   const bool poisson = federation_.sampling == "poisson";
   double q = 0;
   if (s.direct_alive > 0) {
@@ -305,13 +310,15 @@ double PrivacyStage::SamplingRate(const std::vector<Update>& updates) const {
                                   : static_cast<double>(s.edges_selected) /
                                         std::max(1, s.edges_alive);
     q = std::max(q, inner * edge_q);
+    *cloud_q = std::min(1.0, std::max(inner, 1e-12));
   }
   return std::min(1.0, std::max(q, 1e-12));
 }
 
 void PrivacyStage::Account(const std::vector<Update>& updates, int64_t round,
                            RoundMetrics* m) {
-  const double q = SamplingRate(updates);
+  double cloud_q = 1.0;
+  const double q = SamplingRate(updates, &cloud_q);
   accountant_->Compose(q, z_);
   privacy::PrivacySpent spent = accountant_->Spent(delta_);
   m->epsilon = spent.epsilon;
@@ -319,13 +326,14 @@ void PrivacyStage::Account(const std::vector<Update>& updates, int64_t round,
   m->sampling_rate = q;
   // Against the cloud: an edge's release carries only its share of the
   // noise, z / sqrt(E) (the count's share too, so the pair's multiplier
-  // scales the same way); a direct worker's update, an un-noised edge sum
-  // (central placement) or a zero noise share protects nobody from it.
+  // scales the same way), at the edges' own sampling rate; a direct
+  // worker's update, an un-noised edge sum (central placement) or a zero
+  // noise share protects nobody from it.
   const Selection& s = selection_;
   if (options_.placement == "edges" && s.edges_selected > 0 &&
       s.direct_selected == 0 && z_ > 0) {
     cloud_accountant_->Compose(
-        q, z_ / std::sqrt(static_cast<double>(s.edges_selected)));
+        cloud_q, z_ / std::sqrt(static_cast<double>(s.edges_selected)));
   } else {
     cloud_unbounded_ = true;
   }

@@ -100,8 +100,11 @@ class PrivacyStage : public RoundStage {
   double NoisedUnclippedCount(const std::vector<Update>& updates,
                               double* users);
   // The sampling rate q of a round: the largest chance any one user had of
-  // taking part, from the population at selection (see Account).
-  double SamplingRate(const std::vector<Update>& updates) const;
+  // taking part, from the population at selection (see Account); and in
+  // `cloud_q` the same chance as the cloud sees it, which knows the edges
+  // it selected (1 unless edges' own sampling is trusted).
+  double SamplingRate(const std::vector<Update>& updates,
+                      double* cloud_q) const;
 
   // Who could take part, and who was selected, when the round selected.
   struct Selection {

@@ -32,9 +32,11 @@ Status UpdateValidation::CheckUpdate(const UpdateCheck& u) const {
     RETURN_IF_ERROR(aggregation::LoraPairs(u.delta).status().WithContext(
         "update from '" + worker_id + "'"));
   }
-  if (u.header.num_samples == 0) {
+  if (u.header.num_samples == 0 || u.header.num_samples > kMaxNumSamples) {
     return Status::InvalidArgument("update from '" + worker_id +
-                                   "': num_samples must be > 0");
+                                   "': num_samples must be in [1, " +
+                                   std::to_string(kMaxNumSamples) + "], got " +
+                                   std::to_string(u.header.num_samples));
   }
   for (const auto& [key, t] : u.delta) {
     if (t.scalar_type() != torch::kFloat32) {

@@ -3,6 +3,10 @@
 // is accounted, and under DP nothing about a worker's data but its clipped
 // update is kept or logged.
 #include <cmath>
+#include <map>
+#include <mutex>
+#include <set>
+#include <utility>
 
 #include "security/rdp_accountant.h"
 #include "tests/coordinator/service_fixture.h"
@@ -61,31 +65,47 @@ TEST_F(ServiceTest, DpSamplingRateIsThePopulationAtSelection) {
   EXPECT_TRUE(std::isinf(history[0].epsilon_cloud));
 }
 
-// federation.sampling poisson: each worker independently with probability
-// `fraction`, and the accountant composes exactly that rate every round.
-TEST_F(ServiceTest, PoissonSamplingIsAccountedAtItsRate) {
-  Start(Config({"federation.rounds=6", "federation.sampling=poisson",
-                "federation.fraction=0.5", "federation.min_available=4",
-                "federation.on_quorum_miss=skip", "dp.enabled=true",
-                "dp.clip_norm=0.5", "dp.noise_multiplier=1", "dp.delta=1e-3",
-                "federation.round_deadline_s=20"}));
-  std::vector<std::string> s = {Register("a"), Register("b"), Register("c"),
-                                Register("d")};
-  RunLoop();
-  // Answer whatever each worker is asked until the federation ends.
+// Runs a federation of workers a, b, c, d under `overrides`, answering
+// whatever each is asked until it ends; returns the (round, worker) of
+// every training task.
+std::set<std::pair<uint64_t, std::string>> RunFourWorkers(
+    ServiceTest* t, const std::vector<std::string>& overrides) {
+  t->Start(t->Config(overrides));
+  std::map<std::string, std::string> sessions;
+  for (const char* id : {"a", "b", "c", "d"}) sessions[id] = t->Register(id);
+  t->RunLoop();
+  std::mutex mu;
+  std::set<std::pair<uint64_t, std::string>> tasks;
   std::vector<std::thread> workers;
-  for (const std::string& session : s) {
-    workers.emplace_back([this, session] {
+  for (const auto& [id, session] : sessions) {
+    workers.emplace_back([&, id = id, session = session] {
       while (true) {
-        proto::Task task = GetTask(session);
+        proto::Task task = t->GetTask(session);
         if (task.kind() != proto::Task::TRAIN) return;
-        EXPECT_TRUE(AnswerRound(this, session, task).ok());
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          tasks.emplace(task.round(), id);
+        }
+        EXPECT_TRUE(AnswerRound(t, session, task).ok());
       }
     });
   }
-  loop_.join();
-  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
+  t->Join();
   for (auto& w : workers) w.join();
+  return tasks;
+}
+
+// federation.sampling poisson: each worker independently with probability
+// `fraction`, and the accountant composes exactly that rate every round.
+TEST_F(ServiceTest, PoissonSamplingIsAccountedAtItsRate) {
+  // dp.noise_seed: a reproducible run, whose selection is federation.seed's.
+  RunFourWorkers(this,
+                 {"federation.rounds=6", "federation.sampling=poisson",
+                  "federation.fraction=0.5", "federation.min_available=4",
+                  "federation.on_quorum_miss=skip", "dp.enabled=true",
+                  "dp.clip_norm=0.5", "dp.noise_multiplier=1", "dp.delta=1e-3",
+                  "dp.noise_seed=7", "federation.round_deadline_s=20"});
+  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
   auto history = coordinator_->History();
   ASSERT_EQ(history.size(), 6u);
   std::set<int> sizes;
@@ -101,6 +121,40 @@ TEST_F(ServiceTest, PoissonSamplingIsAccountedAtItsRate) {
   ASSERT_GT(accounted, 0);
   EXPECT_NEAR(history.back().epsilon,
               privacy::ComputeEpsilon(0.5, 1.0, accounted, 1e-3).epsilon, 1e-9);
+}
+
+// Sampling amplifies privacy only if nobody can predict who is selected:
+// under DP the selection comes from OpenSSL's DRBG, so two federations with
+// the same federation.seed select differently (the chance that 6 rounds of
+// Poisson selection over 4 workers coincide is 16^-6, 6e-8); with
+// dp.noise_seed (experiments) it is federation.seed's, and repeats.
+TEST_F(ServiceTest, DpSelectionIsUnpredictableUnlessSeeded) {
+  auto run = [this](int n, const std::string& noise_seed) {
+    std::vector<std::string> o = {
+        "federation.rounds=6",
+        "federation.sampling=poisson",
+        "federation.fraction=0.5",
+        "federation.min_available=4",
+        "federation.on_quorum_miss=skip",
+        "federation.seed=3",
+        "dp.enabled=true",
+        "dp.clip_norm=0.5",
+        "dp.noise_multiplier=1",
+        "dp.delta=1e-3",
+        "dp.noise_seed=" + noise_seed,
+        "checkpoint.dir=" + (dir_ / ("ckpt" + std::to_string(n))).string()};
+    auto tasks = RunFourWorkers(this, o);
+    EXPECT_TRUE(run_status_.ok()) << run_status_.ToString();
+    Reset();
+    return tasks;
+  };
+  const auto secret1 = run(1, "0");
+  const auto secret2 = run(2, "0");
+  EXPECT_NE(secret1, secret2);
+  const auto seeded1 = run(3, "7");
+  const auto seeded2 = run(4, "7");
+  EXPECT_EQ(seeded1, seeded2);
+  EXPECT_FALSE(seeded1.empty());
 }
 
 // Under DP (dp.report_worker_metrics false, the default) the task asks for

@@ -35,11 +35,17 @@ class ServiceTest : public ::testing::Test {
     fs::create_directories(dir_);
   }
   void TearDown() override {
+    Reset();
+    fs::remove_all(dir_);
+  }
+
+  // Stops and drops the coordinator and its server (a test may Start
+  // another).
+  void Reset() {
     if (coordinator_) coordinator_->Stop();
     if (loop_.joinable()) loop_.join();
     server_.reset();
     coordinator_.reset();
-    fs::remove_all(dir_);
   }
 
   CoordinatorConfig Config(std::vector<std::string> overrides = {}) {
@@ -91,6 +97,8 @@ class ServiceTest : public ::testing::Test {
   void RunLoop() {
     loop_ = std::thread([this] { run_status_ = coordinator_->Run(); });
   }
+  // Waits for the federation RunLoop started to end.
+  void Join() { loop_.join(); }
 
   std::string Register(const std::string& id) {
     proto::RegisterRequest req;

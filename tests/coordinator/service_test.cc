@@ -640,6 +640,40 @@ TEST_F(ServiceTest, ExecutorRegistrationsAreBounded) {
   EXPECT_EQ(coordinator_->engine().GetStatus().workers.size(), 1u);
 }
 
+// A sample count is bounded (it sizes a worker's steps, and FedAvg weights
+// must stay exact), and an edge admits workers only: one level of edges,
+// since only the cloud bounds what an edge declares.
+TEST_F(ServiceTest, RegistrationsClaimBoundedSamplesAndOneLevelOfEdges) {
+  Start(Config());
+  proto::RegisterRequest req;
+  req.mutable_profile()->set_worker_id("w");
+  req.mutable_profile()->set_num_samples(uint64_t{1} << 63);
+  proto::RegisterReply reply;
+  grpc::ClientContext ctx;
+  transport::SetTimeout(&ctx, std::chrono::seconds(10));
+  grpc::Status s = stub_->Register(&ctx, req, &reply);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(),
+              HasSubstr("profile.num_samples: expected at most "
+                        "1099511627776, got 9223372036854775808"));
+  EXPECT_TRUE(coordinator_->engine().GetStatus().workers.empty());
+
+  auto edge = RoundEngine::Create(Config(), /*cloud=*/false);
+  ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+  WorkerProfile p;
+  p.worker_id = "edge-1";
+  p.edge = true;
+  auto r = (*edge)->Register(p);
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("edge 'edge-1': an edge aggregator admits workers "
+                        "only"));
+  p.worker_id = "worker-1";
+  p.edge = false;
+  p.num_samples = 5;
+  EXPECT_TRUE((*edge)->Register(p).ok());
+}
+
 }  // namespace
 }  // namespace testing_util
 }  // namespace coordinator

@@ -256,9 +256,10 @@ TEST_F(PrivacyStageTest, CloseSpendsPrivacyAtSelectedOverAlive) {
 
 // Two guarantees: against everyone who sees the global adapter (z), and
 // against the cloud itself, which with placement edges sees each edge's
-// release noised by its share only (z/√E); every user behind a selected
-// edge counts as selected (the cloud cannot check an edge's sampling), and
-// an edge may not declare more users than the cap.
+// release noised by its share only (z/√E), and which chose the edges, so
+// their sampling amplifies nothing against it; every user behind a
+// selected edge counts as selected (the cloud cannot check an edge's
+// sampling), and an edge may not declare more users than the cap.
 TEST_F(PrivacyStageTest, EpsilonAgainstTheCloudUsesTheEdgesShare) {
   auto stage = Cloud(
       0.5, 1.2,
@@ -285,7 +286,8 @@ TEST_F(PrivacyStageTest, EpsilonAgainstTheCloudUsesTheEdgesShare) {
   Status s = Check(*stage, "e1", true, {}, over);
   EXPECT_THAT(s.message(), HasSubstr("more than dp.max_users_per_edge 50"));
 
-  // Each edge says it sampled 2 of its 40 users: ignored, q = 3/4 edges.
+  // Each edge says it sampled 2 of its 40 users: ignored, q = 3/4 edges;
+  // against the cloud, which picked those 3 edges, q = 1.
   std::vector<Update> updates = {edge_update("e1", 2, 40),
                                  edge_update("e2", 2, 40),
                                  edge_update("e3", 2, 40)};
@@ -293,10 +295,24 @@ TEST_F(PrivacyStageTest, EpsilonAgainstTheCloudUsesTheEdgesShare) {
   EXPECT_DOUBLE_EQ(m_.sampling_rate, 0.75);
   const double want = privacy::ComputeEpsilon(0.75, 1.2, 1, 1e-5).epsilon;
   const double cloud =
-      privacy::ComputeEpsilon(0.75, 1.2 / std::sqrt(3.0), 1, 1e-5).epsilon;
+      privacy::ComputeEpsilon(1.0, 1.2 / std::sqrt(3.0), 1, 1e-5).epsilon;
   EXPECT_NEAR(m_.epsilon, want, 1e-9 * want);
   EXPECT_NEAR(m_.epsilon_cloud, cloud, 1e-9 * cloud);
   EXPECT_GT(m_.epsilon_cloud, m_.epsilon);
+
+  // Trusting the edges' sampling: q = 3/4 · 2/40 for everyone, and 2/40
+  // against the cloud (not 3/4 · 2/40: the cloud knows its 3/4).
+  auto trusting =
+      Cloud(0.5, 1.2,
+            {"dp.placement=edges", "dp.population=100",
+             "dp.max_users_per_edge=50", "dp.trust_edge_sampling=true"},
+            0, 3, 1.0);
+  trusting->OnOpen(round_, &m_);
+  Close(trusting.get(), &updates);
+  EXPECT_DOUBLE_EQ(m_.sampling_rate, 0.75 * 0.05);
+  const double trusted_cloud =
+      privacy::ComputeEpsilon(0.05, 1.2 / std::sqrt(3.0), 1, 1e-5).epsilon;
+  EXPECT_NEAR(m_.epsilon_cloud, trusted_cloud, 1e-9 * trusted_cloud);
 
   // Central placement: the cloud saw un-noised sums, no bound against it.
   auto central = Cloud(0.5, 1.2, {"dp.population=100"}, 0, 3, 1.0);

@@ -91,7 +91,17 @@ TEST_F(UpdateValidationTest, RefusesZeroSamplesAndANonFiniteLoss) {
   header_.num_samples = 0;
   Status s = Check(delta_);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("num_samples must be > 0"));
+  EXPECT_THAT(s.message(),
+              HasSubstr("num_samples must be in [1, 1099511627776], got 0"));
+
+  // 2^63 passed once, and became a negative FedAvg weight as int64.
+  header_.num_samples = uint64_t{1} << 63;
+  s = Check(delta_);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(),
+              AllOf(HasSubstr("'w1'"), HasSubstr("got 9223372036854775808")));
+  header_.num_samples = kMaxNumSamples;
+  EXPECT_TRUE(Check(delta_).ok());
 
   header_.num_samples = 10;
   header_.train_loss = std::numeric_limits<double>::infinity();
