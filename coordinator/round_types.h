@@ -101,6 +101,15 @@ struct SecAggResult {
 // whatever a participant says.
 constexpr uint64_t kMaxNumSamples = uint64_t{1} << 40;
 
+// OK if `num_samples` is in [1, kMaxNumSamples]; else why not, after `from`
+// (every update header is checked so, masked or not).
+inline Status CheckNumSamples(const std::string& from, uint64_t num_samples) {
+  if (num_samples >= 1 && num_samples <= kMaxNumSamples) return Status::Ok();
+  return Status::InvalidArgument(from + ": num_samples must be in [1, " +
+                                 std::to_string(kMaxNumSamples) + "], got " +
+                                 std::to_string(num_samples));
+}
+
 struct UpdateHeader {
   int64_t round = 0;
   uint64_t num_samples = 0;  // in [1, kMaxNumSamples]

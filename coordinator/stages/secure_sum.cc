@@ -356,11 +356,7 @@ StatusOr<std::vector<uint32_t>> SecureSumStage::Flatten(
     const auto* p = reinterpret_cast<const uint32_t*>(t.data_ptr<int32_t>());
     flat.insert(flat.end(), p, p + t.numel());
   }
-  if (header.num_samples == 0 || header.num_samples > kMaxNumSamples) {
-    return Status::InvalidArgument(from + ": num_samples must be in [1, " +
-                                   std::to_string(kMaxNumSamples) + "], got " +
-                                   std::to_string(header.num_samples));
-  }
+  RETURN_IF_ERROR(CheckNumSamples(from, header.num_samples));
   if (!std::isfinite(header.train_loss)) {
     return Status::InvalidArgument(from +
                                    ": train_loss: expected a finite number");

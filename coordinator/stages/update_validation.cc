@@ -32,12 +32,8 @@ Status UpdateValidation::CheckUpdate(const UpdateCheck& u) const {
     RETURN_IF_ERROR(aggregation::LoraPairs(u.delta).status().WithContext(
         "update from '" + worker_id + "'"));
   }
-  if (u.header.num_samples == 0 || u.header.num_samples > kMaxNumSamples) {
-    return Status::InvalidArgument("update from '" + worker_id +
-                                   "': num_samples must be in [1, " +
-                                   std::to_string(kMaxNumSamples) + "], got " +
-                                   std::to_string(u.header.num_samples));
-  }
+  RETURN_IF_ERROR(
+      CheckNumSamples("update from '" + worker_id + "'", u.header.num_samples));
   for (const auto& [key, t] : u.delta) {
     if (t.scalar_type() != torch::kFloat32) {
       return Status::InvalidArgument("update from '" + worker_id +
