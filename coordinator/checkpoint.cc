@@ -86,6 +86,7 @@ Status SaveCheckpoint(const std::string& dir, const Checkpoint& ckpt,
       {"base_model", ckpt.base_model},
       {"adapter_config", ckpt.adapter_config},
       {"extra", ckpt.extra},
+      {"metrics_line", ckpt.metrics_line},
   };
   RETURN_IF_ERROR(
       WriteFileAtomic(JoinPath(tmp_dir, "state.json"), state.dump(2) + "\n"));
@@ -141,6 +142,10 @@ StatusOr<Checkpoint> LoadCheckpointFolder(const std::string& folder) {
     ckpt.adapter_config = state.at("adapter_config");
     // Absent in checkpoints of fedpeft before the hierarchy milestone.
     if (state.contains("extra")) ckpt.extra = state.at("extra");
+    // Absent before the metrics file was kept in step with checkpoints.
+    if (state.contains("metrics_line")) {
+      ckpt.metrics_line = state.at("metrics_line").get<std::string>();
+    }
   } catch (const nlohmann::json::exception& e) {
     return Status::Corruption("checkpoint '" + state_path +
                               "': missing or mistyped field: " + e.what());

@@ -40,6 +40,9 @@ struct Checkpoint {
   // Round-loop state beyond the strategy's: adaptive-freezing EMAs
   // ("apf"), assigned ranks ("ranks").
   nlohmann::json extra = nlohmann::json::object();
+  // The round's line of logging.metrics_file, written again on resume if
+  // the crash came before it reached the file (RoundLog::Restore).
+  std::string metrics_line;
 };
 
 // Writes `ckpt` as <dir>/round-NNNNNN and points LATEST at it; removes

@@ -58,6 +58,7 @@ StatusOr<int64_t> CheckpointStore::Restore() {
   RETURN_IF_ERROR(loaded);
   engine_.set_totals({ckpt->bytes_up, ckpt->bytes_down});
   engine_.set_global(global);
+  restored_metrics_line_ = std::move(ckpt->metrics_line);
   FP_LOG_INFO("coordinator",
               "resumed federation '{}' from checkpoint round {} (adapter "
               "digest {}); next round {}",
@@ -66,7 +67,7 @@ StatusOr<int64_t> CheckpointStore::Restore() {
   return ckpt->round;
 }
 
-Status CheckpointStore::Save(int64_t round) {
+Status CheckpointStore::Save(int64_t round, const std::string& metrics_line) {
   const CoordinatorConfig& config = engine_.config();
   Checkpoint ckpt;
   ckpt.round = round;
@@ -92,6 +93,7 @@ Status CheckpointStore::Save(int64_t round) {
   const RoundEngine::Totals totals = engine_.totals();
   ckpt.bytes_up = totals.up;
   ckpt.bytes_down = totals.down;
+  ckpt.metrics_line = metrics_line;
   return SaveCheckpoint(options_.dir, ckpt, options_.keep);
 }
 

@@ -26,12 +26,17 @@ class CheckpointStore {
   // belongs to this federation, strategy and adapter. Returns the rounds it
   // had completed (0 on a fresh start).
   StatusOr<int64_t> Restore();
-  // Writes the state after `round` atomically.
-  Status Save(int64_t round);
+  // The restored round's metrics line ("" on a fresh start).
+  const std::string& restored_metrics_line() const {
+    return restored_metrics_line_;
+  }
+  // Writes the state after `round`, with its metrics line, atomically.
+  Status Save(int64_t round, const std::string& metrics_line);
 
  private:
   const CheckpointOptions options_;
   RoundEngine& engine_;
+  std::string restored_metrics_line_;
 };
 
 }  // namespace coordinator

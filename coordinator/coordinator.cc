@@ -28,6 +28,14 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(
   log.strategy = c->engine_->merge().strategy_name();
   log.metrics_file = config.logging.metrics_file;
   ASSIGN_OR_RETURN(c->log_, RoundLog::Open(log));
+  const std::string& line = c->checkpoints_->restored_metrics_line();
+  ASSIGN_OR_RETURN(bool restored, c->log_->Restore(line));
+  if (restored) {
+    FP_LOG_INFO("coordinator",
+                "{}: round {}'s line was lost when the coordinator stopped; "
+                "written from the checkpoint",
+                log.metrics_file, c->completed_rounds_);
+  }
   return c;
 }
 
@@ -55,9 +63,10 @@ Status Coordinator::Run() {
               f.min_workers, f.max_workers, f.quorum, f.round_deadline_s,
               config.model.path, config.peft.method,
               engine_->AdapterTemplate().size(), config.checkpoint.dir);
-  auto write_log = [this](const RoundMetrics& m) {
+  auto metrics_line = [this](const RoundMetrics& m) {
     const RoundEngine::Totals t = engine_->totals();
-    log_->Write(m, t.up, t.down, model_source_->stats().bytes_served);
+    return log_->MetricsLine(m, t.up, t.down,
+                             model_source_->stats().bytes_served);
   };
   for (int64_t round = completed_rounds_ + 1;
        round <= f.rounds && !engine_->stopped(); ++round) {
@@ -78,18 +87,20 @@ Status Coordinator::Run() {
       bool ok = engine_->RunRound(round, attempt, f.round_deadline_s, &m);
       if (engine_->stopped()) break;
       if (!ok && f.on_quorum_miss == "retry" && attempt < f.max_retries) {
-        write_log(m);
+        log_->Write(m, metrics_line(m));
         ++attempt;
         continue;
       }
-      // checkpoint (a skipped round keeps the previous adapter)
-      Status s = checkpoints_->Save(round);
+      // checkpoint (a skipped round keeps the previous adapter), with the
+      // round's metrics line: a crash before Write loses no line
+      const std::string line = metrics_line(m);
+      Status s = checkpoints_->Save(round, line);
       if (!s.ok()) {
         return s.WithContext("checkpoint after round " + std::to_string(round));
       }
       completed_rounds_ = round;
       engine_->Commit(m);
-      write_log(m);
+      log_->Write(m, line);
       break;
     }
     if (budget_spent) break;

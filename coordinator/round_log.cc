@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
@@ -36,6 +37,59 @@ nlohmann::json NumberOrNull(double v) {
   return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
 }
 
+// How far from its end the metrics file is read on open and resume: a
+// line is a few KiB at most (kListedUploads), so this spans many rounds.
+constexpr uint64_t kTailBytes = 1 << 20;
+
+// The last `n` bytes of `path` (all of it if shorter) and its size.
+StatusOr<std::string> ReadTail(const std::string& path, uint64_t n,
+                               uint64_t* size) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) {
+    return Status::IoError("logging.metrics_file: cannot read '" + path + "'");
+  }
+  *size = static_cast<uint64_t>(in.tellg());
+  const uint64_t from = *size > n ? *size - n : 0;
+  std::string tail(*size - from, '\0');
+  in.seekg(static_cast<std::streamoff>(from));
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  if (!in) {
+    return Status::IoError("logging.metrics_file: cannot read '" + path + "'");
+  }
+  return tail;
+}
+
+// A process killed mid-write leaves a last line without its newline;
+// appending after it would glue the next line to it. Cut it off.
+Status DropTornLine(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return Status::Ok();
+  uint64_t size = 0;
+  ASSIGN_OR_RETURN(std::string tail, ReadTail(path, kTailBytes, &size));
+  if (tail.empty() || tail.back() == '\n') return Status::Ok();
+  const size_t newline = tail.rfind('\n');
+  if (newline == std::string::npos && size > tail.size()) {
+    return Status::InvalidArgument(
+        "logging.metrics_file '" + path +
+        "': its last line is over 1 MiB and has no newline: not a metrics "
+        "file? (move it away or name another)");
+  }
+  const uint64_t keep =
+      newline == std::string::npos ? 0 : size - tail.size() + newline + 1;
+  std::filesystem::resize_file(path, keep, ec);
+  if (ec) {
+    return Status::IoError(
+        "logging.metrics_file: cannot cut the torn last "
+        "line of '" +
+        path + "': " + ec.message());
+  }
+  FP_LOG_WARN("coordinator",
+              "logging.metrics_file '{}': dropped a torn last line ({} bytes, "
+              "left by a process stopped mid-write)",
+              path, size - keep);
+  return Status::Ok();
+}
+
 }  // namespace
 
 std::string FormatBytes(uint64_t b) {
@@ -60,6 +114,7 @@ StatusOr<std::unique_ptr<RoundLog>> RoundLog::Open(RoundLogOptions options) {
     RETURN_IF_ERROR(
         EnsureDirectory(parent).WithContext("logging.metrics_file"));
   }
+  RETURN_IF_ERROR(DropTornLine(path));
   log->metrics_.open(path, std::ios::app);
   if (!log->metrics_) {
     return Status::IoError("logging.metrics_file: cannot open '" + path +
@@ -68,8 +123,7 @@ StatusOr<std::unique_ptr<RoundLog>> RoundLog::Open(RoundLogOptions options) {
   return log;
 }
 
-void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
-                     uint64_t total_down, uint64_t total_model_down) {
+void RoundLog::Write(const RoundMetrics& m, const std::string& metrics_line) {
   std::string eval = std::isfinite(m.eval_loss)
                          ? fmt::format("{:.4f}", m.eval_loss)
                          : std::string("n/a");
@@ -114,6 +168,13 @@ void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
                                   : std::string("n/a"),
       eval, FormatBytes(m.bytes_up), FormatBytes(m.bytes_down), m.seconds);
   if (!metrics_.is_open()) return;
+  metrics_ << metrics_line << "\n";
+  metrics_.flush();
+}
+
+std::string RoundLog::MetricsLine(const RoundMetrics& m, uint64_t total_up,
+                                  uint64_t total_down,
+                                  uint64_t total_model_down) const {
   nlohmann::json j = {
       {"round", m.round},
       {"attempt", m.attempt},
@@ -157,8 +218,26 @@ void RoundLog::Write(const RoundMetrics& m, uint64_t total_up,
   } else {
     j["bytes_up_workers_summary"] = UploadSummary(m.worker_bytes_up);
   }
-  metrics_ << j.dump() << "\n";
+  return j.dump();
+}
+
+StatusOr<bool> RoundLog::Restore(const std::string& metrics_line) {
+  if (!metrics_.is_open() || metrics_line.empty()) return false;
+  const std::string& path = options_.metrics_file;
+  // After the checkpoint of round K the file gains only K's line and the
+  // skipped attempts of K+1, so K's line, if written, is near the end.
+  const std::string wanted = metrics_line + "\n";
+  uint64_t size = 0;
+  ASSIGN_OR_RETURN(std::string tail,
+                   ReadTail(path, kTailBytes + wanted.size(), &size));
+  if (tail.rfind(wanted) != std::string::npos) return false;
+  metrics_ << wanted;
   metrics_.flush();
+  if (!metrics_) {
+    return Status::IoError("logging.metrics_file: cannot append to '" + path +
+                           "'");
+  }
+  return true;
 }
 
 }  // namespace coordinator

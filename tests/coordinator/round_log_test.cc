@@ -1,6 +1,7 @@
 // The round log on its own: one JSON line per Write() in the metrics file,
 // carrying the values it was given (NaN as null), appended across opens;
-// and the byte sizes of the readable line.
+// and the byte sizes of the readable line; after a crash, a torn line cut
+// and a checkpointed line written again.
 #include "coordinator/round_log.h"
 
 #include <gmock/gmock.h>
@@ -135,6 +136,52 @@ TEST_F(RoundLogTest, AppendsToTheFileOfAnEarlierRun) {
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(lines[0].at("round"), 1);
   EXPECT_EQ(lines[1].at("round"), 2);
+}
+
+TEST_F(RoundLogTest, OpenCutsATornLastLine) {
+  // A process killed mid-write left half a line; the next one must not be
+  // glued to it.
+  RoundLogOptions options;
+  options.metrics_file = (dir_ / "metrics.jsonl").string();
+  {
+    auto log = RoundLog::Open(options);
+    ASSERT_TRUE(log.ok()) << log.status().ToString();
+    (*log)->Write(SomeRound(1), 0, 0);
+  }
+  std::ofstream(options.metrics_file, std::ios::app) << R"({"round":2,"at)";
+  auto log = RoundLog::Open(options);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  (*log)->Write(SomeRound(2), 0, 0);
+  const std::vector<nlohmann::json> lines = Lines(options.metrics_file);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].at("round"), 1);
+  EXPECT_EQ(lines[1].at("round"), 2);
+}
+
+TEST_F(RoundLogTest, RestoreAppendsACheckpointedLineOnlyIfMissing) {
+  RoundLogOptions options;
+  options.metrics_file = (dir_ / "metrics.jsonl").string();
+  auto log = RoundLog::Open(options);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  const std::string line1 = (*log)->MetricsLine(SomeRound(1), 10, 20);
+  auto restored = (*log)->Restore(line1);  // lost: the file is empty
+  ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+  EXPECT_TRUE(*restored);
+  restored = (*log)->Restore(line1);  // now there
+  ASSERT_TRUE(restored.ok());
+  EXPECT_FALSE(*restored);
+  RoundMetrics skipped = SomeRound(2);  // a skipped attempt after it
+  skipped.aggregated = false;
+  (*log)->Write(skipped, 10, 20);
+  restored = (*log)->Restore(line1);
+  ASSERT_TRUE(restored.ok());
+  EXPECT_FALSE(*restored);
+  EXPECT_FALSE(*(*log)->Restore(""));  // a checkpoint without a line
+  const std::vector<nlohmann::json> lines = Lines(options.metrics_file);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0], nlohmann::json::parse(line1));
+  EXPECT_EQ(lines[0].at("bytes_up_total"), 10);
+  EXPECT_EQ(lines[1].at("aggregated"), false);
 }
 
 TEST_F(RoundLogTest, NoMetricsFileWritesNothing) {
