@@ -9,11 +9,11 @@
 //     void Read(ConfigReader& in);  // binds keys, checks ranges
 //   };
 //
-//   ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
-//   ConfigReader in(root, path);
-//   TrainConfig cfg;
-//   cfg.Read(in);
-//   RETURN_IF_ERROR(in.Finish());  // all errors at once, unknown keys too
+//   ASSIGN_OR_RETURN(TrainConfig cfg,
+//                    LoadConfigAs<TrainConfig>(path, overrides));
+//
+// which is LoadConfigFile, a ConfigReader over it, cfg.Read(in), and
+// in.Finish(): all errors at once, unknown keys too.
 //
 // Errors carry the full key path and the file:
 //   config 'configs/local_train.yaml': lora.r: must be >= 1, got 0;
@@ -206,6 +206,19 @@ void ConfigReader::Require(const std::string& key, T* out) {
     return;
   }
   Get(key, out);
+}
+
+// Loads `path` with `overrides` into a T (a config struct with
+// Read(ConfigReader&)); every error at once, unknown keys too.
+template <typename T>
+StatusOr<T> LoadConfigAs(const std::string& path,
+                         const std::vector<std::string>& overrides) {
+  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
+  ConfigReader in(root, path);
+  T config;
+  config.Read(in);
+  RETURN_IF_ERROR(in.Finish());
+  return config;
 }
 
 // Formats a value for "got X" in messages.

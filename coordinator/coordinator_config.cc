@@ -426,12 +426,7 @@ void CoordinatorConfig::Read(ConfigReader& in) {
 
 StatusOr<CoordinatorConfig> LoadCoordinatorConfig(
     const std::string& path, const std::vector<std::string>& overrides) {
-  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
-  ConfigReader in(root, path);
-  CoordinatorConfig config;
-  config.Read(in);
-  RETURN_IF_ERROR(in.Finish());
-  return config;
+  return LoadConfigAs<CoordinatorConfig>(path, overrides);
 }
 
 }  // namespace coordinator

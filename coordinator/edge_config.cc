@@ -39,12 +39,7 @@ void EdgeConfig::Read(ConfigReader& in) {
 
 StatusOr<EdgeConfig> LoadEdgeConfig(const std::string& path,
                                     const std::vector<std::string>& overrides) {
-  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
-  ConfigReader in(root, path);
-  EdgeConfig config;
-  config.Read(in);
-  RETURN_IF_ERROR(in.Finish());
-  return config;
+  return LoadConfigAs<EdgeConfig>(path, overrides);
 }
 
 }  // namespace coordinator

@@ -156,12 +156,7 @@ void ServeConfig::Read(ConfigReader& in) {
 
 StatusOr<ServeConfig> LoadServeConfig(
     const std::string& path, const std::vector<std::string>& overrides) {
-  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
-  ConfigReader in(root, path);
-  ServeConfig config;
-  config.Read(in);
-  RETURN_IF_ERROR(in.Finish());
-  return config;
+  return LoadConfigAs<ServeConfig>(path, overrides);
 }
 
 }  // namespace serve

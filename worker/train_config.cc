@@ -115,12 +115,7 @@ void TrainJobConfig::Read(ConfigReader& in) {
 
 StatusOr<TrainJobConfig> LoadTrainJobConfig(
     const std::string& path, const std::vector<std::string>& overrides) {
-  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
-  ConfigReader in(root, path);
-  TrainJobConfig config;
-  config.Read(in);
-  RETURN_IF_ERROR(in.Finish());
-  return config;
+  return LoadConfigAs<TrainJobConfig>(path, overrides);
 }
 
 }  // namespace worker

@@ -110,12 +110,7 @@ void WorkerConfig::Read(ConfigReader& in) {
 
 StatusOr<WorkerConfig> LoadWorkerConfig(
     const std::string& path, const std::vector<std::string>& overrides) {
-  ASSIGN_OR_RETURN(YAML::Node root, LoadConfigFile(path, overrides));
-  ConfigReader in(root, path);
-  WorkerConfig config;
-  config.Read(in);
-  RETURN_IF_ERROR(in.Finish());
-  return config;
+  return LoadConfigAs<WorkerConfig>(path, overrides);
 }
 
 }  // namespace worker
