@@ -27,9 +27,10 @@ PrivacyStage::PrivacyStage(const CoordinatorConfig& config, bool cloud)
   noise_ = std::make_unique<privacy::GaussianNoise>(seed);
   if (seed != 0) {
     FP_LOG_WARN("coordinator",
-                "dp.noise_seed is set: the noise is predictable from it, so "
-                "the privacy guarantee holds only against whoever does not "
-                "know the seed; for experiments only");
+                "dp.noise_seed is set: the noise is predictable from it, and "
+                "who is selected from federation.seed, so the privacy "
+                "guarantee holds only against whoever knows neither; for "
+                "experiments only");
   }
   clip_norm_ = options_.clip_norm;
   if (cloud_) {
