@@ -46,6 +46,7 @@
 
 #include "cli/cli_util.h"
 #include "cli/commands.h"
+#include "cli/simulate_config.h"
 #include "cli/simulate_report.h"
 #include "common/config.h"
 #include "common/file_util.h"
@@ -68,103 +69,6 @@ namespace {
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-struct SimulationOptions {
-  int workers = 4;
-  std::string mode = "processes";         // processes | threads
-  std::vector<double> slowdown{1.0};      // per worker, cycled
-  std::vector<double> dropout_prob{0.0};  // per worker, cycled
-  std::vector<double> ram_mb{0.0};        // per worker, cycled (0 = measure)
-  std::vector<double> uplink_mbps{0.0};   // per worker, cycled (0 = unknown)
-  int edges = 0;                          // topology.edges; 0 = flat
-  double timeout_s = 1800;                // whole run
-  std::string sample_prompt = "ROMEO:";
-  int sample_tokens = 48;
-  bool tls = true;  // throw-away mutual TLS (false: tls.insecure everywhere)
-  // Thread mode: how many workers train at once (0 = one per core); the
-  // others wait for a slot, so BLAS never sees hundreds of callers.
-  int compute_threads = 0;
-  // Virtual mode: the population, the executor processes hosting it (0 =
-  // one per edge, at least one) and each one's compute threads (0 = the
-  // cores shared among them).
-  int users = 0;
-  int executors = 0;
-  int executor_threads = 0;
-
-  bool virtual_users() const { return mode == "virtual"; }
-  // Virtual users u of executor e: [FirstUser(e), FirstUser(e + 1)).
-  int FirstUser(int e) const {
-    return static_cast<int>(static_cast<int64_t>(users) * e / executors);
-  }
-
-  void Read(ConfigReader& in) {
-    in.Get("workers", &workers);
-    in.Get("users", &users);
-    in.Get("executors", &executors);
-    in.Get("executor_threads", &executor_threads);
-    in.Get("tls", &tls);
-    in.Get("mode", &mode);
-    in.Get("slowdown", &slowdown);
-    in.Get("dropout_prob", &dropout_prob);
-    in.Get("ram_mb", &ram_mb);
-    in.Get("uplink_mbps", &uplink_mbps);
-    in.Get("timeout_s", &timeout_s);
-    in.Get("sample_prompt", &sample_prompt);
-    in.Get("sample_tokens", &sample_tokens);
-    in.Get("compute_threads", &compute_threads);
-    in.Check(workers >= 1 && workers <= 4096, "workers",
-             "must be in [1, 4096], got " + ToConfigString(workers));
-    in.Check(mode == "processes" || mode == "threads" || mode == "virtual",
-             "mode",
-             "expected processes, threads or virtual, got '" + mode + "'");
-    in.Check(!virtual_users() || (users >= 1 && users <= 10000000), "users",
-             "mode virtual needs users in [1, 10000000], got " +
-                 ToConfigString(users));
-    in.Check(executors >= 0 && executors <= 64 &&
-                 (!virtual_users() || executors <= users),
-             "executors",
-             "must be in [0, 64] (0 = one per edge) and at most users, got " +
-                 ToConfigString(executors));
-    in.Check(executor_threads >= 0 && executor_threads <= 64,
-             "executor_threads",
-             "must be in [0, 64] (0 = the cores shared among executors), "
-             "got " +
-                 ToConfigString(executor_threads));
-    in.Check(!slowdown.empty(), "slowdown", "must list at least one value");
-    for (double s : slowdown) {
-      in.Check(s >= 1.0, "slowdown",
-               "every value must be >= 1, got " + ToConfigString(s));
-    }
-    in.Check(!dropout_prob.empty(), "dropout_prob",
-             "must list at least one value");
-    for (double p : dropout_prob) {
-      in.Check(p >= 0 && p < 1, "dropout_prob",
-               "every value must be in [0, 1), got " + ToConfigString(p));
-    }
-    in.Check(!ram_mb.empty() && !uplink_mbps.empty(), "ram_mb",
-             "ram_mb and uplink_mbps must list at least one value");
-    in.Check(timeout_s > 0, "timeout_s",
-             "must be > 0, got " + ToConfigString(timeout_s));
-    in.Check(sample_tokens >= 0, "sample_tokens",
-             "must be >= 0, got " + ToConfigString(sample_tokens));
-    in.Check(compute_threads >= 0 && compute_threads <= 64, "compute_threads",
-             "must be in [0, 64] (0 = one per core), got " +
-                 ToConfigString(compute_threads));
-  }
-};
-
-// Whether node[a][b] is set. Const lookups only, and none below a missing
-// key: yaml-cpp throws on operator[] of the node a missing key returns.
-bool IsSet(const YAML::Node& node, const char* a, const char* b) {
-  const YAML::Node child = node[a];
-  return child.IsDefined() && child.IsMap() && child[b].IsDefined();
-}
-
-std::string ToYaml(const YAML::Node& node) {
-  YAML::Emitter out;
-  out << node;
-  return std::string(out.c_str()) + "\n";
-}
 
 // Starts `fedpeft <args>` with stdout/stderr into `log`. Returns the pid.
 pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
@@ -218,63 +122,6 @@ void Terminate(pid_t pid) {
   }
 }
 
-// The tls.cert / tls.key overrides for participant `name` when simulate
-// made certificates in `certs` (empty: none).
-std::vector<std::string> CertOverrides(const std::string& certs,
-                                       const std::string& name) {
-  if (certs.empty()) return {};
-  return {"tls.cert=" + security::CertPath(certs, name),
-          "tls.key=" + security::KeyPath(certs, name)};
-}
-
-// The per-worker settings simulate adds to the shared worker config.
-std::vector<std::string> WorkerOverrides(const SimulationOptions& sim, int i,
-                                         const std::string& address,
-                                         const std::string& certs) {
-  std::vector<std::string> o =
-      CertOverrides(certs, "worker-" + std::to_string(i));
-  std::vector<std::string> rest = {
-      "worker.id=worker-" + std::to_string(i),
-      "data.shard=" + std::to_string(i) + "/" + std::to_string(sim.workers),
-      "server.address=" + address,
-      "simulation.slowdown=" +
-          std::to_string(sim.slowdown[i % sim.slowdown.size()]),
-      "simulation.dropout_prob=" +
-          std::to_string(sim.dropout_prob[i % sim.dropout_prob.size()]),
-      "worker.ram_mb=" + std::to_string(static_cast<int64_t>(
-                             sim.ram_mb[i % sim.ram_mb.size()])),
-      "worker.uplink_mbps=" +
-          std::to_string(sim.uplink_mbps[i % sim.uplink_mbps.size()]),
-      "simulation.seed=" + std::to_string(1000 + i)};
-  o.insert(o.end(), rest.begin(), rest.end());
-  return o;
-}
-
-// The settings simulate adds to the worker config for executor `e`.
-std::vector<std::string> ExecutorOverrides(const SimulationOptions& sim, int e,
-                                           const std::string& address,
-                                           const std::string& certs) {
-  const std::string id = "executor-" + std::to_string(e);
-  std::vector<std::string> o = CertOverrides(certs, id);
-  const int cores =
-      std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  const int threads = sim.executor_threads > 0
-                          ? sim.executor_threads
-                          : std::max(1, cores / sim.executors);
-  std::vector<std::string> rest = {
-      "worker.id=" + id,
-      "server.address=" + address,
-      "executor.first_user=" + std::to_string(sim.FirstUser(e)),
-      "executor.users=" +
-          std::to_string(sim.FirstUser(e + 1) - sim.FirstUser(e)),
-      "executor.population=" + std::to_string(sim.users),
-      "executor.threads=" + std::to_string(threads),
-      "simulation.dropout_prob=" + std::to_string(sim.dropout_prob[0]),
-      "simulation.seed=" + std::to_string(1000 + e)};
-  o.insert(o.end(), rest.begin(), rest.end());
-  return o;
-}
-
 // Reads the port a server wrote to `port_file`; empty when `pid` exited or
 // `deadline` passed first.
 std::string WaitForPort(pid_t pid, const std::string& port_file,
@@ -291,18 +138,6 @@ std::string WaitForPort(pid_t pid, const std::string& port_file,
   }
   return "";
 }
-
-struct RunPaths {
-  std::string out;
-  std::string logs;
-  std::string coordinator_yaml;
-  std::string worker_yaml;
-  std::string edge_yaml;
-  std::string port_file;
-  std::string metrics;
-  std::string checkpoints;
-  std::string certs;  // throw-away certificates; empty without TLS
-};
 
 // A CA and the certificates of every participant, in p.certs (replaced).
 Status MakeThrowAwayCertificates(const SimulationOptions& sim,
@@ -339,32 +174,6 @@ Status MakeThrowAwayCertificates(const SimulationOptions& sim,
   return Status::Ok();
 }
 
-// Sets `section`'s tls: mutual TLS with certificate `name` from `certs`, or
-// tls.insecure when `certs` is empty. A tls section the user wrote is
-// refused with simulation.tls (simulate owns the certificates) and kept
-// without it.
-Status SetTls(YAML::Node& section, const std::string& section_name,
-              const std::string& certs, const std::string& name) {
-  const bool has_tls =
-      static_cast<const YAML::Node&>(section)["tls"].IsDefined();
-  if (certs.empty()) {
-    if (!has_tls) section["tls"]["insecure"] = true;
-    return Status::Ok();
-  }
-  if (has_tls) {
-    return Status::InvalidArgument(
-        section_name +
-        ".tls: set by simulate with simulation.tls: true (throw-away "
-        "certificates); remove it, or set simulation.tls: false to configure "
-        "TLS yourself");
-  }
-  section["tls"]["enabled"] = true;
-  section["tls"]["ca"] = security::CaCertPath(certs);
-  section["tls"]["cert"] = security::CertPath(certs, name);
-  section["tls"]["key"] = security::KeyPath(certs, name);
-  return Status::Ok();
-}
-
 int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
                  const std::string& cmd) {
   auto deadline =
@@ -387,28 +196,9 @@ int RunProcesses(const SimulationOptions& sim, const RunPaths& p,
     const std::string port_file = JoinPath(p.out, id + ".port");
     std::error_code ec;
     fs::remove(port_file, ec);
-    std::vector<std::string> edge_args = {"edge",
-                                          "--config",
-                                          p.edge_yaml,
-                                          "--set",
-                                          "edge.id=" + id,
-                                          "--set",
-                                          "upstream.address=127.0.0.1:" + port,
-                                          "--set",
-                                          "server.address=127.0.0.1:0",
-                                          "--set",
-                                          "server.port_file=" + port_file};
-    if (sim.virtual_users()) {
-      // Every edge waits for all the users of its executors (executor i
-      // talks to edge i mod E) before its first round.
-      int users = 0;
-      for (int x = e; x < sim.executors; x += sim.edges) {
-        users += sim.FirstUser(x + 1) - sim.FirstUser(x);
-      }
-      edge_args.push_back("--set");
-      edge_args.push_back("federation.min_available=" + std::to_string(users));
-    }
-    for (const std::string& o : CertOverrides(p.certs, id)) {
+    std::vector<std::string> edge_args = {"edge", "--config", p.edge_yaml};
+    for (const std::string& o :
+         EdgeOverrides(sim, e, "127.0.0.1:" + port, port_file, p.certs)) {
       edge_args.push_back("--set");
       edge_args.push_back(o);
     }
@@ -577,96 +367,15 @@ int RunSimulate(const Args& args) {
                  args, &vm, &code)) {
     return code;
   }
-  auto root = LoadConfigFile(config_path, overrides);
-  if (!root.ok()) return Fail(cmd, root.status());
-
   if (out_dir.empty() && !check_only) {
     std::cerr << "fedpeft simulate: the option '--out' is required\n";
     return kExitUsage;
   }
   if (out_dir.empty()) out_dir = "out/simulate-check";  // never written
-
-  RunPaths p;
-  p.out = out_dir;
-  p.logs = JoinPath(out_dir, "logs");
-  p.coordinator_yaml = JoinPath(out_dir, "coordinator.yaml");
-  p.worker_yaml = JoinPath(out_dir, "worker.yaml");
-  p.edge_yaml = JoinPath(out_dir, "edge.yaml");
-  p.port_file = JoinPath(out_dir, "coordinator.port");
-  p.metrics = JoinPath(out_dir, "metrics.jsonl");
-  p.checkpoints = JoinPath(out_dir, "checkpoints");
-
-  // The coordinator and worker sections, with what simulate decides.
-  const YAML::Node& const_root = *root;  // const: lookups must not insert
-  YAML::Node coord = YAML::Clone(const_root["coordinator"]);
-  if (!coord.IsMap()) coord = YAML::Node(YAML::NodeType::Map);
-  YAML::Node work = YAML::Clone(const_root["worker"]);
-  if (!work.IsMap()) work = YAML::Node(YAML::NodeType::Map);
-  coord["server"]["address"] = "127.0.0.1:0";
-  coord["server"]["port_file"] = p.port_file;
-  coord["checkpoint"]["dir"] = p.checkpoints;
-  coord["logging"]["metrics_file"] = p.metrics;
-  // topology.edges: edge aggregators between the coordinator and workers.
-  YAML::Node edge = YAML::Clone(const_root["edge"]);
-  if (!edge.IsMap()) edge = YAML::Node(YAML::NodeType::Map);
-  if (!static_cast<const YAML::Node&>(edge)["model"]) {
-    edge["model"] = YAML::Clone(static_cast<const YAML::Node&>(work)["model"]);
-  }
-  edge["upstream"]["address"] = "127.0.0.1:1";  // set per run
-  edge["server"]["address"] = "127.0.0.1:0";
-  // simulation.tls, read ahead of the full validation below (which needs
-  // the tls sections in place); a malformed value is reported there.
-  bool use_tls = true;
-  try {
-    const YAML::Node t = const_root["simulation"]["tls"];
-    if (t.IsDefined() && t.IsScalar()) use_tls = t.as<bool>();
-  } catch (const YAML::Exception&) {
-  }
-  if (use_tls) p.certs = JoinPath(out_dir, "certs");
-  {
-    Status tls = SetTls(coord, "coordinator", p.certs, "coordinator");
-    if (tls.ok()) tls = SetTls(work, "worker", p.certs, "worker-0");
-    if (tls.ok()) tls = SetTls(edge, "edge", p.certs, "edge-0");
-    if (!tls.ok())
-      return Fail(cmd, tls.WithContext("config '" + config_path + "'"));
-  }
-
-  // Validate everything (every section, unknown keys) before starting a
-  // process.
-  SimulationOptions sim;
-  {
-    YAML::Node full = YAML::Clone(*root);
-    full["coordinator"] = coord;
-    full["worker"] = work;
-    full["edge"] = edge;
-    ConfigReader in(full, config_path);
-    ConfigReader sim_in = in.Section("simulation");
-    sim.Read(sim_in);
-    coordinator::CoordinatorConfig cc;
-    ConfigReader cin = in.Section("coordinator");
-    cc.Read(cin);
-    worker::WorkerConfig wc;
-    ConfigReader win = in.Section("worker");
-    wc.Read(win);
-    ConfigReader top = in.Section("topology");
-    top.Get("edges", &sim.edges);
-    if (sim.virtual_users() && sim.executors == 0) {
-      sim.executors = std::max(1, sim.edges);
-    }
-    const int below = sim.virtual_users() ? sim.executors : sim.workers;
-    top.Check(sim.edges >= 0 && sim.edges <= below, "edges",
-              std::string("must be in [0, simulation.") +
-                  (sim.virtual_users() ? "executors" : "workers") +
-                  "] (0 = flat), got " + ToConfigString(sim.edges));
-    top.Check(sim.edges == 0 || sim.mode != "threads", "edges",
-              "edges run as their own processes: needs simulation.mode "
-              "processes or virtual");
-    coordinator::EdgeConfig ec;
-    ConfigReader ein = in.Section("edge");
-    ec.Read(ein);
-    Status valid = in.Finish();
-    if (!valid.ok()) return Fail(cmd, valid);
-  }
+  auto config = LoadSimulationConfig(config_path, overrides, out_dir);
+  if (!config.ok()) return Fail(cmd, config.status());
+  const SimulationOptions& sim = config->sim;
+  const RunPaths& p = config->paths;
   if (check_only) {
     if (sim.virtual_users()) {
       std::printf("%s: config OK (%d users on %d executors, virtual)\n",
@@ -677,8 +386,7 @@ int RunSimulate(const Args& args) {
     }
     return kExitOk;
   }
-  // Who the coordinator counts: workers, or virtual users.
-  const int participants = sim.virtual_users() ? sim.users : sim.workers;
+  const int participants = sim.participants();
   std::error_code ec;
   fs::remove(p.port_file, ec);
   fs::remove(p.metrics, ec);
@@ -692,44 +400,14 @@ int RunSimulate(const Args& args) {
     }
   }
   if (!s.ok()) return Fail(cmd, s);
-  if (!IsSet(coord, "federation", "min_available")) {
-    coord["federation"]["min_available"] =
-        sim.edges > 0 ? sim.edges : participants;
+  for (const std::string& note : config->notes) {
+    std::printf("%s\n", note.c_str());
   }
-  if (sim.edges > 0 && !IsSet(edge, "federation", "min_available")) {
-    // Every edge waits for all of its workers before its first round
-    // (virtual users: set per edge when it starts).
-    edge["federation"]["min_available"] = sim.workers / sim.edges;
+  s = WriteFileAtomic(p.coordinator_yaml, ToYaml(config->coordinator));
+  if (s.ok() && sim.edges > 0) {
+    s = WriteFileAtomic(p.edge_yaml, ToYaml(config->edge));
   }
-  if (sim.edges > 0 && !IsSet(coord, "dp", "population")) {
-    // The cloud cannot count the users behind edges; the simulation can.
-    coord["dp"]["population"] = participants;
-  }
-  if (sim.virtual_users() && sim.edges > 0) {
-    // The coordinator's federation.sampling and fraction say how users are
-    // sampled; behind edges the edges sample them, and the cloud takes
-    // every edge each round. The accountant may then take the edges'
-    // sampling rate (dp.trust_edge_sampling: the simulation runs them).
-    const YAML::Node& c = coord;
-    const YAML::Node f = c["federation"];
-    const std::string sampling =
-        f["sampling"] ? f["sampling"].as<std::string>() : "fixed";
-    const double fraction = f["fraction"] ? f["fraction"].as<double>() : 1.0;
-    edge["federation"]["sampling"] = sampling;
-    edge["federation"]["fraction"] = fraction;
-    coord["federation"]["sampling"] = "fixed";
-    coord["federation"]["fraction"] = 1.0;
-    if (!IsSet(coord, "dp", "trust_edge_sampling")) {
-      coord["dp"]["trust_edge_sampling"] = true;
-    }
-    std::printf(
-        "users sampled at the edges (%s, fraction %g); the cloud takes every "
-        "edge each round\n",
-        sampling.c_str(), fraction);
-  }
-  s = WriteFileAtomic(p.coordinator_yaml, ToYaml(coord));
-  if (s.ok() && sim.edges > 0) s = WriteFileAtomic(p.edge_yaml, ToYaml(edge));
-  if (s.ok()) s = WriteFileAtomic(p.worker_yaml, ToYaml(work));
+  if (s.ok()) s = WriteFileAtomic(p.worker_yaml, ToYaml(config->worker));
   if (!s.ok()) return Fail(cmd, s);
 
   auto t0 = Clock::now();

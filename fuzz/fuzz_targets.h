@@ -9,7 +9,8 @@
 // See fuzz/README.md for the input format of each target.
 //
 // Thread-safety: a target may be run by one thread at a time (the tokenizer,
-// llama2c, gguf and app_config targets each write one temp file per process).
+// llama2c, gguf, app_config and simulate_config targets each write temp files
+// of their own, one set per process).
 #ifndef FEDPEFT_FUZZ_FUZZ_TARGETS_H_
 #define FEDPEFT_FUZZ_FUZZ_TARGETS_H_
 
@@ -39,6 +40,9 @@ int FuzzAdapterConfig(const uint8_t* data, size_t size);
 int FuzzLlama2c(const uint8_t* data, size_t size);
 // The coordinator, worker and train-job YAML loaders with --set overrides.
 int FuzzAppConfig(const uint8_t* data, size_t size);
+// cli::LoadSimulationConfig (`fedpeft simulate`), then the configs of the
+// processes it would start through their own loaders.
+int FuzzSimulateConfig(const uint8_t* data, size_t size);
 // model::HfTokenizer::Parse (tokenizer.json text), then Encode / Decode.
 int FuzzHfTokenizer(const uint8_t* data, size_t size);
 // model::GgufReader, model::LoadGgufModel and the GGUF tokenizer.

@@ -540,6 +540,38 @@ void AppConfigSeeds(const std::string& source, const std::string& dir) {
             "train.max_steps=5\n");
 }
 
+// The shipped configs of `fedpeft simulate` (those with a `simulation`
+// section), and one with --set overrides per mode.
+void SimulateConfigSeeds(const std::string& source, const std::string& dir) {
+  const std::string configs = JoinPath(source, "configs");
+  for (const auto& entry : fs::recursive_directory_iterator(configs)) {
+    if (entry.path().extension() != ".yaml") continue;
+    const std::string text = ReadOrDie(entry.path().string());
+    if (text.find("\nsimulation:") == std::string::npos &&
+        text.rfind("simulation:", 0) != 0) {
+      continue;
+    }
+    std::string name = fs::relative(entry.path(), configs).string();
+    for (char& ch : name) ch = ch == '/' ? '_' : ch;
+    Write(dir, name, text);
+  }
+  const std::string quickstart =
+      ReadOrDie(JoinPath(configs, "quickstart.yaml"));
+  Write(dir, "threads_overrides",
+        quickstart +
+            "#--set\nsimulation.mode=threads\nsimulation.workers=3\n"
+            "simulation.ram_mb=[512, 0]\nsimulation.tls=false\n");
+  Write(dir, "edges_overrides",
+        quickstart +
+            "#--set\ntopology.edges=2\nsimulation.workers=4\n"
+            "simulation.uplink_mbps=[10, 0.5]\n");
+  Write(dir, "virtual_overrides",
+        quickstart +
+            "#--set\nsimulation.mode=virtual\nsimulation.users=100\n"
+            "topology.edges=2\ncoordinator.federation.sampling=poisson\n"
+            "coordinator.federation.fraction=0.1\n");
+}
+
 }  // namespace
 }  // namespace fuzz
 }  // namespace fedpeft
@@ -562,6 +594,7 @@ int main(int argc, char** argv) {
   AdapterConfigSeeds(fedpeft::JoinPath(out, "adapter_config"));
   Llama2cSeeds(source, fedpeft::JoinPath(out, "llama2c"));
   AppConfigSeeds(source, fedpeft::JoinPath(out, "app_config"));
+  SimulateConfigSeeds(source, fedpeft::JoinPath(out, "simulate_config"));
   GgufSeeds(source, fedpeft::JoinPath(out, "gguf"));
   return 0;
 }

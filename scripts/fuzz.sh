@@ -33,7 +33,7 @@ while (($#)); do
 done
 ALL_TARGETS=(tensor_stream decode_tensor safetensors config tokenizer
              secagg_messages hf_config adapter_config llama2c app_config
-             hf_tokenizer gguf openai_request)
+             hf_tokenizer gguf openai_request simulate_config)
 ((${#TARGETS[@]})) || TARGETS=("${ALL_TARGETS[@]}")
 
 # Longest input libFuzzer makes, per target: room for a small adapter's
@@ -56,6 +56,7 @@ max_len() {
     hf_tokenizer) echo 8192 ;;
     gguf) echo 24576 ;;
     openai_request) echo 4096 ;;
+    simulate_config) echo 8192 ;;
     *) echo "fuzz.sh: unknown target '$1' (known: ${ALL_TARGETS[*]})" >&2
        exit 2 ;;
   esac

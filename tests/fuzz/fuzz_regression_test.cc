@@ -100,6 +100,10 @@ TEST(FuzzRegressionTest, AppConfig) {
   EXPECT_GT(Replay("app_config", &FuzzAppConfig), 0u);
 }
 
+TEST(FuzzRegressionTest, SimulateConfig) {
+  EXPECT_GT(Replay("simulate_config", &FuzzSimulateConfig), 0u);
+}
+
 TEST(FuzzRegressionTest, OpenaiRequest) {
   EXPECT_GT(Replay("openai_request", &FuzzOpenaiRequest), 0u);
 }
@@ -114,7 +118,8 @@ TEST(FuzzRegressionTest, TinyInputs) {
   for (Target target :
        {&FuzzTensorStream, &FuzzDecodeTensor, &FuzzSafetensors, &FuzzConfig,
         &FuzzTokenizer, &FuzzSecaggMessages, &FuzzHfConfig, &FuzzAdapterConfig,
-        &FuzzLlama2c, &FuzzAppConfig, &FuzzHfTokenizer, &FuzzOpenaiRequest}) {
+        &FuzzLlama2c, &FuzzAppConfig, &FuzzHfTokenizer, &FuzzOpenaiRequest,
+        &FuzzSimulateConfig}) {
     EXPECT_EQ(target(bytes, 0), 0);
     EXPECT_EQ(target(bytes, 1), 0);
     EXPECT_EQ(target(bytes, 2), 0);
