@@ -342,24 +342,23 @@ TEST_F(ServiceTest, MetricsFileKeepsOneLinePerRoundAcrossACrash) {
     for (std::string l; std::getline(in, l);) out.push_back(l);
     return out;
   };
-  Start(Config({"federation.rounds=1"}));
-  RunLoop();
-  EXPECT_EQ(AnswerEveryRound(this, {Register("a"), Register("b")}), 1);
-  Join();
-  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
-  server_.reset();
-  coordinator_.reset();
+  // A federation of `rounds` in all (a resumed one runs the rest): one
+  // round answered by two workers, then the coordinator stopped.
+  auto run = [&](const std::string& rounds) {
+    Start(Config({"federation.rounds=" + rounds}));
+    RunLoop();
+    EXPECT_EQ(AnswerEveryRound(this, {Register("a"), Register("b")}), 1);
+    Join();
+    EXPECT_TRUE(run_status_.ok()) << run_status_.ToString();
+    server_.reset();
+    coordinator_.reset();
+  };
+  run("1");
   const std::vector<std::string> round1 = lines();
   ASSERT_EQ(round1.size(), 1u);
 
   std::ofstream(metrics, std::ios::trunc) << R"({"round":1,"attem)";
-  Start(Config({"federation.rounds=2"}));
-  RunLoop();
-  EXPECT_EQ(AnswerEveryRound(this, {Register("a"), Register("b")}), 1);
-  Join();
-  ASSERT_TRUE(run_status_.ok()) << run_status_.ToString();
-  server_.reset();
-  coordinator_.reset();
+  run("2");
   std::vector<std::string> both = lines();
   ASSERT_EQ(both.size(), 2u);
   EXPECT_EQ(both[0], round1[0]);  // the checkpoint's copy, byte for byte
