@@ -24,6 +24,20 @@ bool IsSet(const YAML::Node& node, const char* a, const char* b) {
   return child.IsDefined() && child.IsMap() && child[b].IsDefined();
 }
 
+// Sets section[a][b] = value. yaml-cpp throws on a subscript of a scalar
+// or a list, so a section[a] the user wrote as one is refused instead.
+Status SetKey(YAML::Node& section, const std::string& section_name,
+              const char* a, const char* b, const std::string& value,
+              const std::string& path) {
+  const YAML::Node child = static_cast<const YAML::Node&>(section)[a];
+  if (child.IsDefined() && !child.IsMap() && !child.IsNull()) {
+    return Status::InvalidArgument("config '" + path + "': " + section_name +
+                                   "." + a + ": expected a map");
+  }
+  section[a][b] = value;
+  return Status::Ok();
+}
+
 // Sets `section`'s tls: mutual TLS with certificate `name` from `certs`, or
 // tls.insecure when `certs` is empty. A tls section the user wrote is
 // refused with simulation.tls (simulate owns the certificates) and kept
@@ -265,18 +279,24 @@ StatusOr<SimulationConfig> LoadSimulationConfig(
   if (!coord.IsMap()) coord = YAML::Node(YAML::NodeType::Map);
   YAML::Node work = YAML::Clone(const_root["worker"]);
   if (!work.IsMap()) work = YAML::Node(YAML::NodeType::Map);
-  coord["server"]["address"] = "127.0.0.1:0";
-  coord["server"]["port_file"] = p.port_file;
-  coord["checkpoint"]["dir"] = p.checkpoints;
-  coord["logging"]["metrics_file"] = p.metrics;
+  RETURN_IF_ERROR(
+      SetKey(coord, "coordinator", "server", "address", "127.0.0.1:0", path));
+  RETURN_IF_ERROR(
+      SetKey(coord, "coordinator", "server", "port_file", p.port_file, path));
+  RETURN_IF_ERROR(
+      SetKey(coord, "coordinator", "checkpoint", "dir", p.checkpoints, path));
+  RETURN_IF_ERROR(
+      SetKey(coord, "coordinator", "logging", "metrics_file", p.metrics, path));
   // topology.edges: edge aggregators between the coordinator and workers.
   YAML::Node edge = YAML::Clone(const_root["edge"]);
   if (!edge.IsMap()) edge = YAML::Node(YAML::NodeType::Map);
   if (!static_cast<const YAML::Node&>(edge)["model"]) {
     edge["model"] = YAML::Clone(static_cast<const YAML::Node&>(work)["model"]);
   }
-  edge["upstream"]["address"] = "127.0.0.1:1";  // set per run
-  edge["server"]["address"] = "127.0.0.1:0";
+  RETURN_IF_ERROR(  // set per run
+      SetKey(edge, "edge", "upstream", "address", "127.0.0.1:1", path));
+  RETURN_IF_ERROR(
+      SetKey(edge, "edge", "server", "address", "127.0.0.1:0", path));
   // simulation.tls, read ahead of the full validation below (which needs
   // the tls sections in place); a malformed value is reported there.
   bool use_tls = true;
