@@ -35,13 +35,10 @@
 
 #include <boost/program_options.hpp>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <nlohmann/json.hpp>
-#include <stdexcept>
 #include <thread>
 
 #include "cli/cli_util.h"
